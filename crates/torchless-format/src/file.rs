@@ -1,0 +1,694 @@
+//! Opening a model file: memory map, header parsing, bounds checks, typed zero-copy views.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, Mmap, MmapMut, UncheckedAdvice};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::error::{FormatError, FormatErrorKind};
+use crate::quant::GROUP_SIZE;
+
+/// Headers larger than this are refused before anything is read into memory.
+pub const MAX_HEADER_LEN: u64 = 1 << 30;
+
+/// Alignment of the payload and of every tensor, as the exporter writes them.
+pub const ALIGNMENT: usize = 64;
+
+/// Storage type of a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    /// Little-endian IEEE float32.
+    F32,
+    /// int8 in groups of 64 with one f32 inverse scale per group.
+    Int8,
+}
+
+impl DType {
+    /// The header string (`"f32"` or `"int8"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::Int8 => "int8",
+        }
+    }
+
+    /// Bytes per element of the main data.
+    pub fn element_size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::Int8 => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one tensor lives, checked against the file at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Hugging Face tensor name.
+    pub name: String,
+    /// Storage type.
+    pub dtype: DType,
+    /// PyTorch shape, row-major.
+    pub shape: Vec<usize>,
+    /// Number of elements (product of the shape).
+    pub n_elements: usize,
+    /// Start of the data, in bytes from the payload start.
+    pub offset: usize,
+    /// For int8: start of the inverse scales (bytes from the payload start) and their count.
+    pub scales: Option<ScaleInfo>,
+}
+
+/// Location of an int8 tensor's inverse scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaleInfo {
+    /// Start, in bytes from the payload start.
+    pub offset: usize,
+    /// Number of f32 inverse scales (`ceil(n_elements / 64)`).
+    pub count: usize,
+}
+
+impl TensorInfo {
+    /// Bytes of the main data (without scales).
+    pub fn data_len(&self) -> usize {
+        self.n_elements * self.dtype.element_size()
+    }
+
+    /// Bytes a reader touches to use this tensor once (data plus scales).
+    pub fn bytes_read(&self) -> usize {
+        self.data_len() + self.scales.map_or(0, |s| s.count * 4)
+    }
+}
+
+/// An int8 tensor: quantized values and, per group of 64, the stored *inverse* scale.
+///
+/// Dequantize with `q / inv_scale` (see [`crate::quant::dequantize_into`]); multiplying by the stored
+/// value is the classic mistake this name is here to prevent.
+#[derive(Debug, Clone, Copy)]
+pub struct Int8View<'a> {
+    /// Quantized values, flattened row-major.
+    pub values: &'a [i8],
+    /// `127 / max|x|` of each group of 64 consecutive values.
+    pub inv_scales: &'a [f32],
+}
+
+impl Int8View<'_> {
+    /// The dequantized value at flat index `i` (`None` out of range).
+    pub fn get(&self, i: usize) -> Option<f32> {
+        let q = *self.values.get(i)?;
+        let inv_scale = *self.inv_scales.get(i / GROUP_SIZE)?;
+        Some(f32::from(q) / inv_scale)
+    }
+}
+
+/// Typed, zero-copy data of one tensor.
+#[derive(Debug, Clone, Copy)]
+pub enum TensorData<'a> {
+    /// float32 values, flattened row-major.
+    F32(&'a [f32]),
+    /// int8 values with inverse scales.
+    Int8(Int8View<'a>),
+}
+
+/// A tensor's description and its data, borrowed from the mapped file.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    /// Name, dtype, shape, location.
+    pub info: &'a TensorInfo,
+    /// The data.
+    pub data: TensorData<'a>,
+}
+
+impl<'a> TensorRef<'a> {
+    /// The f32 data, or `None` for an int8 tensor.
+    pub fn as_f32(&self) -> Option<&'a [f32]> {
+        match self.data {
+            TensorData::F32(values) => Some(values),
+            TensorData::Int8(_) => None,
+        }
+    }
+
+    /// Copies the tensor out as f32 (dequantizing int8 as `q / inv_scale`).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self.data {
+            TensorData::F32(values) => values.to_vec(),
+            TensorData::Int8(view) => {
+                let mut out = vec![0.0; view.values.len()];
+                // Lengths were checked at open, so this cannot fail.
+                crate::quant::dequantize_into(view.values, view.inv_scales, &mut out);
+                out
+            }
+        }
+    }
+}
+
+/// The vocabulary and merges embedded in the header (the tokenizer's raw material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerData {
+    /// `(piece, id)` in header order.
+    pub vocab: Vec<(String, u32)>,
+    /// Merges as `"left right"`, highest priority first.
+    pub merges: Vec<String>,
+}
+
+/// Whether to bring a tensor's pages in or give them back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Start reading the pages now (`MADV_WILLNEED`).
+    WillNeed,
+    /// Drop the pages from this process (`MADV_DONTNEED`); they stay in the page cache and fault
+    /// back in from it on the next access.
+    DontNeed,
+}
+
+/// An opened torchless model file.
+///
+/// Opening maps the file and checks the header, every tensor's bounds, alignment and scale count
+/// once; afterwards views are handed out without copying. The embedded tokenizer is parsed only
+/// when [`ModelFile::tokenizer_data`] is called.
+#[derive(Debug)]
+pub struct ModelFile {
+    source_name: String,
+    path: Option<PathBuf>,
+    mmap: Mmap,
+    payload_start: usize,
+    metadata: BTreeMap<String, String>,
+    config: Config,
+    tensors: BTreeMap<String, TensorInfo>,
+    /// Byte range of the tokenizer JSON inside the file, if the header has one.
+    tokenizer_range: Option<(usize, usize)>,
+}
+
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    metadata: BTreeMap<String, MetadataValue>,
+    tensors: BTreeMap<String, RawTensor>,
+    #[serde(borrow, default)]
+    tokenizer: Option<&'a RawValue>,
+}
+
+/// Metadata values are strings in files from the exporter; plain JSON numbers are accepted too.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MetadataValue {
+    Text(String),
+    Number(serde_json::Number),
+    Null(()),
+}
+
+impl MetadataValue {
+    fn into_string(self) -> String {
+        match self {
+            MetadataValue::Text(s) => s,
+            MetadataValue::Number(n) => n.to_string(),
+            MetadataValue::Null(()) => "None".to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTensor {
+    dtype: String,
+    shape: Vec<u64>,
+    offset: u64,
+    scale_offset: Option<u64>,
+    scale_size: Option<u64>,
+}
+
+impl ModelFile {
+    /// Maps and validates the file at `path`. Copies nothing from the payload.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
+        let path = path.as_ref();
+        let source_name = path.display().to_string();
+        let err = |kind| FormatError::new(source_name.clone(), kind);
+        let file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
+        // SAFETY: the map is read-only. Undefined behaviour would need another process to truncate or
+        // rewrite the file while it is mapped; like every mmap-based loader (llama.cpp, safetensors)
+        // we document that model files must not be modified while in use.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| err(FormatErrorKind::Io(e)))?;
+        let mut model = Self::from_mmap(mmap, source_name)?;
+        model.path = Some(path.to_path_buf());
+        Ok(model)
+    }
+
+    /// Validates a model held in memory (copied once into a page-aligned buffer).
+    ///
+    /// Used by tests and tools that build or mutate files in memory; errors name `<memory>`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        let source_name = "<memory>".to_string();
+        let err = |kind| FormatError::new(source_name.clone(), kind);
+        if bytes.len() < 8 {
+            return Err(err(FormatErrorKind::TooShort {
+                len: bytes.len() as u64,
+            }));
+        }
+        let mut buffer = MmapMut::map_anon(bytes.len()).map_err(|e| err(e.into()))?;
+        buffer.copy_from_slice(bytes);
+        let mmap = buffer.make_read_only().map_err(|e| err(e.into()))?;
+        Self::from_mmap(mmap, source_name)
+    }
+
+    fn from_mmap(mmap: Mmap, source_name: String) -> Result<Self, FormatError> {
+        let err = |kind| FormatError::new(source_name.clone(), kind);
+        let bytes: &[u8] = &mmap;
+        let file_len = bytes.len() as u64;
+        let Some(prefix) = bytes.get(..8) else {
+            return Err(err(FormatErrorKind::TooShort { len: file_len }));
+        };
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(prefix);
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > MAX_HEADER_LEN {
+            return Err(err(FormatErrorKind::HeaderTooLarge {
+                len: header_len,
+                max: MAX_HEADER_LEN,
+            }));
+        }
+        if header_len > file_len - 8 {
+            return Err(err(FormatErrorKind::HeaderBeyondFile {
+                header_len,
+                file_len,
+            }));
+        }
+        // Both fit in usize: header_len <= 1 GiB and the file is mapped.
+        let payload_start = 8 + header_len as usize;
+        let header_bytes = &bytes[8..payload_start];
+        // The JSON is followed by NUL padding up to the aligned payload.
+        let json_len = header_bytes
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |i| i + 1);
+        let header_text = std::str::from_utf8(&header_bytes[..json_len]).map_err(|e| {
+            err(FormatErrorKind::HeaderNotUtf8 {
+                offset: e.valid_up_to(),
+            })
+        })?;
+        let raw: RawHeader = serde_json::from_str(header_text).map_err(|e| {
+            err(FormatErrorKind::HeaderJson {
+                message: e.to_string(),
+            })
+        })?;
+
+        let metadata: BTreeMap<String, String> = raw
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k, v.into_string()))
+            .collect();
+        let config = Config::from_metadata(&metadata).map_err(err)?;
+
+        let payload_len = file_len - payload_start as u64;
+        let mut tensors = BTreeMap::new();
+        for (name, raw_tensor) in raw.tensors {
+            let info =
+                check_tensor(&name, raw_tensor, payload_start as u64, payload_len).map_err(err)?;
+            tensors.insert(name, info);
+        }
+
+        let tokenizer_range = raw.tokenizer.map(|value| {
+            // The raw value borrows from `header_text`; record where, to parse it on demand.
+            let start = value.get().as_ptr() as usize - header_text.as_ptr() as usize + 8;
+            (start, start + value.get().len())
+        });
+
+        Ok(Self {
+            source_name,
+            path: None,
+            mmap,
+            payload_start,
+            metadata,
+            config,
+            tensors,
+            tokenizer_range,
+        })
+    }
+
+    fn error(&self, kind: FormatErrorKind) -> FormatError {
+        FormatError::new(self.source_name.clone(), kind)
+    }
+
+    /// The path the file was opened from (`None` for in-memory models).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// A name for messages: the path, or `<memory>`.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// Total file size in bytes.
+    pub fn file_len(&self) -> usize {
+        self.mmap.len()
+    }
+
+    /// Byte offset of the payload (8 + header length).
+    pub fn payload_start(&self) -> usize {
+        self.payload_start
+    }
+
+    /// The raw metadata strings.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Every tensor, sorted by name.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.tensors.values()
+    }
+
+    /// Number of tensors.
+    pub fn n_tensors(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Description of the tensor `name`.
+    pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, FormatError> {
+        self.tensors.get(name).ok_or_else(|| {
+            self.error(FormatErrorKind::MissingTensor {
+                name: name.to_string(),
+            })
+        })
+    }
+
+    /// Zero-copy view of the tensor `name`.
+    pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>, FormatError> {
+        let info = self.tensor_info(name)?;
+        let data_start = self.payload_start + info.offset;
+        let data = &self.mmap[data_start..data_start + info.data_len()];
+        let data = match (info.dtype, info.scales) {
+            (DType::F32, _) => TensorData::F32(self.cast_f32(info, data)?),
+            (DType::Int8, Some(scales)) => {
+                let start = self.payload_start + scales.offset;
+                let scale_bytes = &self.mmap[start..start + scales.count * 4];
+                TensorData::Int8(Int8View {
+                    values: bytemuck::cast_slice(data),
+                    inv_scales: self.cast_f32(info, scale_bytes)?,
+                })
+            }
+            (DType::Int8, None) => {
+                return Err(self.error(FormatErrorKind::BadScales {
+                    tensor: name.into(),
+                    problem: "no scales".into(),
+                }))
+            }
+        };
+        Ok(TensorRef { info, data })
+    }
+
+    fn cast_f32<'a>(&self, info: &TensorInfo, bytes: &'a [u8]) -> Result<&'a [f32], FormatError> {
+        // Alignment and length were checked at open; this keeps the cast itself fallible, not panicking.
+        bytemuck::try_cast_slice(bytes).map_err(|_| {
+            self.error(FormatErrorKind::Misaligned {
+                tensor: info.name.clone(),
+                what: "data",
+                offset: bytes.as_ptr() as u64,
+                align: 4,
+            })
+        })
+    }
+
+    /// Checks that every tensor a Mistral model of this configuration needs is present with the
+    /// right shape and a usable dtype.
+    pub fn validate_mistral(&self) -> Result<(), FormatError> {
+        for expected in self.config.expected_tensors() {
+            let info = self.tensor_info(&expected.name)?;
+            if info.shape != expected.shape {
+                return Err(self.error(FormatErrorKind::WrongShape {
+                    tensor: expected.name,
+                    expected: expected.shape,
+                    found: info.shape.clone(),
+                }));
+            }
+            if info.dtype == DType::Int8 && !expected.may_be_int8 {
+                return Err(self.error(FormatErrorKind::WrongDtype {
+                    tensor: expected.name,
+                    expected: "f32".into(),
+                    found: info.dtype.to_string(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the vocabulary and merges embedded in the header.
+    pub fn tokenizer_data(&self) -> Result<TokenizerData, FormatError> {
+        let bad = |reason: String| self.error(FormatErrorKind::BadTokenizer { reason });
+        let (start, end) = self
+            .tokenizer_range
+            .ok_or_else(|| bad("the header has no `tokenizer` entry".into()))?;
+        // The range was cut from a validated UTF-8 string at open.
+        let text = std::str::from_utf8(&self.mmap[start..end]).map_err(|e| bad(e.to_string()))?;
+        let raw: RawTokenizer = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let vocab = raw.vocab.0;
+        let mut seen = vec![false; self.config.vocab_size];
+        for (piece, id) in &vocab {
+            match seen.get_mut(*id as usize) {
+                None => {
+                    return Err(bad(format!(
+                        "piece {piece:?} has id {id}, outside the vocabulary of {}",
+                        self.config.vocab_size
+                    )))
+                }
+                Some(true) => return Err(bad(format!("id {id} is given to two pieces"))),
+                Some(slot) => *slot = true,
+            }
+        }
+        let mut merges = Vec::with_capacity(raw.merges.len());
+        for (i, merge) in raw.merges.into_iter().enumerate() {
+            let merge = match merge {
+                RawMerge::Joined(s) => s,
+                RawMerge::Pair([a, b]) => format!("{a} {b}"),
+            };
+            if !merge.contains(' ') {
+                return Err(bad(format!(
+                    "merge #{i} {merge:?} is not of the form \"left right\""
+                )));
+            }
+            merges.push(merge);
+        }
+        Ok(TokenizerData { vocab, merges })
+    }
+
+    /// Brings a tensor's pages in, or gives them back, over its byte range (data and scales).
+    ///
+    /// This is what lets a low-memory model keep only the layer it is computing resident.
+    pub fn set_residency(&self, name: &str, residency: Residency) -> Result<(), FormatError> {
+        let info = self.tensor_info(name)?;
+        let mut ranges = vec![(self.payload_start + info.offset, info.data_len())];
+        if let Some(scales) = info.scales {
+            ranges.push((self.payload_start + scales.offset, scales.count * 4));
+        }
+        for (offset, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            let result = match residency {
+                Residency::WillNeed => self.mmap.advise_range(Advice::WillNeed, offset, len),
+                // SAFETY: the map is read-only and file-backed, so MADV_DONTNEED cannot lose data: the
+                // pages are dropped from this process and fault back in with the same file contents.
+                // No reference into the range is invalidated; reads after this just page-fault.
+                Residency::DontNeed => unsafe {
+                    self.mmap
+                        .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len)
+                },
+            };
+            result.map_err(|e| self.error(FormatErrorKind::Io(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Tensors holding NaN or infinite values (in the data or, for int8, in the inverse scales or
+    /// giving a non-finite dequantized value), with the count of bad values.
+    pub fn non_finite_tensors(&self) -> Result<Vec<(String, usize)>, FormatError> {
+        let mut found = Vec::new();
+        for name in self.tensors.keys() {
+            let tensor = self.tensor(name)?;
+            let bad = match tensor.data {
+                TensorData::F32(values) => values.iter().filter(|x| !x.is_finite()).count(),
+                TensorData::Int8(view) => view
+                    .inv_scales
+                    .iter()
+                    .filter(|s| !s.is_finite() || **s == 0.0)
+                    .count(),
+            };
+            if bad > 0 {
+                found.push((name.clone(), bad));
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn check_tensor(
+    name: &str,
+    raw: RawTensor,
+    payload_start: u64,
+    payload_len: u64,
+) -> Result<TensorInfo, FormatErrorKind> {
+    let dtype = match raw.dtype.as_str() {
+        "f32" | "float32" => DType::F32,
+        "int8" => DType::Int8,
+        other => {
+            return Err(FormatErrorKind::UnknownDtype {
+                tensor: name.into(),
+                dtype: other.into(),
+            })
+        }
+    };
+    let overflow = || FormatErrorKind::ShapeOverflow {
+        tensor: name.into(),
+        shape: raw.shape.clone(),
+    };
+    let n_elements = raw
+        .shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(overflow)?;
+    let data_len = n_elements
+        .checked_mul(dtype.element_size() as u64)
+        .ok_or_else(overflow)?;
+    let align = match dtype {
+        DType::F32 => 4,
+        DType::Int8 => 1,
+    };
+    check_range(
+        name,
+        "data",
+        raw.offset,
+        data_len,
+        align,
+        payload_start,
+        payload_len,
+    )?;
+
+    let scales = match dtype {
+        DType::F32 => None,
+        DType::Int8 => {
+            let bad = |problem: String| FormatErrorKind::BadScales {
+                tensor: name.into(),
+                problem,
+            };
+            let (Some(scale_offset), Some(scale_count)) = (raw.scale_offset, raw.scale_size) else {
+                return Err(bad("`scale_offset` or `scale_size` is missing".into()));
+            };
+            let expected = n_elements.div_ceil(GROUP_SIZE as u64);
+            if scale_count != expected {
+                return Err(bad(format!(
+                    "scale_size is {scale_count}, expected {expected} (one per {GROUP_SIZE} values)"
+                )));
+            }
+            check_range(
+                name,
+                "scales",
+                scale_offset,
+                scale_count * 4,
+                4,
+                payload_start,
+                payload_len,
+            )?;
+            Some(ScaleInfo {
+                offset: scale_offset as usize,
+                count: scale_count as usize,
+            })
+        }
+    };
+
+    Ok(TensorInfo {
+        name: name.into(),
+        dtype,
+        // Every dimension fits: the product was bounded by the payload length above.
+        shape: raw.shape.iter().map(|&d| d as usize).collect(),
+        n_elements: n_elements as usize,
+        offset: raw.offset as usize,
+        scales,
+    })
+}
+
+fn check_range(
+    tensor: &str,
+    what: &'static str,
+    offset: u64,
+    len: u64,
+    align: usize,
+    payload_start: u64,
+    payload_len: u64,
+) -> Result<(), FormatErrorKind> {
+    let end = offset.checked_add(len);
+    match end {
+        Some(end) if end <= payload_len => {}
+        _ => {
+            return Err(FormatErrorKind::OutOfBounds {
+                tensor: tensor.into(),
+                what,
+                start: offset,
+                end: end.unwrap_or(u64::MAX),
+                payload_len,
+            })
+        }
+    }
+    // The mapping is page-aligned, so file offsets decide alignment in memory too.
+    let absolute = payload_start + offset;
+    if absolute % align as u64 != 0 {
+        return Err(FormatErrorKind::Misaligned {
+            tensor: tensor.into(),
+            what,
+            offset: absolute,
+            align,
+        });
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct RawTokenizer {
+    vocab: OrderedVocab,
+    merges: Vec<RawMerge>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawMerge {
+    Joined(String),
+    Pair([String; 2]),
+}
+
+/// A JSON object `{piece: id}` read in file order (serde_json's map would sort it).
+struct OrderedVocab(Vec<(String, u32)>);
+
+impl<'de> Deserialize<'de> for OrderedVocab {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct VocabVisitor;
+        impl<'de> Visitor<'de> for VocabVisitor {
+            type Value = OrderedVocab;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object mapping pieces to ids")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // The size hint comes from the input; cap it so a lying header cannot force a huge allocation.
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some((piece, id)) = map.next_entry::<String, u32>()? {
+                    entries.push((piece, id));
+                }
+                Ok(OrderedVocab(entries))
+            }
+        }
+        deserializer
+            .deserialize_map(VocabVisitor)
+            .map_err(de::Error::custom)
+    }
+}

@@ -1,0 +1,444 @@
+//! A streaming writer for model files: header first, then tensors one by one in chunks, so
+//! converting or generating a 7B model needs memory for one chunk, not for the model.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::error::{FormatError, FormatErrorKind};
+use crate::file::{DType, TokenizerData, ALIGNMENT};
+use crate::quant::{quantize_group, GROUP_SIZE};
+
+/// A tensor to be written: name, storage type and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Hugging Face tensor name.
+    pub name: String,
+    /// Storage in the file; int8 tensors are quantized from the f32 values pushed.
+    pub dtype: DType,
+    /// PyTorch shape, row-major.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// A tensor spec.
+    pub fn new(name: impl Into<String>, dtype: DType, shape: Vec<usize>) -> Self {
+        Self {
+            name: name.into(),
+            dtype,
+            shape,
+        }
+    }
+}
+
+struct PlannedTensor {
+    spec: TensorSpec,
+    n_elements: usize,
+    offset: u64,
+    scale_offset: u64,
+}
+
+/// Writes a torchless model file tensor by tensor.
+///
+/// Tensors are written in the order given to [`ModelWriter::new`]: [`begin_tensor`](Self::begin_tensor),
+/// any number of [`push`](Self::push) calls with consecutive f32 values (quantized on the fly for
+/// int8 tensors, in the exporter's exact f32 arithmetic), then the next tensor;
+/// [`finish`](Self::finish) checks everything was written and flushes.
+pub struct ModelWriter<W: Write> {
+    out: W,
+    source_name: String,
+    plan: Vec<PlannedTensor>,
+    /// Bytes of payload written so far.
+    position: u64,
+    next_tensor: usize,
+    current: Option<CurrentTensor>,
+}
+
+impl<W: Write> std::fmt::Debug for ModelWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelWriter")
+            .field("source_name", &self.source_name)
+            .field("tensors", &self.plan.len())
+            .field("next_tensor", &self.next_tensor)
+            .finish()
+    }
+}
+
+struct CurrentTensor {
+    index: usize,
+    written: usize,
+    /// int8 only: values of a group not yet complete, and the inverse scales so far.
+    pending: Vec<f32>,
+    inv_scales: Vec<f32>,
+    quantized: Vec<i8>,
+}
+
+impl ModelWriter<BufWriter<File>> {
+    /// Creates `path` and writes the header.
+    pub fn create(
+        path: impl AsRef<Path>,
+        metadata: &[(String, String)],
+        tensors: Vec<TensorSpec>,
+        tokenizer: Option<&TokenizerData>,
+    ) -> Result<Self, FormatError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let file = File::create(path).map_err(|e| FormatError::new(name.clone(), e.into()))?;
+        Self::new(
+            BufWriter::with_capacity(1 << 20, file),
+            name,
+            metadata,
+            tensors,
+            tokenizer,
+        )
+    }
+}
+
+impl<W: Write> ModelWriter<W> {
+    /// Writes the header to `out`; `source_name` is used in error messages.
+    pub fn new(
+        mut out: W,
+        source_name: impl Into<String>,
+        metadata: &[(String, String)],
+        tensors: Vec<TensorSpec>,
+        tokenizer: Option<&TokenizerData>,
+    ) -> Result<Self, FormatError> {
+        let source_name = source_name.into();
+        let err = |reason: String| {
+            FormatError::new(source_name.clone(), FormatErrorKind::Writer { reason })
+        };
+        let mut plan = Vec::with_capacity(tensors.len());
+        let mut position = 0u64;
+        for spec in tensors {
+            if plan
+                .iter()
+                .any(|p: &PlannedTensor| p.spec.name == spec.name)
+            {
+                return Err(err(format!("tensor `{}` is listed twice", spec.name)));
+            }
+            let n_elements = spec
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| err(format!("shape {:?} overflows", spec.shape)))?;
+            let offset = position;
+            position = align_up(position + (n_elements * spec.dtype.element_size()) as u64);
+            let scale_offset = position;
+            if spec.dtype == DType::Int8 {
+                position = align_up(position + 4 * n_elements.div_ceil(GROUP_SIZE) as u64);
+            }
+            plan.push(PlannedTensor {
+                spec,
+                n_elements,
+                offset,
+                scale_offset,
+            });
+        }
+
+        let mut header = header_json(metadata, &plan, tokenizer);
+        let padded = align_up(8 + header.len() as u64) - 8;
+        header.resize(padded as usize, 0);
+        out.write_all(&(header.len() as u64).to_le_bytes())
+            .and_then(|()| out.write_all(&header))
+            .map_err(|e| FormatError::new(source_name.clone(), e.into()))?;
+
+        Ok(Self {
+            out,
+            source_name,
+            plan,
+            position: 0,
+            next_tensor: 0,
+            current: None,
+        })
+    }
+
+    fn error(&self, reason: String) -> FormatError {
+        FormatError::new(self.source_name.clone(), FormatErrorKind::Writer { reason })
+    }
+
+    fn io(&self, e: std::io::Error) -> FormatError {
+        FormatError::new(self.source_name.clone(), e.into())
+    }
+
+    /// Starts the next tensor, which must be `name`.
+    pub fn begin_tensor(&mut self, name: &str) -> Result<(), FormatError> {
+        if let Some(current) = &self.current {
+            let name = &self.plan[current.index].spec.name;
+            return Err(self.error(format!("tensor `{name}` is not finished")));
+        }
+        let Some(planned) = self.plan.get(self.next_tensor) else {
+            return Err(self.error(format!("tensor `{name}` was not declared")));
+        };
+        if planned.spec.name != name {
+            return Err(self.error(format!(
+                "expected tensor `{}` next, got `{name}`",
+                planned.spec.name
+            )));
+        }
+        let offset = planned.offset;
+        self.pad_to(offset)?;
+        self.current = Some(CurrentTensor {
+            index: self.next_tensor,
+            written: 0,
+            pending: Vec::new(),
+            inv_scales: Vec::new(),
+            quantized: Vec::new(),
+        });
+        self.next_tensor += 1;
+        Ok(())
+    }
+
+    /// Appends consecutive values of the current tensor (flattened row-major).
+    pub fn push(&mut self, values: &[f32]) -> Result<(), FormatError> {
+        let Some(mut current) = self.current.take() else {
+            return Err(self.error("push without begin_tensor".into()));
+        };
+        let planned = &self.plan[current.index];
+        if current.written + values.len() > planned.n_elements {
+            let reason = format!(
+                "tensor `{}` has {} elements, got more",
+                planned.spec.name, planned.n_elements
+            );
+            return Err(self.error(reason));
+        }
+        let name = planned.spec.name.clone();
+        let result = match planned.spec.dtype {
+            DType::F32 => {
+                let bytes: &[u8] = bytemuck::cast_slice(values);
+                self.write_bytes(bytes)
+            }
+            DType::Int8 => self.push_int8(&mut current, values, &name),
+        };
+        current.written += values.len();
+        self.current = Some(current);
+        result
+    }
+
+    fn push_int8(
+        &mut self,
+        current: &mut CurrentTensor,
+        mut values: &[f32],
+        name: &str,
+    ) -> Result<(), FormatError> {
+        // Complete a group left over from the previous push first.
+        if !current.pending.is_empty() {
+            let take = (GROUP_SIZE - current.pending.len()).min(values.len());
+            current.pending.extend_from_slice(&values[..take]);
+            values = &values[take..];
+            if current.pending.len() == GROUP_SIZE {
+                let group = std::mem::take(&mut current.pending);
+                self.quantize_and_write(current, &group, name)?;
+            }
+        }
+        let whole = values.len() / GROUP_SIZE * GROUP_SIZE;
+        if whole > 0 {
+            self.quantize_and_write(current, &values[..whole], name)?;
+        }
+        current.pending.extend_from_slice(&values[whole..]);
+        Ok(())
+    }
+
+    fn quantize_and_write(
+        &mut self,
+        current: &mut CurrentTensor,
+        values: &[f32],
+        name: &str,
+    ) -> Result<(), FormatError> {
+        current.quantized.resize(values.len(), 0);
+        let group_base = current.written / GROUP_SIZE;
+        for (group_index, (group, out)) in values
+            .chunks(GROUP_SIZE)
+            .zip(current.quantized.chunks_mut(GROUP_SIZE))
+            .enumerate()
+        {
+            let inv_scale = quantize_group(group, out).ok_or_else(|| {
+                self.error(format!(
+                    "tensor `{name}` group {} holds a NaN or infinity and cannot be quantized",
+                    group_base + group_index
+                ))
+            })?;
+            current.inv_scales.push(inv_scale);
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(&current.quantized);
+        self.write_bytes(bytes)
+    }
+
+    /// Finishes the current tensor (checks its length, writes int8 scales).
+    pub fn end_tensor(&mut self) -> Result<(), FormatError> {
+        let Some(mut current) = self.current.take() else {
+            return Err(self.error("end_tensor without begin_tensor".into()));
+        };
+        let planned = &self.plan[current.index];
+        let (name, n_elements, dtype, scale_offset) = (
+            planned.spec.name.clone(),
+            planned.n_elements,
+            planned.spec.dtype,
+            planned.scale_offset,
+        );
+        if current.written != n_elements {
+            return Err(self.error(format!(
+                "tensor `{name}` has {n_elements} elements, got {}",
+                current.written
+            )));
+        }
+        if dtype == DType::Int8 {
+            if !current.pending.is_empty() {
+                // A final partial group: the tensor's size is not a multiple of 64.
+                let group = std::mem::take(&mut current.pending);
+                self.quantize_and_write(&mut current, &group, &name)?;
+            }
+            self.pad_to(scale_offset)?;
+            let bytes: &[u8] = bytemuck::cast_slice(&current.inv_scales);
+            self.write_bytes(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole tensor from one slice.
+    pub fn write_tensor(&mut self, name: &str, values: &[f32]) -> Result<(), FormatError> {
+        self.begin_tensor(name)?;
+        self.push(values)?;
+        self.end_tensor()
+    }
+
+    /// Checks every declared tensor was written, pads the payload and flushes. Returns the writer.
+    pub fn finish(mut self) -> Result<W, FormatError> {
+        if self.current.is_some() {
+            return Err(self.error("the last tensor was not ended".into()));
+        }
+        if let Some(missing) = self.plan.get(self.next_tensor) {
+            let reason = format!("tensor `{}` was never written", missing.spec.name);
+            return Err(self.error(reason));
+        }
+        let end = align_up(self.position);
+        self.pad_to(end)?;
+        self.out.flush().map_err(|e| self.io(e))?;
+        Ok(self.out)
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), FormatError> {
+        self.out.write_all(bytes).map_err(|e| self.io(e))?;
+        self.position += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn pad_to(&mut self, target: u64) -> Result<(), FormatError> {
+        const ZEROS: [u8; ALIGNMENT] = [0; ALIGNMENT];
+        while self.position < target {
+            let n = (target - self.position).min(ALIGNMENT as u64) as usize;
+            self.write_bytes(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+}
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGNMENT as u64) * ALIGNMENT as u64
+}
+
+/// The header JSON as Python's `json.dumps` writes it (`", "` and `": "` separators, non-ASCII
+/// escaped), so files are byte-compatible with the original exporter's.
+fn header_json(
+    metadata: &[(String, String)],
+    plan: &[PlannedTensor],
+    tokenizer: Option<&TokenizerData>,
+) -> Vec<u8> {
+    let mut s = String::with_capacity(1 << 16);
+    s.push_str("{\"metadata\": {");
+    for (i, (key, value)) in metadata.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        push_json_string(&mut s, key);
+        s.push_str(": ");
+        push_json_string(&mut s, value);
+    }
+    s.push_str("}, \"tensors\": {");
+    for (i, t) in plan.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        push_json_string(&mut s, &t.spec.name);
+        s.push_str(": {\"dtype\": ");
+        push_json_string(&mut s, t.spec.dtype.as_str());
+        s.push_str(", \"shape\": [");
+        let dims: Vec<String> = t.spec.shape.iter().map(|d| d.to_string()).collect();
+        s.push_str(&dims.join(", "));
+        s.push_str(&format!("], \"offset\": {}", t.offset));
+        if t.spec.dtype == DType::Int8 {
+            s.push_str(&format!(
+                ", \"scale_offset\": {}, \"scale_size\": {}",
+                t.scale_offset,
+                t.n_elements.div_ceil(GROUP_SIZE)
+            ));
+        }
+        s.push('}');
+    }
+    s.push('}');
+    if let Some(tokenizer) = tokenizer {
+        s.push_str(", \"tokenizer\": {\"vocab\": {");
+        for (i, (piece, id)) in tokenizer.vocab.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            push_json_string(&mut s, piece);
+            s.push_str(&format!(": {id}"));
+        }
+        s.push_str("}, \"merges\": [");
+        for (i, merge) in tokenizer.merges.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            push_json_string(&mut s, merge);
+        }
+        s.push_str("]}");
+    }
+    s.push('}');
+    s.into_bytes()
+}
+
+/// Python's `json.dumps` string escaping with `ensure_ascii=True`.
+fn push_json_string(s: &mut String, text: &str) {
+    s.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            '\u{8}' => s.push_str("\\b"),
+            '\u{c}' => s.push_str("\\f"),
+            ' '..='~' => s.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    s.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+    }
+    s.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped_like_python() {
+        // Expected values are Python's json.dumps output for the same strings.
+        let cases = [
+            ("▁the", "\"\\u2581the\""),
+            ("a\"b\\c", "\"a\\\"b\\\\c\""),
+            ("\n\t\u{7f}", "\"\\n\\t\\u007f\""),
+            ("😀", "\"\\ud83d\\ude00\""),
+            ("<0x0A>", "\"<0x0A>\""),
+        ];
+        for (input, want) in cases {
+            let mut s = String::new();
+            push_json_string(&mut s, input);
+            assert_eq!(s, want, "escaping {input:?}");
+        }
+    }
+}
