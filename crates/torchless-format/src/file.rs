@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap, MmapMut, UncheckedAdvice};
+use memmap2::{Advice, Mmap, MmapMut, MmapOptions, UncheckedAdvice};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -226,16 +226,27 @@ struct RawTensor {
 }
 
 impl ModelFile {
-    /// Maps and validates the file at `path`. Copies nothing from the payload.
+    /// Maps and validates the file at `path`. Copies nothing from the payload; pages are read
+    /// when first touched.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
+        Self::open_with(path, false)
+    }
+
+    /// Like [`open`](Self::open); with `populate`, the kernel reads the whole file and maps every
+    /// page up front (`MAP_POPULATE`), so the first use of each tensor does not page-fault.
+    pub fn open_with(path: impl AsRef<Path>, populate: bool) -> Result<Self, FormatError> {
         let path = path.as_ref();
         let source_name = path.display().to_string();
         let err = |kind| FormatError::new(source_name.clone(), kind);
         let file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
+        let mut options = MmapOptions::new();
+        if populate {
+            options.populate();
+        }
         // SAFETY: the map is read-only. Undefined behaviour would need another process to truncate or
         // rewrite the file while it is mapped; like every mmap-based loader (llama.cpp, safetensors)
         // we document that model files must not be modified while in use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| err(FormatErrorKind::Io(e)))?;
+        let mmap = unsafe { options.map(&file) }.map_err(|e| err(FormatErrorKind::Io(e)))?;
         let mut model = Self::from_mmap(mmap, source_name)?;
         model.path = Some(path.to_path_buf());
         Ok(model)

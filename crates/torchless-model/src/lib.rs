@@ -1,1 +1,52 @@
-//! placeholder
+//! Mistral 7B inference on the CPU.
+//!
+//! Load a torchless model file into an immutable, shareable [`Mistral`] (weights resident) or
+//! [`LazyMistral`] (one layer resident at a time), open a [`Session`] (KV cache and position), and
+//! generate text with [`Session::generate`] / [`Session::stream`], score text with
+//! [`Session::perplexity`], or chat with [`Chat`].
+//!
+//! ```no_run
+//! use torchless_model::{GenerateOptions, Mistral};
+//!
+//! let model = Mistral::load("mistral-7b-int8.bin")?;
+//! let mut session = model.session()?;
+//! let answer = session.complete("The capital of France is", GenerateOptions::default())?;
+//! println!("{}", answer.text);
+//! # Ok::<(), torchless_model::ModelError>(())
+//! ```
+//!
+//! Numerics follow Hugging Face `transformers` (float32 activations, exact int8 dequantization
+//! `q / inv_scale`); the tests compare logits and greedy continuations with its outputs.
+#![warn(missing_docs)]
+
+mod chat;
+mod error;
+mod forward;
+mod generate;
+mod kv_cache;
+mod model;
+mod perplexity;
+pub mod sampling;
+mod session;
+
+pub use chat::Chat;
+pub use error::{ModelError, Result};
+pub use generate::{
+    GenerateOptions, GeneratedToken, Generation, GenerationStats, StopReason, TokenStream,
+};
+pub use kv_cache::KvCache;
+pub use model::{
+    Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency, Resident,
+};
+pub use perplexity::Perplexity;
+pub use sampling::{Sampler, SamplingParams};
+pub use session::{Session, SessionOptions};
+
+/// The file format crate, re-exported for [`Config`] and direct file access.
+pub use torchless_format as format;
+pub use torchless_format::Config;
+/// The kernels crate, re-exported (e.g. for [`kernels::cpu_path`] and thread pools).
+pub use torchless_kernels as kernels;
+/// The tokenizer crate, re-exported.
+pub use torchless_tokenizer as tokenizer;
+pub use torchless_tokenizer::{DecodeOptions, EncodeOptions, Tokenizer};

@@ -1,0 +1,312 @@
+//! Text generation: prompt processing, then one token at a time through a [`Sampler`], streamed
+//! as text pieces from the tokenizer's streaming decoder, with timing statistics returned.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use torchless_tokenizer::StreamDecoder;
+
+use crate::error::{ModelError, Result};
+use crate::model::Residency;
+use crate::sampling::{top_logprobs, Sampler, SamplingParams};
+use crate::session::Session;
+
+/// Options for [`Session::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// How tokens are chosen (default greedy).
+    pub sampling: SamplingParams,
+    /// Stop when the model produces its end-of-sequence token (default `true`; the EOS token is
+    /// reported but adds no text).
+    pub stop_at_eos: bool,
+    /// Report the top-`logprobs` log-probabilities of every generated position (`0`: none).
+    pub logprobs: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop_at_eos: true,
+            logprobs: 0,
+        }
+    }
+}
+
+/// One generated token, as the streaming callback and iterator see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedToken {
+    /// Token id.
+    pub id: u32,
+    /// Text that became complete with this token (may be empty: a multi-byte character split
+    /// across byte tokens appears with its last byte).
+    pub text: String,
+    /// Natural-log probability of this token under the model (before sampling adjustments).
+    pub logprob: f64,
+    /// The top log-probabilities at this position, most likely first, if asked for.
+    pub top_logprobs: Vec<(u32, f64)>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced its end-of-sequence token.
+    EndOfSequence,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The session's context is full.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+/// Timing of a generation (returned, never printed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationStats {
+    /// Time the model took to load.
+    pub load_time: Duration,
+    /// Tokens of the prompt processed.
+    pub prompt_tokens: usize,
+    /// Time spent processing the prompt (prefill).
+    pub prompt_time: Duration,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Time spent generating (from the first sampled token to the last).
+    pub generation_time: Duration,
+    /// Why generation ended.
+    pub stop_reason: StopReason,
+}
+
+impl GenerationStats {
+    /// Prompt tokens per second.
+    pub fn prompt_tokens_per_second(&self) -> f64 {
+        rate(self.prompt_tokens, self.prompt_time)
+    }
+
+    /// Generated tokens per second (each needs one forward pass after the first).
+    pub fn generation_tokens_per_second(&self) -> f64 {
+        rate(
+            self.generated_tokens.saturating_sub(1),
+            self.generation_time,
+        )
+    }
+}
+
+fn rate(n: usize, time: Duration) -> f64 {
+    if time.is_zero() {
+        0.0
+    } else {
+        n as f64 / time.as_secs_f64()
+    }
+}
+
+/// The result of [`Session::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Ids of the generated tokens (EOS included if it ended the generation).
+    pub ids: Vec<u32>,
+    /// The generated text (special tokens left out).
+    pub text: String,
+    /// Per-token details, in order.
+    pub tokens: Vec<GeneratedToken>,
+    /// Timing.
+    pub stats: GenerationStats,
+}
+
+/// A generation in progress, yielding one token at a time (an [`Iterator`]).
+///
+/// Created by [`Session::stream`]. The prompt is processed by the first call to `next`.
+pub struct TokenStream<'s, 'm, R: Residency> {
+    session: &'s mut Session<'m, R>,
+    prompt: Vec<u32>,
+    options: GenerateOptions,
+    sampler: Sampler,
+    decoder: StreamDecoder<'m>,
+    generated: usize,
+    prompt_time: Duration,
+    generation_started: Option<Instant>,
+    generation_time: Duration,
+    stop_reason: Option<StopReason>,
+    failed: bool,
+}
+
+impl<R: Residency> std::fmt::Debug for TokenStream<'_, '_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStream")
+            .field("generated", &self.generated)
+            .field("stop_reason", &self.stop_reason)
+            .finish()
+    }
+}
+
+impl<R: Residency> TokenStream<'_, '_, R> {
+    /// Statistics so far (complete once the iterator returned `None`).
+    pub fn stats(&self) -> GenerationStats {
+        GenerationStats {
+            load_time: self.session.model().load_time(),
+            prompt_tokens: self.prompt.len(),
+            prompt_time: self.prompt_time,
+            generated_tokens: self.generated,
+            generation_time: self.generation_time,
+            stop_reason: self.stop_reason.unwrap_or(StopReason::Cancelled),
+        }
+    }
+
+    /// Why the generation ended (`None` while it runs).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop_reason
+    }
+
+    /// Text held back by the streaming decoder (an incomplete UTF-8 sequence at the very end),
+    /// replaced as the full decoder would; call after the last token.
+    pub fn finish_text(self) -> String {
+        self.decoder.finish()
+    }
+
+    fn next_token(&mut self) -> Result<Option<GeneratedToken>> {
+        if self.stop_reason.is_some() {
+            return Ok(None);
+        }
+        if self.generated >= self.options.max_tokens {
+            self.stop_reason = Some(StopReason::MaxTokens);
+            return Ok(None);
+        }
+        if self.generated == 0 {
+            let start = Instant::now();
+            self.session.prefill(&self.prompt)?;
+            self.prompt_time = start.elapsed();
+            self.generation_started = Some(Instant::now());
+        } else {
+            // The previous token is pending in the session: run it.
+            if self.session.position() + 1 > self.session.context_len() {
+                self.stop_reason = Some(StopReason::ContextFull);
+                return Ok(None);
+            }
+            self.session.prefill(&[])?;
+        }
+        // Log-probabilities are those of the model itself, before penalties and temperature.
+        let raw_logits = self.session.logits();
+        let logsumexp = crate::sampling::logsumexp(raw_logits);
+        let top = match self.options.logprobs {
+            0 => Vec::new(),
+            k => top_logprobs(raw_logits, k),
+        };
+        let mut logits = raw_logits.to_vec();
+        let id = self.sampler.sample(&mut logits, self.session.tokens())?;
+        let logprob = f64::from(self.session.logits()[id as usize]) - logsumexp;
+        self.session.set_pending(id);
+        self.generated += 1;
+        if let Some(started) = self.generation_started {
+            self.generation_time = started.elapsed();
+        }
+        let is_eos = Some(id) == self.session.model().tokenizer().eos_id();
+        let text = self.decoder.push(id);
+        if is_eos && self.options.stop_at_eos {
+            self.stop_reason = Some(StopReason::EndOfSequence);
+        }
+        Ok(Some(GeneratedToken {
+            id,
+            text,
+            logprob,
+            top_logprobs: top,
+        }))
+    }
+}
+
+impl<R: Residency> Iterator for TokenStream<'_, '_, R> {
+    type Item = Result<GeneratedToken>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.next_token() {
+            Ok(token) => token.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<'m, R: Residency> Session<'m, R> {
+    /// Starts generating after `prompt` (token ids, appended to what the session holds). Iterate
+    /// the returned stream to get tokens as they are produced.
+    ///
+    /// The last generated token stays pending in the session, so a following call (e.g. the next
+    /// chat turn) continues the same sequence.
+    pub fn stream<'s>(
+        &'s mut self,
+        prompt: &[u32],
+        options: GenerateOptions,
+    ) -> Result<TokenStream<'s, 'm, R>> {
+        if prompt.is_empty() && self.pending_token().is_none() {
+            return Err(ModelError::EmptyInput(
+                "the prompt is empty: give at least one token (usually BOS)",
+            ));
+        }
+        let sampler = Sampler::new(options.sampling.clone())?;
+        let decoder = self.model().tokenizer().stream_decoder();
+        Ok(TokenStream {
+            session: self,
+            prompt: prompt.to_vec(),
+            options,
+            sampler,
+            decoder,
+            generated: 0,
+            prompt_time: Duration::ZERO,
+            generation_started: None,
+            generation_time: Duration::ZERO,
+            stop_reason: None,
+            failed: false,
+        })
+    }
+
+    /// Generates after `prompt`, calling `on_token` for each token as it is produced; returning
+    /// [`ControlFlow::Break`] from it stops early. Returns the ids, text and statistics.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        options: GenerateOptions,
+        mut on_token: impl FnMut(&GeneratedToken) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        let mut stream = self.stream(prompt, options)?;
+        let mut tokens = Vec::new();
+        let mut text = String::new();
+        while let Some(token) = stream.next() {
+            let token = token?;
+            text.push_str(&token.text);
+            let flow = on_token(&token);
+            tokens.push(token);
+            if flow.is_break() {
+                stream.stop_reason = Some(StopReason::Cancelled);
+                break;
+            }
+        }
+        let stats = stream.stats();
+        text.push_str(&stream.finish_text());
+        Ok(Generation {
+            ids: tokens.iter().map(|t| t.id).collect(),
+            text,
+            tokens,
+            stats,
+        })
+    }
+
+    /// Encodes `prompt` (with BOS when the session is empty) and generates from it, without a
+    /// callback. The simplest way to get a completion.
+    pub fn complete(&mut self, prompt: &str, options: GenerateOptions) -> Result<Generation> {
+        let ids = self.model().tokenizer().encode(
+            prompt,
+            torchless_tokenizer::EncodeOptions {
+                add_bos: self.position() == 0 && self.pending_token().is_none(),
+                parse_special: false,
+            },
+        );
+        self.generate(&ids, options, |_| ControlFlow::Continue(()))
+    }
+}

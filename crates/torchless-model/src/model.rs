@@ -1,0 +1,442 @@
+//! The loaded model: immutable weights (memory-mapped), configuration, tokenizer and RoPE tables.
+//!
+//! [`Mistral`] keeps every weight resident; [`LazyMistral`] brings each layer's pages in just
+//! before the layer runs and gives them back right after. Both run the one forward pass in
+//! `forward.rs`; the [`Residency`] type parameter only decides what happens around each layer.
+
+use std::marker::PhantomData;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use torchless_format::{layer_tensor_name, Config, ModelFile, Residency as Advice, TensorData};
+use torchless_kernels::{MatRef, RopeTable};
+use torchless_tokenizer::Tokenizer;
+
+use crate::error::{ModelError, Result};
+use crate::session::{Session, SessionOptions};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Resident {}
+    impl Sealed for super::Lazy {}
+}
+
+/// How a model's weights stay in memory. Implemented by [`Resident`] and [`Lazy`] only.
+pub trait Residency: sealed::Sealed + Send + Sync + 'static {
+    /// Short name for logs (`"resident"` or `"lazy"`).
+    const NAME: &'static str;
+    /// Whether pages are given back after each layer (and after the output projection).
+    const RELEASE_AFTER_USE: bool;
+}
+
+/// Every weight page is read in at load and stays mapped: the fastest mode; resident memory is
+/// about the file size.
+#[derive(Debug, Clone, Copy)]
+pub struct Resident;
+
+impl Residency for Resident {
+    const NAME: &'static str = "resident";
+    const RELEASE_AFTER_USE: bool = false;
+}
+
+/// Only the layer being computed is resident: its pages are requested just before it runs and
+/// released right after, so resident memory stays around one layer plus the output matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct Lazy;
+
+impl Residency for Lazy {
+    const NAME: &'static str = "lazy";
+    const RELEASE_AFTER_USE: bool = true;
+}
+
+/// A Mistral model whose weights are all resident in memory.
+pub type Mistral = Model<Resident>;
+
+/// A Mistral model that keeps only the layer being computed in memory (under 1 GB for 7B int8).
+pub type LazyMistral = Model<Lazy>;
+
+/// Progress of [`Model::load_with`], reported to the caller's callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadProgress {
+    /// The header was parsed and every tensor checked.
+    Validated {
+        /// Number of tensors in the file.
+        tensors: usize,
+    },
+    /// The tokenizer was built from the embedded vocabulary.
+    TokenizerReady,
+    /// Bytes of weights read into memory so far (resident mode only).
+    Reading {
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// Loading finished.
+    Done,
+}
+
+/// Options for loading a model.
+pub struct LoadOptions<'a> {
+    /// Called as loading proceeds (e.g. to draw a progress bar). Loading prints nothing itself.
+    pub progress: Option<&'a mut dyn FnMut(LoadProgress)>,
+    /// Use this tokenizer instead of the one embedded in the file.
+    pub tokenizer: Option<Tokenizer>,
+}
+
+impl std::fmt::Debug for LoadOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("progress", &self.progress.is_some())
+            .field("tokenizer", &self.tokenizer.is_some())
+            .finish()
+    }
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        Self {
+            progress: None,
+            tokenizer: None,
+        }
+    }
+}
+
+/// Names of one transformer block's tensors (Hugging Face names).
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNames {
+    pub input_norm: String,
+    pub q_proj: String,
+    pub k_proj: String,
+    pub v_proj: String,
+    pub o_proj: String,
+    pub post_attention_norm: String,
+    pub gate_proj: String,
+    pub up_proj: String,
+    pub down_proj: String,
+}
+
+impl LayerNames {
+    fn new(layer: usize) -> Self {
+        let name = |suffix: &str| layer_tensor_name(layer, suffix);
+        Self {
+            input_norm: name("input_layernorm.weight"),
+            q_proj: name("self_attn.q_proj.weight"),
+            k_proj: name("self_attn.k_proj.weight"),
+            v_proj: name("self_attn.v_proj.weight"),
+            o_proj: name("self_attn.o_proj.weight"),
+            post_attention_norm: name("post_attention_layernorm.weight"),
+            gate_proj: name("mlp.gate_proj.weight"),
+            up_proj: name("mlp.up_proj.weight"),
+            down_proj: name("mlp.down_proj.weight"),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 9] {
+        [
+            &self.input_norm,
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.post_attention_norm,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+}
+
+/// Zero-copy views of one transformer block's weights.
+pub(crate) struct LayerWeights<'a> {
+    pub input_norm: &'a [f32],
+    pub q_proj: MatRef<'a>,
+    pub k_proj: MatRef<'a>,
+    pub v_proj: MatRef<'a>,
+    pub o_proj: MatRef<'a>,
+    pub post_attention_norm: &'a [f32],
+    pub gate_proj: MatRef<'a>,
+    pub up_proj: MatRef<'a>,
+    pub down_proj: MatRef<'a>,
+}
+
+pub(crate) const EMBED: &str = "model.embed_tokens.weight";
+pub(crate) const FINAL_NORM: &str = "model.norm.weight";
+pub(crate) const LM_HEAD: &str = "lm_head.weight";
+
+/// A loaded Mistral model: immutable, `Send + Sync`, shared by any number of [`Session`]s.
+///
+/// Use the aliases [`Mistral`] (resident weights) and [`LazyMistral`] (low memory).
+pub struct Model<R: Residency = Resident> {
+    file: ModelFile,
+    config: Config,
+    tokenizer: Tokenizer,
+    rope: RopeTable,
+    layers: Vec<LayerNames>,
+    load_time: Duration,
+    _residency: PhantomData<R>,
+}
+
+impl<R: Residency> std::fmt::Debug for Model<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("file", &self.file.source_name())
+            .field("residency", &R::NAME)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<R: Residency> Model<R> {
+    /// Loads a torchless model file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    /// Loads a torchless model file, reporting progress and optionally replacing the tokenizer.
+    pub fn load_with(path: impl AsRef<Path>, mut options: LoadOptions<'_>) -> Result<Self> {
+        let start = Instant::now();
+        let file = ModelFile::open(path.as_ref())?;
+        Self::from_file_with(file, start, &mut options)
+    }
+
+    /// Builds a model from an already opened file (e.g. one held in memory).
+    pub fn from_file(file: ModelFile) -> Result<Self> {
+        Self::from_file_with(file, Instant::now(), &mut LoadOptions::default())
+    }
+
+    fn from_file_with(
+        file: ModelFile,
+        start: Instant,
+        options: &mut LoadOptions<'_>,
+    ) -> Result<Self> {
+        let mut report = |p: LoadProgress| {
+            if let Some(cb) = options.progress.as_mut() {
+                cb(p);
+            }
+        };
+        file.validate_mistral()?;
+        let config = file.config().clone();
+        report(LoadProgress::Validated {
+            tensors: file.n_tensors(),
+        });
+
+        let tokenizer = match options.tokenizer.take() {
+            Some(t) => t,
+            None => {
+                let data = file.tokenizer_data()?;
+                Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?
+            }
+        };
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(ModelError::InvalidOption {
+                option: "tokenizer".into(),
+                message: format!(
+                    "it has {} pieces but the model only {} embedding rows",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
+            });
+        }
+        report(LoadProgress::TokenizerReady);
+
+        let rope = RopeTable::new(
+            config.head_dim,
+            config.rope_theta,
+            config.max_position_embeddings,
+        )?;
+        let layers = (0..config.n_layers).map(LayerNames::new).collect();
+        let model = Self {
+            file,
+            config,
+            tokenizer,
+            rope,
+            layers,
+            load_time: Duration::ZERO,
+            _residency: PhantomData,
+        };
+        if !R::RELEASE_AFTER_USE {
+            model.read_all_weights(&mut report);
+        }
+        report(LoadProgress::Done);
+        Ok(Self {
+            load_time: start.elapsed(),
+            ..model
+        })
+    }
+
+    /// Reads every weight page once so the first token does not pay for page faults.
+    fn read_all_weights(&self, report: &mut impl FnMut(LoadProgress)) {
+        let total: u64 = self.file.tensors().map(|t| t.bytes_read() as u64).sum();
+        let mut done = 0u64;
+        for info in self.file.tensors() {
+            // Errors here only mean the pages fault in later, on first use.
+            let _ = self.file.set_residency(&info.name, Advice::WillNeed);
+            if let Ok(tensor) = self.file.tensor(&info.name) {
+                touch_pages(tensor.data);
+            }
+            done += info.bytes_read() as u64;
+            report(LoadProgress::Reading { done, total });
+        }
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The tokenizer (embedded in the file unless replaced at load).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The underlying file (tensor table, metadata).
+    pub fn file(&self) -> &ModelFile {
+        &self.file
+    }
+
+    /// Wall time [`load`](Self::load) took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// `"resident"` or `"lazy"`.
+    pub fn residency(&self) -> &'static str {
+        R::NAME
+    }
+
+    /// Bytes of weights one decode step reads: every layer, the final norm and the output matrix
+    /// (plus one embedding row).
+    pub fn bytes_per_token(&self) -> u64 {
+        let embed_row = self
+            .file
+            .tensor_info(EMBED)
+            .map(|t| (t.bytes_read() / self.config.vocab_size.max(1)) as u64)
+            .unwrap_or(0);
+        let weights: u64 = self
+            .file
+            .tensors()
+            .filter(|t| t.name != EMBED)
+            .map(|t| t.bytes_read() as u64)
+            .sum();
+        weights + embed_row
+    }
+
+    /// A new inference session with default options (full context, all threads).
+    pub fn session(&self) -> Result<Session<'_, R>> {
+        Session::new(self, SessionOptions::default())
+    }
+
+    /// A new inference session.
+    pub fn session_with(&self, options: SessionOptions) -> Result<Session<'_, R>> {
+        Session::new(self, options)
+    }
+
+    pub(crate) fn rope(&self) -> &RopeTable {
+        &self.rope
+    }
+
+    pub(crate) fn layer(&self, layer: usize) -> Result<LayerWeights<'_>> {
+        let names = &self.layers[layer];
+        let h = self.config.hidden_size;
+        Ok(LayerWeights {
+            input_norm: self.vector(&names.input_norm, h)?,
+            q_proj: self.matrix(&names.q_proj)?,
+            k_proj: self.matrix(&names.k_proj)?,
+            v_proj: self.matrix(&names.v_proj)?,
+            o_proj: self.matrix(&names.o_proj)?,
+            post_attention_norm: self.vector(&names.post_attention_norm, h)?,
+            gate_proj: self.matrix(&names.gate_proj)?,
+            up_proj: self.matrix(&names.up_proj)?,
+            down_proj: self.matrix(&names.down_proj)?,
+        })
+    }
+
+    pub(crate) fn final_norm(&self) -> Result<&[f32]> {
+        self.vector(FINAL_NORM, self.config.hidden_size)
+    }
+
+    pub(crate) fn lm_head(&self) -> Result<MatRef<'_>> {
+        self.matrix(LM_HEAD)
+    }
+
+    pub(crate) fn embedding(&self) -> Result<MatRef<'_>> {
+        self.matrix(EMBED)
+    }
+
+    /// Before a layer runs: ask for its pages (lazy mode), so reading overlaps with work.
+    pub(crate) fn prefetch_layer(&self, layer: usize) {
+        if R::RELEASE_AFTER_USE {
+            if let Some(names) = self.layers.get(layer) {
+                for name in names.all() {
+                    let _ = self.file.set_residency(name, Advice::WillNeed);
+                }
+            }
+        }
+    }
+
+    /// After a layer ran: give its pages back (lazy mode).
+    pub(crate) fn release_layer(&self, layer: usize) {
+        if R::RELEASE_AFTER_USE {
+            if let Some(names) = self.layers.get(layer) {
+                for name in names.all() {
+                    let _ = self.file.set_residency(name, Advice::DontNeed);
+                }
+            }
+        }
+    }
+
+    /// After the output projection: give `lm_head` back (lazy mode).
+    pub(crate) fn release_output(&self) {
+        if R::RELEASE_AFTER_USE {
+            let _ = self.file.set_residency(LM_HEAD, Advice::DontNeed);
+        }
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<&[f32]> {
+        let tensor = self.file.tensor(name)?;
+        match tensor.data {
+            TensorData::F32(values) if values.len() == len => Ok(values),
+            _ => Err(ModelError::InvalidOption {
+                option: name.to_string(),
+                message: format!("expected {len} float32 values"),
+            }),
+        }
+    }
+
+    fn matrix(&self, name: &str) -> Result<MatRef<'_>> {
+        let tensor = self.file.tensor(name)?;
+        let (rows, cols) = match tensor.info.shape.as_slice() {
+            &[rows, cols] => (rows, cols),
+            shape => {
+                return Err(ModelError::InvalidOption {
+                    option: name.to_string(),
+                    message: format!("expected a matrix, found shape {shape:?}"),
+                })
+            }
+        };
+        Ok(match tensor.data {
+            TensorData::F32(values) => MatRef::f32(values, rows, cols)?,
+            TensorData::Int8(view) => MatRef::int8(view.values, view.inv_scales, rows, cols)?,
+        })
+    }
+}
+
+/// Reads one byte per page so the kernel maps the whole range now.
+fn touch_pages(data: TensorData<'_>) {
+    fn touch(bytes: &[u8]) {
+        const PAGE: usize = 4096;
+        let sum = bytes
+            .iter()
+            .step_by(PAGE)
+            .fold(0u8, |acc, &b| acc.wrapping_add(b));
+        std::hint::black_box(sum);
+    }
+    match data {
+        TensorData::F32(values) => touch(bytemuck::cast_slice(values)),
+        TensorData::Int8(view) => {
+            touch(bytemuck::cast_slice(view.values));
+            touch(bytemuck::cast_slice(view.inv_scales));
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! An inference session: the mutable state of one conversation (KV cache, position, scratch
+//! buffers) over a shared, immutable model.
+
+#[cfg(feature = "parallel")]
+use std::sync::Arc;
+
+use torchless_kernels::Kernels;
+
+use crate::error::{ModelError, Result};
+use crate::forward::Scratch;
+use crate::kv_cache::KvCache;
+use crate::model::{Model, Residency};
+
+/// Options for a [`Session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Positions the session can hold, prompt and generation together (default: the model's
+    /// `max_position_embeddings`). The KV cache never holds more than the sliding window plus one
+    /// batch, however long the context.
+    pub context_len: Option<usize>,
+    /// Most tokens processed in one batch of a prefill (default 128).
+    pub batch_size: usize,
+    /// Threads for generating one token at a time (`0`: the global rayon pool, one per core).
+    pub threads: usize,
+    /// Threads for batched prompt processing (`0`: same as `threads`).
+    pub batch_threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            context_len: None,
+            batch_size: 128,
+            threads: 0,
+            batch_threads: 0,
+        }
+    }
+}
+
+/// The state of one sequence being processed by a model.
+///
+/// A session owns its KV cache and scratch buffers (allocated once); the model is only borrowed,
+/// so several sessions can run on one model, in parallel threads if wanted.
+pub struct Session<'m, R: Residency> {
+    pub(crate) model: &'m Model<R>,
+    pub(crate) kernels: Kernels,
+    pub(crate) kv_cache: KvCache,
+    pub(crate) scratch: Scratch,
+    /// Logits of the rows asked for in the last forward call.
+    pub(crate) logits: Vec<f32>,
+    /// Positions stored in the KV cache.
+    pub(crate) position: usize,
+    /// Every token fed to the model so far, then a token generated but not yet fed, if any.
+    tokens: Vec<u32>,
+    pending: Option<u32>,
+    context_len: usize,
+    batch_size: usize,
+    #[cfg(feature = "parallel")]
+    decode_pool: Option<Arc<rayon::ThreadPool>>,
+    #[cfg(feature = "parallel")]
+    batch_pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl<R: Residency> std::fmt::Debug for Session<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("position", &self.position)
+            .field("context_len", &self.context_len)
+            .field("cache_capacity", &self.kv_cache.capacity())
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl<'m, R: Residency> Session<'m, R> {
+    /// A new session on `model`.
+    pub fn new(model: &'m Model<R>, options: SessionOptions) -> Result<Self> {
+        let config = model.config();
+        let max_positions = config.max_position_embeddings;
+        let context_len = options.context_len.unwrap_or(max_positions);
+        if context_len == 0 || context_len > max_positions {
+            return Err(ModelError::InvalidOption {
+                option: "context length".into(),
+                message: format!(
+                    "{context_len} is outside 1..={max_positions} (max_position_embeddings)"
+                ),
+            });
+        }
+        if options.batch_size == 0 {
+            return Err(ModelError::InvalidOption {
+                option: "batch size".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        let capacity = match config.sliding_window {
+            Some(window) if window < context_len => (window + options.batch_size).min(context_len),
+            _ => context_len,
+        };
+        let kv_cache = KvCache::new(
+            config.n_layers,
+            config.n_kv_heads,
+            config.head_dim,
+            capacity,
+            config.sliding_window,
+        )?;
+        let batch_size = options
+            .batch_size
+            .min(kv_cache.max_batch_at())
+            .min(context_len);
+        let scratch = Scratch::new(
+            batch_size,
+            config.hidden_size,
+            config.q_dim(),
+            config.kv_dim(),
+            config.intermediate_size,
+        );
+        #[cfg(feature = "parallel")]
+        let (decode_pool, batch_pool) = {
+            let pool = |n: usize| -> Result<Option<Arc<rayon::ThreadPool>>> {
+                Ok(match n {
+                    0 => None,
+                    n => Some(Arc::new(torchless_kernels::thread_pool(n)?)),
+                })
+            };
+            let decode = pool(options.threads)?;
+            let batch = match options.batch_threads {
+                0 => decode.clone(),
+                n if n == options.threads => decode.clone(),
+                n => pool(n)?,
+            };
+            (decode, batch)
+        };
+        Ok(Self {
+            model,
+            kernels: Kernels::auto(),
+            kv_cache,
+            scratch,
+            logits: Vec::new(),
+            position: 0,
+            tokens: Vec::new(),
+            pending: None,
+            context_len,
+            batch_size,
+            #[cfg(feature = "parallel")]
+            decode_pool,
+            #[cfg(feature = "parallel")]
+            batch_pool,
+        })
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &'m Model<R> {
+        self.model
+    }
+
+    /// Number of positions processed (stored in the KV cache).
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Positions this session can hold.
+    pub fn context_len(&self) -> usize {
+        self.context_len
+    }
+
+    /// Most tokens per prefill batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The KV cache (capacity and memory figures).
+    pub fn kv_cache(&self) -> &KvCache {
+        &self.kv_cache
+    }
+
+    /// Every token of the sequence so far, including a generated token not yet processed.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The logits of the last position processed (empty before the first call).
+    pub fn logits(&self) -> &[f32] {
+        let vocab = self.model.config().vocab_size;
+        let n = self.logits.len();
+        &self.logits[n.saturating_sub(vocab)..]
+    }
+
+    /// A token that was generated (returned to the caller) but not yet run through the model; it
+    /// is processed first by the next [`prefill`](Self::prefill) or [`step`](Self::step).
+    pub fn pending_token(&self) -> Option<u32> {
+        self.pending
+    }
+
+    pub(crate) fn set_pending(&mut self, token: u32) {
+        self.pending = Some(token);
+        self.tokens.push(token);
+    }
+
+    /// Forgets everything: the next token is at position 0 again.
+    pub fn reset(&mut self) {
+        self.position = 0;
+        self.tokens.clear();
+        self.pending = None;
+        self.logits.clear();
+    }
+
+    /// Goes back to `position` (e.g. to regenerate from there). Fails if the rolling cache has
+    /// already overwritten keys the positions after it would attend to.
+    pub fn rewind(&mut self, position: usize) -> Result<()> {
+        if position > self.position {
+            return Err(ModelError::InvalidOption {
+                option: "rewind position".into(),
+                message: format!("{position} is past the current position {}", self.position),
+            });
+        }
+        let needed_from = self
+            .kv_cache
+            .attended_positions(position)
+            .start
+            .min(position);
+        let oldest = self.kv_cache.oldest_cached(self.position);
+        if needed_from < oldest {
+            return Err(ModelError::RewindTooFar {
+                to: position,
+                oldest,
+                position: self.position,
+            });
+        }
+        self.position = position;
+        self.pending = None;
+        self.tokens.truncate(position);
+        self.logits.clear();
+        Ok(())
+    }
+
+    /// Runs `tokens` after what the session holds and returns the logits of the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        let input = self.take_input(tokens)?;
+        if input.is_empty() {
+            return Err(ModelError::EmptyInput(
+                "nothing to process: no tokens given",
+            ));
+        }
+        let last = input.len() - 1;
+        self.run(&input, |_, _| {}, last..last + 1)?;
+        Ok(self.logits())
+    }
+
+    /// Runs one token and returns its logits (decode).
+    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        self.prefill(&[token])
+    }
+
+    /// Runs `tokens` and calls `on_logits(i, logits)` for every one of them (teacher forcing, e.g.
+    /// for perplexity). `i` indexes `tokens` (a pending token, if any, is processed first and
+    /// gets no call).
+    pub fn evaluate(
+        &mut self,
+        tokens: &[u32],
+        mut on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let offset = usize::from(self.pending.is_some());
+        let input = self.take_input(tokens)?;
+        self.run(
+            &input,
+            |i, row| {
+                if i >= offset {
+                    on_logits(i - offset, row)
+                }
+            },
+            0..input.len(),
+        )
+    }
+
+    /// Checks `tokens` and prepends a pending token; records them in the history. Input that is
+    /// refused here leaves the session unchanged.
+    fn take_input(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
+        let vocab_size = self.model.config().vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(ModelError::InvalidToken { id, vocab_size });
+        }
+        let mut input = Vec::with_capacity(tokens.len() + 1);
+        input.extend(self.pending);
+        input.extend_from_slice(tokens);
+        let needed = self.position + input.len();
+        if needed > self.context_len {
+            return Err(ModelError::ContextOverflow {
+                needed,
+                context_len: self.context_len,
+                max_positions: self.model.config().max_position_embeddings,
+            });
+        }
+        self.pending = None;
+        self.tokens.extend_from_slice(tokens);
+        Ok(input)
+    }
+
+    /// Feeds `input` batch by batch; logits are computed for the positions in `wanted` (indices
+    /// into `input`), handed to `on_logits` per row, and the last row stays in `self.logits`.
+    /// A failure inside the forward pass (a kernel refusing its shapes) resets the session, since
+    /// its cache may hold a partly written batch.
+    fn run(
+        &mut self,
+        input: &[u32],
+        on_logits: impl FnMut(usize, &[f32]),
+        wanted: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let result = self.run_batches(input, on_logits, wanted);
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+
+    fn run_batches(
+        &mut self,
+        input: &[u32],
+        mut on_logits: impl FnMut(usize, &[f32]),
+        wanted: std::ops::Range<usize>,
+    ) -> Result<()> {
+        let vocab = self.model.config().vocab_size;
+        let mut done = 0;
+        for batch in input.chunks(self.batch_size) {
+            let range = done..done + batch.len();
+            let lo = wanted.start.clamp(range.start, range.end) - done;
+            let hi = wanted.end.clamp(range.start, range.end) - done;
+            self.forward_in_pool(batch, lo..hi)?;
+            for (i, row) in self.logits.chunks_exact(vocab).enumerate() {
+                on_logits(done + lo + i, row);
+            }
+            done += batch.len();
+        }
+        Ok(())
+    }
+
+    fn forward_in_pool(&mut self, batch: &[u32], logit_rows: std::ops::Range<usize>) -> Result<()> {
+        #[cfg(feature = "parallel")]
+        {
+            let pool = if batch.len() > 1 {
+                self.batch_pool.clone()
+            } else {
+                self.decode_pool.clone()
+            };
+            if let Some(pool) = pool {
+                return pool.install(|| self.forward_batch(batch, logit_rows));
+            }
+        }
+        self.forward_batch(batch, logit_rows)
+    }
+}

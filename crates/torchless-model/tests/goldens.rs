@@ -1,0 +1,63 @@
+//! The committed fixture models agree with Hugging Face `transformers` (goldens made by
+//! scripts/fixtures/make_model_fixtures.py): logits, NLL and greedy continuations, for f32 and
+//! int8 files, GQA / MQA / MHA, with and without a sliding window shorter than the prompts.
+
+mod common;
+
+use common::{check_model, fixtures, read_goldens};
+use torchless_model::{LazyMistral, Mistral};
+
+fn check(name: &str, quant: &str) {
+    let model = Mistral::load(fixtures().join(format!("{name}-{quant}.bin"))).unwrap();
+    let goldens = read_goldens(&fixtures().join(format!("{name}-goldens-{quant}.json")));
+    let checks = check_model(&model, &goldens);
+    assert!(checks > 500, "only {checks} checks");
+}
+
+#[test]
+fn gqa_window_f32() {
+    check("small-gqa", "f32");
+}
+
+#[test]
+fn gqa_window_int8() {
+    check("small-gqa", "int8");
+}
+
+#[test]
+fn mqa_no_window_f32() {
+    check("small-mqa", "f32");
+}
+
+#[test]
+fn mqa_no_window_int8() {
+    check("small-mqa", "int8");
+}
+
+#[test]
+fn mha_short_window_f32() {
+    check("small-mha", "f32");
+}
+
+#[test]
+fn mha_short_window_int8() {
+    check("small-mha", "int8");
+}
+
+#[test]
+fn lazy_model_gives_bit_identical_logits() {
+    for name in ["small-gqa-int8", "small-mha-f32"] {
+        let path = fixtures().join(format!("{name}.bin"));
+        let eager = Mistral::load(&path).unwrap();
+        let lazy = LazyMistral::load(&path).unwrap();
+        let ids: Vec<u32> = (0..100).map(|i| (i * 37 + 11) % 1024).collect();
+        let a = common::all_logits(&eager, &ids);
+        let b = common::all_logits(&lazy, &ids);
+        for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{name} position {t}"
+            );
+        }
+    }
+}
