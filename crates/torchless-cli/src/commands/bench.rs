@@ -1,0 +1,189 @@
+//! `torchless bench MODEL -p 128 -n 32 -r 3 -t 2`: prompt-processing and generation speed as
+//! medians over repetitions, with the bytes each generated token reads and the bandwidth that
+//! implies, next to a read-bandwidth probe run in the same process.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use torchless_model::sampling::argmax;
+use torchless_model::{Lazy, Residency, Resident};
+
+use super::load_model;
+use crate::options::ModelArgs;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt tokens processed in one prefill (0: skip).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_name = "N",
+        default_value_t = 512
+    )]
+    pub n_prompt: usize,
+    /// Tokens generated one at a time after the prompt (0: skip).
+    #[arg(short = 'n', long = "n-gen", value_name = "N", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions; medians are reported.
+    #[arg(
+        short = 'r',
+        long = "repetitions",
+        value_name = "N",
+        default_value_t = 3
+    )]
+    pub repetitions: usize,
+    /// Size of the buffer the read-bandwidth probe sums, in MiB (0: skip the probe).
+    #[arg(long = "probe-mib", value_name = "MIB", default_value_t = 1024)]
+    pub probe_mib: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.model.lazy {
+        run_with::<Lazy>(args)
+    } else {
+        run_with::<Resident>(args)
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
+    if args.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let model = load_model::<R>(&args.model)?;
+    let config = model.config();
+    let needed = args.n_prompt.max(1) + args.n_gen;
+    if needed > config.max_position_embeddings {
+        bail!(
+            "-p {} plus -n {} exceeds the model's context of {} positions",
+            args.n_prompt,
+            args.n_gen,
+            config.max_position_embeddings
+        );
+    }
+    let mut options = args.model.session_options();
+    options.context_len = Some(options.context_len.unwrap_or(needed).max(needed));
+    let mut session = model
+        .session_with(options)
+        .context("cannot create a session")?;
+
+    // A fixed prompt of ordinary tokens (ids past the specials and byte pieces when there are any).
+    let vocab = config.vocab_size as u32;
+    let first = if vocab > 1000 { 259 } else { 3.min(vocab - 1) };
+    let prompt: Vec<u32> = (0..args.n_prompt as u32)
+        .map(|i| first + (i * 7919) % (vocab - first))
+        .collect();
+
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for rep in 0..args.repetitions {
+        session.reset();
+        let mut next = if args.n_prompt > 0 {
+            let start = Instant::now();
+            let logits = session.prefill(&prompt)?;
+            let seconds = start.elapsed().as_secs_f64();
+            pp.push(args.n_prompt as f64 / seconds);
+            argmax(logits)
+        } else {
+            1
+        };
+        if args.n_gen > 0 {
+            let start = Instant::now();
+            for _ in 0..args.n_gen {
+                next = argmax(session.step(next)?);
+            }
+            tg.push(args.n_gen as f64 / start.elapsed().as_secs_f64());
+        }
+        if args.model.debug {
+            eprintln!(
+                "repetition {}: pp {:.2} tok/s, tg {:.3} tok/s",
+                rep + 1,
+                pp.last().copied().unwrap_or(0.0),
+                tg.last().copied().unwrap_or(0.0)
+            );
+        }
+    }
+    let pp_median = median(&mut pp);
+    let tg_median = median(&mut tg);
+    let bytes_per_token = model.bytes_per_token();
+    let gb_per_s = bytes_per_token as f64 * tg_median / 1e9;
+    let threads = args
+        .model
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let probe = (args.probe_mib > 0)
+        .then(|| torchless_model::kernels::measure_read_bandwidth(args.probe_mib << 20, threads));
+    let fraction = probe.map(|bw| gb_per_s / bw);
+
+    if args.model.json {
+        let value = serde_json::json!({
+            "model": args.model.model.display().to_string(),
+            "residency": model.residency(),
+            "quant": config.quant.as_str(),
+            "threads": threads,
+            "n_prompt": args.n_prompt,
+            "n_gen": args.n_gen,
+            "repetitions": args.repetitions,
+            "pp_tokens_per_s": pp_median,
+            "tg_tokens_per_s": tg_median,
+            "pp_runs": pp,
+            "tg_runs": tg,
+            "bytes_per_token": bytes_per_token,
+            "gb_per_s": gb_per_s,
+            "read_bandwidth_gb_per_s": probe,
+            "bandwidth_fraction": fraction,
+            "kernels": torchless_model::kernels::cpu_path(),
+            "load_s": model.load_time().as_secs_f64(),
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "| model | mode | threads | test | tokens/s | bytes/token | GB/s | of read bandwidth |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let name = args
+            .model
+            .model
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        if args.n_prompt > 0 {
+            println!(
+                "| {name} | {} | {threads} | pp{} | {pp_median:.2} | | | |",
+                model.residency(),
+                args.n_prompt
+            );
+        }
+        if args.n_gen > 0 {
+            println!(
+                "| {name} | {} | {threads} | tg{} | {tg_median:.3} | {bytes_per_token} | {gb_per_s:.2} | {} |",
+                model.residency(),
+                args.n_gen,
+                match (probe, fraction) {
+                    (Some(bw), Some(f)) => format!("{:.0}% of {bw:.1} GB/s", f * 100.0),
+                    _ => "-".to_string(),
+                }
+            );
+        }
+    }
+    eprintln!(
+        "load {:.2} s | kernels {} | medians of {} runs",
+        model.load_time().as_secs_f64(),
+        torchless_model::kernels::cpu_path(),
+        args.repetitions
+    );
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! `torchless tokenize MODEL_OR_TOKENIZER_JSON [TEXT]`: print token ids.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use torchless_model::format::ModelFile;
+use torchless_model::{DecodeOptions, EncodeOptions, Tokenizer};
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenizeArgs {
+    /// A torchless model file or a Hugging Face tokenizer.json.
+    pub source: PathBuf,
+    /// Text to encode; without it, stdin is read verbatim (nothing stripped).
+    pub text: Option<String>,
+    /// Do not put the BOS token first.
+    #[arg(long = "no-bos")]
+    pub no_bos: bool,
+    /// Treat special-token strings (`<s>`, `</s>`, `[INST]`, ...) in the text as their ids.
+    #[arg(long = "parse-special")]
+    pub parse_special: bool,
+    /// Print {"ids": [...], "pieces": [...], "decoded": "..."}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loads a tokenizer from a model file or a tokenizer.json.
+pub fn load_tokenizer(source: &PathBuf) -> anyhow::Result<Tokenizer> {
+    let is_json = source
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if is_json {
+        return Tokenizer::from_file(source)
+            .with_context(|| format!("cannot load tokenizer {}", source.display()));
+    }
+    let file = ModelFile::open(source).with_context(|| {
+        format!(
+            "cannot open {} (a model file or a tokenizer.json)",
+            source.display()
+        )
+    })?;
+    let data = file.tokenizer_data()?;
+    Ok(Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?)
+}
+
+pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
+    let tokenizer = load_tokenizer(&args.source)?;
+    let text = match &args.text {
+        Some(text) => text.clone(),
+        None => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read stdin")?;
+            String::from_utf8(bytes).context("stdin is not valid UTF-8")?
+        }
+    };
+    let ids = tokenizer.encode(
+        &text,
+        EncodeOptions {
+            add_bos: !args.no_bos,
+            parse_special: args.parse_special,
+        },
+    );
+    if args.json {
+        let pieces: Vec<&str> = ids
+            .iter()
+            .map(|&id| tokenizer.token_to_piece(id).unwrap_or(""))
+            .collect();
+        let decoded = tokenizer.decode(&ids, DecodeOptions::default());
+        println!(
+            "{}",
+            serde_json::json!({"ids": ids, "pieces": pieces, "decoded": decoded})
+        );
+    } else {
+        let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+        println!("{}", ids.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! What goes to stderr: errors, statistics, progress; and the interrupt flag for Ctrl-C.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use torchless_model::{GenerationStats, LoadProgress};
+
+/// Prints `error: ...` as one line (causes joined with `: `).
+pub fn print_error(error: &anyhow::Error) {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    eprintln!("error: {}", message.replace('\n', " "));
+}
+
+/// The one-line summary printed after a run.
+pub fn stats_line(stats: &GenerationStats) -> String {
+    format!(
+        "load {:.2} s | prompt {} tokens, {:.1} tok/s | generation {} tokens, {:.2} tok/s | {:?}",
+        stats.load_time.as_secs_f64(),
+        stats.prompt_tokens,
+        stats.prompt_tokens_per_second(),
+        stats.generated_tokens,
+        stats.generation_tokens_per_second(),
+        stats.stop_reason,
+    )
+}
+
+/// Timings as JSON, with rates.
+pub fn stats_json(stats: &GenerationStats) -> serde_json::Value {
+    serde_json::json!({
+        "load_s": stats.load_time.as_secs_f64(),
+        "prompt_tokens": stats.prompt_tokens,
+        "prompt_s": stats.prompt_time.as_secs_f64(),
+        "prompt_tokens_per_s": stats.prompt_tokens_per_second(),
+        "generated_tokens": stats.generated_tokens,
+        "generation_s": stats.generation_time.as_secs_f64(),
+        "generation_tokens_per_s": stats.generation_tokens_per_second(),
+    })
+}
+
+/// A progress bar on stderr (drawn only when stderr is a terminal).
+pub fn progress_bar(total: u64, message: &str, bytes: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let template = if bytes {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+    } else {
+        "{msg} [{bar:30}] {pos}/{len} ({eta})"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// A load-progress callback that drives a byte progress bar.
+pub fn load_progress() -> (ProgressBar, impl FnMut(LoadProgress)) {
+    let bar = progress_bar(0, "loading", true);
+    let handle = bar.clone();
+    let callback = move |p: LoadProgress| match p {
+        LoadProgress::Reading { done, total } => {
+            handle.set_length(total);
+            handle.set_position(done);
+        }
+        LoadProgress::Done => handle.finish_and_clear(),
+        _ => {}
+    };
+    (bar, callback)
+}
+
+/// Set by the first Ctrl-C (generation stops cleanly and statistics are still printed); a
+/// second Ctrl-C exits at once.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    flag
+}
