@@ -127,7 +127,6 @@ impl<R: Residency> Session<'_, R> {
             let cache = &self.kv_cache;
             kernels.attention_batch(
                 q,
-                n,
                 &cache.view(layer)?,
                 config.n_heads,
                 attention_scale,

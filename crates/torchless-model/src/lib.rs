@@ -50,3 +50,8 @@ pub use torchless_kernels as kernels;
 /// The tokenizer crate, re-exported.
 pub use torchless_tokenizer as tokenizer;
 pub use torchless_tokenizer::{DecodeOptions, EncodeOptions, Tokenizer};
+
+/// The snippets of LIBRARY.md, compiled as doc tests so the guide cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../LIBRARY.md")]
+mod library_md {}
