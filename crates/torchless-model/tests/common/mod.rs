@@ -74,7 +74,16 @@ fn relative_close(ours: f64, reference: f64, tol: f64) -> bool {
 
 /// Per-position logits of `prompt` through the public session API.
 pub fn all_logits<R: Residency>(model: &Model<R>, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut session = model.session().unwrap();
+    all_logits_with(model, ids, SessionOptions::default())
+}
+
+/// Per-position logits with explicit session options (e.g. a small batch, so the ring wraps).
+pub fn all_logits_with<R: Residency>(
+    model: &Model<R>,
+    ids: &[u32],
+    options: SessionOptions,
+) -> Vec<Vec<f32>> {
+    let mut session = model.session_with(options).unwrap();
     let mut rows = vec![Vec::new(); ids.len()];
     session
         .evaluate(ids, |t, logits| rows[t] = logits.to_vec())
@@ -84,6 +93,15 @@ pub fn all_logits<R: Residency>(model: &Model<R>, ids: &[u32]) -> Vec<Vec<f32>> 
 
 /// Checks every recorded figure of every prompt; returns the number of assertions made.
 pub fn check_model<R: Residency>(model: &Model<R>, goldens: &Goldens) -> usize {
+    check_model_with(model, goldens, SessionOptions::default())
+}
+
+/// As [`check_model`], with the session options used for every session.
+pub fn check_model_with<R: Residency>(
+    model: &Model<R>,
+    goldens: &Goldens,
+    options: SessionOptions,
+) -> usize {
     let mut checks = 0;
     for prompt in &goldens.prompts {
         let label = format!(
@@ -91,7 +109,7 @@ pub fn check_model<R: Residency>(model: &Model<R>, goldens: &Goldens) -> usize {
             goldens.model,
             &prompt.text[..prompt.text.len().min(20)]
         );
-        let rows = all_logits(model, &prompt.ids);
+        let rows = all_logits_with(model, &prompt.ids, options.clone());
 
         for (t, row) in rows.iter().enumerate() {
             let argmax = torchless_model::sampling::argmax(row);
@@ -177,7 +195,7 @@ pub fn check_model<R: Residency>(model: &Model<R>, goldens: &Goldens) -> usize {
             for (t, (a, b)) in nll.iter().zip(&prompt.nll.per_token).enumerate() {
                 assert!(logit_close(*a, *b), "{label}: nll of token {}", t + 1);
             }
-            let mut session = model.session().unwrap();
+            let mut session = model.session_with(options.clone()).unwrap();
             let ppl = session
                 .perplexity(&prompt.ids, prompt.ids.len(), |_, _| {})
                 .unwrap();
@@ -190,7 +208,7 @@ pub fn check_model<R: Residency>(model: &Model<R>, goldens: &Goldens) -> usize {
         }
 
         // Greedy continuation through the generation API, not stopping at EOS.
-        let mut session = model.session_with(SessionOptions::default()).unwrap();
+        let mut session = model.session_with(options.clone()).unwrap();
         let options = GenerateOptions {
             max_tokens: prompt.greedy.ids.len(),
             stop_at_eos: false,
