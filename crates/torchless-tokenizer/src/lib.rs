@@ -1,1 +1,285 @@
-//! placeholder
+//! The Mistral tokenizer: SentencePiece-compatible BPE with byte fallback.
+//!
+//! Produces exactly the ids Mistral's own SentencePiece model produces, from
+//! the vocabulary and merges stored in a torchless model file header
+//! ([`Tokenizer::from_vocab_and_merges`]) or from a Hugging Face
+//! `tokenizer.json` ([`Tokenizer::from_tokenizer_json_str`],
+//! [`Tokenizer::from_file`]).
+//!
+//! # Encoding
+//! Like SentencePiece (and unlike Hugging Face `tokenizers` where they
+//! differ), non-empty text gets a dummy-prefix `▁`, every space becomes `▁`
+//! (nothing else is changed: tabs and newlines stay as they are), then
+//! adjacent symbols are merged by rank, the leftmost pair first among equals,
+//! and characters outside the vocabulary become their UTF-8 bytes as `<0xNN>`
+//! pieces. Text that looks like a special token (`<s>`, `[INST]`, ...) is
+//! ordinary text unless [`EncodeOptions::parse_special`] is set.
+//!
+//! Encoding takes O(n log n): a heap of candidate pairs over a linked list of
+//! symbols. Text is first cut before each run of spaces (no Mistral piece
+//! crosses such a cut, which is checked when the vocabulary is built), so
+//! most words are merged in a small buffer, and long inputs reuse the ids of
+//! repeated words.
+//!
+//! # Special tokens
+//! From a `tokenizer.json`, the special tokens are the `added_tokens` marked
+//! `special`. From vocab and merges alone they are `<unk>`, `<s>`, `</s>`,
+//! `<pad>` and every multi-character piece that no merge produces and that is
+//! not a byte piece (BPE can never output such a piece from text; this covers
+//! `[INST]`-style control pieces of newer vocabularies). For Mistral 7B v0.1
+//! both give ids 0, 1 and 2.
+//!
+//! # Example
+//! ```
+//! use torchless_tokenizer::{DecodeOptions, EncodeOptions, Tokenizer};
+//!
+//! let vocab = [("<unk>", 0), ("<s>", 1), ("</s>", 2), ("▁", 3), ("h", 4), ("i", 5),
+//!              ("hi", 6), ("▁hi", 7)];
+//! let vocab = vocab.iter().map(|&(p, id)| (p.to_string(), id))
+//!     .chain((0..=255u32).map(|b| (format!("<0x{b:02X}>"), 8 + b)));
+//! let tokenizer = Tokenizer::from_vocab_and_merges(vocab, ["h i", "▁ hi"]).unwrap();
+//! let ids = tokenizer.encode("hi hi!", EncodeOptions::default());
+//! assert_eq!(ids, [1, 7, 7, 8 + u32::from(b'!')]);
+//! assert_eq!(tokenizer.decode(&ids, DecodeOptions::default()), "hi hi!");
+//! ```
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod decode;
+mod encode;
+mod error;
+mod hash;
+mod load;
+mod special;
+mod vocab;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use decode::StreamDecoder;
+pub use error::TokenizerError;
+pub use vocab::TokenKind;
+
+use encode::Scratch;
+use vocab::{MergeSpec, PrependScheme, Vocab, VocabSpec};
+
+/// How to encode text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Put the BOS id (`<s>` = 1 for Mistral) first. Default `true`: the model
+    /// expects every prompt to start with it.
+    pub add_bos: bool,
+    /// Match special-token strings in the text (`<s>`, `</s>`, `<unk>`,
+    /// `[INST]`, ...) as their ids, as Hugging Face does for added tokens; the
+    /// text between them is encoded piece by piece, each stretch with its own
+    /// dummy prefix (unless the `tokenizer.json` says otherwise). Default
+    /// `false`: SentencePiece treats such strings as plain text, and so must
+    /// anything that encodes untrusted text.
+    pub parse_special: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            add_bos: true,
+            parse_special: false,
+        }
+    }
+}
+
+/// How to decode ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Default `true`, which matches SentencePiece's decode exactly: control
+    /// tokens (`<s>`, `</s>`, ...) decode to nothing and `<unk>` to ` ⁇ `.
+    /// With `false`, control and unknown tokens are shown as their piece
+    /// text (`<s>`) and count as visible text, so a following `▁` is kept
+    /// as a space (`[1, ▁Hello]` → `"<s> Hello"`, as Hugging Face shows it).
+    pub skip_special: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions { skip_special: true }
+    }
+}
+
+/// A SentencePiece-compatible BPE tokenizer. Cheap to clone (the tables are
+/// shared) and usable from many threads at once.
+#[derive(Clone)]
+pub struct Tokenizer {
+    vocab: Arc<Vocab>,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("merge_pairs", &self.vocab.pairs.len())
+            .field("byte_fallback", &self.vocab.byte_ids.is_some())
+            .field("bos_id", &self.vocab.bos_id)
+            .field("eos_id", &self.vocab.eos_id)
+            .field("unk_id", &self.vocab.unk_id)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from `{piece: id}` and merges `"left right"`, as
+    /// stored in a torchless model file header. Byte fallback is on (all 256
+    /// `<0xNN>` pieces must exist), `<unk>` is the unknown piece if present,
+    /// and special tokens are inferred (see the crate docs).
+    ///
+    /// Errors if ids are not exactly `0..n`, a piece or id repeats, a merge is
+    /// malformed or names a piece (or a concatenation) not in the vocabulary,
+    /// or a byte piece is missing.
+    pub fn from_vocab_and_merges<P, M>(
+        vocab: impl IntoIterator<Item = (P, u32)>,
+        merges: impl IntoIterator<Item = M>,
+    ) -> Result<Self, TokenizerError>
+    where
+        P: Into<String>,
+        M: Into<String>,
+    {
+        let spec = VocabSpec {
+            vocab: vocab
+                .into_iter()
+                .map(|(piece, id)| (piece.into(), u64::from(id)))
+                .collect(),
+            merges: merges
+                .into_iter()
+                .map(|m| MergeSpec::Joined(m.into()))
+                .collect(),
+            unk_piece: Some("<unk>".to_owned()),
+            byte_fallback: true,
+            specials: None,
+            prepend: PrependScheme::Always,
+        };
+        Self::build(spec)
+    }
+
+    /// Builds the tokenizer from the text of a Hugging Face `tokenizer.json`
+    /// with a BPE model. Merges may be `"left right"` strings or `[left,
+    /// right]` pairs. Special tokens are the `added_tokens` marked `special`
+    /// (inferred as for [`from_vocab_and_merges`](Self::from_vocab_and_merges)
+    /// if the file has no `added_tokens`).
+    ///
+    /// The normalizer, pre-tokenizer and decoder sections are not interpreted
+    /// beyond where a `Metaspace` pre-tokenizer puts the dummy prefix around
+    /// special tokens: encoding always follows SentencePiece.
+    pub fn from_tokenizer_json_str(json: &str) -> Result<Self, TokenizerError> {
+        Self::build(load::parse_tokenizer_json(json)?)
+    }
+
+    /// Reads a Hugging Face `tokenizer.json` file; see
+    /// [`from_tokenizer_json_str`](Self::from_tokenizer_json_str).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        let path = path.as_ref();
+        let json = std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_tokenizer_json_str(&json)
+    }
+
+    fn build(spec: VocabSpec) -> Result<Self, TokenizerError> {
+        Ok(Tokenizer {
+            vocab: Arc::new(Vocab::build(spec)?),
+        })
+    }
+
+    /// Encodes `text` into ids. Never fails: characters outside the
+    /// vocabulary become byte pieces (or `<unk>` without byte fallback).
+    pub fn encode(&self, text: &str, options: EncodeOptions) -> Vec<u32> {
+        let vocab = &*self.vocab;
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if options.add_bos {
+            out.extend(vocab.bos_id);
+        }
+        let mut scratch = Scratch::default();
+        if !options.parse_special {
+            let prefix = vocab.prepend != PrependScheme::Never;
+            vocab.encode_plain(text, prefix, &mut scratch, &mut out);
+            return out;
+        }
+        let mut pos = 0;
+        let mut encode_stretch = |start: usize, end: usize, out: &mut Vec<u32>| {
+            let prefix = match vocab.prepend {
+                PrependScheme::Always => true,
+                PrependScheme::First => start == 0,
+                PrependScheme::Never => false,
+            };
+            let stretch = text.get(start..end).unwrap_or_default();
+            vocab.encode_plain(stretch, prefix, &mut scratch, out);
+        };
+        for found in vocab.specials.find_all(text) {
+            encode_stretch(pos, found.start, &mut out);
+            out.push(found.id);
+            pos = found.end;
+        }
+        encode_stretch(pos, text.len(), &mut out);
+        out
+    }
+
+    /// Decodes ids into text, exactly as SentencePiece's `decode_ids` with the
+    /// default options (see [`DecodeOptions`]). Ids outside the vocabulary are
+    /// ignored (SentencePiece would reject the whole sequence).
+    pub fn decode(&self, ids: &[u32], options: DecodeOptions) -> String {
+        decode::decode(&self.vocab, ids, options)
+    }
+
+    /// A decoder fed one id at a time, with the default [`DecodeOptions`].
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        self.stream_decoder_with(DecodeOptions::default())
+    }
+
+    /// A decoder fed one id at a time, with the given options.
+    pub fn stream_decoder_with(&self, options: DecodeOptions) -> StreamDecoder<'_> {
+        StreamDecoder::new(&self.vocab, options)
+    }
+
+    /// The number of pieces; valid ids are `0..vocab_size()`.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab.pieces.len()
+    }
+
+    /// The piece of an id, e.g. `"▁Hello"` or `"<0x0A>"`.
+    pub fn token_to_piece(&self, id: u32) -> Option<&str> {
+        self.vocab.pieces.get(id as usize).map(|p| &**p)
+    }
+
+    /// The id of a piece.
+    pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
+        self.vocab.piece_ids.get(piece).copied()
+    }
+
+    /// What kind of token an id is, or `None` if it is out of range.
+    pub fn token_kind(&self, id: u32) -> Option<TokenKind> {
+        self.vocab.kinds.get(id as usize).copied()
+    }
+
+    /// The beginning-of-sequence id (`<s>`), if the vocabulary has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.vocab.bos_id
+    }
+
+    /// The end-of-sequence id (`</s>`), if the vocabulary has one.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.vocab.eos_id
+    }
+
+    /// The unknown-piece id (`<unk>`), if the vocabulary has one.
+    pub fn unk_id(&self) -> Option<u32> {
+        self.vocab.unk_id
+    }
+
+    /// Whether `id` is a special token: a control token or `<unk>`.
+    pub fn is_special(&self, id: u32) -> bool {
+        matches!(
+            self.token_kind(id),
+            Some(TokenKind::Control | TokenKind::Unknown)
+        )
+    }
+}
