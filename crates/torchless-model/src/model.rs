@@ -77,6 +77,7 @@ pub enum LoadProgress {
 }
 
 /// Options for loading a model.
+#[derive(Default)]
 pub struct LoadOptions<'a> {
     /// Called as loading proceeds (e.g. to draw a progress bar). Loading prints nothing itself.
     pub progress: Option<&'a mut dyn FnMut(LoadProgress)>,
@@ -93,14 +94,6 @@ impl std::fmt::Debug for LoadOptions<'_> {
     }
 }
 
-impl Default for LoadOptions<'_> {
-    fn default() -> Self {
-        Self {
-            progress: None,
-            tokenizer: None,
-        }
-    }
-}
 
 /// Names of one transformer block's tensors (Hugging Face names).
 #[derive(Debug, Clone)]
