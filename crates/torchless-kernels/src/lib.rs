@@ -1,1 +1,97 @@
-//! placeholder
+//! Model-agnostic CPU kernels for torchless-rs, on plain slices.
+//!
+//! - Matrix products: [`matvec`] (`y = W x`, decode) and [`matmul`] (`Y = X Wᵀ`, prefill) for f32
+//!   and int8 weights ([`MatRef`]); int8 weights use the torchless file layout (groups of 64 with
+//!   one stored *inverse* scale each) and are dequantized on the fly, never copied out as f32.
+//! - [`rmsnorm`], [`softmax`], [`silu_mul`], [`add`], RoPE ([`RopeTable`]) and the attention
+//!   inner loops ([`Kernels::attention`], [`KvCacheView`], [`RowsRef`]).
+//! - Run-time dispatch: [`SimdPath`] (scalar / `wide` / AVX2+FMA) detected once; [`cpu_path`]
+//!   names the choice. Every kernel has a scalar version and a naive [`reference`](mod@reference) that the tests
+//!   hold the fast ones against.
+//! - Threads: kernels use the current rayon pool; [`thread_pool`] builds one of a given size.
+//! - Features: `simd`, `parallel` (default), `openblas`, `blis`, `accelerate` (macOS) for f32
+//!   GEMM/GEMV through BLAS.
+//!
+//! # Numerics
+//!
+//! Everything computes in f32 with f32 activations. The reference model dequantizes int8 weights
+//! as `q / inv_scale` in f32; the matvec instead divides each 64-group's f32 sum `Σ q·x` once by
+//! the group's inverse scale, and the GEMM dequantizes its weight panels to exactly `q / inv_scale`
+//! (bit-identical, via a corrected reciprocal). Sums run in a different order than a naive loop.
+//! The tests hold every path to `|y − y_ref| ≤ 1e-5 · Σ|wᵢxᵢ| + 1e-6` against an f64 reference
+//! (element-wise kernels: relative 1e-5); RoPE matches the Hugging Face formula bit for bit.
+//! Our kernels' results never depend on the thread count (BLAS libraries give no such promise).
+//!
+//! ```
+//! use torchless_kernels::{matvec, MatRef};
+//! let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+//! let m = MatRef::f32(&w, 2, 3)?;
+//! let mut y = [0.0f32; 2];
+//! matvec(&m, &[1.0, 1.0, 1.0], &mut y)?;
+//! assert_eq!(y, [6.0, 15.0]);
+//! # Ok::<(), torchless_kernels::KernelError>(())
+//! ```
+#![warn(missing_docs)]
+
+mod attention;
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+mod avx2;
+#[cfg(any(
+    feature = "openblas",
+    feature = "blis",
+    all(feature = "accelerate", target_os = "macos")
+))]
+mod blas;
+mod dispatch;
+mod error;
+mod gemm;
+mod kernels;
+mod mat;
+mod parallel;
+mod probe;
+pub mod reference;
+mod rope;
+mod scalar;
+#[cfg(feature = "simd")]
+mod wide_path;
+
+pub use attention::{KvCacheView, RowsRef, SlotRanges};
+pub use dispatch::{blas_backend, cpu_path, SimdPath, PATH_ENV};
+pub use error::KernelError;
+pub use kernels::Kernels;
+pub use mat::{F32Mat, Int8Mat, MatRef, GROUP_SIZE};
+#[cfg(feature = "parallel")]
+pub use parallel::thread_pool;
+pub use parallel::{current_num_threads, for_each_chunk_mut};
+pub use probe::{measure_fma_peak, measure_read_bandwidth, BandwidthProbe};
+pub use rope::{rope_apply, rope_cos_sin, rope_inv_freq, RopeTable};
+
+/// `y = W x` on the automatically chosen path; see [`Kernels::matvec`].
+pub fn matvec(w: &MatRef<'_>, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+    Kernels::auto().matvec(w, x, y)
+}
+
+/// `Y = X Wᵀ` for `batch` tokens; see [`Kernels::matmul`].
+pub fn matmul(w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], batch: usize) -> Result<(), KernelError> {
+    Kernels::auto().matmul(w, xs, ys, batch)
+}
+
+/// RMSNorm (HF semantics); see [`Kernels::rmsnorm`].
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<(), KernelError> {
+    Kernels::auto().rmsnorm(x, weight, eps, out)
+}
+
+/// In-place numerically stable softmax; see [`Kernels::softmax`].
+pub fn softmax(x: &mut [f32]) {
+    Kernels::auto().softmax(x)
+}
+
+/// SwiGLU `out = silu(gate) * up`; see [`Kernels::silu_mul`].
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<(), KernelError> {
+    Kernels::auto().silu_mul(gate, up, out)
+}
+
+/// Residual add `y += x`.
+pub fn add(y: &mut [f32], x: &[f32]) -> Result<(), KernelError> {
+    Kernels::auto().add(y, x)
+}

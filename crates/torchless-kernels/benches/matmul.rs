@@ -1,0 +1,131 @@
+//! Prefill GEMM `Y = X Wᵀ` at the Mistral 7B shapes, f32 and int8, batch 64 and 128, 2 threads
+//! (plus 1 thread for the headline shape), compared with BLAS sgemm when a BLAS feature is on.
+//!
+//! Criterion's throughput is `Throughput::Elements(2 * batch * rows * cols)`: one "element" is one
+//! floating-point operation (a multiply-add counts 2), so its `Gelem/s` reads as GFLOP/s. After
+//! each benchmark a summary line compares it with the FMA peak (`measure_fma_peak`, same thread
+//! count) measured side by side: 5 pairs of (one product, one peak probe), medians of each and of
+//! the per-pair ratio (the machine is shared: only paired figures give a meaningful ratio).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use torchless_kernels::{measure_fma_peak, Kernels, MatRef};
+
+mod util;
+use util::*;
+
+const SHAPES: &[(usize, usize)] = &[(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)];
+
+fn bench(c: &mut Criterion) {
+    let shapes: Vec<(usize, usize)> = if quick() {
+        vec![(4096, 4096)]
+    } else {
+        SHAPES.to_vec()
+    };
+    let mut peak = HashMap::new();
+    for t in thread_counts() {
+        let p = measure_fma_peak(t);
+        eprintln!("f32 FMA peak ({t} thread(s)): {p:.1} GFLOP/s");
+        peak.insert(t, p);
+    }
+    let blas = torchless_kernels::blas_backend();
+    eprintln!(
+        "cpu path: {}, blas: {blas:?}",
+        torchless_kernels::cpu_path()
+    );
+    let ours = Kernels::auto()
+        .with_blas(false)
+        .expect("no BLAS is always allowed");
+    let samples = Samples::default();
+    let mut summary = Vec::new();
+    let tmax = *thread_counts().last().unwrap();
+    for &(rows, cols) in &shapes {
+        let wf = random_f32(rows * cols, 1);
+        let (q, inv) = random_int8(rows, cols, 2);
+        let mats = [
+            ("f32", MatRef::f32(&wf, rows, cols).unwrap()),
+            ("int8", MatRef::int8(&q, &inv, rows, cols).unwrap()),
+        ];
+        for batch in [64usize, 128] {
+            let xs = random_f32(batch * cols, 3);
+            let mut ys = vec![0.0f32; batch * rows];
+            let flops = 2 * batch * rows * cols;
+            let mut variants: Vec<(&str, &MatRef<'_>, Kernels, usize)> = Vec::new();
+            for (dtype, m) in &mats {
+                variants.push((dtype, m, ours, tmax));
+            }
+            if let Ok(kb) = Kernels::auto().with_blas(true) {
+                variants.push(("f32-blas", &mats[0].1, kb, tmax));
+            }
+            if (rows, cols, batch) == (4096, 4096, 128) && tmax > 1 {
+                for (dtype, m) in &mats {
+                    variants.push((dtype, m, ours, 1));
+                }
+            }
+            for (label, m, k, t) in variants {
+                let name = format!("matmul/{label}/b{batch}/{rows}x{cols}/t{t}");
+                let mut g = c.benchmark_group("matmul");
+                g.throughput(Throughput::Elements(flops as u64));
+                g.bench_function(&name, |b| {
+                    b.iter_custom(|iters| {
+                        with_threads(t, || {
+                            samples.time(iters, || {
+                                k.matmul(m, black_box(&xs), &mut ys, batch).unwrap()
+                            })
+                        })
+                        .unwrap()
+                    })
+                });
+                g.finish();
+                let s = samples.take_median();
+                let gf = flops as f64 / s / 1e9;
+                let (mut gs, mut ps, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+                with_threads(t, || {
+                    for _ in 0..5 {
+                        let t0 = Instant::now();
+                        k.matmul(m, black_box(&xs), &mut ys, batch).unwrap();
+                        let g = flops as f64 / t0.elapsed().as_secs_f64() / 1e9;
+                        let p = measure_fma_peak(t);
+                        gs.push(g);
+                        ps.push(p);
+                        rs.push(g / p);
+                    }
+                })
+                .unwrap();
+                let line = format!(
+                    "{name}: criterion median {:.2} ms = {gf:.1} GFLOP/s | paired: {:.1} GFLOP/s vs FMA peak {:.1} = {:.0}%",
+                    s * 1e3,
+                    median(gs),
+                    median(ps),
+                    100.0 * median(rs)
+                );
+                eprintln!("{line}");
+                summary.push(line);
+            }
+        }
+    }
+    eprintln!("\n== matmul summary (medians)");
+    for t in thread_counts() {
+        eprintln!("FMA peak {t} thread(s): {:.1} GFLOP/s", peak[&t]);
+    }
+    for l in summary {
+        eprintln!("{l}");
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,0 +1,897 @@
+//! AVX2 + FMA kernels, selected at run time (a default build targets baseline x86-64).
+//!
+//! Every public-in-crate function takes a [`Token`], which can only be made after
+//! `is_x86_feature_detected!` confirmed AVX2 and FMA: that is what makes calling the
+//! `#[target_feature]` functions sound. The wrappers also check every length the raw-pointer loops
+//! rely on, so no safe caller can make them read or write out of bounds.
+//!
+//! Intrinsics that take no pointer became safe to call inside `#[target_feature]` functions in Rust
+//! 1.87; the workspace's MSRV is older, so they stay inside `unsafe` blocks, which newer compilers
+//! report as unused.
+#![allow(unused_unsafe)]
+
+use crate::mat::{F32Mat, Int8Mat, GROUP_SIZE};
+use core::arch::x86_64::*;
+
+/// Proof that the running CPU has AVX2 and FMA.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Token(());
+
+impl Token {
+    /// `Some` only when AVX2 and FMA are available.
+    pub(crate) fn detect() -> Option<Self> {
+        (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+            .then_some(Token(()))
+    }
+}
+
+/// Prefetch distance of the f32 matvec, in floats ahead in each row (4 KiB). Measured on Zen 3:
+/// 2-4 KiB reaches the read bandwidth with four interleaved rows.
+const PF_F32: usize = 1024;
+/// Prefetch distance of the int8 matvec, in 64-byte groups (8 KiB ahead). The int8 kernel streams
+/// one row at a time (rows are contiguous, so the stream and the prefetch simply run on into the
+/// next row); measured on Zen 3, four interleaved rows or short distances stay at 70-85% of the
+/// read bandwidth, this reaches it.
+const PF_GROUPS: usize = 128;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers. All are `unsafe fn` only because of the target feature (see the module docs).
+
+/// Horizontal sum of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: register-only intrinsics; the caller guarantees AVX2.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Loads 8 int8 values from `p` and converts them to f32.
+///
+/// # Safety
+/// AVX2 available; `p` valid for 8 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cvt_i8(p: *const i8) -> __m256 {
+    // SAFETY: caller contract: 8 readable bytes at `p` (movq has no alignment requirement).
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+}
+
+/// 8x8 transpose: `out[i][j] = r[j][i]`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register-only intrinsics; the caller guarantees AVX2.
+    unsafe {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
+    }
+}
+
+/// `e^x` lane-wise, same algorithm and limits as `wide_path::exp`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp256(x: __m256) -> __m256 {
+    // SAFETY: register-only intrinsics; the caller guarantees AVX2+FMA.
+    unsafe {
+        let lo = _mm256_set1_ps(crate::wide_path::EXP_LO);
+        let xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let r2 = _mm256_mul_ps(r, r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_199_9e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+        p = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
+        let y = _mm256_andnot_ps(under, y);
+        let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+        _mm256_blendv_ps(y, x, nan)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions.
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_raw(a: *const f32, b: *const f32, n: usize) -> f32 {
+    // SAFETY: caller contract: `a` and `b` valid for `n` reads; offsets stay below `n`.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (u, a_u) in acc.iter_mut().enumerate() {
+                let o = i + 8 * u;
+                *a_u = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(o)), _mm256_loadu_ps(b.add(o)), *a_u);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += *a.add(i) * *b.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_i8_raw(q: *const i8, x: *const f32, n: usize) -> f32 {
+    // SAFETY: caller contract: `q` and `x` valid for `n` reads; offsets stay below `n`.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            acc[0] = _mm256_fmadd_ps(cvt_i8(q.add(i)), _mm256_loadu_ps(x.add(i)), acc[0]);
+            acc[1] = _mm256_fmadd_ps(cvt_i8(q.add(i + 8)), _mm256_loadu_ps(x.add(i + 8)), acc[1]);
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(cvt_i8(q.add(i)), _mm256_loadu_ps(x.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(acc[0], acc[1]));
+        while i < n {
+            s += f32::from(*q.add(i)) * *x.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
+/// `Σ a[i] b[i]` over the common length.
+pub(crate) fn dot(_t: Token, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    // SAFETY: the token proves AVX2+FMA; both slices hold at least `n` values.
+    unsafe { dot_raw(a.as_ptr(), b.as_ptr(), n) }
+}
+
+/// `Σ q[i] x[i]` over the common length.
+pub(crate) fn dot_i8(_t: Token, q: &[i8], x: &[f32]) -> f32 {
+    let n = q.len().min(x.len());
+    // SAFETY: the token proves AVX2+FMA; both slices hold at least `n` values.
+    unsafe { dot_i8_raw(q.as_ptr(), x.as_ptr(), n) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_raw(q: *const f32, hd: usize, m: usize, k: *const f32, out: *mut f32) {
+    // SAFETY: caller contract: `q` valid for m*hd reads, `k` for hd, `out` for m writes; offsets
+    // are `(h + g) * hd + i + 7 < m * hd` and `i + 7 < hd`.
+    unsafe {
+        let mut h = 0;
+        while h + 4 <= m {
+            // Four heads against one key: the key is loaded once, 8 independent FMA chains.
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            let mut i = 0;
+            while i + 16 <= hd {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let kv = _mm256_loadu_ps(k.add(i + 8 * u));
+                    for (g, ag) in a.iter_mut().enumerate() {
+                        *ag = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(q.add((h + g) * hd + i + 8 * u)),
+                            kv,
+                            *ag,
+                        );
+                    }
+                }
+                i += 16;
+            }
+            if i + 8 <= hd {
+                let kv = _mm256_loadu_ps(k.add(i));
+                for (g, ag) in acc[0].iter_mut().enumerate() {
+                    *ag = _mm256_fmadd_ps(_mm256_loadu_ps(q.add((h + g) * hd + i)), kv, *ag);
+                }
+                i += 8;
+            }
+            let a: [__m256; 4] = [
+                _mm256_add_ps(acc[0][0], acc[1][0]),
+                _mm256_add_ps(acc[0][1], acc[1][1]),
+                _mm256_add_ps(acc[0][2], acc[1][2]),
+                _mm256_add_ps(acc[0][3], acc[1][3]),
+            ];
+            // Transposing reduction: lane g of `r` is head g's sum.
+            let s = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            let r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+            let mut sums = [0.0f32; 4];
+            _mm_storeu_ps(sums.as_mut_ptr(), r);
+            for (g, sum) in sums.iter().enumerate() {
+                let mut t = *sum;
+                for ii in i..hd {
+                    t += *q.add((h + g) * hd + ii) * *k.add(ii);
+                }
+                *out.add(h + g) = t;
+            }
+            h += 4;
+        }
+        while h < m {
+            *out.add(h) = dot_raw(q.add(h * hd), k, hd);
+            h += 1;
+        }
+    }
+}
+
+/// `out[h] = q[h] · k` for the `out.len()` rows of `head_dim` values in `q`.
+pub(crate) fn dots(_t: Token, q: &[f32], k: &[f32], out: &mut [f32]) {
+    let (hd, m) = (k.len(), out.len());
+    assert!(q.len() >= m * hd, "dots: queries too short");
+    // SAFETY: the token proves AVX2+FMA; `q` holds m*hd values (asserted), `k` hd, `out` m.
+    unsafe { dots_raw(q.as_ptr(), hd, m, k.as_ptr(), out.as_mut_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_raw(p: *const f32, n: usize) -> f32 {
+    // SAFETY: caller contract: `p` valid for `n` reads; offsets stay below `n`.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (u, a_u) in acc.iter_mut().enumerate() {
+                *a_u = _mm256_add_ps(*a_u, _mm256_loadu_ps(p.add(i + 8 * u)));
+            }
+            i += 64;
+        }
+        for u in 1..8 {
+            acc[0] = _mm256_add_ps(acc[0], acc[u]);
+        }
+        let mut s = hsum(acc[0]);
+        while i < n {
+            s += *p.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
+/// Sum of all values (read-bandwidth probe): 8 independent 8-lane accumulators.
+pub(crate) fn sum(_t: Token, x: &[f32]) -> f32 {
+    // SAFETY: the token proves AVX2; `x` holds `x.len()` values.
+    unsafe { sum_raw(x.as_ptr(), x.len()) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_raw(n: usize) -> f32 {
+    // SAFETY: register-only intrinsics; the caller guarantees AVX2+FMA.
+    unsafe {
+        let a = _mm256_set1_ps(std::hint::black_box(0.999_999));
+        let b = _mm256_set1_ps(std::hint::black_box(1e-7));
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for _ in 0..n {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        for u in 1..12 {
+            acc[0] = _mm256_add_ps(acc[0], acc[u]);
+        }
+        hsum(acc[0])
+    }
+}
+
+/// `n` steps of 12 independent 8-lane FMA chains (the FMA-peak probe).
+pub(crate) fn fma_chains(_t: Token, n: usize) -> f32 {
+    // SAFETY: the token proves AVX2+FMA.
+    unsafe { fma_chains_raw(n) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matvec.
+
+/// `y[r] = Σ_c w[r*cols + c] x[c]` for `R` consecutive rows.
+///
+/// # Safety
+/// AVX2+FMA available; `w` valid for `R * cols` reads, `x` for `cols`, `y` for `R` writes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f32_rows<const R: usize>(w: *const f32, cols: usize, x: *const f32, y: *mut f32) {
+    // SAFETY: caller contract; loads use offsets `r * cols + c` with `c + 8 <= cols`; the prefetch
+    // address is only computed (wrapping) and prefetching never faults.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut c = 0;
+        while c + 16 <= cols {
+            let x0 = _mm256_loadu_ps(x.add(c));
+            let x1 = _mm256_loadu_ps(x.add(c + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let p = w.add(r * cols + c);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_F32).cast());
+                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, a[0]);
+                a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), x1, a[1]);
+            }
+            c += 16;
+        }
+        if c + 8 <= cols {
+            let x0 = _mm256_loadu_ps(x.add(c));
+            for (r, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w.add(r * cols + c)), x0, a[0]);
+            }
+            c += 8;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let mut s = hsum(_mm256_add_ps(a[0], a[1]));
+            for cc in c..cols {
+                s += *w.add(r * cols + cc) * *x.add(cc);
+            }
+            *y.add(r) = s;
+        }
+    }
+}
+
+/// `y = W x` for f32 weights, four rows per pass so each `x` load feeds four FMAs.
+pub(crate) fn matvec_f32(_t: Token, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
+    let (rows, cols) = (w.rows(), w.cols());
+    assert!(x.len() == cols && y.len() == rows, "matvec_f32 shapes");
+    let wp = w.data().as_ptr();
+    let full = rows / 4 * 4;
+    for r0 in (0..full).step_by(4) {
+        // SAFETY: token ⇒ AVX2+FMA; `F32Mat` guarantees `rows * cols` values, so rows r0..r0+4 are
+        // in bounds; `x` has `cols` values and `y[r0..r0 + 4]` exists (asserted above).
+        unsafe { f32_rows::<4>(wp.add(r0 * cols), cols, x.as_ptr(), y.as_mut_ptr().add(r0)) }
+    }
+    for r in full..rows {
+        // SAFETY: as above, for one row.
+        unsafe { f32_rows::<1>(wp.add(r * cols), cols, x.as_ptr(), y.as_mut_ptr().add(r)) }
+    }
+}
+
+/// One row-aligned int8 row: per 64-group, the int8·f32 products are accumulated in two
+/// registers, then divided once by the group's inverse scale.
+///
+/// # Safety
+/// AVX2+FMA available; `q` valid for `groups * 64` reads, `inv` for `groups`, `x` for
+/// `groups * 64`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn i8_row(q: *const i8, inv: *const f32, groups: usize, x: *const f32) -> f32 {
+    // SAFETY: caller contract; offsets are `g * 64 + 8 * u + 7 < groups * 64` for q and x and
+    // `g < groups` for inv; the prefetch address is computed with wrapping arithmetic and
+    // prefetching never faults.
+    unsafe {
+        let mut tot = _mm256_setzero_ps();
+        for g in 0..groups {
+            let xg = x.add(g * GROUP_SIZE);
+            let qg = q.add(g * GROUP_SIZE);
+            _mm_prefetch::<_MM_HINT_T0>(qg.wrapping_add(PF_GROUPS * GROUP_SIZE).cast());
+            let mut a = [_mm256_setzero_ps(); 2];
+            for u in 0..8 {
+                let xv = _mm256_loadu_ps(xg.add(8 * u));
+                a[u & 1] = _mm256_fmadd_ps(cvt_i8(qg.add(8 * u)), xv, a[u & 1]);
+            }
+            let s = _mm256_add_ps(a[0], a[1]);
+            tot = _mm256_add_ps(tot, _mm256_div_ps(s, _mm256_set1_ps(*inv.add(g))));
+        }
+        hsum(tot)
+    }
+}
+
+/// `y = W x` for int8 weights.
+pub(crate) fn matvec_i8(t: Token, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
+    let (rows, cols) = (w.rows(), w.cols());
+    assert!(x.len() == cols && y.len() == rows, "matvec_i8 shapes");
+    if !w.is_row_aligned() {
+        for (r, yr) in y.iter_mut().enumerate() {
+            *yr = crate::scalar::int8_row(w, r, x, |q, x| dot_i8(t, q, x));
+        }
+        return;
+    }
+    let groups = cols / GROUP_SIZE;
+    // Row-aligned: `Int8Mat` guarantees rows*cols values and rows*groups scales.
+    assert!(w.q().len() == rows * cols && w.inv_scales().len() == rows * groups);
+    let (qp, ip) = (w.q().as_ptr(), w.inv_scales().as_ptr());
+    for (r, yr) in y.iter_mut().enumerate() {
+        // SAFETY: token ⇒ AVX2+FMA; row r of q and its scales are in bounds (asserted lengths),
+        // `x` has `cols = groups * 64` values.
+        *yr = unsafe { i8_row(qp.add(r * cols), ip.add(r * groups), groups, x.as_ptr()) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise ops.
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_raw(p: *mut f32, n: usize) {
+    // SAFETY: caller contract: `p` valid for `n` reads and writes; offsets stay below `n`.
+    unsafe {
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i + 8 <= n {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(i)));
+            i += 8;
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let mut max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for j in i..n {
+            max = max.max(*p.add(j));
+        }
+        let mv = _mm256_set1_ps(max);
+        let mut s = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), mv));
+            s = _mm256_add_ps(s, e);
+            _mm256_storeu_ps(p.add(i), e);
+            i += 8;
+        }
+        let mut sum = hsum(s);
+        if i < n {
+            let mut t = [f32::NEG_INFINITY; 8];
+            for j in i..n {
+                t[j - i] = *p.add(j) - max;
+            }
+            _mm256_storeu_ps(t.as_mut_ptr(), exp256(_mm256_loadu_ps(t.as_ptr())));
+            for j in i..n {
+                *p.add(j) = t[j - i];
+                sum += t[j - i];
+            }
+        }
+        let inv = 1.0 / sum;
+        let iv = _mm256_set1_ps(inv);
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), iv));
+            i += 8;
+        }
+        for j in i..n {
+            *p.add(j) *= inv;
+        }
+    }
+}
+
+/// In-place numerically stable softmax.
+pub(crate) fn softmax(_t: Token, x: &mut [f32]) {
+    // SAFETY: the token proves AVX2+FMA; `x` is valid for its length.
+    unsafe { softmax_raw(x.as_mut_ptr(), x.len()) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_raw(g: *const f32, u: *const f32, o: *mut f32, n: usize) {
+    // SAFETY: caller contract: all three pointers valid for `n` elements; offsets stay below `n`.
+    unsafe {
+        let one = _mm256_set1_ps(1.0);
+        let neg = _mm256_set1_ps(-0.0);
+        let mut i = 0;
+        while i + 8 <= n {
+            let gv = _mm256_loadu_ps(g.add(i));
+            let den = _mm256_add_ps(one, exp256(_mm256_xor_ps(gv, neg)));
+            let v = _mm256_mul_ps(_mm256_div_ps(gv, den), _mm256_loadu_ps(u.add(i)));
+            _mm256_storeu_ps(o.add(i), v);
+            i += 8;
+        }
+        if i < n {
+            let (mut tg, mut tu) = ([0.0f32; 8], [0.0f32; 8]);
+            for j in i..n {
+                tg[j - i] = *g.add(j);
+                tu[j - i] = *u.add(j);
+            }
+            let gv = _mm256_loadu_ps(tg.as_ptr());
+            let den = _mm256_add_ps(one, exp256(_mm256_xor_ps(gv, neg)));
+            let v = _mm256_mul_ps(_mm256_div_ps(gv, den), _mm256_loadu_ps(tu.as_ptr()));
+            _mm256_storeu_ps(tg.as_mut_ptr(), v);
+            for j in i..n {
+                *o.add(j) = tg[j - i];
+            }
+        }
+    }
+}
+
+/// `out = silu(gate) * up` (equal lengths, checked).
+pub(crate) fn silu_mul(_t: Token, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(gate.len() == n && up.len() == n, "silu_mul lengths");
+    // SAFETY: the token proves AVX2+FMA; all three slices hold `n` values (asserted).
+    unsafe { silu_mul_raw(gate.as_ptr(), up.as_ptr(), out.as_mut_ptr(), n) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_raw(a: f32, v: *const f32, o: *mut f32, n: usize) {
+    // SAFETY: caller contract: both pointers valid for `n` elements.
+    unsafe {
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 16 <= n {
+            let o0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(v.add(i)), _mm256_loadu_ps(o.add(i)));
+            let o1 = _mm256_fmadd_ps(
+                av,
+                _mm256_loadu_ps(v.add(i + 8)),
+                _mm256_loadu_ps(o.add(i + 8)),
+            );
+            _mm256_storeu_ps(o.add(i), o0);
+            _mm256_storeu_ps(o.add(i + 8), o1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            let o0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(v.add(i)), _mm256_loadu_ps(o.add(i)));
+            _mm256_storeu_ps(o.add(i), o0);
+            i += 8;
+        }
+        while i < n {
+            *o.add(i) += a * *v.add(i);
+            i += 1;
+        }
+    }
+}
+
+/// `out += a * v` over the common length.
+pub(crate) fn axpy(_t: Token, a: f32, v: &[f32], out: &mut [f32]) {
+    let n = v.len().min(out.len());
+    // SAFETY: the token proves AVX2+FMA; both slices hold at least `n` values.
+    unsafe { axpy_raw(a, v.as_ptr(), out.as_mut_ptr(), n) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM pieces (the driver is `gemm.rs`).
+
+/// Prefetches the cache line holding `p` into L1 (any address: prefetching never faults).
+#[inline]
+pub(crate) fn prefetch(_t: Token, p: *const u8) {
+    // SAFETY: `prefetcht0` is an SSE instruction (implied by AVX2, proven by the token) that only
+    // hints the cache; it does not dereference `p` and cannot fault on any address.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+}
+
+/// Micro-kernel rows (batch rows per tile).
+pub(crate) const MR: usize = 6;
+/// Micro-kernel columns (weight rows per tile): 12 accumulators + 2 B + 1 broadcast = 15 ymm.
+pub(crate) const NR: usize = 16;
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16_raw(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    pf: *const *const u8,
+    npf: usize,
+) {
+    // SAFETY: caller contract: `a` holds kc*6 values, `b` kc*16, `c` rows i*ldc..i*ldc+16 for i < 6,
+    // `pf` npf addresses (only prefetched, which never faults).
+    unsafe {
+        if accumulate {
+            // The C tile is read back after the k loop: fetch it now so that load does not stall
+            // (C is batch x n, far larger than L2; every depth block revisits it).
+            for i in 0..MR {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc).cast());
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1).cast());
+            }
+        }
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let (mut a, mut b) = (a, b);
+        // Spread the prefetches of the next weight panel evenly over the k loop: issued in a
+        // burst they would wait for free miss buffers and stall the pipeline.
+        let every = kc.checked_div(npf).map_or(usize::MAX, |v| v.max(1));
+        let (mut countdown, mut next) = (0usize, 0usize);
+        for _ in 0..kc {
+            if countdown == 0 {
+                if next < npf {
+                    _mm_prefetch::<_MM_HINT_T0>((*pf.add(next)).cast());
+                    next += 1;
+                }
+                countdown = every;
+            }
+            countdown -= 1;
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (i, ac) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(i));
+                ac[0] = _mm256_fmadd_ps(av, b0, ac[0]);
+                ac[1] = _mm256_fmadd_ps(av, b1, ac[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        while next < npf {
+            _mm_prefetch::<_MM_HINT_T0>((*pf.add(next)).cast());
+            next += 1;
+        }
+        for (i, ac) in acc.iter().enumerate() {
+            let p = c.add(i * ldc);
+            let (mut v0, mut v1) = (ac[0], ac[1]);
+            if accumulate {
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(p));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(p.add(8)));
+            }
+            _mm256_storeu_ps(p, v0);
+            _mm256_storeu_ps(p.add(8), v1);
+        }
+    }
+}
+
+/// The 6x16 FMA micro-kernel: `c[i*ldc + j] (+)= Σ_k a[k*6 + i] b[k*16 + j]`, prefetching the
+/// addresses in `pf` along the way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kernel_6x16(
+    _t: Token,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    pf: &[*const u8],
+) {
+    assert!(
+        a.len() >= kc * MR && b.len() >= kc * NR,
+        "packed panels too short"
+    );
+    assert!(
+        ldc >= NR && c.len() >= (MR - 1) * ldc + NR,
+        "C tile out of bounds"
+    );
+    // SAFETY: the token proves AVX2+FMA; panel and tile extents were asserted above; `pf` is
+    // valid for `pf.len()` reads.
+    unsafe {
+        kernel_6x16_raw(
+            kc,
+            a.as_ptr(),
+            b.as_ptr(),
+            c.as_mut_ptr(),
+            ldc,
+            accumulate,
+            pf.as_ptr(),
+            pf.len(),
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_b_f32_raw(w: *const f32, ldw: usize, kc: usize, out: *mut f32) {
+    // SAFETY: caller contract: `w` rows j*ldw..j*ldw+kc (j < 16) readable, `out` has kc*16 slots.
+    unsafe {
+        let k8 = kc / 8 * 8;
+        let mut k = 0;
+        while k < k8 {
+            for h in 0..2 {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (j, rj) in r.iter_mut().enumerate() {
+                    *rj = _mm256_loadu_ps(w.add((h * 8 + j) * ldw + k));
+                }
+                for (i, ti) in transpose8(r).iter().enumerate() {
+                    _mm256_storeu_ps(out.add((k + i) * NR + h * 8), *ti);
+                }
+            }
+            k += 8;
+        }
+        for kk in k8..kc {
+            for j in 0..NR {
+                *out.add(kk * NR + j) = *w.add(j * ldw + kk);
+            }
+        }
+    }
+}
+
+/// Packs 16 full weight rows `w[j*ldw + k]` (`j < 16`, `k < kc`) as `out[k*16 + j]`.
+pub(crate) fn pack_b_f32(_t: Token, w: &[f32], ldw: usize, kc: usize, out: &mut [f32]) {
+    assert!(
+        kc <= ldw && w.len() >= (NR - 1) * ldw + kc,
+        "weight rows out of bounds"
+    );
+    assert!(out.len() >= kc * NR, "packed panel too short");
+    // SAFETY: the token proves AVX2+FMA; the extents were asserted above.
+    unsafe { pack_b_f32_raw(w.as_ptr(), ldw, kc, out.as_mut_ptr()) }
+}
+
+/// Inverse scales in this range take the refined-reciprocal dequantization (which needs a
+/// normal reciprocal); others (0, ±inf, NaN, extremes) are divided directly.
+fn refine_ok(v: f32) -> bool {
+    (1e-30..=1e30).contains(&v.abs())
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_b_i8_raw(
+    q: *const i8,
+    ldq: usize,
+    inv: *const f32,
+    groups: usize,
+    kc: usize,
+    out: *mut f32,
+) {
+    // SAFETY: caller contract: q rows j*ldq..j*ldq+kc and scales j*groups..j*groups+kc/64 (j < 16)
+    // readable, `out` has kc*16 slots, kc % 64 == 0.
+    unsafe {
+        for gg in 0..kc / GROUP_SIZE {
+            for h in 0..2 {
+                // Lanes are weight rows after the transpose, so the 8 rows' scales form one vector.
+                let mut s = [0.0f32; 8];
+                for (j, sj) in s.iter_mut().enumerate() {
+                    *sj = *inv.add((h * 8 + j) * groups + gg);
+                }
+                let refine = s.iter().all(|&v| refine_ok(v));
+                let iv = _mm256_loadu_ps(s.as_ptr());
+                let rc = _mm256_div_ps(_mm256_set1_ps(1.0), iv);
+                for sub in 0..GROUP_SIZE / 8 {
+                    let k = gg * GROUP_SIZE + sub * 8;
+                    let mut r = [_mm256_setzero_ps(); 8];
+                    for (j, rj) in r.iter_mut().enumerate() {
+                        *rj = cvt_i8(q.add((h * 8 + j) * ldq + k));
+                    }
+                    for (i, v) in transpose8(r).iter().enumerate() {
+                        // q / inv, correctly rounded: y = q*(1/inv), then one Markstein correction
+                        // y + (q - y*inv) * (1/inv); bit-identical to the division (tested), but
+                        // three FMA-port ops instead of a slow vdivps.
+                        let d = if refine {
+                            let y = _mm256_mul_ps(*v, rc);
+                            let e = _mm256_fnmadd_ps(y, iv, *v);
+                            _mm256_fmadd_ps(e, rc, y)
+                        } else {
+                            _mm256_div_ps(*v, iv)
+                        };
+                        _mm256_storeu_ps(out.add((k + i) * NR + h * 8), d);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs and dequantizes 16 full row-aligned int8 rows: `out[k*16 + j] = q[j*ldq + k] / inv[j*groups
+/// + k/64]` for `k < kc` (`kc % 64 == 0`, `q` and `inv` start at a group boundary).
+pub(crate) fn pack_b_i8(
+    _t: Token,
+    q: &[i8],
+    ldq: usize,
+    inv: &[f32],
+    groups: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    assert!(kc % GROUP_SIZE == 0 && kc <= ldq, "kc must be whole groups");
+    assert!(q.len() >= (NR - 1) * ldq + kc, "weight rows out of bounds");
+    assert!(
+        inv.len() >= (NR - 1) * groups + kc / GROUP_SIZE,
+        "scales out of bounds"
+    );
+    assert!(out.len() >= kc * NR, "packed panel too short");
+    // SAFETY: the token proves AVX2+FMA; the extents were asserted above.
+    unsafe { pack_b_i8_raw(q.as_ptr(), ldq, inv.as_ptr(), groups, kc, out.as_mut_ptr()) }
+}
+
+/// The same refined-reciprocal dequantization as [`pack_b_i8`], for one value (tests compare it
+/// bit for bit with `q / inv` over every int8 value and many scales).
+#[cfg(test)]
+pub(crate) fn dequant_refined(_t: Token, q: i8, inv: f32) -> f32 {
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn one(q: i8, inv: f32) -> f32 {
+        // SAFETY: register-only intrinsics; the caller guarantees AVX2+FMA.
+        unsafe {
+            let v = _mm256_set1_ps(f32::from(q));
+            let iv = _mm256_set1_ps(inv);
+            let rc = _mm256_div_ps(_mm256_set1_ps(1.0), iv);
+            let d = if refine_ok(inv) {
+                let y = _mm256_mul_ps(v, rc);
+                let e = _mm256_fnmadd_ps(y, iv, v);
+                _mm256_fmadd_ps(e, rc, y)
+            } else {
+                _mm256_div_ps(v, iv)
+            };
+            _mm256_cvtss_f32(d)
+        }
+    }
+    // SAFETY: the token proves AVX2+FMA.
+    unsafe { one(q, inv) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refined_reciprocal_dequantization_is_bit_exact() {
+        let Some(t) = Token::detect() else { return };
+        // Every int8 value against many scales, log-uniform over a wide range, plus specials.
+        let mut s = 0x1234_5678_u64;
+        let mut scales = vec![
+            1.0f32,
+            127.0,
+            0.5,
+            3.0,
+            1e-30,
+            1e30,
+            f32::INFINITY,
+            0.0,
+            -2.5,
+        ];
+        for _ in 0..20_000 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let e = ((s >> 11) as f64 / (1u64 << 53) as f64) * 120.0 - 40.0;
+            let m = 1.0 + ((s >> 20) & 0xFFFF) as f64 / 65536.0;
+            scales.push((m * 2f64.powf(e)) as f32);
+        }
+        for &inv in &scales {
+            for q in -128i8..=127 {
+                let want = f32::from(q) / inv;
+                let got = dequant_refined(t, q, inv);
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "q {q} inv {inv:e}: {got:e} vs {want:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn vector_exp_is_accurate() {
+        let Some(t) = Token::detect() else { return };
+        let mut xs: Vec<f32> = (-8800..=8800).map(|i| i as f32 / 100.0).collect();
+        xs.extend([
+            -87.3,
+            -87.33,
+            -87.4,
+            -100.0,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e-8,
+        ]);
+        for c in xs.chunks(8) {
+            let mut a = [0.0f32; 8];
+            a[..c.len()].copy_from_slice(c);
+            let _ = t;
+            // SAFETY: the token proves AVX2+FMA.
+            let v = unsafe {
+                let mut o = [0.0f32; 8];
+                _mm256_storeu_ps(o.as_mut_ptr(), exp256(_mm256_loadu_ps(a.as_ptr())));
+                o
+            };
+            for (&x, &y) in c.iter().zip(&v) {
+                let want = f64::from(x).exp();
+                if x < crate::wide_path::EXP_LO {
+                    assert_eq!(y, 0.0, "exp({x})");
+                } else {
+                    let rel = (f64::from(y) - want).abs() / want;
+                    assert!(rel < 3e-7, "exp({x}) = {y}, want {want}, rel {rel:e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! Cache-blocked GEMM `Y = X Wᵀ` (prefill): `X` is `batch x k` (activations, row-major), `W` is
+//! `n x k` (weights, f32 or int8), `Y` is `batch x n`.
+//!
+//! BLIS-style blocking, specialised for "few activation rows, many weight rows":
+//! - `X` is packed once per call into `MR`-row slivers per `KC` block (k-major, zero-padded).
+//! - The weight rows are split into column ranges of `Y`, one rayon task each; a task owns its
+//!   output columns, so threads never write the same cache lines and every weight is read (and, for
+//!   int8, dequantized) by exactly one thread.
+//! - Inside a task, for each `KC` block and each `MC` block of batch rows, `NR` weight rows are packed
+//!   (int8: dequantized) into a small L1-resident panel that is then reused by every `MR`-row sliver
+//!   of the batch block: a weight tile is dequantized once per `MC` batch rows, never expanded into
+//!   an f32 copy of the matrix.
+
+use crate::mat::{MatRef, GROUP_SIZE};
+use std::ops::Range;
+
+/// Depth of a packed panel (a multiple of 64 so int8 groups never straddle a block).
+pub(crate) const KC: usize = 256;
+/// Batch rows per block (a multiple of every `MR`); B panels are re-packed once per block.
+pub(crate) const MC: usize = 144;
+/// Prefetch addresses handed to one micro-kernel call.
+const PF_SLOTS: usize = 32;
+
+/// One SIMD path's micro-kernel and weight packer.
+pub(crate) trait Micro: Copy + Send + Sync {
+    /// Batch rows per micro-tile.
+    const MR: usize;
+    /// Weight rows (output columns) per micro-tile.
+    const NR: usize;
+
+    /// `c[i*ldc + j] (+)= Σ_k a[k*MR + i] b[k*NR + j]` for the full `MR x NR` tile. `pf` are
+    /// addresses to prefetch along the way (paths without prefetching ignore them).
+    #[allow(clippy::too_many_arguments)]
+    fn kernel(
+        self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+        pf: &[*const u8],
+    );
+
+    /// Packs weight rows `n0..n0+nr` (`nr <= NR`), columns `pc..pc+kc` as `out[k*NR + j]`,
+    /// dequantized, zero for `j >= nr`.
+    fn pack_b(self, w: &MatRef<'_>, n0: usize, nr: usize, pc: usize, kc: usize, out: &mut [f32]) {
+        pack_b_generic(w, n0, nr, Self::NR, pc, kc, out);
+    }
+
+    /// Whether the kernel uses its `pf` addresses (otherwise the driver does not collect them).
+    const PREFETCH: bool = false;
+
+    /// Prefetches one address now. Default: nothing.
+    fn prefetch(self, _p: *const u8) {}
+}
+
+/// The source cache lines of a weight panel (rows `n0..n0+nr`, columns `pc..pc+kc`), numbered row
+/// by row, so the driver can spread prefetches of the next panel over the current panel's
+/// micro-kernel calls: fetching a panel's 16 strided row pieces from DRAM otherwise stalls the
+/// packer (measured: 10-15% of an f32 GEMM's time).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PanelLines<'a> {
+    /// First byte of the panel's first row.
+    pub(crate) base: *const u8,
+    /// Bytes between rows.
+    pub(crate) row_bytes: usize,
+    /// Cache lines per row.
+    pub(crate) per_row: usize,
+    /// Rows.
+    pub(crate) rows: usize,
+    _w: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> PanelLines<'a> {
+    fn new(w: &MatRef<'a>, n0: usize, nr: usize, pc: usize, kc: usize) -> Self {
+        let (base, elem, cols) = match w {
+            MatRef::F32(m) => (m.data().as_ptr().cast::<u8>(), 4, m.cols()),
+            MatRef::Int8(m) => (m.q().as_ptr().cast::<u8>(), 1, m.cols()),
+        };
+        Self {
+            // Only an address for prefetching: computed with wrapping arithmetic, never read.
+            base: base.wrapping_add((n0 * cols + pc) * elem),
+            row_bytes: cols * elem,
+            per_row: (kc * elem).div_ceil(64),
+            rows: nr,
+            _w: std::marker::PhantomData,
+        }
+    }
+
+    /// Total number of lines.
+    pub(crate) fn len(&self) -> usize {
+        self.per_row * self.rows
+    }
+
+    /// Calls `f` with the address of each line in `range` (one division per call, not per line).
+    pub(crate) fn for_each(&self, range: Range<usize>, mut f: impl FnMut(*const u8)) {
+        if self.per_row == 0 || range.is_empty() {
+            return;
+        }
+        let (mut row, mut col) = (range.start / self.per_row, range.start % self.per_row);
+        for _ in range {
+            f(self.base.wrapping_add(row * self.row_bytes + col * 64));
+            col += 1;
+            if col == self.per_row {
+                col = 0;
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Portable packer for any layout (partial panels, int8 groups spanning rows).
+pub(crate) fn pack_b_generic(
+    w: &MatRef<'_>,
+    n0: usize,
+    nr: usize,
+    nr_full: usize,
+    pc: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    let out = &mut out[..kc * nr_full];
+    if nr < nr_full {
+        out.fill(0.0);
+    }
+    match w {
+        MatRef::F32(m) => {
+            let cols = m.cols();
+            for j in 0..nr {
+                let row = &m.data()[(n0 + j) * cols + pc..][..kc];
+                for (k, &v) in row.iter().enumerate() {
+                    out[k * nr_full + j] = v;
+                }
+            }
+        }
+        MatRef::Int8(m) => {
+            let cols = m.cols();
+            for j in 0..nr {
+                let r = n0 + j;
+                let row = &m.q()[r * cols + pc..][..kc];
+                let first = m.group_phase() + r * cols + pc;
+                let mut c = 0;
+                while c < kc {
+                    let g = (first + c) / GROUP_SIZE;
+                    let end = ((g + 1) * GROUP_SIZE - first).min(kc);
+                    let inv = m.inv_scales()[g];
+                    for (k, &q) in row.iter().enumerate().take(end).skip(c) {
+                        out[k * nr_full + j] = f32::from(q) / inv;
+                    }
+                    c = end;
+                }
+            }
+        }
+    }
+}
+
+/// Packs all of `x` (`batch x k`): for each `KC` block starting at `pc`, sliver `s` holds
+/// `x[s*MR + i][pc + kk]` at `pc*mpad + s*MR*kc + kk*MR + i`, zero for padding rows.
+fn pack_a(x: &[f32], batch: usize, k: usize, mr: usize, mpad: usize) -> Vec<f32> {
+    let mut a = vec![0.0f32; mpad * k];
+    let fill = |bi: usize, block: &mut [f32]| {
+        let pc = bi * KC;
+        let kc = block.len() / mpad;
+        for (s, sliver) in block.chunks_exact_mut(mr * kc).enumerate() {
+            for i in 0..mr {
+                let row = s * mr + i;
+                if row >= batch {
+                    break;
+                }
+                let src = &x[row * k + pc..row * k + pc + kc];
+                for (kk, &v) in src.iter().enumerate() {
+                    sliver[kk * mr + i] = v;
+                }
+            }
+        }
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        if batch * k >= 1 << 16 {
+            a.par_chunks_mut(KC * mpad)
+                .enumerate()
+                .for_each(|(bi, b)| fill(bi, b));
+            return a;
+        }
+    }
+    for (bi, b) in a.chunks_mut(KC * mpad).enumerate() {
+        fill(bi, b);
+    }
+    a
+}
+
+/// A 64-byte aligned window of `len` floats inside `buf`.
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len + 16, 0.0);
+    let off = buf.as_ptr().align_offset(64).min(16);
+    &mut buf[off..off + len]
+}
+
+/// Computes output columns `cols` of `Y` into `c`: row stride `ldc`, column `cols.start` at offset 0
+/// of each row (so `c` is either `Y` itself or a task's own buffer).
+#[allow(clippy::too_many_arguments)]
+fn gemm_cols<M: Micro>(
+    m: M,
+    w: &MatRef<'_>,
+    apack: &[f32],
+    batch: usize,
+    mpad: usize,
+    k: usize,
+    cols: Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (mr_full, nr_full) = (M::MR, M::NR);
+    let mut bbuf = Vec::new();
+    let bpack = aligned(&mut bbuf, KC * nr_full);
+    let mut tile = vec![0.0f32; mr_full * nr_full];
+    let c_col0 = cols.start;
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let ablock = &apack[pc * mpad..pc * mpad + kc * mpad];
+        let accumulate = pc > 0;
+        for ic in (0..batch).step_by(MC) {
+            let iend = (ic + MC).min(batch);
+            for jr in cols.clone().step_by(nr_full) {
+                let nr = nr_full.min(cols.end - jr);
+                m.pack_b(w, jr, nr, pc, kc, bpack);
+                // The next panel: same depth block, or the first of the next depth block.
+                let next = if jr + nr_full < cols.end {
+                    Some((jr + nr_full, pc))
+                } else if pc + KC < k {
+                    Some((cols.start, pc + KC))
+                } else {
+                    None
+                };
+                let lines = next.map(|(n0, p0)| {
+                    let nr = nr_full.min(cols.end - n0);
+                    PanelLines::new(w, n0, nr, p0, KC.min(k - p0))
+                });
+                let calls = (iend - ic).div_ceil(mr_full);
+                for (call, ir) in (ic..iend).step_by(mr_full).enumerate() {
+                    // This call's share of the next panel's lines: up to PF_SLOTS are spread
+                    // over the kernel's k loop, any excess (tiny batches) is issued now.
+                    let mut pf = [std::ptr::null::<u8>(); PF_SLOTS];
+                    let mut npf = 0;
+                    if let (true, Some(l)) = (M::PREFETCH, &lines) {
+                        let n = l.len();
+                        l.for_each(call * n / calls..(call + 1) * n / calls, |p| {
+                            if npf < PF_SLOTS {
+                                pf[npf] = p;
+                                npf += 1;
+                            } else {
+                                m.prefetch(p);
+                            }
+                        });
+                    }
+                    let pf = &pf[..npf];
+                    let mr = mr_full.min(batch - ir);
+                    let a = &ablock[(ir / mr_full) * mr_full * kc..][..mr_full * kc];
+                    let coff = ir * ldc + (jr - c_col0);
+                    if mr == mr_full && nr == nr_full {
+                        m.kernel(kc, a, bpack, &mut c[coff..], ldc, accumulate, pf);
+                    } else {
+                        m.kernel(kc, a, bpack, &mut tile, nr_full, false, pf);
+                        for i in 0..mr {
+                            let dst = &mut c[coff + i * ldc..coff + i * ldc + nr];
+                            let src = &tile[i * nr_full..i * nr_full + nr];
+                            if accumulate {
+                                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                            } else {
+                                dst.copy_from_slice(src);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many column tasks: one per thread would do, two per thread lets rayon rebalance when a
+/// core is busy with something else; tiny problems stay on the calling thread.
+#[cfg(feature = "parallel")]
+fn n_tasks(n: usize, batch: usize, k: usize, nr: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || batch.saturating_mul(n).saturating_mul(k) < 1 << 22 {
+        return 1;
+    }
+    (2 * threads).min(n.div_ceil(nr)).max(1)
+}
+
+/// `y = x Wᵀ` with validated shapes: `x.len() == batch * w.cols()`, `y.len() == batch * w.rows()`.
+pub(crate) fn gemm<M: Micro>(m: M, w: &MatRef<'_>, x: &[f32], y: &mut [f32], batch: usize) {
+    let (n, k) = (w.rows(), w.cols());
+    if n == 0 || batch == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let mpad = batch.div_ceil(M::MR) * M::MR;
+    let apack = pack_a(x, batch, k, M::MR, mpad);
+    #[cfg(feature = "parallel")]
+    {
+        let tasks = n_tasks(n, batch, k, M::NR);
+        if tasks > 1 {
+            return gemm_tasks(m, w, &apack, batch, mpad, k, y, tasks);
+        }
+    }
+    gemm_cols(m, w, &apack, batch, mpad, k, 0..n, y, n);
+}
+
+/// The multi-threaded form: `tasks` column ranges, each computed into its own buffer by one rayon
+/// task, then copied into the rows of `y` (cheap next to the O(batch·n·k) work, and needs no
+/// unsafe sharing of `y`).
+#[cfg(feature = "parallel")]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tasks<M: Micro>(
+    m: M,
+    w: &MatRef<'_>,
+    apack: &[f32],
+    batch: usize,
+    mpad: usize,
+    k: usize,
+    y: &mut [f32],
+    tasks: usize,
+) {
+    use rayon::prelude::*;
+    let n = w.rows();
+    let per = n.div_ceil(tasks).div_ceil(M::NR) * M::NR;
+    let parts: Vec<(Range<usize>, Vec<f32>)> = (0..tasks)
+        .into_par_iter()
+        .filter_map(|t| {
+            let r = (t * per).min(n)..((t + 1) * per).min(n);
+            if r.is_empty() {
+                return None;
+            }
+            let mut c = vec![0.0f32; batch * r.len()];
+            let width = r.len();
+            gemm_cols(m, w, apack, batch, mpad, k, r.clone(), &mut c, width);
+            Some((r, c))
+        })
+        .collect();
+    y.par_chunks_mut(n).enumerate().for_each(|(row, yr)| {
+        for (r, c) in &parts {
+            let width = r.len();
+            yr[r.clone()].copy_from_slice(&c[row * width..(row + 1) * width]);
+        }
+    });
+}
+
+/// The scalar path's micro-kernel: a 4x8 tile in plain arrays (LLVM vectorizes the inner loop).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScalarMicro;
+
+impl Micro for ScalarMicro {
+    const MR: usize = 4;
+    const NR: usize = 8;
+
+    fn kernel(
+        self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+        _pf: &[*const u8],
+    ) {
+        let mut acc = [[0.0f32; 8]; 4];
+        for (ak, bk) in a[..kc * 4].chunks_exact(4).zip(b[..kc * 8].chunks_exact(8)) {
+            for i in 0..4 {
+                for j in 0..8 {
+                    acc[i][j] += ak[i] * bk[j];
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let dst = &mut c[i * ldc..i * ldc + 8];
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d = if accumulate { *d + v } else { v };
+            }
+        }
+    }
+}
+
+/// The `wide` path's micro-kernel: `MR x 8*NV` tiles of `f32x8` accumulators.
+#[cfg(feature = "simd")]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WideMicro<const MR: usize, const NV: usize>;
+
+#[cfg(feature = "simd")]
+impl<const MR_: usize, const NV: usize> Micro for WideMicro<MR_, NV> {
+    const MR: usize = MR_;
+    const NR: usize = 8 * NV;
+
+    fn kernel(
+        self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+        _pf: &[*const u8],
+    ) {
+        crate::wide_path::gemm_kernel::<MR_, NV>(kc, a, b, c, ldc, accumulate);
+    }
+}
+
+/// The tile the `wide` path uses: 16 accumulator registers on SSE2 fit 4x8; NEON's 32 fit 6x16.
+#[cfg(all(feature = "simd", target_arch = "aarch64"))]
+pub(crate) type WideDefault = WideMicro<6, 2>;
+/// The tile the `wide` path uses: 16 accumulator registers on SSE2 fit 4x8; NEON's 32 fit 6x16.
+#[cfg(all(feature = "simd", not(target_arch = "aarch64")))]
+pub(crate) type WideDefault = WideMicro<4, 1>;
+
+/// AVX2+FMA: 6x16 micro-kernel, transposing (and dequantizing) packers for full panels.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2Micro(pub(crate) crate::avx2::Token);
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+impl Micro for Avx2Micro {
+    const MR: usize = crate::avx2::MR;
+    const NR: usize = crate::avx2::NR;
+
+    const PREFETCH: bool = true;
+
+    fn kernel(
+        self,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+        pf: &[*const u8],
+    ) {
+        crate::avx2::kernel_6x16(self.0, kc, a, b, c, ldc, accumulate, pf);
+    }
+
+    fn prefetch(self, p: *const u8) {
+        crate::avx2::prefetch(self.0, p);
+    }
+
+    fn pack_b(self, w: &MatRef<'_>, n0: usize, nr: usize, pc: usize, kc: usize, out: &mut [f32]) {
+        if nr == Self::NR {
+            match w {
+                MatRef::F32(m) => {
+                    let cols = m.cols();
+                    let src = &m.data()[n0 * cols + pc..];
+                    return crate::avx2::pack_b_f32(self.0, src, cols, kc, out);
+                }
+                MatRef::Int8(m) if m.is_row_aligned() && kc % GROUP_SIZE == 0 => {
+                    let cols = m.cols();
+                    let groups = cols / GROUP_SIZE;
+                    let q = &m.q()[n0 * cols + pc..];
+                    let inv = &m.inv_scales()[n0 * groups + pc / GROUP_SIZE..];
+                    return crate::avx2::pack_b_i8(self.0, q, cols, inv, groups, kc, out);
+                }
+                MatRef::Int8(_) => {}
+            }
+        }
+        pack_b_generic(w, n0, nr, Self::NR, pc, kc, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Runs one micro-kernel configuration through the driver and compares with the reference.
+    fn check<M: Micro>(m: M) {
+        let mut s = 7u64;
+        for &(n, k, batch) in &[
+            (1usize, 1usize, 2usize),
+            (17, 9, 5),
+            (33, 300, 7),
+            (16, 64, 13),
+            (40, 520, 150),
+        ] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng(&mut s)).collect();
+            let q: Vec<i8> = (0..n * k).map(|_| (rng(&mut s) * 127.0) as i8).collect();
+            let inv: Vec<f32> = (0..(n * k).div_ceil(64))
+                .map(|_| 10.0 + rng(&mut s) * 5.0)
+                .collect();
+            let x: Vec<f32> = (0..batch * k).map(|_| rng(&mut s)).collect();
+            for mat in [
+                MatRef::f32(&w, n, k).unwrap(),
+                MatRef::int8(&q, &inv, n, k).unwrap(),
+            ] {
+                let mut y = vec![f32::NAN; batch * n];
+                gemm(m, &mat, &x, &mut y, batch);
+                let want = crate::reference::matmul(&mat, &x, batch);
+                for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                    let scale: f64 = (0..k)
+                        .map(|c| {
+                            (f64::from(mat.get(i % n, c).unwrap()) * f64::from(x[(i / n) * k + c]))
+                                .abs()
+                        })
+                        .sum();
+                    let err = f64::from(a - b).abs();
+                    assert!(
+                        err <= 1e-5 * scale + 1e-6,
+                        "{n}x{k} b{batch} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_micro_kernel() {
+        check(ScalarMicro);
+    }
+
+    #[cfg(feature = "simd")]
+    #[test]
+    fn wide_micro_kernels_of_both_tile_shapes() {
+        // 4x8 is the SSE2 choice, 6x16 the NEON one: both run here.
+        check(WideMicro::<4, 1>);
+        check(WideMicro::<6, 2>);
+        check(WideMicro::<3, 3>);
+    }
+
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    #[test]
+    fn avx2_micro_kernel_and_packers() {
+        let Some(t) = crate::avx2::Token::detect() else {
+            return; // no AVX2 on this CPU: nothing to test
+        };
+        check(Avx2Micro(t));
+        // The vectorized packers produce exactly what the generic packer does.
+        let (n, k) = (32, 512);
+        let mut s = 3u64;
+        let w: Vec<f32> = (0..n * k).map(|_| rng(&mut s)).collect();
+        let q: Vec<i8> = (0..n * k).map(|_| (rng(&mut s) * 127.0) as i8).collect();
+        let mut inv: Vec<f32> = (0..n * k / 64)
+            .map(|_| 1.0 + 1000.0 * rng(&mut s).abs())
+            .collect();
+        inv[9] = f32::INFINITY; // all-zero group as the exporter writes it
+        for mat in [
+            MatRef::f32(&w, n, k).unwrap(),
+            MatRef::int8(&q, &inv, n, k).unwrap(),
+        ] {
+            for (n0, pc, kc) in [(0, 0, 256), (16, 256, 256), (0, 64, 128)] {
+                let mut fast = vec![0.0; kc * 16];
+                let mut slow = vec![0.0; kc * 16];
+                Avx2Micro(t).pack_b(&mat, n0, 16, pc, kc, &mut fast);
+                pack_b_generic(&mat, n0, 16, 16, pc, kc, &mut slow);
+                assert!(fast
+                    .iter()
+                    .zip(&slow)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Attention inner loops over strided KV caches (linear and ring buffer) against the reference.
+mod common;
+
+use common::{assert_rel, Rng};
+use torchless_kernels::{reference, Kernels, KvCacheView, RowsRef, SimdPath, SlotRanges};
+
+fn paths() -> Vec<Kernels> {
+    SimdPath::supported()
+        .into_iter()
+        .map(|p| Kernels::with_path(p).expect("supported"))
+        .collect()
+}
+
+struct Cache {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    n_slots: usize,
+    n_kv: usize,
+    hd: usize,
+}
+
+impl Cache {
+    fn random(rng: &mut Rng, n_slots: usize, n_kv: usize, hd: usize) -> Self {
+        let n = n_slots * n_kv * hd;
+        Cache {
+            keys: rng.vec(n).iter().map(|v| v * 2.0).collect(),
+            values: rng.vec(n),
+            n_slots,
+            n_kv,
+            hd,
+        }
+    }
+    fn view(&self) -> KvCacheView<'_> {
+        KvCacheView::contiguous(&self.keys, &self.values, self.n_slots, self.n_kv, self.hd).unwrap()
+    }
+    fn row<'a>(&self, data: &'a [f32], slot: usize, h: usize) -> &'a [f32] {
+        let o = (slot * self.n_kv + h) * self.hd;
+        &data[o..o + self.hd]
+    }
+    /// Reference for all heads of one query over `slots` (in the given order).
+    fn reference(&self, q: &[f32], n_heads: usize, slots: &[usize], scale: f32) -> Vec<f32> {
+        let group = n_heads / self.n_kv;
+        (0..n_heads)
+            .flat_map(|h| {
+                let kh = h / group;
+                let ks: Vec<&[f32]> = slots.iter().map(|&s| self.row(&self.keys, s, kh)).collect();
+                let vs: Vec<&[f32]> = slots
+                    .iter()
+                    .map(|&s| self.row(&self.values, s, kh))
+                    .collect();
+                reference::attention(&q[h * self.hd..(h + 1) * self.hd], &ks, &vs, scale)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn ring_ranges_follow_sliding_window_semantics() {
+    assert_eq!(SlotRanges::ring(16, 5), SlotRanges::single(0..5));
+    assert_eq!(SlotRanges::ring(16, 16), SlotRanges::single(0..16));
+    assert_eq!(SlotRanges::ring(16, 17), SlotRanges::pair(1..16, 0..1));
+    assert_eq!(SlotRanges::ring(16, 40), SlotRanges::pair(8..16, 0..8));
+    assert_eq!(SlotRanges::ring(16, 32).len(), 16);
+    assert_eq!(
+        SlotRanges::ring(16, 32).iter().collect::<Vec<_>>(),
+        vec![0..16]
+    );
+}
+
+#[test]
+fn decode_attention_matches_reference_gqa_and_ring() {
+    let mut rng = Rng::new(30);
+    for (n_heads, n_kv, hd, n_slots) in [
+        (4, 2, 16, 16),
+        (8, 8, 12, 33),
+        (32, 8, 128, 70),
+        (6, 1, 9, 5),
+    ] {
+        let cache = Cache::random(&mut rng, n_slots, n_kv, hd);
+        let view = cache.view();
+        let scale = 1.0 / (hd as f32).sqrt();
+        for written in [1, 2, n_slots / 2 + 1, n_slots, n_slots + 3, 3 * n_slots - 1] {
+            let slots = SlotRanges::ring(n_slots, written);
+            let order: Vec<usize> = slots.iter().flatten().collect();
+            let q = rng.vec(n_heads * hd);
+            let want = cache.reference(&q, n_heads, &order, scale);
+            for k in paths() {
+                let mut out = vec![f32::NAN; n_heads * hd];
+                k.attention(&q, &view, &slots, n_heads, scale, &mut out)
+                    .unwrap();
+                let what = format!(
+                    "attention h{n_heads}/{n_kv} d{hd} w{written} {}",
+                    k.simd_path().name()
+                );
+                assert_rel(&what, &out, &want, 1e-5, 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_attention_equals_per_token_calls() {
+    let mut rng = Rng::new(31);
+    let (n_heads, n_kv, hd, n_slots, tokens) = (8, 2, 32, 40, 9);
+    let cache = Cache::random(&mut rng, n_slots, n_kv, hd);
+    let view = cache.view();
+    let qs = rng.vec(tokens * n_heads * hd);
+    let scale = 0.17;
+    // Causal: token t (at cache slot 20 + t) sees slots 0..=20+t; window of 16: the last 16.
+    let slots_for = |t: usize| {
+        let end = 21 + t;
+        SlotRanges::single(end.saturating_sub(16)..end)
+    };
+    for k in paths() {
+        let mut outs = vec![0.0; qs.len()];
+        k.attention_batch(&qs, &view, n_heads, scale, slots_for, &mut outs)
+            .unwrap();
+        for t in 0..tokens {
+            let row = t * n_heads * hd..(t + 1) * n_heads * hd;
+            let mut one = vec![0.0; n_heads * hd];
+            k.attention(
+                &qs[row.clone()],
+                &view,
+                &slots_for(t),
+                n_heads,
+                scale,
+                &mut one,
+            )
+            .unwrap();
+            assert_eq!(&outs[row.clone()], &one[..], "token {t}");
+            let order: Vec<usize> = slots_for(t).iter().flatten().collect();
+            let want = cache.reference(&qs[row], n_heads, &order, scale);
+            assert_rel("batch vs reference", &one, &want, 1e-5, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn per_head_pieces_with_explicit_strides() {
+    // Layout [kv_head][slot][head_dim] (head-major), read through explicit strides.
+    let mut rng = Rng::new(32);
+    let (n_kv, n_slots, hd) = (3, 11, 20);
+    let keys = rng.vec(n_kv * n_slots * hd);
+    let values = rng.vec(n_kv * n_slots * hd);
+    let view = KvCacheView::new(&keys, &values, n_slots, n_kv, hd, hd, n_slots * hd).unwrap();
+    let q = rng.vec(hd);
+    for k in paths() {
+        let kr = view.keys(2, 3..11).unwrap();
+        let vr = view.values(2, 3..11).unwrap();
+        let mut scores = vec![0.0; 8];
+        let mut out = vec![0.0; hd];
+        k.attention_head(&q, &[kr], &[vr], 0.3, &mut scores, &mut out)
+            .unwrap();
+        let ks: Vec<&[f32]> = (3..11)
+            .map(|s| &keys[(2 * n_slots + s) * hd..][..hd])
+            .collect();
+        let vs: Vec<&[f32]> = (3..11)
+            .map(|s| &values[(2 * n_slots + s) * hd..][..hd])
+            .collect();
+        assert_rel(
+            "attention_head",
+            &out,
+            &reference::attention(&q, &ks, &vs, 0.3),
+            1e-5,
+            1e-6,
+        );
+        // Two segments give the same as one covering both.
+        let (a, b) = (view.keys(2, 3..7).unwrap(), view.keys(2, 7..11).unwrap());
+        let (c, d) = (
+            view.values(2, 3..7).unwrap(),
+            view.values(2, 7..11).unwrap(),
+        );
+        let mut out2 = vec![0.0; hd];
+        k.attention_head(&q, &[a, b], &[c, d], 0.3, &mut scores, &mut out2)
+            .unwrap();
+        assert_eq!(out, out2);
+        // Scores and weighted sum separately.
+        let mut s = vec![0.0; 8];
+        k.attention_scores(&q, &kr, 0.3, &mut s).unwrap();
+        k.softmax(&mut s);
+        let mut o = vec![0.0; hd];
+        k.attention_values(&s, &vr, &mut o).unwrap();
+        assert_eq!(o, out);
+    }
+}
+
+#[test]
+fn views_reject_out_of_bounds() {
+    let data = vec![0.0f32; 100];
+    assert!(RowsRef::new(&data, 0, 10, 10, 10).is_ok());
+    assert!(RowsRef::new(&data, 1, 10, 10, 10).is_err());
+    assert!(RowsRef::new(&data, 0, usize::MAX, 2, 1).is_err());
+    assert!(RowsRef::contiguous(&data, 7).is_err());
+    assert!(KvCacheView::contiguous(&data, &data, 5, 2, 10).is_ok());
+    assert!(KvCacheView::contiguous(&data, &data, 6, 2, 10).is_err());
+    assert!(KvCacheView::contiguous(&data, &data[..90], 5, 2, 10).is_err());
+    let view = KvCacheView::contiguous(&data, &data, 5, 2, 10).unwrap();
+    assert!(view.keys(2, 0..1).is_err());
+    assert!(view.keys(1, 0..6).is_err());
+    let k = Kernels::auto();
+    let q = vec![0.0; 30];
+    let mut out = vec![0.0; 30];
+    // 3 heads over 2 KV heads is not grouped-query attention.
+    assert!(k
+        .attention(&q, &view, &SlotRanges::single(0..2), 3, 1.0, &mut out)
+        .is_err());
+    let q = vec![0.0; 40];
+    let mut out = vec![0.0; 40];
+    assert!(k
+        .attention(&q, &view, &SlotRanges::single(0..6), 4, 1.0, &mut out)
+        .is_err());
+    assert!(k
+        .attention(&q, &view, &SlotRanges::single(0..5), 4, 1.0, &mut out)
+        .is_ok());
+}
+
+#[test]
+fn long_ring_cache_spans_several_slot_blocks() {
+    // 600 slots: three blocks of the slot-major decode path, wrapped ring order.
+    let mut rng = Rng::new(33);
+    let (n_heads, n_kv, hd, n_slots) = (8, 2, 64, 600);
+    let cache = Cache::random(&mut rng, n_slots, n_kv, hd);
+    let view = cache.view();
+    for written in [300, 600, 1000] {
+        let slots = SlotRanges::ring(n_slots, written);
+        let order: Vec<usize> = slots.iter().flatten().collect();
+        let q = rng.vec(n_heads * hd);
+        let want = cache.reference(&q, n_heads, &order, 0.125);
+        for k in paths() {
+            let mut out = vec![0.0; n_heads * hd];
+            k.attention(&q, &view, &slots, n_heads, 0.125, &mut out)
+                .unwrap();
+            assert_rel("long ring", &out, &want, 1e-5, 1e-6);
+        }
+    }
+}
+
+#[test]
+fn head_major_cache_layout_matches_reference() {
+    // [kv_head][slot][head_dim]: the per-KV-head path.
+    let mut rng = Rng::new(34);
+    let (n_heads, n_kv, hd, n_slots) = (12, 3, 24, 50);
+    let keys = rng.vec(n_kv * n_slots * hd);
+    let values = rng.vec(n_kv * n_slots * hd);
+    let view = KvCacheView::new(&keys, &values, n_slots, n_kv, hd, hd, n_slots * hd).unwrap();
+    let slots = SlotRanges::pair(30..50, 0..7);
+    let order: Vec<usize> = slots.iter().flatten().collect();
+    let q = rng.vec(n_heads * hd);
+    let want: Vec<f32> = (0..n_heads)
+        .flat_map(|h| {
+            let kh = h / (n_heads / n_kv);
+            let ks: Vec<&[f32]> = order
+                .iter()
+                .map(|&s| &keys[(kh * n_slots + s) * hd..][..hd])
+                .collect();
+            let vs: Vec<&[f32]> = order
+                .iter()
+                .map(|&s| &values[(kh * n_slots + s) * hd..][..hd])
+                .collect();
+            reference::attention(&q[h * hd..(h + 1) * hd], &ks, &vs, 0.2)
+        })
+        .collect();
+    for k in paths() {
+        let mut out = vec![0.0; n_heads * hd];
+        k.attention(&q, &view, &slots, n_heads, 0.2, &mut out)
+            .unwrap();
+        assert_rel("head-major", &out, &want, 1e-5, 1e-6);
+        let mut outs = vec![0.0; 2 * n_heads * hd];
+        let qs: Vec<f32> = q.iter().chain(q.iter()).copied().collect();
+        k.attention_batch(&qs, &view, n_heads, 0.2, |_| slots.clone(), &mut outs)
+            .unwrap();
+        assert_eq!(&outs[..n_heads * hd], &out[..]);
+        assert_eq!(&outs[n_heads * hd..], &out[..]);
+    }
+}
+
+#[cfg(feature = "parallel")]
+#[test]
+fn attention_does_not_depend_on_thread_count() {
+    let mut rng = Rng::new(35);
+    let (n_heads, n_kv, hd, n_slots) = (32, 8, 128, 700);
+    let cache = Cache::random(&mut rng, n_slots, n_kv, hd);
+    let view = cache.view();
+    let q = rng.vec(n_heads * hd);
+    let slots = SlotRanges::ring(n_slots, 900);
+    for k in paths() {
+        let run = |t: usize| {
+            let mut out = vec![0.0; n_heads * hd];
+            torchless_kernels::thread_pool(t)
+                .unwrap()
+                .install(|| k.attention(&q, &view, &slots, n_heads, 0.088, &mut out))
+                .unwrap();
+            out
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+}
