@@ -60,17 +60,14 @@ pub fn progress_bar(total: u64, message: &str, bytes: bool) -> ProgressBar {
     bar
 }
 
-/// A load-progress callback that drives a byte progress bar.
+/// A load-progress callback that drives a spinner-like bar (validation, tokenizer, done).
 pub fn load_progress() -> (ProgressBar, impl FnMut(LoadProgress)) {
-    let bar = progress_bar(0, "loading", true);
+    let bar = progress_bar(3, "loading", false);
     let handle = bar.clone();
     let callback = move |p: LoadProgress| match p {
-        LoadProgress::Reading { done, total } => {
-            handle.set_length(total);
-            handle.set_position(done);
-        }
+        LoadProgress::Validated { .. } => handle.set_position(1),
+        LoadProgress::TokenizerReady => handle.set_position(2),
         LoadProgress::Done => handle.finish_and_clear(),
-        _ => {}
     };
     (bar, callback)
 }

@@ -111,6 +111,7 @@ impl<R: Residency> Session<'_, R> {
         for (row, &token) in x.chunks_exact_mut(hidden).zip(tokens) {
             embed(&embedding, token, row)?;
         }
+        model.release_embedding();
 
         for layer in 0..config.n_layers {
             model.prefetch_layer(layer);
@@ -155,6 +156,7 @@ impl<R: Residency> Session<'_, R> {
             let x = &x[logit_rows.start * hidden..logit_rows.end * hidden];
             let normed = &mut normed[..rows * hidden];
             rmsnorm_rows(&kernels, x, model.final_norm()?, eps, normed, hidden)?;
+            model.prefetch_output();
             kernels.matmul(&model.lm_head()?, normed, &mut self.logits, rows)?;
             model.release_output();
         }

@@ -29,8 +29,8 @@ pub trait Residency: sealed::Sealed + Send + Sync + 'static {
     const RELEASE_AFTER_USE: bool;
 }
 
-/// Every weight page is read in at load and stays mapped: the fastest mode; resident memory is
-/// about the file size.
+/// Weight pages are mapped as they are first used and stay mapped: the fastest mode; after the
+/// first token, resident memory is about the file size.
 #[derive(Debug, Clone, Copy)]
 pub struct Resident;
 
@@ -65,13 +65,6 @@ pub enum LoadProgress {
     },
     /// The tokenizer was built from the embedded vocabulary.
     TokenizerReady,
-    /// Bytes of weights read into memory so far (resident mode only).
-    Reading {
-        /// Bytes done.
-        done: u64,
-        /// Bytes in all.
-        total: u64,
-    },
     /// Loading finished.
     Done,
 }
@@ -93,7 +86,6 @@ impl std::fmt::Debug for LoadOptions<'_> {
             .finish()
     }
 }
-
 
 /// Names of one transformer block's tensors (Hugging Face names).
 #[derive(Debug, Clone)]
@@ -248,29 +240,11 @@ impl<R: Residency> Model<R> {
             load_time: Duration::ZERO,
             _residency: PhantomData,
         };
-        if !R::RELEASE_AFTER_USE {
-            model.read_all_weights(&mut report);
-        }
         report(LoadProgress::Done);
         Ok(Self {
             load_time: start.elapsed(),
             ..model
         })
-    }
-
-    /// Reads every weight page once so the first token does not pay for page faults.
-    fn read_all_weights(&self, report: &mut impl FnMut(LoadProgress)) {
-        let total: u64 = self.file.tensors().map(|t| t.bytes_read() as u64).sum();
-        let mut done = 0u64;
-        for info in self.file.tensors() {
-            // Errors here only mean the pages fault in later, on first use.
-            let _ = self.file.set_residency(&info.name, Advice::WillNeed);
-            if let Ok(tensor) = self.file.tensor(&info.name) {
-                touch_pages(tensor.data);
-            }
-            done += info.bytes_read() as u64;
-            report(LoadProgress::Reading { done, total });
-        }
     }
 
     /// The model's hyper-parameters.
@@ -357,14 +331,28 @@ impl<R: Residency> Model<R> {
         self.matrix(EMBED)
     }
 
-    /// Before a layer runs: ask for its pages (lazy mode), so reading overlaps with work.
+    /// Before a layer runs (lazy mode): map its pages in one call per tensor, which is much
+    /// cheaper than taking a page fault for every few pages, and start reading the next layer
+    /// from disk if it is not cached.
     pub(crate) fn prefetch_layer(&self, layer: usize) {
         if R::RELEASE_AFTER_USE {
             if let Some(names) = self.layers.get(layer) {
                 for name in names.all() {
+                    let _ = self.file.set_residency(name, Advice::Populate);
+                }
+            }
+            if let Some(next) = self.layers.get(layer + 1) {
+                for name in next.all() {
                     let _ = self.file.set_residency(name, Advice::WillNeed);
                 }
             }
+        }
+    }
+
+    /// Before the output projection (lazy mode): map `lm_head`.
+    pub(crate) fn prefetch_output(&self) {
+        if R::RELEASE_AFTER_USE {
+            let _ = self.file.set_residency(LM_HEAD, Advice::Populate);
         }
     }
 
@@ -376,6 +364,13 @@ impl<R: Residency> Model<R> {
                     let _ = self.file.set_residency(name, Advice::DontNeed);
                 }
             }
+        }
+    }
+
+    /// After the embedding lookup (lazy mode): give the rows read back.
+    pub(crate) fn release_embedding(&self) {
+        if R::RELEASE_AFTER_USE {
+            let _ = self.file.set_residency(EMBED, Advice::DontNeed);
         }
     }
 
@@ -412,24 +407,5 @@ impl<R: Residency> Model<R> {
             TensorData::F32(values) => MatRef::f32(values, rows, cols)?,
             TensorData::Int8(view) => MatRef::int8(view.values, view.inv_scales, rows, cols)?,
         })
-    }
-}
-
-/// Reads one byte per page so the kernel maps the whole range now.
-fn touch_pages(data: TensorData<'_>) {
-    fn touch(bytes: &[u8]) {
-        const PAGE: usize = 4096;
-        let sum = bytes
-            .iter()
-            .step_by(PAGE)
-            .fold(0u8, |acc, &b| acc.wrapping_add(b));
-        std::hint::black_box(sum);
-    }
-    match data {
-        TensorData::F32(values) => touch(bytemuck::cast_slice(values)),
-        TensorData::Int8(view) => {
-            touch(bytemuck::cast_slice(view.values));
-            touch(bytemuck::cast_slice(view.inv_scales));
-        }
     }
 }

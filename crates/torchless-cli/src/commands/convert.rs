@@ -1,17 +1,308 @@
-//! `torchless convert HF_DIR OUT.bin`: being written (issue 7).
+//! `torchless convert HF_DIR OUT.bin [--quant f32|int8]`: a Hugging Face Mistral checkpoint
+//! (`config.json`, `tokenizer.json`, safetensors weights in bf16, f16 or f32, one file or sharded)
+//! into a torchless model file, byte-compatible with the original Python exporter.
+//!
+//! Streams tensor by tensor: a reader thread turns checkpoint bytes into f32 chunks, the main thread
+//! hands them to the format crate's [`ModelWriter`] (which quantizes int8 tensors on the fly), so
+//! memory stays at a few chunks whatever the model size.
 
-use std::path::PathBuf;
+pub mod checkpoint;
+pub mod hf_config;
+pub mod hf_tokenizer;
 
-use clap::Args;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, ValueEnum};
+use torchless_model::format::{DType, ModelFile, ModelWriter, QuantKind, TensorSpec};
+
+use crate::output;
+use checkpoint::{open_checkpoint, Checkpoint};
+
+/// Values per chunk handed from the reader thread to the writer (4 MB of f32).
+const CHUNK: usize = 1 << 20;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
-    /// Hugging Face checkpoint directory.
+    /// Hugging Face checkpoint directory (config.json, tokenizer.json, *.safetensors).
     pub input: PathBuf,
     /// Output model file.
     pub output: PathBuf,
+    /// Weight storage: f32 everywhere, or int8 (groups of 64) for the `*_proj` matrices.
+    #[arg(long, value_enum, default_value_t = Quant::F32)]
+    pub quant: Quant,
+}
+
+/// Weight storage of the written file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quant {
+    /// All tensors float32.
+    F32,
+    /// `*_proj` tensors int8 with one f32 inverse scale per 64 values, the rest float32.
+    Int8,
+}
+
+impl Quant {
+    pub fn kind(self) -> QuantKind {
+        match self {
+            Quant::F32 => QuantKind::F32,
+            Quant::Int8 => QuantKind::Int8,
+        }
+    }
+
+    /// The storage of tensor `name` (the exporter quantizes every name containing `_proj`).
+    pub fn dtype_of(self, name: &str) -> DType {
+        if self == Quant::Int8 && name.contains("_proj") {
+            DType::Int8
+        } else {
+            DType::F32
+        }
+    }
 }
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
-    anyhow::bail!("convert {} is not available yet", args.input.display())
+    let started = Instant::now();
+    let dir = &args.input;
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a directory (expected a Hugging Face checkpoint directory)",
+            dir.display()
+        );
+    }
+    let hf = hf_config::read_config(dir)?;
+    let tokenizer = hf_tokenizer::read_tokenizer(&dir.join("tokenizer.json"))?;
+    if tokenizer.vocab.len() > hf.config.vocab_size {
+        bail!(
+            "{}: the vocabulary has {} pieces but config.json has vocab_size {}",
+            dir.join("tokenizer.json").display(),
+            tokenizer.vocab.len(),
+            hf.config.vocab_size
+        );
+    }
+    let checkpoint = open_checkpoint(dir, &hf.config)?;
+    refuse_overwriting_inputs(&args.output, &checkpoint)?;
+
+    let quant = args.quant;
+    let metadata = hf.metadata(quant.kind());
+    let specs: Vec<TensorSpec> = checkpoint
+        .tensors
+        .iter()
+        .map(|t| TensorSpec::new(t.name.clone(), quant.dtype_of(&t.name), t.shape.clone()))
+        .collect();
+
+    let partial = PartialFile::new(&args.output);
+    let file = File::create(partial.path())
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    // Errors name the requested file, not the temporary one.
+    let writer = ModelWriter::new(
+        BufWriter::with_capacity(1 << 20, file),
+        args.output.display().to_string(),
+        &metadata,
+        specs,
+        Some(&tokenizer),
+    )?;
+    let bytes_in = write_tensors(&checkpoint, writer)?;
+    partial.commit()?;
+
+    let model = ModelFile::open(&args.output).with_context(|| {
+        format!(
+            "{} was written but does not read back",
+            args.output.display()
+        )
+    })?;
+    model
+        .validate_mistral()
+        .with_context(|| format!("{} was written but is incomplete", args.output.display()))?;
+
+    let secs = started.elapsed().as_secs_f64();
+    let dtypes: Vec<String> = checkpoint.dtypes().iter().map(|d| d.to_string()).collect();
+    if !checkpoint.skipped.is_empty() {
+        eprintln!(
+            "note: left out {} tensor(s) the engine does not use ({})",
+            checkpoint.skipped.len(),
+            checkpoint.skipped[0]
+        );
+    }
+    eprintln!(
+        "converted {} ({} {} tensors, {}) -> {} ({}, {}) in {:.1} s",
+        dir.display(),
+        checkpoint.tensors.len(),
+        dtypes.join("/"),
+        human_size(bytes_in),
+        args.output.display(),
+        quant.kind().as_str(),
+        human_size(model.file_len() as u64),
+        secs
+    );
+    Ok(())
+}
+
+/// `1.23 GB`, `4.5 MB`, `12 KB`.
+pub(crate) fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} KB", b / 1e3)
+    }
+}
+
+/// Writing over a shard that is being read would destroy the input.
+fn refuse_overwriting_inputs(output: &Path, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+    let Ok(out) = output.canonicalize() else {
+        return Ok(());
+    };
+    for shard in &checkpoint.shards {
+        if shard.path.canonicalize().is_ok_and(|p| p == out) {
+            bail!("the output {} is one of the input files", output.display());
+        }
+    }
+    Ok(())
+}
+
+/// The output is written to `OUT.partial` and renamed when complete, so a failed or interrupted
+/// conversion never leaves a truncated file under the requested name.
+pub(crate) struct PartialFile {
+    target: PathBuf,
+    partial: PathBuf,
+    committed: bool,
+}
+
+impl PartialFile {
+    pub(crate) fn new(target: &Path) -> Self {
+        let mut name = target.as_os_str().to_owned();
+        name.push(".partial");
+        Self {
+            target: target.to_path_buf(),
+            partial: PathBuf::from(name),
+            committed: false,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.partial
+    }
+
+    pub(crate) fn commit(mut self) -> anyhow::Result<()> {
+        std::fs::rename(&self.partial, &self.target).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.partial.display(),
+                self.target.display()
+            )
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+enum Message {
+    Begin(usize),
+    Chunk(Vec<f32>, u64),
+    End,
+    Done,
+    Failed(anyhow::Error),
+}
+
+/// Streams every tensor through `writer`; returns the checkpoint bytes read.
+fn write_tensors(
+    checkpoint: &Checkpoint,
+    mut writer: ModelWriter<BufWriter<File>>,
+) -> anyhow::Result<u64> {
+    let total: u64 = checkpoint.tensors.iter().map(|t| t.source_bytes()).sum();
+    let n = checkpoint.tensors.len();
+    let bar = output::progress_bar(total, &format!("converting 0/{n}"), true);
+    let (data_tx, data_rx) = sync_channel::<Message>(2);
+    let (recycle_tx, recycle_rx) = sync_channel::<Vec<f32>>(4);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(move || read_tensors(checkpoint, data_tx, recycle_rx));
+        let result = consume(checkpoint, &mut writer, &data_rx, &recycle_tx, &bar);
+        // If writing failed, hanging up unblocks the reader so the scope can end.
+        drop(data_rx);
+        result
+    });
+    bar.finish_and_clear();
+    result?;
+    let out = writer.finish()?;
+    let file = out
+        .into_inner()
+        .map_err(|e| anyhow!("cannot write the model file: {}", e.error()))?;
+    file.sync_all()
+        .context("cannot flush the model file to disk")?;
+    Ok(total)
+}
+
+fn consume(
+    checkpoint: &Checkpoint,
+    writer: &mut ModelWriter<BufWriter<File>>,
+    data: &Receiver<Message>,
+    recycle: &SyncSender<Vec<f32>>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    let n = checkpoint.tensors.len();
+    loop {
+        let message = data
+            .recv()
+            .map_err(|_| anyhow!("internal error: the reader thread stopped early"))?;
+        match message {
+            Message::Begin(i) => {
+                bar.set_message(format!("converting {}/{n}", i + 1));
+                writer.begin_tensor(&checkpoint.tensors[i].name)?;
+            }
+            Message::Chunk(values, bytes) => {
+                writer.push(&values)?;
+                bar.inc(bytes);
+                let _ = recycle.try_send(values);
+            }
+            Message::End => {
+                writer.end_tensor()?;
+            }
+            Message::Done => return Ok(()),
+            Message::Failed(e) => return Err(e),
+        }
+    }
+}
+
+/// The reader thread: every tensor in order, in f32 chunks. Stops quietly when the writer side
+/// hangs up (it failed and reports its own error).
+fn read_tensors(checkpoint: &Checkpoint, data: SyncSender<Message>, recycle: Receiver<Vec<f32>>) {
+    let mut scratch = Vec::new();
+    for (i, tensor) in checkpoint.tensors.iter().enumerate() {
+        if data.send(Message::Begin(i)).is_err() {
+            return;
+        }
+        let mut start = 0;
+        while start < tensor.n_elements {
+            let len = CHUNK.min(tensor.n_elements - start);
+            let mut buf = recycle.try_recv().unwrap_or_default();
+            buf.resize(len, 0.0);
+            if let Err(e) = checkpoint.read_f32(tensor, start, &mut buf, &mut scratch) {
+                let _ = data.send(Message::Failed(e));
+                return;
+            }
+            let bytes = (len * tensor.dtype.size()) as u64;
+            if data.send(Message::Chunk(buf, bytes)).is_err() {
+                return;
+            }
+            start += len;
+        }
+        if data.send(Message::End).is_err() {
+            return;
+        }
+    }
+    let _ = data.send(Message::Done);
 }
