@@ -430,6 +430,111 @@ pub(crate) fn matvec_i8(t: Token, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `B` dot products of one int8 row with `B` input rows (`xs[b * x_stride..]`), for a small
+/// batch: the 64-value groups are converted to f32 once and used for every input, and the row
+/// stays in L1 between the passes over token chunks, so memory traffic is the same as a matvec.
+/// Each group's sum is scaled by `1 / inv_scale` (one division per group, not per token).
+///
+/// # Safety
+/// AVX2+FMA available; `q` valid for `groups * 64` bytes, `inv` for `groups` floats, and every
+/// `xs + b * x_stride` (b < B) for `groups * 64` floats.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn i8_row_multi<const B: usize>(
+    q: *const i8,
+    inv: *const f32,
+    groups: usize,
+    xs: *const f32,
+    x_stride: usize,
+) -> [f32; B] {
+    // SAFETY: caller contract; offsets stay below `groups * 64` (q, each x row) and `groups` (inv).
+    unsafe {
+        let mut tot = [_mm256_setzero_ps(); B];
+        for g in 0..groups {
+            let qg = q.add(g * GROUP_SIZE);
+            let mut qf = [_mm256_setzero_ps(); 8];
+            for (u, v) in qf.iter_mut().enumerate() {
+                *v = cvt_i8(qg.add(8 * u));
+            }
+            let scale = _mm256_set1_ps(1.0 / *inv.add(g));
+            for (b, t) in tot.iter_mut().enumerate() {
+                let xg = xs.add(b * x_stride + g * GROUP_SIZE);
+                let mut a = [_mm256_setzero_ps(); 2];
+                for (u, v) in qf.iter().enumerate() {
+                    a[u & 1] = _mm256_fmadd_ps(*v, _mm256_loadu_ps(xg.add(8 * u)), a[u & 1]);
+                }
+                *t = _mm256_fmadd_ps(_mm256_add_ps(a[0], a[1]), scale, *t);
+            }
+        }
+        let mut out = [0.0f32; B];
+        for (o, t) in out.iter_mut().zip(tot) {
+            *o = hsum(t);
+        }
+        out
+    }
+}
+
+/// `Y = X Wᵀ` for a small batch of int8 rows (row-aligned groups), written transposed:
+/// `yt[r * batch + b]` for the rows `r0..r0 + yt.len() / batch` of `w`.
+pub(crate) fn matmul_i8_small(
+    t: Token,
+    w: &Int8Mat<'_>,
+    xs: &[f32],
+    batch: usize,
+    r0: usize,
+    yt: &mut [f32],
+) {
+    let _ = t;
+    let cols = w.cols();
+    let groups = cols / GROUP_SIZE;
+    let rows = yt.len() / batch.max(1);
+    assert!(
+        w.is_row_aligned() && cols % GROUP_SIZE == 0,
+        "matmul_i8_small layout"
+    );
+    assert!(xs.len() == batch * cols && yt.len() == rows * batch && r0 + rows <= w.rows());
+    assert!(w.q().len() == w.rows() * cols && w.inv_scales().len() == w.rows() * groups);
+    let (qp, ip, xp) = (w.q().as_ptr(), w.inv_scales().as_ptr(), xs.as_ptr());
+    for (i, out) in yt.chunks_exact_mut(batch).enumerate() {
+        let r = r0 + i;
+        // SAFETY: token ⇒ AVX2+FMA; row r < w.rows() of q and its scales are in bounds (asserted
+        // lengths); input rows b0..b0+n of xs hold `cols` floats each (xs.len() == batch * cols).
+        unsafe {
+            let (q, inv) = (qp.add(r * cols), ip.add(r * groups));
+            let mut b0 = 0;
+            while b0 + 4 <= batch {
+                let v = i8_row_multi::<4>(q, inv, groups, xp.add(b0 * cols), cols);
+                out[b0..b0 + 4].copy_from_slice(&v);
+                b0 += 4;
+            }
+            match batch - b0 {
+                3 => out[b0..].copy_from_slice(&i8_row_multi::<3>(
+                    q,
+                    inv,
+                    groups,
+                    xp.add(b0 * cols),
+                    cols,
+                )),
+                2 => out[b0..].copy_from_slice(&i8_row_multi::<2>(
+                    q,
+                    inv,
+                    groups,
+                    xp.add(b0 * cols),
+                    cols,
+                )),
+                1 => out[b0..].copy_from_slice(&i8_row_multi::<1>(
+                    q,
+                    inv,
+                    groups,
+                    xp.add(b0 * cols),
+                    cols,
+                )),
+                _ => {}
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Element-wise ops.
 

@@ -24,6 +24,10 @@ impl Default for Kernels {
     }
 }
 
+/// Largest batch of int8 rows handled as repeated dot products rather than a GEMM.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+const SMALL_BATCH: usize = 16;
+
 impl Kernels {
     /// The fastest path this CPU supports (or `$TORCHLESS_SIMD`, see [`crate::PATH_ENV`]), with
     /// BLAS for f32 GEMM/GEMV when a BLAS feature is compiled in. Detection runs once.
@@ -317,6 +321,14 @@ impl Kernels {
                 return Ok(());
             }
         }
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        if let (Path::Avx2(t), MatRef::Int8(m)) = (self.path, w) {
+            if batch <= SMALL_BATCH && m.is_row_aligned() && m.cols() % crate::mat::GROUP_SIZE == 0
+            {
+                self.matmul_i8_small(t, m, xs, ys, batch);
+                return Ok(());
+            }
+        }
         match self.path {
             Path::Scalar => gemm::gemm(gemm::ScalarMicro, w, xs, ys, batch),
             #[cfg(feature = "simd")]
@@ -325,6 +337,30 @@ impl Kernels {
             Path::Avx2(t) => gemm::gemm(gemm::Avx2Micro(t), w, xs, ys, batch),
         }
         Ok(())
+    }
+
+    /// Small int8 batches: the weights are streamed once (as in a matvec) and each row is dotted
+    /// with every input; dequantizing whole panels for a GEMM would cost more than it saves.
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    fn matmul_i8_small(
+        &self,
+        t: crate::avx2::Token,
+        w: &crate::mat::Int8Mat<'_>,
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+    ) {
+        let rows = w.rows();
+        // Computed transposed (row-major over weight rows) so threads split rows, then scattered.
+        let mut yt = vec![0.0f32; rows * batch];
+        parallel::par_rows(&mut yt, 4 * batch, w.cols(), |e0, chunk| {
+            crate::avx2::matmul_i8_small(t, w, xs, batch, e0 / batch, chunk);
+        });
+        for (r, row) in yt.chunks_exact(batch).enumerate() {
+            for (b, &v) in row.iter().enumerate() {
+                ys[b * rows + r] = v;
+            }
+        }
     }
 
     // -----------------------------------------------------------------------------------------
