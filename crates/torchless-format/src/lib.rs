@@ -33,7 +33,7 @@ pub use config::{
 };
 pub use error::{FormatError, FormatErrorKind};
 pub use file::{
-    DType, Int8View, ModelFile, Residency, ScaleInfo, TensorData, TensorInfo, TensorRef,
-    TokenizerData, ALIGNMENT, MAX_HEADER_LEN,
+    evict_from_page_cache, DType, Int8View, ModelFile, Residency, ScaleInfo, TensorData,
+    TensorInfo, TensorRef, TokenizerData, ALIGNMENT, MAX_HEADER_LEN,
 };
 pub use writer::{ModelWriter, TensorSpec};

@@ -243,6 +243,8 @@ fn write_tensors(
         .map_err(|e| anyhow!("cannot write the model file: {}", e.error()))?;
     file.sync_all()
         .context("cannot flush the model file to disk")?;
+    // The first load then reads it back in large page-cache folios (faster to map).
+    let _ = torchless_model::format::evict_from_page_cache(&file);
     Ok(total)
 }
 

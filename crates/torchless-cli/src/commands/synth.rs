@@ -181,6 +181,8 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("cannot write {}: {}", out.path, e.error()))?;
     file.sync_all()
         .with_context(|| format!("cannot flush {} to disk", args.output.display()))?;
+    // The first load then reads it back in large page-cache folios (faster to map).
+    let _ = torchless_model::format::evict_from_page_cache(&file);
     drop(file);
     partial.commit()?;
 
