@@ -24,8 +24,24 @@ extern "C" {
     fn bli_thread_set_num_threads(n: i64);
 }
 
-/// Makes the BLAS library use as many threads as the current rayon pool (BLIS would otherwise run
-/// single-threaded, OpenBLAS on every CPU), so `pool.install` controls BLAS calls too.
+/// Pins BLIS to one thread even when `BLIS_NUM_THREADS`/`OMP_NUM_THREADS` ask for more.
+fn blis_single_threaded() {
+    #[cfg(all(feature = "blis", not(feature = "openblas")))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: plain setter exported by libblis; 1 is always a valid count.
+        ONCE.call_once(|| unsafe { bli_thread_set_num_threads(1) });
+    }
+}
+
+/// True when the linked BLAS is BLIS: its own threading is not used (see [`sgemm`]).
+const IS_BLIS: bool = cfg!(all(feature = "blis", not(feature = "openblas")));
+
+/// Makes OpenBLAS use as many threads as the current rayon pool (it would otherwise use every
+/// CPU), so `pool.install` controls BLAS calls too. BLIS stays single-threaded: multi-threaded
+/// sgemm in BLIS 0.9 (Debian 12's libblis4-openmp) reads freed memory inside its worker threads
+/// (valgrind: "Invalid read of size 4" for e.g. a 7x300 by 300x33 product, a segfault in some
+/// runs), so [`sgemm`] splits the batch across rayon threads instead.
 fn sync_threads() {
     static LAST: AtomicUsize = AtomicUsize::new(0);
     let n = crate::parallel::current_num_threads().max(1);
@@ -37,11 +53,6 @@ fn sync_threads() {
     // SAFETY: plain setter exported by libopenblas; any positive count is valid.
     unsafe {
         openblas_set_num_threads(_n)
-    };
-    #[cfg(all(feature = "blis", not(feature = "openblas")))]
-    // SAFETY: plain setter exported by libblis; any positive count is valid.
-    unsafe {
-        bli_thread_set_num_threads(i64::from(_n))
     };
 }
 
@@ -57,11 +68,32 @@ pub(crate) fn sgemm(w: &F32Mat<'_>, x: &[f32], y: &mut [f32], batch: usize) -> b
     if n == 0 || k == 0 || batch == 0 {
         return false;
     }
-    let Some(d) = dims(&[batch, n, k]) else {
+    if dims(&[batch, n, k]).is_none() {
         return false;
-    };
+    }
     assert!(x.len() == batch * k && y.len() == batch * n && w.data().len() == n * k);
-    sync_threads();
+    if IS_BLIS {
+        blis_single_threaded();
+        let rows_per_task = batch.div_ceil(crate::parallel::current_num_threads().max(1));
+        crate::parallel::for_each_chunk_mut(y, rows_per_task * n, |i, y_rows| {
+            let first = i * rows_per_task;
+            let rows = y_rows.len() / n;
+            sgemm_call(w, &x[first * k..(first + rows) * k], y_rows, rows);
+        });
+    } else {
+        sync_threads();
+        sgemm_call(w, x, y, batch);
+    }
+    true
+}
+
+/// One cblas_sgemm call: `y = x Wᵀ` for `batch` rows, lengths validated by the caller.
+fn sgemm_call(w: &F32Mat<'_>, x: &[f32], y: &mut [f32], batch: usize) {
+    let (n, k) = (w.rows(), w.cols());
+    let Some(d) = dims(&[batch, n, k]) else {
+        return;
+    };
+    assert!(batch > 0 && x.len() == batch * k && y.len() == batch * n && w.data().len() == n * k);
     // SAFETY: row-major A = x (batch x k, lda = k), B = Wᵀ read from W (n x k, ldb = k),
     // C = y (batch x n, ldc = n); all extents asserted above and every dimension is >= 1.
     unsafe {
@@ -82,7 +114,6 @@ pub(crate) fn sgemm(w: &F32Mat<'_>, x: &[f32], y: &mut [f32], batch: usize) -> b
             d[1],
         );
     }
-    true
 }
 
 /// `y = W x`, same contract as [`sgemm`].
