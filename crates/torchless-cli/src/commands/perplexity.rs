@@ -24,10 +24,14 @@ pub struct PerplexityArgs {
     /// Token ids to evaluate, e.g. 1,415,5565 (a leading BOS is kept as the first chunk's BOS).
     #[arg(long = "prompt-ids", value_name = "IDS", value_delimiter = ',')]
     pub prompt_ids: Option<Vec<u32>>,
-    /// Tokens per chunk, BOS included; each chunk is evaluated from an empty cache.
-    #[arg(long, value_name = "N", default_value_t = 512)]
-    pub ctx: usize,
+    /// Tokens per chunk, BOS included; each chunk is evaluated from an empty cache
+    /// [default: 512, or the model's context when that is shorter].
+    #[arg(long, value_name = "N")]
+    pub ctx: Option<usize>,
 }
+
+/// Chunk length when `--ctx` is not given (llama.cpp's default).
+const DEFAULT_CTX: usize = 512;
 
 pub fn run(args: PerplexityArgs) -> anyhow::Result<()> {
     if args.model.lazy {
@@ -59,20 +63,21 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
         (None, None) => bail!("nothing to evaluate"),
     };
     let max = model.config().max_position_embeddings;
-    if args.ctx > max {
-        bail!(
-            "--ctx {} is longer than the model's context of {max} positions",
-            args.ctx
-        );
-    }
+    let ctx = match args.ctx {
+        Some(ctx) if ctx > max => {
+            bail!("--ctx {ctx} is longer than the model's context of {max} positions")
+        }
+        Some(ctx) => ctx,
+        None => DEFAULT_CTX.min(max),
+    };
     let mut options = args.model.session_options();
-    options.context_len = Some(args.ctx.clamp(1, max));
+    options.context_len = Some(ctx.clamp(1, max));
     let mut session = model
         .session_with(options)
         .context("cannot create a session")?;
     let bar = output::progress_bar(0, "perplexity", false);
     let start = Instant::now();
-    let result = session.perplexity(&ids, args.ctx, |done, total| {
+    let result = session.perplexity(&ids, ctx, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
