@@ -1,0 +1,522 @@
+#!/usr/bin/env bash
+# Side-by-side speed of torchless and llama.cpp on synthetic models of the same shapes.
+#
+#   bench/compare-llama-cpp.sh                # 7B (int8 vs Q8_0) and 1B (f32 vs F32), 2 threads
+#   bench/compare-llama-cpp.sh --shapes 1b -r 5
+#   bench/compare-llama-cpp.sh --q4_0 --torchless-7b /path/mistral-7b-int8.bin
+#
+# Builds llama.cpp's llama-bench from the llama-cpp-python sdist on PyPI (vendor/llama.cpp) into a
+# cache outside the repository, writes GGUF files with bench/make_gguf.py and torchless files with
+# `torchless synth`, then runs both engines alternately (ABBA order over rounds) and prints pp/tg
+# tokens/s and the ratios torchless / llama.cpp. See bench/README.md.
+
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+
+THREADS=2
+N_PROMPT=512
+N_GEN=32
+REPS=3
+SHAPES=7b,1b
+WITH_Q4=0
+CACHE=${TORCHLESS_BENCH_CACHE:-$HOME/.cache/torchless-bench}
+MODELS=
+LLAMA_VERSION=0.3.36
+SKIP_BUILD=0
+TORCHLESS_BIN=
+LLAMA_BENCH_BIN=
+TL_7B=
+TL_1B=
+SEED=1
+CLEAN=0
+WARMUP=1
+PREPARE_ONLY=0
+PROBE_MIB=1024
+
+usage() {
+    cat <<EOF
+Usage: bench/compare-llama-cpp.sh [OPTIONS]
+
+Runs torchless and llama.cpp (llama-bench) on synthetic models of the same shapes, alternating the
+engines round by round, and prints pp/tg tokens/s side by side with the ratios torchless/llama.cpp.
+
+Measurement:
+  -t, --threads N        threads for both engines (prefill and decode)       [$THREADS]
+  -p, --n-prompt N       prompt tokens per prefill (pp)                        [$N_PROMPT]
+  -n, --n-gen N          generated tokens (tg)                                 [$N_GEN]
+  -r, --reps N           rounds; each round runs every engine once, medians
+                         over rounds are reported                              [$REPS]
+      --shapes LIST      comma-separated: 7b (torchless int8 vs llama.cpp Q8_0),
+                         1b (torchless f32 vs llama.cpp F32)                  [$SHAPES]
+      --q4_0             also run llama.cpp Q4_0 on the 7B shape (reference only)
+      --no-warmup        no warmup: llama-bench --no-warmup, torchless -r 1
+                         (default: llama-bench's own warmup; torchless runs twice
+                         per round and the first run is discarded)
+      --probe-mib MIB    torchless read-bandwidth probe size (0: skip)         [$PROBE_MIB]
+
+Files and builds:
+      --cache DIR        llama.cpp sources/build and default model directory
+                         [\${TORCHLESS_BENCH_CACHE:-\$HOME/.cache/torchless-bench}]
+      --models DIR       where the (large) model files go                      [CACHE/models]
+      --llama-version V  llama-cpp-python sdist version, or "latest"         [$LLAMA_VERSION]
+      --llama-bench BIN  use this llama-bench instead of building one
+      --torchless BIN    use this torchless binary instead of building one
+      --skip-build       build nothing: use the llama-bench already in the cache and the
+                         torchless binary already in the cargo target directory
+      --torchless-7b F   use this torchless 7B-shape int8 file instead of synthesizing one
+      --torchless-1b F   use this torchless 1B-shape f32 file instead of synthesizing one
+      --seed S           seed for the synthetic weights                        [$SEED]
+      --prepare-only     build and write the model files, measure nothing
+      --clean            delete the model files under the models directory that this run
+                         used, after measuring (files given with --torchless-7b/1b are kept)
+  -h, --help
+
+Environment: TORCHLESS_BENCH_CACHE (cache directory), CARGO_TARGET_DIR (torchless build).
+EOF
+}
+
+die() { echo "compare-llama-cpp: error: $*" >&2; exit 1; }
+log() { echo "[compare] $*" >&2; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -t|--threads) THREADS=$2; shift 2 ;;
+        -p|--n-prompt) N_PROMPT=$2; shift 2 ;;
+        -n|--n-gen) N_GEN=$2; shift 2 ;;
+        -r|--reps) REPS=$2; shift 2 ;;
+        --shapes) SHAPES=$2; shift 2 ;;
+        --q4_0|--q4) WITH_Q4=1; shift ;;
+        --no-warmup) WARMUP=0; shift ;;
+        --probe-mib) PROBE_MIB=$2; shift 2 ;;
+        --cache) CACHE=$2; shift 2 ;;
+        --models) MODELS=$2; shift 2 ;;
+        --llama-version) LLAMA_VERSION=$2; shift 2 ;;
+        --llama-bench) LLAMA_BENCH_BIN=$2; shift 2 ;;
+        --torchless) TORCHLESS_BIN=$2; shift 2 ;;
+        --skip-build) SKIP_BUILD=1; shift ;;
+        --torchless-7b) TL_7B=$2; shift 2 ;;
+        --torchless-1b) TL_1B=$2; shift 2 ;;
+        --seed) SEED=$2; shift 2 ;;
+        --prepare-only) PREPARE_ONLY=1; shift ;;
+        --clean) CLEAN=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+done
+
+for v in THREADS N_PROMPT N_GEN REPS SEED PROBE_MIB; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, not '${!v}'"
+done
+[[ $THREADS -ge 1 && $REPS -ge 1 ]] || die "--threads and --reps must be at least 1"
+[[ $N_PROMPT -ge 1 || $N_GEN -ge 1 ]] || die "nothing to measure (-p 0 and -n 0)"
+
+want_7b=0; want_1b=0
+IFS=, read -r -a shape_list <<< "$SHAPES"
+for s in "${shape_list[@]}"; do
+    case "$s" in
+        7b|7B|mistral-7b) want_7b=1 ;;
+        1b|1B|mistral-1b) want_1b=1 ;;
+        *) die "unknown shape '$s' (use 7b, 1b)" ;;
+    esac
+done
+
+command -v python3 >/dev/null || die "python3 is required"
+python3 -c "import gguf, numpy" 2>/dev/null || die "the gguf and numpy Python packages are required (pip install gguf)"
+
+mkdir -p "$CACHE"
+CACHE=$(cd "$CACHE" && pwd)
+MODELS=${MODELS:-$CACHE/models}
+mkdir -p "$MODELS"
+MODELS=$(cd "$MODELS" && pwd)
+case "$MODELS/" in
+    "$REPO_ROOT"/*) die "the models directory $MODELS is inside the repository; use --models or --cache elsewhere" ;;
+esac
+case "$CACHE/" in
+    "$REPO_ROOT"/*) die "the cache directory $CACHE is inside the repository; use --cache elsewhere" ;;
+esac
+
+# ------------------------------------------------------------------------------------------------
+# llama.cpp
+
+sdist_version=$LLAMA_VERSION
+
+fetch_sdist() {
+    # Downloads the llama-cpp-python sdist (with pip, the ordinary client) into $1; prints its path.
+    local dir=$1 spec
+    if [[ $LLAMA_VERSION == latest ]]; then spec=llama-cpp-python; else spec="llama-cpp-python==$LLAMA_VERSION"; fi
+    mkdir -p "$dir"
+    # --no-binary for this package only: pip still prepares its metadata, for which it installs
+    # scikit-build-core (and cmake/ninja wheels if missing) into a throwaway environment.
+    if ! python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$dir" "$spec" >&2; then
+        if [[ $LLAMA_VERSION != latest ]]; then
+            log "WARNING: llama-cpp-python $LLAMA_VERSION is not available; falling back to the latest version"
+            python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$dir" llama-cpp-python >&2 \
+                || die "cannot download the llama-cpp-python sdist"
+        else
+            die "cannot download the llama-cpp-python sdist"
+        fi
+    fi
+    ls -t "$dir"/llama_cpp_python-*.tar.gz | head -n 1
+}
+
+build_llama_bench() {
+    local src_root tarball tmp
+    if [[ -n $LLAMA_BENCH_BIN ]]; then
+        [[ -x $LLAMA_BENCH_BIN ]] || die "--llama-bench $LLAMA_BENCH_BIN is not executable"
+        return
+    fi
+    if [[ $LLAMA_VERSION != latest && -x $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench ]]; then
+        LLAMA_BENCH_BIN=$CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench
+        log "llama-bench: $LLAMA_BENCH_BIN (already built)"
+        return
+    fi
+    [[ $SKIP_BUILD == 0 ]] || die "--skip-build, but there is no $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench"
+    tmp=$(mktemp -d "$CACHE/download.XXXXXX")
+    tarball=$(fetch_sdist "$tmp")
+    sdist_version=$(basename "$tarball" .tar.gz); sdist_version=${sdist_version#llama_cpp_python-}
+    src_root=$CACHE/llama.cpp-$sdist_version
+    LLAMA_BENCH_BIN=$src_root/build/bin/llama-bench
+    if [[ -x $LLAMA_BENCH_BIN ]]; then
+        rm -rf "$tmp"
+        log "llama-bench: $LLAMA_BENCH_BIN (already built)"
+        return
+    fi
+    if [[ ! -f $src_root/vendor/llama.cpp/CMakeLists.txt ]]; then
+        log "extracting $(basename "$tarball") into $src_root"
+        rm -rf "$src_root"
+        tar -xzf "$tarball" -C "$tmp"
+        mv "$tmp/llama_cpp_python-$sdist_version" "$src_root"
+    fi
+    rm -rf "$tmp"
+    if ! command -v cmake >/dev/null; then
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+            log "installing cmake with apt-get"
+            apt-get install -y cmake >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y cmake >/dev/null; }
+        else
+            die "cmake is required (e.g. apt-get install cmake)"
+        fi
+    fi
+    log "building llama-bench (llama-cpp-python $sdist_version, vendor/llama.cpp) in $src_root/build"
+    # CPU only, tuned for this machine; static so the binary does not depend on the build tree.
+    cmake -S "$src_root/vendor/llama.cpp" -B "$src_root/build" \
+        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
+        -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
+        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+        > "$src_root/configure.log" 2>&1 || { tail -n 30 "$src_root/configure.log" >&2; die "cmake configure failed (log: $src_root/configure.log)"; }
+    cmake --build "$src_root/build" --config Release --target llama-bench -j "$(nproc)" \
+        > "$src_root/build.log" 2>&1 || { tail -n 30 "$src_root/build.log" >&2; die "llama-bench build failed (log: $src_root/build.log)"; }
+    [[ -x $LLAMA_BENCH_BIN ]] || die "the build did not produce $LLAMA_BENCH_BIN"
+}
+
+# ------------------------------------------------------------------------------------------------
+# torchless
+
+build_torchless() {
+    if [[ -n $TORCHLESS_BIN ]]; then
+        [[ -x $TORCHLESS_BIN ]] || die "--torchless $TORCHLESS_BIN is not executable"
+        return
+    fi
+    local target
+    target=$(cd "$REPO_ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])') \
+        || die "cargo metadata failed (is cargo installed?)"
+    TORCHLESS_BIN=$target/release/torchless
+    if [[ $SKIP_BUILD == 1 ]]; then
+        [[ -x $TORCHLESS_BIN ]] || die "--skip-build, but there is no $TORCHLESS_BIN"
+        return
+    fi
+    log "building torchless (cargo build --release -p torchless-cli)"
+    (cd "$REPO_ROOT" && cargo build --release -p torchless-cli >&2) || die "cargo build failed"
+}
+
+# ------------------------------------------------------------------------------------------------
+# model files
+
+free_bytes() { python3 -c 'import shutil,sys; print(shutil.disk_usage(sys.argv[1]).free)' "$1"; }
+
+ensure_space() { # dir bytes what
+    local free
+    free=$(free_bytes "$1")
+    if (( free < $2 + (1 << 30) )); then
+        die "not enough disk space for $3 in $1: $(( $2 >> 20 )) MiB needed (+1 GiB margin), $(( free >> 20 )) MiB free (use --models DIR)"
+    fi
+}
+
+USED_FILES=()
+
+# torchless_info FILE -> "hidden layers quant vocab"
+torchless_info() {
+    "$TORCHLESS_BIN" info --json "$1" 2>/dev/null | python3 -c '
+import json, sys
+c = json.load(sys.stdin)["config"]
+print(c["hidden_size"], c["n_layers"], c["quant"], c["vocab_size"])'
+}
+
+ensure_torchless_model() { # shape quant hidden layers given-file; sets MODEL_PATH
+    local shape=$1 quant=$2 hidden=$3 layers=$4 given=$5 path info need
+    if [[ -n $given ]]; then
+        [[ -f $given ]] || die "$given does not exist"
+        path=$given
+    else
+        path=$MODELS/torchless-$shape-$quant-seed$SEED.bin
+    fi
+    if [[ -f $path ]]; then
+        info=$(torchless_info "$path") || die "$path is not a readable torchless model file"
+        [[ $info == "$hidden $layers $quant 32000" ]] \
+            || die "$path has hidden/layers/quant/vocab '$info', expected '$hidden $layers $quant 32000'"
+        log "torchless model: $path"
+    else
+        case $shape/$quant in
+            mistral-7b/int8) need=8466000000 ;;
+            mistral-1b/f32) need=3412000000 ;;
+            *) need=$((10 << 30)) ;;
+        esac
+        ensure_space "$MODELS" "$need" "$(basename "$path")"
+        log "writing $path (torchless synth --shape $shape --quant $quant --seed $SEED)"
+        "$TORCHLESS_BIN" synth --shape "$shape" --quant "$quant" --seed "$SEED" "$path.partial" >&2 \
+            || { rm -f "$path.partial"; die "torchless synth failed"; }
+        mv "$path.partial" "$path"
+    fi
+    [[ -n $given ]] || USED_FILES+=("$path")
+    MODEL_PATH=$path
+}
+
+ensure_gguf_model() { # shape type; sets MODEL_PATH
+    local shape=$1 type=$2 path need
+    path=$MODELS/llama-$shape-$type-seed$SEED.gguf
+    if [[ ! -f $path ]]; then
+        need=$(python3 "$SCRIPT_DIR/make_gguf.py" --shape "$shape" --type "$type" --print-size x)
+        ensure_space "$MODELS" "$need" "$(basename "$path")"
+        log "writing $path (bench/make_gguf.py --shape $shape --type $type --seed $SEED)"
+        python3 "$SCRIPT_DIR/make_gguf.py" --shape "$shape" --type "$type" --seed "$SEED" "$path" \
+            || { rm -f "$path.partial"; die "make_gguf.py failed"; }
+    else
+        log "GGUF model: $path"
+    fi
+    USED_FILES+=("$path")
+    MODEL_PATH=$path
+}
+
+# ------------------------------------------------------------------------------------------------
+
+[[ $want_1b == 1 || $want_7b == 1 ]] || die "no shapes selected"
+build_llama_bench
+build_torchless
+log "llama-bench: $LLAMA_BENCH_BIN"
+log "torchless:   $TORCHLESS_BIN"
+
+# Runs: "label|engine|weights|model file" in the order of the first round.
+RUNS=()
+if [[ $want_7b == 1 ]]; then
+    ensure_torchless_model mistral-7b int8 4096 32 "$TL_7B"; tl=$MODEL_PATH
+    ensure_gguf_model mistral-7b q8_0; q8=$MODEL_PATH
+    RUNS+=("7B|llama.cpp|Q8_0|$q8" "7B|torchless|int8|$tl")
+    if [[ $WITH_Q4 == 1 ]]; then
+        ensure_gguf_model mistral-7b q4_0
+        RUNS+=("7B|llama.cpp|Q4_0|$MODEL_PATH")
+    fi
+fi
+if [[ $want_1b == 1 ]]; then
+    ensure_torchless_model mistral-1b f32 2048 16 "$TL_1B"; tl=$MODEL_PATH
+    ensure_gguf_model mistral-1b f32; f32=$MODEL_PATH
+    RUNS+=("1B|llama.cpp|F32|$f32" "1B|torchless|f32|$tl")
+fi
+
+if [[ $PREPARE_ONLY == 1 ]]; then
+    log "prepared; model files:"
+    for r in "${RUNS[@]}"; do log "  ${r##*|}"; done
+    exit 0
+fi
+
+load_1min() { cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?"; }
+LOAD_BEFORE=$(load_1min)
+if [[ $LOAD_BEFORE != "?" ]] && python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0.5 else 1)' "$LOAD_BEFORE"; then
+    log "WARNING: the machine is not idle (1-minute load average $LOAD_BEFORE): the figures will be noisy;"
+    log "         llama.cpp's spinning OpenMP thread pool suffers most when cores are oversubscribed"
+fi
+
+RUN_DIR=$CACHE/runs/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$RUN_DIR"
+RESULTS=$RUN_DIR/results.jsonl
+: > "$RESULTS"
+log "raw results and logs: $RUN_DIR"
+
+run_llama() { # round label weights file
+    local out=$RUN_DIR/llama-$2-$3-r$1.json args=()
+    [[ $WARMUP == 1 ]] || args+=(--no-warmup)
+    "$LLAMA_BENCH_BIN" -m "$4" -p "$N_PROMPT" -n "$N_GEN" -t "$THREADS" -r 1 -o json "${args[@]}" \
+        > "$out" 2> "$RUN_DIR/llama-$2-$3-r$1.log" \
+        || { tail -n 20 "$RUN_DIR/llama-$2-$3-r$1.log" >&2; die "llama-bench failed on $4"; }
+    python3 - "$out" "$1" "$2" "$3" "$4" >> "$RESULTS" <<'EOF'
+import json, sys
+path, rnd, label, weights, model = sys.argv[1:]
+rows = json.load(open(path))
+rec = {"round": int(rnd), "shape": label, "engine": "llama.cpp", "weights": weights, "model": model}
+for row in rows:
+    if row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0:
+        rec["pp"] = row["avg_ts"]
+    elif row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0:
+        rec["tg"] = row["avg_ts"]
+first = rows[0] if rows else {}
+for key in ("build_commit", "build_number", "cpu_info", "backends", "model_size", "model_type", "n_threads",
+            "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
+    if key in first:
+        rec[key] = first[key]
+print(json.dumps(rec))
+EOF
+}
+
+run_torchless() { # round label weights file
+    local out=$RUN_DIR/torchless-$2-$3-r$1.json reps=1
+    [[ $WARMUP == 0 ]] || reps=2
+    "$TORCHLESS_BIN" bench "$4" -p "$N_PROMPT" -n "$N_GEN" -r "$reps" -t "$THREADS" --batch-threads "$THREADS" \
+        --probe-mib "$PROBE_MIB" --json > "$out" 2> "$RUN_DIR/torchless-$2-$3-r$1.log" \
+        || { tail -n 20 "$RUN_DIR/torchless-$2-$3-r$1.log" >&2; die "torchless bench failed on $4"; }
+    python3 - "$out" "$1" "$2" "$3" "$4" >> "$RESULTS" <<'EOF'
+import json, sys
+path, rnd, label, weights, model = sys.argv[1:]
+data = json.load(open(path))
+rec = {"round": int(rnd), "shape": label, "engine": "torchless", "weights": weights, "model": model}
+# With warmup, two repetitions ran in the same process: the last one is the measurement.
+if data.get("n_prompt", 0) > 0 and data.get("pp_runs"):
+    rec["pp"] = data["pp_runs"][-1]
+if data.get("n_gen", 0) > 0 and data.get("tg_runs"):
+    rec["tg"] = data["tg_runs"][-1]
+for key in ("bytes_per_token", "read_bandwidth_gb_per_s", "kernels", "threads", "residency", "load_s"):
+    if key in data:
+        rec[key] = data[key]
+print(json.dumps(rec))
+EOF
+}
+
+n_runs=${#RUNS[@]}
+for ((round = 1; round <= REPS; round++)); do
+    # ABBA: even rounds run the engines in the reverse order, so slow drift cancels out.
+    order=()
+    if (( round % 2 == 1 )); then
+        for ((i = 0; i < n_runs; i++)); do order+=("$i"); done
+    else
+        for ((i = n_runs - 1; i >= 0; i--)); do order+=("$i"); done
+    fi
+    for i in "${order[@]}"; do
+        IFS='|' read -r label engine weights file <<< "${RUNS[$i]}"
+        log "round $round/$REPS: $label $engine $weights"
+        if [[ $engine == llama.cpp ]]; then
+            run_llama "$round" "$label" "$weights" "$file"
+        else
+            run_torchless "$round" "$label" "$weights" "$file"
+        fi
+    done
+done
+
+torchless_rev=$(cd "$REPO_ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(cd "$REPO_ROOT" && git status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    torchless_rev+="+dirty"
+fi
+
+# Bytes a generated token reads from a GGUF file, counted as torchless counts its own: every
+# tensor except the token embedding, plus one embedding row.
+python3 - "${RUNS[@]}" > "$RUN_DIR/gguf-bytes.json" <<'EOF'
+import json, sys
+import gguf
+out = {}
+for run in sys.argv[1:]:
+    path = run.split("|", 3)[3]
+    if not path.endswith(".gguf"):
+        continue
+    reader = gguf.GGUFReader(path)
+    total = 0
+    for t in reader.tensors:
+        if t.name == "token_embd.weight":
+            total += int(t.n_bytes) // int(t.shape[-1])
+        else:
+            total += int(t.n_bytes)
+    out[path] = total
+print(json.dumps(out))
+EOF
+
+cpu_model=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+python3 - "$RESULTS" "$RUN_DIR/gguf-bytes.json" "$sdist_version" "$LLAMA_BENCH_BIN" "$torchless_rev" \
+    "$THREADS" "$N_PROMPT" "$N_GEN" "$REPS" "$WARMUP" "${cpu_model:-?} ($(nproc) CPUs)" \
+    "$LOAD_BEFORE" "$(load_1min)" <<'EOF' | tee "$RUN_DIR/table.md"
+import json, statistics, sys
+(results, gguf_bytes, version, llama_bin, tl_rev, threads, n_prompt, n_gen, reps, warmup, cpu,
+ load_before, load_after) = sys.argv[1:]
+recs = [json.loads(line) for line in open(results) if line.strip()]
+gbytes = json.load(open(gguf_bytes))
+keys = []
+for r in recs:
+    k = (r["shape"], r["engine"], r["weights"])
+    if k not in keys:
+        keys.append(k)
+
+def med(values):
+    return statistics.median(values) if values else None
+
+def fmt(values, digits):
+    if not values:
+        return "-"
+    m = med(values)
+    if len(values) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+stats = {}
+for k in keys:
+    rows = [r for r in recs if (r["shape"], r["engine"], r["weights"]) == k]
+    pp = [r["pp"] for r in rows if "pp" in r]
+    tg = [r["tg"] for r in rows if "tg" in r]
+    if k[1] == "torchless":
+        bpt = rows[0].get("bytes_per_token")
+    else:
+        bpt = gbytes.get(rows[0]["model"])
+    stats[k] = (pp, tg, bpt, rows[0])
+
+first_llama = next((s[3] for k, s in stats.items() if k[1] == "llama.cpp"), {})
+first_tl = next((s[3] for k, s in stats.items() if k[1] == "torchless"), {})
+fa = first_llama.get("flash_attn", "?")
+fa = {-1: "auto", 0: "off", 1: "on", False: "off", True: "on"}.get(fa, fa)
+print(f"llama.cpp: llama-cpp-python {version} sdist (vendor/llama.cpp), build {first_llama.get('build_number', '?')} "
+      f"({first_llama.get('build_commit', '?')}), {first_llama.get('backends', 'CPU')}, "
+      f"flash_attn {fa}, n_batch {first_llama.get('n_batch', '?')}, n_ubatch {first_llama.get('n_ubatch', '?')}, "
+      f"KV {first_llama.get('type_k', '?')}")
+print(f"torchless: {tl_rev}, kernels {first_tl.get('kernels', '?')}, {first_tl.get('residency', '?')}")
+bw = [r["read_bandwidth_gb_per_s"] for r in recs if r.get("read_bandwidth_gb_per_s")]
+line = f"CPU: {cpu}; threads {threads}; load average {load_before} before, {load_after} after"
+if bw:
+    line += f"; read-bandwidth probe (torchless) {med(bw):.1f} GB/s"
+print(line)
+print(f"medians of {reps} rounds (min–max), engines alternated ABBA; "
+      f"{'warmup run before each measurement' if warmup == '1' else 'no warmup'}")
+print()
+pp_h, tg_h = f"pp{n_prompt} tok/s", f"tg{n_gen} tok/s"
+print(f"| shape | engine | weights | {pp_h} | {tg_h} | GB read/token | tg GB/s |")
+print("|---|---|---|---|---|---|---|")
+for k, (pp, tg, bpt, _) in stats.items():
+    gbs = f"{bpt * med(tg) / 1e9:.2f}" if bpt and tg else "-"
+    gbt = f"{bpt / 1e9:.3f}" if bpt else "-"
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {fmt(pp, 2)} | {fmt(tg, 3)} | {gbt} | {gbs} |")
+print()
+print(f"| shape | ratio | {pp_h} | {tg_h} |")
+print("|---|---|---|---|")
+for k, (pp, tg, _, _) in stats.items():
+    if k[1] != "torchless":
+        continue
+    for k2, (pp2, tg2, _, _) in stats.items():
+        if k2[0] != k[0] or k2[1] != "llama.cpp":
+            continue
+        rp = f"{med(pp) / med(pp2):.2f}×" if pp and pp2 else "-"
+        rt = f"{med(tg) / med(tg2):.2f}×" if tg and tg2 else "-"
+        print(f"| {k[0]} | torchless {k[2]} / llama.cpp {k2[2]} | {rp} | {rt} |")
+EOF
+
+if [[ $CLEAN == 1 ]]; then
+    for f in "${USED_FILES[@]}"; do
+        case "$f" in
+            "$MODELS"/*) log "removing $f"; rm -f "$f" ;;
+        esac
+    done
+fi
