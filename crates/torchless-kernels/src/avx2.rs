@@ -409,6 +409,49 @@ unsafe fn i8_row(q: *const i8, inv: *const f32, groups: usize, x: *const f32) ->
     }
 }
 
+/// `N` row-aligned int8 rows far apart in memory (`q[i]`, with scales `inv[i]`), processed
+/// together: `N` independent memory streams per thread and `N` times the independent work per
+/// loaded `x` vector. Same arithmetic per row as [`i8_row`], so results are bit-identical.
+///
+/// # Safety
+/// As [`i8_row`], for every row.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn i8_rows<const N: usize>(
+    q: [*const i8; N],
+    inv: [*const f32; N],
+    groups: usize,
+    x: *const f32,
+) -> [f32; N] {
+    // SAFETY: caller contract, as in `i8_row` for each row.
+    unsafe {
+        let mut tot = [_mm256_setzero_ps(); N];
+        for g in 0..groups {
+            let xg = x.add(g * GROUP_SIZE);
+            for qi in q {
+                _mm_prefetch::<_MM_HINT_T0>(qi.wrapping_add((g + PF_GROUPS) * GROUP_SIZE).cast());
+            }
+            let mut a = [[_mm256_setzero_ps(); 2]; N];
+            for u in 0..8 {
+                let xv = _mm256_loadu_ps(xg.add(8 * u));
+                for i in 0..N {
+                    let qv = cvt_i8(q[i].add(g * GROUP_SIZE + 8 * u));
+                    a[i][u & 1] = _mm256_fmadd_ps(qv, xv, a[i][u & 1]);
+                }
+            }
+            for i in 0..N {
+                let s = _mm256_add_ps(a[i][0], a[i][1]);
+                tot[i] = _mm256_add_ps(tot[i], _mm256_div_ps(s, _mm256_set1_ps(*inv[i].add(g))));
+            }
+        }
+        let mut out = [0.0; N];
+        for i in 0..N {
+            out[i] = hsum(tot[i]);
+        }
+        out
+    }
+}
+
 /// `y = W x` for int8 weights.
 pub(crate) fn matvec_i8(t: Token, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
     let (rows, cols) = (w.rows(), w.cols());
@@ -423,9 +466,29 @@ pub(crate) fn matvec_i8(t: Token, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
     // Row-aligned: `Int8Mat` guarantees rows*cols values and rows*groups scales.
     assert!(w.q().len() == rows * cols && w.inv_scales().len() == rows * groups);
     let (qp, ip) = (w.q().as_ptr(), w.inv_scales().as_ptr());
-    for (r, yr) in y.iter_mut().enumerate() {
-        // SAFETY: token ⇒ AVX2+FMA; row r of q and its scales are in bounds (asserted lengths),
-        // `x` has `cols = groups * 64` values.
+    // Rows r and r + rows/2 go together: two memory streams per thread. Measured on Zen 3 (2
+    // threads, 14336x4096): one stream 70-80% of the read bandwidth, two 91-94%, three or four
+    // 75-85%. An odd last row goes alone.
+    const STREAMS: usize = 2;
+    let stride = rows / STREAMS;
+    for r in 0..stride {
+        let rs: [usize; STREAMS] = std::array::from_fn(|i| r + i * stride);
+        // SAFETY: token ⇒ AVX2+FMA; every row rs[i] < rows, so its weights and scales are in
+        // bounds (asserted lengths); `x` has `cols = groups * 64` values.
+        let out = unsafe {
+            i8_rows::<STREAMS>(
+                rs.map(|r| qp.add(r * cols)),
+                rs.map(|r| ip.add(r * groups)),
+                groups,
+                x.as_ptr(),
+            )
+        };
+        for (i, v) in out.into_iter().enumerate() {
+            y[rs[i]] = v;
+        }
+    }
+    for (r, yr) in y.iter_mut().enumerate().skip(stride * STREAMS) {
+        // SAFETY: as above, for one row.
         *yr = unsafe { i8_row(qp.add(r * cols), ip.add(r * groups), groups, x.as_ptr()) };
     }
 }
