@@ -18,6 +18,7 @@
 //! ```
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use torchless_kernels::MatRef;
 
@@ -70,6 +71,39 @@ impl<R: Residency> Session<'_, R> {
     /// their keys and values, and leaves the logits of the batch rows `logit_rows` in
     /// `self.logits` (row-major, `logit_rows.len() x vocab`).
     pub(crate) fn forward_batch(&mut self, tokens: &[u32], logit_rows: Range<usize>) -> Result<()> {
+        if !R::RELEASE_AFTER_USE {
+            return self.forward_layers(tokens, logit_rows, None);
+        }
+        // Lazy mode: a helper thread maps the next layer and releases the previous one while
+        // this one is computed.
+        let model = self.model;
+        let progress = AtomicUsize::new(0);
+        let (result, released) = std::thread::scope(|scope| {
+            let helper = scope.spawn(|| model.page_ahead(&progress));
+            // Tells the helper to stop however this pass ends (result, error or unwinding).
+            struct Finished<'a>(&'a AtomicUsize);
+            impl Drop for Finished<'_> {
+                fn drop(&mut self) {
+                    self.0.store(usize::MAX, Ordering::Release);
+                }
+            }
+            let finished = Finished(&progress);
+            let result = self.forward_layers(tokens, logit_rows, Some(&progress));
+            drop(finished);
+            (result, helper.join().unwrap_or(0))
+        });
+        for layer in released..model.config().n_layers {
+            model.release_layer(layer);
+        }
+        result
+    }
+
+    fn forward_layers(
+        &mut self,
+        tokens: &[u32],
+        logit_rows: Range<usize>,
+        progress: Option<&AtomicUsize>,
+    ) -> Result<()> {
         let model = self.model;
         let config = model.config();
         let kernels = self.kernels;
@@ -114,7 +148,9 @@ impl<R: Residency> Session<'_, R> {
         model.release_embedding();
 
         for layer in 0..config.n_layers {
-            model.prefetch_layer(layer);
+            if let Some(progress) = progress {
+                progress.store(layer, Ordering::Release);
+            }
             let w = model.layer(layer)?;
 
             // Attention block.
@@ -145,7 +181,9 @@ impl<R: Residency> Session<'_, R> {
             kernels.matmul(&w.down_proj, gate, delta, n)?;
             kernels.add(x, delta)?;
 
-            model.release_layer(layer);
+            if progress.is_none() {
+                model.release_layer(layer);
+            }
         }
 
         // Output: final norm and lm_head, only for the rows whose logits are wanted.
@@ -156,7 +194,6 @@ impl<R: Residency> Session<'_, R> {
             let x = &x[logit_rows.start * hidden..logit_rows.end * hidden];
             let normed = &mut normed[..rows * hidden];
             rmsnorm_rows(&kernels, x, model.final_norm()?, eps, normed, hidden)?;
-            model.prefetch_output();
             kernels.matmul(&model.lm_head()?, normed, &mut self.logits, rows)?;
             model.release_output();
         }

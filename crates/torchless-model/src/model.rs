@@ -6,6 +6,7 @@
 
 use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use torchless_format::{layer_tensor_name, Config, ModelFile, Residency as Advice, TensorData};
@@ -331,28 +332,53 @@ impl<R: Residency> Model<R> {
         self.matrix(EMBED)
     }
 
-    /// Before a layer runs (lazy mode): map its pages in one call per tensor, which is much
-    /// cheaper than taking a page fault for every few pages, and start reading the next layer
-    /// from disk if it is not cached.
-    pub(crate) fn prefetch_layer(&self, layer: usize) {
-        if R::RELEASE_AFTER_USE {
-            if let Some(names) = self.layers.get(layer) {
-                for name in names.all() {
-                    let _ = self.file.set_residency(name, Advice::Populate);
+    /// Lazy mode's paging helper, run on its own thread during a forward pass: maps layer
+    /// `l + 1` (and at the end `lm_head`) and gives back layer `l - 1` while the forward pass
+    /// computes layer `l`, so the page-table work (kernel time on one core) overlaps the
+    /// bandwidth-bound layer instead of stalling both compute threads. `progress` holds the layer
+    /// being computed, or `usize::MAX` once the pass is over; the helper never runs more than one
+    /// layer ahead, which bounds the resident set to about three layers plus `lm_head`. Returns
+    /// the first layer it has not given back (the caller releases the rest).
+    pub(crate) fn page_ahead(&self, progress: &AtomicUsize) -> usize {
+        let n_layers = self.layers.len();
+        let mut released = 0;
+        for next in 0..=n_layers {
+            loop {
+                let at = progress.load(Ordering::Acquire);
+                if at == usize::MAX {
+                    return released;
                 }
+                while released < at {
+                    self.release_layer(released);
+                    released += 1;
+                }
+                if at + 1 >= next {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(50));
             }
-            if let Some(next) = self.layers.get(layer + 1) {
-                for name in next.all() {
-                    let _ = self.file.set_residency(name, Advice::WillNeed);
+            match self.layers.get(next) {
+                Some(names) => {
+                    let _ = self
+                        .file
+                        .set_group_residency(&names.all(), Advice::Populate);
+                }
+                None => {
+                    let _ = self.file.set_group_residency(&[LM_HEAD], Advice::Populate);
                 }
             }
         }
-    }
-
-    /// Before the output projection (lazy mode): map `lm_head`.
-    pub(crate) fn prefetch_output(&self) {
-        if R::RELEASE_AFTER_USE {
-            let _ = self.file.set_residency(LM_HEAD, Advice::Populate);
+        // Everything is mapped; keep releasing layers as the pass moves on.
+        loop {
+            let at = progress.load(Ordering::Acquire);
+            if at == usize::MAX {
+                return released;
+            }
+            while released < at {
+                self.release_layer(released);
+                released += 1;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
     }
 
@@ -360,9 +386,9 @@ impl<R: Residency> Model<R> {
     pub(crate) fn release_layer(&self, layer: usize) {
         if R::RELEASE_AFTER_USE {
             if let Some(names) = self.layers.get(layer) {
-                for name in names.all() {
-                    let _ = self.file.set_residency(name, Advice::DontNeed);
-                }
+                let _ = self
+                    .file
+                    .set_group_residency(&names.all(), Advice::DontNeed);
             }
         }
     }
@@ -370,14 +396,14 @@ impl<R: Residency> Model<R> {
     /// After the embedding lookup (lazy mode): give the rows read back.
     pub(crate) fn release_embedding(&self) {
         if R::RELEASE_AFTER_USE {
-            let _ = self.file.set_residency(EMBED, Advice::DontNeed);
+            let _ = self.file.set_group_residency(&[EMBED], Advice::DontNeed);
         }
     }
 
     /// After the output projection: give `lm_head` back (lazy mode).
     pub(crate) fn release_output(&self) {
         if R::RELEASE_AFTER_USE {
-            let _ = self.file.set_residency(LM_HEAD, Advice::DontNeed);
+            let _ = self.file.set_group_residency(&[LM_HEAD], Advice::DontNeed);
         }
     }
 
