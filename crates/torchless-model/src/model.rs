@@ -342,33 +342,8 @@ impl<R: Residency> Model<R> {
     pub(crate) fn page_ahead(&self, progress: &AtomicUsize) -> usize {
         let n_layers = self.layers.len();
         let mut released = 0;
-        for next in 0..=n_layers {
-            loop {
-                let at = progress.load(Ordering::Acquire);
-                if at == usize::MAX {
-                    return released;
-                }
-                while released < at {
-                    self.release_layer(released);
-                    released += 1;
-                }
-                if at + 1 >= next {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_micros(50));
-            }
-            match self.layers.get(next) {
-                Some(names) => {
-                    let _ = self
-                        .file
-                        .set_group_residency(&names.all(), Advice::Populate);
-                }
-                None => {
-                    let _ = self.file.set_group_residency(&[LM_HEAD], Advice::Populate);
-                }
-            }
-        }
-        // Everything is mapped; keep releasing layers as the pass moves on.
+        // Next group to map: the layers in order, then `lm_head` (index `n_layers`).
+        let mut next = 0;
         loop {
             let at = progress.load(Ordering::Acquire);
             if at == usize::MAX {
@@ -378,7 +353,17 @@ impl<R: Residency> Model<R> {
                 self.release_layer(released);
                 released += 1;
             }
-            std::thread::sleep(std::time::Duration::from_micros(50));
+            if next <= n_layers && at + 1 >= next {
+                let _ = match self.layers.get(next) {
+                    Some(names) => self
+                        .file
+                        .set_group_residency(&names.all(), Advice::Populate),
+                    None => self.file.set_group_residency(&[LM_HEAD], Advice::Populate),
+                };
+                next += 1;
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
         }
     }
 
