@@ -168,7 +168,9 @@ pub(crate) fn pack_b_generic(
 /// Packs all of `x` (`batch x k`): for each `kcb`-deep block starting at `pc`, sliver `s` holds
 /// `x[s*MR + i][pc + kk]` at `pc*mpad + s*MR*kc + kk*MR + i`, zero for padding rows.
 fn pack_a(x: &[f32], batch: usize, k: usize, kcb: usize, mr: usize, mpad: usize) -> Vec<f32> {
-    let mut a = vec![0.0f32; mpad * k];
+    let mut a = buffers().pop().unwrap_or_default();
+    a.clear();
+    a.resize(mpad * k, 0.0);
     let fill = |bi: usize, block: &mut [f32]| {
         let pc = bi * kcb;
         let kc = block.len() / mpad;
@@ -317,10 +319,13 @@ pub(crate) fn gemm<M: Micro>(m: M, w: &MatRef<'_>, x: &[f32], y: &mut [f32], bat
     {
         let tasks = n_tasks(n, batch, k, M::NR);
         if tasks > 1 {
-            return gemm_tasks(m, w, &apack, batch, mpad, k, y, tasks);
+            gemm_tasks(m, w, &apack, batch, mpad, k, y, tasks);
+            recycle([apack]);
+            return;
         }
     }
     gemm_cols(m, w, &apack, batch, mpad, k, 0..n, y, n);
+    recycle([apack]);
 }
 
 /// The multi-threaded form: `tasks` column ranges, each computed into its own buffer by one rayon
@@ -348,7 +353,10 @@ fn gemm_tasks<M: Micro>(
             if r.is_empty() {
                 return None;
             }
-            let mut c = vec![0.0f32; batch * r.len()];
+            // Every element is written by the first depth block, so the buffer needs no zeroing;
+            // reusing one per thread saves page-faulting fresh memory on each call.
+            let mut c = buffers().pop().unwrap_or_default();
+            c.resize(batch * r.len(), 0.0);
             let width = r.len();
             gemm_cols(m, w, apack, batch, mpad, k, r.clone(), &mut c, width);
             Some((r, c))
@@ -360,6 +368,29 @@ fn gemm_tasks<M: Micro>(
             yr[r.clone()].copy_from_slice(&c[row * width..(row + 1) * width]);
         }
     });
+    recycle(parts.into_iter().map(|(_, c)| c));
+}
+
+/// Packed-activation and column-task buffers are kept between calls: allocating them fresh
+/// page-faults megabytes of zeroed memory on every product, which cost the 2-thread f32 GEMM
+/// about 20% (128x4096x4096: 82 -> 100+ GFLOP/s with reuse).
+const MAX_POOLED: usize = 8;
+
+/// The buffer pool (a poisoned lock only means a panic elsewhere; the buffers are plain memory,
+/// so the pool stays usable).
+fn buffers() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
+    static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Returns buffers to the pool (beyond `MAX_POOLED` they are freed).
+fn recycle(bufs: impl IntoIterator<Item = Vec<f32>>) {
+    let mut pool = buffers();
+    for b in bufs {
+        if pool.len() < MAX_POOLED {
+            pool.push(b);
+        }
+    }
 }
 
 /// The scalar path's micro-kernel: a 4x8 tile in plain arrays (LLVM vectorizes the inner loop).
