@@ -6,19 +6,20 @@
 //! - The weight rows are split into column ranges of `Y`, one rayon task each; a task owns its
 //!   output columns, so threads never write the same cache lines and every weight is read (and, for
 //!   int8, dequantized) by exactly one thread.
-//! - Inside a task, for each depth block and each `MC` block of batch rows, `NR` weight rows are packed
+//! - Inside a task, for each group of `NR` weight rows and each depth block, the rows are packed
 //!   (int8: dequantized) into a small L1-resident panel that is then reused by every `MR`-row sliver
-//!   of the batch block: a weight tile is dequantized once per `MC` batch rows, never expanded into
-//!   an f32 copy of the matrix.
+//!   of the batch: a weight tile is dequantized once per call, never expanded into an f32 copy of
+//!   the matrix, and the panel's output columns stay in cache while all depth blocks add into them.
 
 use crate::mat::{MatRef, GROUP_SIZE};
 use std::ops::Range;
 
-/// Largest depth of a packed panel. Deep blocks mean few passes over `C` (each pass reads and
-/// writes the whole output); 768 keeps the packed activation block (`128 x 768` floats) inside a
-/// 512 KiB L2. Measured at 128x4096x4096 against OpenBLAS in the same run: 256 -> 0.8x,
-/// 512 -> 0.86x, 768 -> 0.96x, 1024 -> 0.91x (the block no longer fits).
-const KC_MAX: usize = 768;
+/// Largest depth of a packed panel. With the weight panels outermost the output panel stays in
+/// cache across depth blocks, so the depth only trades the weight panel's L1 footprint (16 x 512
+/// floats = 32 KiB) against per-panel overhead. Measured at 128x4096x4096, 2 threads, f32: depth
+/// 384 ~106 GFLOP/s, 512 ~115, 640 ~113 (OpenBLAS in the same runs ~100); with depth blocks
+/// outermost instead (every block re-reading and re-writing the whole output) the best was ~103.
+const KC_MAX: usize = 512;
 
 /// The depth block for a product of depth `k`: `k` split into equal blocks of at most `KC_MAX`,
 /// rounded up to whole int8 groups (so groups never straddle a block).
@@ -26,8 +27,7 @@ fn depth_block(k: usize) -> usize {
     let blocks = k.div_ceil(KC_MAX).max(1);
     k.div_ceil(blocks).div_ceil(GROUP_SIZE) * GROUP_SIZE
 }
-/// Batch rows per block (a multiple of every `MR`); B panels are re-packed once per block.
-pub(crate) const MC: usize = 144;
+
 /// Prefetch addresses handed to one micro-kernel call.
 const PF_SLOTS: usize = 32;
 
@@ -230,64 +230,68 @@ fn gemm_cols<M: Micro>(
     let bpack = aligned(&mut bbuf, kcb * nr_full);
     let mut tile = vec![0.0f32; mr_full * nr_full];
     let c_col0 = cols.start;
-    for pc in (0..k).step_by(kcb) {
+    // One packed panel (weight rows jr.., depth pc..) against the whole batch; `next` is the
+    // panel that follows, whose lines are prefetched meanwhile.
+    let mut panel = |jr: usize, pc: usize, next: Option<(usize, usize)>| {
         let kc = kcb.min(k - pc);
         let ablock = &apack[pc * mpad..pc * mpad + kc * mpad];
         let accumulate = pc > 0;
-        for ic in (0..batch).step_by(MC) {
-            let iend = (ic + MC).min(batch);
-            for jr in cols.clone().step_by(nr_full) {
-                let nr = nr_full.min(cols.end - jr);
-                m.pack_b(w, jr, nr, pc, kc, bpack);
-                // The next panel: same depth block, or the first of the next depth block.
-                let next = if jr + nr_full < cols.end {
-                    Some((jr + nr_full, pc))
-                } else if pc + kcb < k {
-                    Some((cols.start, pc + kcb))
-                } else {
-                    None
-                };
-                let lines = next.map(|(n0, p0)| {
-                    let nr = nr_full.min(cols.end - n0);
-                    PanelLines::new(w, n0, nr, p0, kcb.min(k - p0))
-                });
-                let calls = (iend - ic).div_ceil(mr_full);
-                for (call, ir) in (ic..iend).step_by(mr_full).enumerate() {
-                    // This call's share of the next panel's lines: up to PF_SLOTS are spread
-                    // over the kernel's k loop, any excess (tiny batches) is issued now.
-                    let mut pf = [std::ptr::null::<u8>(); PF_SLOTS];
-                    let mut npf = 0;
-                    if let (true, Some(l)) = (M::PREFETCH, &lines) {
-                        let n = l.len();
-                        l.for_each(call * n / calls..(call + 1) * n / calls, |p| {
-                            if npf < PF_SLOTS {
-                                pf[npf] = p;
-                                npf += 1;
-                            } else {
-                                m.prefetch(p);
-                            }
-                        });
-                    }
-                    let pf = &pf[..npf];
-                    let mr = mr_full.min(batch - ir);
-                    let a = &ablock[(ir / mr_full) * mr_full * kc..][..mr_full * kc];
-                    let coff = ir * ldc + (jr - c_col0);
-                    if mr == mr_full && nr == nr_full {
-                        m.kernel(kc, a, bpack, &mut c[coff..], ldc, accumulate, pf);
+        let nr = nr_full.min(cols.end - jr);
+        m.pack_b(w, jr, nr, pc, kc, bpack);
+        let lines = next.map(|(n0, p0)| {
+            let nr = nr_full.min(cols.end - n0);
+            PanelLines::new(w, n0, nr, p0, kcb.min(k - p0))
+        });
+        let calls = batch.div_ceil(mr_full);
+        for (call, ir) in (0..batch).step_by(mr_full).enumerate() {
+            // This call's share of the next panel's lines: up to PF_SLOTS are spread over the
+            // kernel's k loop, any excess (tiny batches) is issued now.
+            let mut pf = [std::ptr::null::<u8>(); PF_SLOTS];
+            let mut npf = 0;
+            if let (true, Some(l)) = (M::PREFETCH, &lines) {
+                let n = l.len();
+                l.for_each(call * n / calls..(call + 1) * n / calls, |p| {
+                    if npf < PF_SLOTS {
+                        pf[npf] = p;
+                        npf += 1;
                     } else {
-                        m.kernel(kc, a, bpack, &mut tile, nr_full, false, pf);
-                        for i in 0..mr {
-                            let dst = &mut c[coff + i * ldc..coff + i * ldc + nr];
-                            let src = &tile[i * nr_full..i * nr_full + nr];
-                            if accumulate {
-                                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                            } else {
-                                dst.copy_from_slice(src);
-                            }
-                        }
+                        m.prefetch(p);
+                    }
+                });
+            }
+            let pf = &pf[..npf];
+            let mr = mr_full.min(batch - ir);
+            let a = &ablock[(ir / mr_full) * mr_full * kc..][..mr_full * kc];
+            let coff = ir * ldc + (jr - c_col0);
+            if mr == mr_full && nr == nr_full {
+                m.kernel(kc, a, bpack, &mut c[coff..], ldc, accumulate, pf);
+            } else {
+                m.kernel(kc, a, bpack, &mut tile, nr_full, false, pf);
+                for i in 0..mr {
+                    let dst = &mut c[coff + i * ldc..coff + i * ldc + nr];
+                    let src = &tile[i * nr_full..i * nr_full + nr];
+                    if accumulate {
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                    } else {
+                        dst.copy_from_slice(src);
                     }
                 }
             }
+        }
+    };
+    // Weight panels outermost: a panel's output columns (`batch x 16`) stay in cache while every
+    // depth block is added into them, each weight row is read front to back, and the packed
+    // activations stream sequentially from L3 once per panel.
+    for jr in cols.clone().step_by(nr_full) {
+        for pc in (0..k).step_by(kcb) {
+            let next = if pc + kcb < k {
+                Some((jr, pc + kcb))
+            } else if jr + nr_full < cols.end {
+                Some((jr + nr_full, 0))
+            } else {
+                None
+            };
+            panel(jr, pc, next);
         }
     }
 }
@@ -530,7 +534,7 @@ mod tests {
             (33, 300, 7),
             (16, 64, 13),
             (40, 520, 150),
-            // Several depth blocks: 3 x 576 deep, and 2 x 512 with a ragged 488 tail.
+            // Several depth blocks: 4 x 448 deep, and 2 x 512 with a ragged 488 tail.
             (19, 1664, 9),
             (21, 1000, 8),
         ] {
@@ -577,8 +581,10 @@ mod tests {
                 "k {k}: {kcb} adds a block"
             );
         }
-        assert_eq!(depth_block(4096), 704);
-        assert_eq!(depth_block(14336), 768);
+        assert_eq!(depth_block(4096), 512);
+        assert_eq!(depth_block(14336), 512);
+        assert_eq!(depth_block(5632), 512);
+        assert_eq!(depth_block(1000), 512);
     }
 
     #[test]
