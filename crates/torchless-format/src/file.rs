@@ -522,33 +522,8 @@ impl ModelFile {
     /// This is what lets a low-memory model keep only the layer it is computing resident.
     pub fn set_residency(&self, name: &str, residency: Residency) -> Result<(), FormatError> {
         let info = self.tensor_info(name)?;
-        // A model from `from_bytes` (the only one without a path) lives in anonymous memory, where
-        // MADV_DONTNEED would zero the pages (including neighbouring tensors sharing a page) under
-        // live shared references: there is no file to fault them back in from, so keep them.
-        if residency == Residency::DontNeed && self.path.is_none() {
-            return Ok(());
-        }
-        let mut ranges = vec![(self.payload_start + info.offset, info.data_len())];
-        if let Some(scales) = info.scales {
-            ranges.push((self.payload_start + scales.offset, scales.count * 4));
-        }
-        for (offset, len) in ranges {
-            if len == 0 {
-                continue;
-            }
-            let result = match residency {
-                Residency::WillNeed => self.mmap.advise_range(Advice::WillNeed, offset, len),
-                Residency::Populate => populate(&self.mmap, offset, len),
-                // SAFETY: the map is read-only and file-backed (anonymous maps returned above), so
-                // MADV_DONTNEED cannot lose data: the pages (the range rounded out to whole pages) are
-                // dropped from this process and fault back in with the same file contents.
-                // No reference into the range is invalidated; reads after this just page-fault.
-                Residency::DontNeed => unsafe {
-                    self.mmap
-                        .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len)
-                },
-            };
-            result.map_err(|e| self.error(FormatErrorKind::Io(e)))?;
+        for (offset, len) in self.byte_ranges(info) {
+            self.advise(residency, offset, len)?;
         }
         Ok(())
     }
@@ -566,17 +541,9 @@ impl ModelFile {
         names: &[&str],
         residency: Residency,
     ) -> Result<(), FormatError> {
-        if residency == Residency::DontNeed && self.path.is_none() {
-            return Ok(());
-        }
         let mut span: Option<(usize, usize)> = None;
         for name in names {
-            let info = self.tensor_info(name)?;
-            let mut ranges = vec![(self.payload_start + info.offset, info.data_len())];
-            if let Some(scales) = info.scales {
-                ranges.push((self.payload_start + scales.offset, scales.count * 4));
-            }
-            for (offset, len) in ranges.into_iter().filter(|&(_, len)| len > 0) {
+            for (offset, len) in self.byte_ranges(self.tensor_info(name)?) {
                 let end = offset + len;
                 span = Some(match span {
                     None => (offset, end),
@@ -598,16 +565,39 @@ impl ModelFile {
         if start >= end {
             return Ok(());
         }
-        let len = end - start;
+        self.advise(residency, start, end - start)
+    }
+
+    /// The non-empty byte ranges of a tensor in the map: its data and, for int8, its scales.
+    fn byte_ranges(&self, info: &TensorInfo) -> impl Iterator<Item = (usize, usize)> {
+        let data = (self.payload_start + info.offset, info.data_len());
+        let scales = info
+            .scales
+            .map(|s| (self.payload_start + s.offset, s.count * 4));
+        std::iter::once(data)
+            .chain(scales)
+            .filter(|&(_, len)| len > 0)
+    }
+
+    /// Applies `residency` to `len` bytes of the map at `offset` (inside the map: the callers
+    /// pass tensor spans, bounds-checked at open, or spans clipped to the map's length).
+    fn advise(&self, residency: Residency, offset: usize, len: usize) -> Result<(), FormatError> {
+        // A model from `from_bytes` (the only one without a path) lives in anonymous memory, where
+        // MADV_DONTNEED would zero the pages (including neighbouring tensors sharing a page) under
+        // live shared references: there is no file to fault them back in from, so keep them.
+        if residency == Residency::DontNeed && self.path.is_none() {
+            return Ok(());
+        }
         let result = match residency {
-            Residency::WillNeed => self.mmap.advise_range(Advice::WillNeed, start, len),
-            Residency::Populate => populate(&self.mmap, start, len),
-            // SAFETY: as in `set_residency`: a read-only, file-backed map (anonymous maps returned
-            // above), so the dropped pages fault back in with the same contents; `start..end` lies
-            // inside the map (inside the tensors' spans, which were bounds-checked at open).
+            Residency::WillNeed => self.mmap.advise_range(Advice::WillNeed, offset, len),
+            Residency::Populate => populate(&self.mmap, offset, len),
+            // SAFETY: the map is read-only and file-backed (anonymous maps returned above), so
+            // MADV_DONTNEED cannot lose data: the pages (the range rounded out to whole pages) are
+            // dropped from this process and fault back in with the same file contents.
+            // No reference into the range is invalidated; reads after this just page-fault.
             Residency::DontNeed => unsafe {
                 self.mmap
-                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, len)
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len)
             },
         };
         result.map_err(|e| self.error(FormatErrorKind::Io(e)))

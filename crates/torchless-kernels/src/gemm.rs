@@ -59,7 +59,7 @@ pub(crate) trait Micro: Copy + Send + Sync {
     }
 
     /// Whether the kernel uses its `pf` addresses (otherwise the driver does not collect them).
-    const PREFETCH: bool = true;
+    const PREFETCH: bool = false;
 
     /// Prefetches one address now. Default: nothing.
     fn prefetch(self, _p: *const u8) {}
