@@ -21,6 +21,8 @@ N_GEN=32
 REPS=3
 SHAPES=7b,1b
 WITH_Q4=0
+WITH_INT8_ACT=0
+TL_BATCH=
 CACHE=${TORCHLESS_BENCH_CACHE:-$HOME/.cache/torchless-bench}
 MODELS=
 LLAMA_VERSION=0.3.36
@@ -51,6 +53,10 @@ Measurement:
       --shapes LIST      comma-separated: 7b (torchless int8 vs llama.cpp Q8_0),
                          1b (torchless f32 vs llama.cpp F32)                  [$SHAPES]
       --q4_0             also run llama.cpp Q4_0 on the 7B shape (reference only)
+      --int8-activations also run torchless with --int8-activations on the 7B shape
+                         (the optional, inexact integer prefill path)
+  -b, --batch-size N     torchless prompt batch size (llama-bench's n_ubatch is 512)
+                                                                               [torchless default]
       --no-warmup        no warmup: llama-bench --no-warmup, torchless -r 1
                          (default: llama-bench's own warmup; torchless runs twice
                          per round and the first run is discarded)
@@ -88,6 +94,8 @@ while [[ $# -gt 0 ]]; do
         -r|--reps) REPS=$2; shift 2 ;;
         --shapes) SHAPES=$2; shift 2 ;;
         --q4_0|--q4) WITH_Q4=1; shift ;;
+        --int8-activations) WITH_INT8_ACT=1; shift ;;
+        -b|--batch-size) TL_BATCH=$2; shift 2 ;;
         --no-warmup) WARMUP=0; shift ;;
         --probe-mib) PROBE_MIB=$2; shift 2 ;;
         --cache) CACHE=$2; shift 2 ;;
@@ -110,6 +118,7 @@ for v in THREADS N_PROMPT N_GEN REPS SEED PROBE_MIB; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, not '${!v}'"
 done
 [[ $THREADS -ge 1 && $REPS -ge 1 ]] || die "--threads and --reps must be at least 1"
+[[ -z $TL_BATCH || $TL_BATCH =~ ^[1-9][0-9]*$ ]] || die "--batch-size must be a positive integer, not '$TL_BATCH'"
 [[ $N_PROMPT -ge 1 || $N_GEN -ge 1 ]] || die "nothing to measure (-p 0 and -n 0)"
 
 want_7b=0; want_1b=0
@@ -314,6 +323,9 @@ if [[ $want_7b == 1 ]]; then
     ensure_torchless_model mistral-7b int8 4096 32 "$TL_7B"; tl=$MODEL_PATH
     ensure_gguf_model mistral-7b q8_0; q8=$MODEL_PATH
     RUNS+=("7B|llama.cpp|Q8_0|$q8" "7B|torchless|int8|$tl")
+    if [[ $WITH_INT8_ACT == 1 ]]; then
+        RUNS+=("7B|torchless|int8 (int8 activations)|$tl")
+    fi
     if [[ $WITH_Q4 == 1 ]]; then
         ensure_gguf_model mistral-7b q4_0
         RUNS+=("7B|llama.cpp|Q4_0|$MODEL_PATH")
@@ -370,11 +382,14 @@ EOF
 }
 
 run_torchless() { # round label weights file
-    local out=$RUN_DIR/torchless-$2-$3-r$1.json reps=1
+    local tag=${3//[^A-Za-z0-9]/_}
+    local out=$RUN_DIR/torchless-$2-$tag-r$1.json reps=1 extra=()
     [[ $WARMUP == 0 ]] || reps=2
+    [[ $3 != *"int8 activations"* ]] || extra+=(--int8-activations)
+    [[ -z $TL_BATCH ]] || extra+=(-b "$TL_BATCH")
     "$TORCHLESS_BIN" bench "$4" -p "$N_PROMPT" -n "$N_GEN" -r "$reps" -t "$THREADS" --batch-threads "$THREADS" \
-        --probe-mib "$PROBE_MIB" --json > "$out" 2> "$RUN_DIR/torchless-$2-$3-r$1.log" \
-        || { tail -n 20 "$RUN_DIR/torchless-$2-$3-r$1.log" >&2; die "torchless bench failed on $4"; }
+        "${extra[@]}" --probe-mib "$PROBE_MIB" --json > "$out" 2> "$RUN_DIR/torchless-$2-$tag-r$1.log" \
+        || { tail -n 20 "$RUN_DIR/torchless-$2-$tag-r$1.log" >&2; die "torchless bench failed on $4"; }
     python3 - "$out" "$1" "$2" "$3" "$4" >> "$RESULTS" <<'EOF'
 import json, sys
 path, rnd, label, weights, model = sys.argv[1:]
@@ -385,7 +400,8 @@ if data.get("n_prompt", 0) > 0 and data.get("pp_runs"):
     rec["pp"] = data["pp_runs"][-1]
 if data.get("n_gen", 0) > 0 and data.get("tg_runs"):
     rec["tg"] = data["tg_runs"][-1]
-for key in ("bytes_per_token", "read_bandwidth_gb_per_s", "kernels", "threads", "residency", "load_s"):
+for key in ("bytes_per_token", "read_bandwidth_gb_per_s", "kernels", "threads", "residency", "load_s",
+            "batch_size"):
     if key in data:
         rec[key] = data[key]
 print(json.dumps(rec))
@@ -483,7 +499,8 @@ print(f"llama.cpp: llama-cpp-python {version} sdist (vendor/llama.cpp), build {f
       f"({first_llama.get('build_commit', '?')}), {first_llama.get('backends', 'CPU')}, "
       f"flash_attn {fa}, n_batch {first_llama.get('n_batch', '?')}, n_ubatch {first_llama.get('n_ubatch', '?')}, "
       f"KV {first_llama.get('type_k', '?')}")
-print(f"torchless: {tl_rev}, kernels {first_tl.get('kernels', '?')}, {first_tl.get('residency', '?')}")
+print(f"torchless: {tl_rev}, kernels {first_tl.get('kernels', '?')}, {first_tl.get('residency', '?')}, "
+      f"batch size {first_tl.get('batch_size', '?')}")
 bw = [r["read_bandwidth_gb_per_s"] for r in recs if r.get("read_bandwidth_gb_per_s")]
 line = f"CPU: {cpu}; threads {threads}; load average {load_before} before, {load_after} after"
 if bw:

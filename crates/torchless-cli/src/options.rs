@@ -31,6 +31,10 @@ pub struct ModelArgs {
         default_value_t = 128
     )]
     pub batch_size: usize,
+    /// Faster, inexact prompt processing for int8 models: quantize activations to 7-bit
+    /// integers per 64-group in batched products (generation itself stays exact).
+    #[arg(long = "int8-activations")]
+    pub int8_activations: bool,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -46,6 +50,7 @@ impl ModelArgs {
             batch_size: self.batch_size,
             threads: self.threads.unwrap_or(0),
             batch_threads: self.batch_threads.unwrap_or(0),
+            int8_activations: self.int8_activations,
         }
     }
 }

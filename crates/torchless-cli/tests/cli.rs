@@ -40,6 +40,38 @@ fn perplexity_equals_the_golden_mean_nll() {
 }
 
 #[test]
+fn kl_int8_activations_reports_the_exact_nll_and_a_divergence() {
+    let g = goldens(&model("small-gqa-goldens-int8.json"));
+    let prompt = &g["prompts"][4];
+    let ids = prompt["ids"].as_array().unwrap();
+    let ids_arg: Vec<String> = ids.iter().map(|v| v.to_string()).collect();
+    let out = run(torchless()
+        .arg("perplexity")
+        .arg(model("small-gqa-int8.bin"))
+        .args(["--prompt-ids", &ids_arg.join(",")])
+        .args(["--kl-int8-activations", "--json"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    // The exact side is the reference model's NLL; the integer side differs from it a little.
+    let want = prompt["nll"]["mean"].as_f64().unwrap();
+    let exact = v["mean_nll_exact"].as_f64().unwrap();
+    let fast = v["mean_nll_int8_activations"].as_f64().unwrap();
+    assert!(
+        (exact - want).abs() <= 1e-4 * want.abs(),
+        "{exact} vs {want}"
+    );
+    assert!(fast != exact && (fast - want).abs() <= 0.05 * want.abs());
+    assert_eq!(v["positions"].as_u64().unwrap() as usize, ids.len());
+    let (mean, max) = (
+        v["mean_kl"].as_f64().unwrap(),
+        v["max_kl"].as_f64().unwrap(),
+    );
+    assert!(mean > 0.0 && mean <= max, "KL mean {mean} max {max}");
+    let agreement = v["top1_agreement"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&agreement), "{agreement}");
+}
+
+#[test]
 fn text_prompt_is_tokenized_like_the_reference() {
     // The goldens' ids came from Hugging Face `tokenizers` on the fixture tokenizer.
     let g = goldens(&model("small-gqa-goldens-f32.json"));

@@ -1,4 +1,5 @@
-//! Prefill GEMM `Y = X Wᵀ` at the Mistral 7B shapes, f32 and int8, batch 64 and 128, 2 threads
+//! Prefill GEMM `Y = X Wᵀ` at the Mistral 7B shapes, f32, int8 and int8 with quantized
+//! activations (`int8-act`, the opt-in integer path), batch 64 and 128, 2 threads
 //! (plus 1 thread for the headline shape), compared with BLAS sgemm when a BLAS feature is on.
 //!
 //! Criterion's throughput is `Throughput::Elements(2 * batch * rows * cols)`: one "element" is one
@@ -57,6 +58,13 @@ fn bench(c: &mut Criterion) {
             for (dtype, m) in &mats {
                 variants.push((dtype, m, ours, tmax));
             }
+            // The opt-in integer GEMM (quantized activations; not exact).
+            variants.push((
+                "int8-act",
+                &mats[1].1,
+                ours.with_int8_activations(true),
+                tmax,
+            ));
             if let Ok(kb) = Kernels::auto().with_blas(true) {
                 variants.push(("f32-blas", &mats[0].1, kb, tmax));
             }

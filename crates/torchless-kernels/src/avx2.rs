@@ -1034,6 +1034,202 @@ pub(crate) fn dequant_refined(_t: Token, q: i8, inv: f32) -> f32 {
     unsafe { one(q, inv) }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Integer GEMM kernel (quantized activations; the driver is `qgemm.rs`).
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn qkernel_6x16_raw(
+    groups: usize,
+    a: *const u32,
+    a_scales: *const f32,
+    b: *const u32,
+    b_scales: *const f32,
+    b_corr: *const i32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use crate::qgemm::{QMR, QNR};
+    const WORDS: usize = crate::mat::GROUP_SIZE / 4;
+    // SAFETY: caller contract: `a` holds groups*16*6 words and `a_scales` groups*6 values, `b`
+    // groups*16*16 words, `b_scales`/`b_corr` groups*16 values, `c` rows i*ldc..i*ldc+16, i < 6.
+    unsafe {
+        let mut out = [[_mm256_setzero_ps(); 2]; QMR];
+        if accumulate {
+            for (i, o) in out.iter_mut().enumerate() {
+                o[0] = _mm256_loadu_ps(c.add(i * ldc));
+                o[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        let (mut a, mut b) = (a, b);
+        for g in 0..groups {
+            // Each group's integer sums start at -64·Σq, cancelling the activations' offset.
+            let corr0 = _mm256_loadu_si256(b_corr.add(g * QNR).cast());
+            let corr1 = _mm256_loadu_si256(b_corr.add(g * QNR + 8).cast());
+            let mut acc = [[corr0, corr1]; QMR];
+            for _ in 0..WORDS {
+                let b0 = _mm256_loadu_si256(b.cast());
+                let b1 = _mm256_loadu_si256(b.add(8).cast());
+                for (i, ac) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32(*a.add(i) as i32);
+                    // u8 x i8 pairs into i16 (never saturates: codes <= 127), then pairs of those
+                    // into i32: each lane is one weight row's sum over 4 depths.
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones);
+                    ac[0] = _mm256_add_epi32(ac[0], p0);
+                    ac[1] = _mm256_add_epi32(ac[1], p1);
+                }
+                a = a.add(QMR);
+                b = b.add(QNR);
+            }
+            let ws0 = _mm256_loadu_ps(b_scales.add(g * QNR));
+            let ws1 = _mm256_loadu_ps(b_scales.add(g * QNR + 8));
+            for (i, (o, ac)) in out.iter_mut().zip(&acc).enumerate() {
+                let sa = _mm256_set1_ps(*a_scales.add(g * QMR + i));
+                o[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ac[0]), _mm256_mul_ps(ws0, sa), o[0]);
+                o[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ac[1]), _mm256_mul_ps(ws1, sa), o[1]);
+            }
+        }
+        for (i, o) in out.iter().enumerate() {
+            _mm256_storeu_ps(c.add(i * ldc), o[0]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), o[1]);
+        }
+    }
+}
+
+/// The integer 6x16 micro-kernel (see `qgemm.rs` for the layouts and the arithmetic).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn qkernel_6x16(
+    _t: Token,
+    groups: usize,
+    a: &[u32],
+    a_scales: &[f32],
+    b: &[u32],
+    b_scales: &[f32],
+    b_corr: &[i32],
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    use crate::qgemm::{QMR, QNR};
+    let words = groups * crate::mat::GROUP_SIZE / 4;
+    assert!(
+        a.len() >= words * QMR
+            && a_scales.len() >= groups * QMR
+            && b.len() >= words * QNR
+            && b_scales.len() >= groups * QNR
+            && b_corr.len() >= groups * QNR,
+        "packed panels too short"
+    );
+    assert!(
+        ldc >= QNR && c.len() >= (QMR - 1) * ldc + QNR,
+        "C tile out of bounds"
+    );
+    // SAFETY: the token proves AVX2+FMA; all extents were asserted above.
+    unsafe {
+        qkernel_6x16_raw(
+            groups,
+            a.as_ptr(),
+            a_scales.as_ptr(),
+            b.as_ptr(),
+            b_scales.as_ptr(),
+            b_corr.as_ptr(),
+            c.as_mut_ptr(),
+            ldc,
+            accumulate,
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn qpack_b_raw(q: *const i8, row_stride: usize, kc: usize, words: *mut u32, corr: *mut i32) {
+    use crate::qgemm::QNR;
+    // SAFETY: caller contract: rows 0..16 of `q` (stride `row_stride`) hold `kc` bytes each
+    // (kc % 64 == 0); `words` has kc/4*16 slots and `corr` kc/64*16.
+    unsafe {
+        let offsets = _mm256_set1_epi8(64);
+        let ones = _mm256_set1_epi16(1);
+        for half in 0..2 {
+            let rows = q.add(half * 8 * row_stride);
+            for g in 0..kc / 64 {
+                let mut sums = _mm256_setzero_si256();
+                for d in [g * 64, g * 64 + 32] {
+                    // 8 rows x 8 words (4 bytes each), transposed so that each register holds
+                    // one word position of the 8 rows.
+                    let r: [__m256i; 8] = std::array::from_fn(|i| {
+                        _mm256_loadu_si256(rows.add(i * row_stride + d).cast())
+                    });
+                    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+                    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+                    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+                    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+                    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+                    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+                    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+                    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+                    let u = [
+                        _mm256_unpacklo_epi64(t0, t2),
+                        _mm256_unpackhi_epi64(t0, t2),
+                        _mm256_unpacklo_epi64(t1, t3),
+                        _mm256_unpackhi_epi64(t1, t3),
+                    ];
+                    let v = [
+                        _mm256_unpacklo_epi64(t4, t6),
+                        _mm256_unpackhi_epi64(t4, t6),
+                        _mm256_unpacklo_epi64(t5, t7),
+                        _mm256_unpackhi_epi64(t5, t7),
+                    ];
+                    for w in 0..4 {
+                        let lo = _mm256_permute2x128_si256::<0x20>(u[w], v[w]);
+                        let hi = _mm256_permute2x128_si256::<0x31>(u[w], v[w]);
+                        for (kq, x) in [(d / 4 + w, lo), (d / 4 + w + 4, hi)] {
+                            _mm256_storeu_si256(words.add(kq * QNR + half * 8).cast(), x);
+                            // 64 · (sum of the 4 bytes), per row: what the activation offset adds.
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(offsets, x), ones);
+                            sums = _mm256_add_epi32(sums, p);
+                        }
+                    }
+                }
+                let neg = _mm256_sub_epi32(_mm256_setzero_si256(), sums);
+                _mm256_storeu_si256(corr.add(g * QNR + half * 8).cast(), neg);
+            }
+        }
+    }
+}
+
+/// Packs a full 16-row int8 panel for the integer kernel: `words[kq*16 + j]` = row `j`'s bytes
+/// `4kq..4kq+4`, `corr[g*16 + j] = -64 · Σ` of row `j`'s group `g`. `q` starts at row 0's first
+/// byte; rows are `row_stride` apart; `kc % 64 == 0`.
+pub(crate) fn qpack_b(
+    _t: Token,
+    q: &[i8],
+    row_stride: usize,
+    kc: usize,
+    words: &mut [u32],
+    corr: &mut [i32],
+) {
+    use crate::qgemm::QNR;
+    assert!(kc % 64 == 0, "whole groups");
+    assert!(
+        q.len() >= (QNR - 1) * row_stride + kc
+            && words.len() >= kc / 4 * QNR
+            && corr.len() >= kc / 64 * QNR,
+        "panel out of bounds"
+    );
+    // SAFETY: the token proves AVX2; extents asserted above.
+    unsafe {
+        qpack_b_raw(
+            q.as_ptr(),
+            row_stride,
+            kc,
+            words.as_mut_ptr(),
+            corr.as_mut_ptr(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

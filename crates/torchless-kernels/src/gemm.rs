@@ -83,7 +83,7 @@ pub(crate) struct PanelLines<'a> {
 }
 
 impl<'a> PanelLines<'a> {
-    fn new(w: &MatRef<'a>, n0: usize, nr: usize, pc: usize, kc: usize) -> Self {
+    pub(crate) fn new(w: &MatRef<'a>, n0: usize, nr: usize, pc: usize, kc: usize) -> Self {
         let (base, elem, cols) = match w {
             MatRef::F32(m) => (m.data().as_ptr().cast::<u8>(), 4, m.cols()),
             MatRef::Int8(m) => (m.q().as_ptr().cast::<u8>(), 1, m.cols()),
@@ -168,7 +168,7 @@ pub(crate) fn pack_b_generic(
 /// Packs all of `x` (`batch x k`): for each `kcb`-deep block starting at `pc`, sliver `s` holds
 /// `x[s*MR + i][pc + kk]` at `pc*mpad + s*MR*kc + kk*MR + i`, zero for padding rows.
 fn pack_a(x: &[f32], batch: usize, k: usize, kcb: usize, mr: usize, mpad: usize) -> Vec<f32> {
-    let mut a = buffers().pop().unwrap_or_default();
+    let mut a = F32_POOL.take();
     a.clear();
     a.resize(mpad * k, 0.0);
     let fill = |bi: usize, block: &mut [f32]| {
@@ -299,7 +299,7 @@ fn gemm_cols<M: Micro>(
 /// How many column tasks: one per thread would do, two per thread lets rayon rebalance when a
 /// core is busy with something else; tiny problems stay on the calling thread.
 #[cfg(feature = "parallel")]
-fn n_tasks(n: usize, batch: usize, k: usize, nr: usize) -> usize {
+pub(crate) fn n_tasks(n: usize, batch: usize, k: usize, nr: usize) -> usize {
     let threads = rayon::current_num_threads();
     if threads <= 1 || batch.saturating_mul(n).saturating_mul(k) < 1 << 22 {
         return 1;
@@ -323,33 +323,31 @@ pub(crate) fn gemm<M: Micro>(m: M, w: &MatRef<'_>, x: &[f32], y: &mut [f32], bat
     {
         let tasks = n_tasks(n, batch, k, M::NR);
         if tasks > 1 {
-            gemm_tasks(m, w, &apack, batch, mpad, k, y, tasks);
-            recycle([apack]);
+            column_tasks(n, M::NR, batch, y, tasks, |cols, c, ldc| {
+                gemm_cols(m, w, &apack, batch, mpad, k, cols, c, ldc)
+            });
+            F32_POOL.give([apack]);
             return;
         }
     }
     gemm_cols(m, w, &apack, batch, mpad, k, 0..n, y, n);
-    recycle([apack]);
+    F32_POOL.give([apack]);
 }
 
 /// The multi-threaded form: `tasks` column ranges, each computed into its own buffer by one rayon
-/// task, then copied into the rows of `y` (cheap next to the O(batch·n·k) work, and needs no
-/// unsafe sharing of `y`).
+/// task (`compute(cols, c, ldc)`), then copied into the rows of `y` (cheap next to the
+/// O(batch·n·k) work, and needs no unsafe sharing of `y`). Ranges are whole multiples of `nr`.
 #[cfg(feature = "parallel")]
-#[allow(clippy::too_many_arguments)]
-fn gemm_tasks<M: Micro>(
-    m: M,
-    w: &MatRef<'_>,
-    apack: &[f32],
+pub(crate) fn column_tasks(
+    n: usize,
+    nr: usize,
     batch: usize,
-    mpad: usize,
-    k: usize,
     y: &mut [f32],
     tasks: usize,
+    compute: impl Fn(Range<usize>, &mut [f32], usize) + Sync,
 ) {
     use rayon::prelude::*;
-    let n = w.rows();
-    let per = n.div_ceil(tasks).div_ceil(M::NR) * M::NR;
+    let per = n.div_ceil(tasks).div_ceil(nr) * nr;
     let parts: Vec<(Range<usize>, Vec<f32>)> = (0..tasks)
         .into_par_iter()
         .filter_map(|t| {
@@ -359,10 +357,10 @@ fn gemm_tasks<M: Micro>(
             }
             // Every element is written by the first depth block, so the buffer needs no zeroing;
             // reusing one per thread saves page-faulting fresh memory on each call.
-            let mut c = buffers().pop().unwrap_or_default();
+            let mut c = F32_POOL.take();
             c.resize(batch * r.len(), 0.0);
             let width = r.len();
-            gemm_cols(m, w, apack, batch, mpad, k, r.clone(), &mut c, width);
+            compute(r.clone(), &mut c, width);
             Some((r, c))
         })
         .collect();
@@ -372,7 +370,7 @@ fn gemm_tasks<M: Micro>(
             yr[r.clone()].copy_from_slice(&c[row * width..(row + 1) * width]);
         }
     });
-    recycle(parts.into_iter().map(|(_, c)| c));
+    F32_POOL.give(parts.into_iter().map(|(_, c)| c));
 }
 
 /// Packed-activation and column-task buffers are kept between calls: allocating them fresh
@@ -380,22 +378,37 @@ fn gemm_tasks<M: Micro>(
 /// about 20% (128x4096x4096: 82 -> 100+ GFLOP/s with reuse).
 const MAX_POOLED: usize = 8;
 
-/// The buffer pool (a poisoned lock only means a panic elsewhere; the buffers are plain memory,
-/// so the pool stays usable).
-fn buffers() -> std::sync::MutexGuard<'static, Vec<Vec<f32>>> {
-    static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
-    POOL.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// A pool of reusable buffers (a poisoned lock only means a panic elsewhere; the buffers are plain
+/// memory, so the pool stays usable).
+pub(crate) struct Pool<T>(std::sync::Mutex<Vec<Vec<T>>>);
 
-/// Returns buffers to the pool (beyond `MAX_POOLED` they are freed).
-fn recycle(bufs: impl IntoIterator<Item = Vec<f32>>) {
-    let mut pool = buffers();
-    for b in bufs {
-        if pool.len() < MAX_POOLED {
-            pool.push(b);
+impl<T> Pool<T> {
+    pub(crate) const fn new() -> Self {
+        Self(std::sync::Mutex::new(Vec::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<T>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A buffer from the pool (contents unspecified), or a new empty one.
+    pub(crate) fn take(&self) -> Vec<T> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    /// Returns buffers to the pool (beyond `MAX_POOLED` they are freed).
+    pub(crate) fn give(&self, bufs: impl IntoIterator<Item = Vec<T>>) {
+        let mut pool = self.lock();
+        for b in bufs {
+            if pool.len() < MAX_POOLED {
+                pool.push(b);
+            }
         }
     }
 }
+
+/// The f32 buffers of both GEMMs (packed activations, column-task outputs).
+pub(crate) static F32_POOL: Pool<f32> = Pool::new();
 
 /// The scalar path's micro-kernel: a 4x8 tile in plain arrays (LLVM vectorizes the inner loop).
 #[derive(Clone, Copy, Debug)]

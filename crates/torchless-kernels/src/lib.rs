@@ -49,6 +49,7 @@ mod kernels;
 mod mat;
 mod parallel;
 mod probe;
+mod qgemm;
 pub mod reference;
 mod rope;
 mod scalar;

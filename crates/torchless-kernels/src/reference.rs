@@ -37,6 +37,47 @@ pub fn matmul(w: &MatRef<'_>, xs: &[f32], batch: usize) -> Vec<f32> {
         .collect()
 }
 
+/// `Y = X Wᵀ` as [`crate::Kernels::with_int8_activations`] defines it, in f64: each token's
+/// 64-group `x` becomes `round_ties_even(x · 63 / max|x|) · max|x| / 63`, then the product with
+/// the dequantized weights is summed exactly. `w` must have whole groups per row.
+pub fn matmul_int8_activations(w: &crate::Int8Mat<'_>, xs: &[f32], batch: usize) -> Vec<f32> {
+    let (rows, cols) = (w.rows(), w.cols());
+    assert!(
+        w.is_row_aligned(),
+        "reference::matmul_int8_activations layout"
+    );
+    assert_eq!(
+        xs.len(),
+        batch * cols,
+        "reference::matmul_int8_activations shapes"
+    );
+    let mut out = Vec::with_capacity(batch * rows);
+    for x in xs.chunks_exact(cols.max(1)).take(batch) {
+        let mut xq = vec![0.0f64; cols];
+        for (g, xg) in x.chunks_exact(64).enumerate() {
+            let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            if amax == 0.0 {
+                continue;
+            }
+            for (c, &v) in xg.iter().enumerate() {
+                let level = (v * (63.0 / amax)).round_ties_even().clamp(-63.0, 63.0);
+                xq[g * 64 + c] = f64::from(level) * f64::from(amax / 63.0);
+            }
+        }
+        for r in 0..rows {
+            let mut row = vec![0.0f32; cols];
+            w.dequantize_row(r, &mut row).expect("row in range");
+            out.push(
+                row.iter()
+                    .zip(&xq)
+                    .map(|(&wv, &a)| f64::from(wv) * a)
+                    .sum::<f64>() as f32,
+            );
+        }
+    }
+    out
+}
+
 fn weight(w: &MatRef<'_>, r: usize, c: usize) -> f32 {
     w.get(r, c).expect("in range")
 }

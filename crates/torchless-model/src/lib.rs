@@ -38,7 +38,7 @@ pub use kv_cache::KvCache;
 pub use model::{
     Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency, Resident,
 };
-pub use perplexity::Perplexity;
+pub use perplexity::{Divergence, Perplexity};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Session, SessionOptions};
 

@@ -24,6 +24,11 @@ pub struct SessionOptions {
     pub threads: usize,
     /// Threads for batched prompt processing (`0`: same as `threads`).
     pub batch_threads: usize,
+    /// Faster, inexact prompt processing for int8 models (default off): batched products quantize
+    /// their activations per 64-group to 7-bit integers and multiply in integer arithmetic
+    /// (see [`crate::kernels::Kernels::with_int8_activations`]). Generating one token at a time
+    /// and f32 models are unaffected.
+    pub int8_activations: bool,
 }
 
 impl Default for SessionOptions {
@@ -33,6 +38,7 @@ impl Default for SessionOptions {
             batch_size: 128,
             threads: 0,
             batch_threads: 0,
+            int8_activations: false,
         }
     }
 }
@@ -132,7 +138,7 @@ impl<'m, R: Residency> Session<'m, R> {
         };
         Ok(Self {
             model,
-            kernels: Kernels::auto(),
+            kernels: Kernels::auto().with_int8_activations(options.int8_activations),
             kv_cache,
             scratch,
             logits: Vec::new(),

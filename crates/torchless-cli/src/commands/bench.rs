@@ -134,6 +134,8 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             "model": args.model.model.display().to_string(),
             "residency": model.residency(),
             "quant": config.quant.as_str(),
+            "int8_activations": args.model.int8_activations,
+            "batch_size": session.batch_size(),
             "threads": threads,
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
@@ -162,8 +164,13 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         if args.n_prompt > 0 {
             println!(
-                "| {name} | {} | {threads} | pp{} | {pp_median:.2} | | | |",
+                "| {name} | {}{} | {threads} | pp{} | {pp_median:.2} | | | |",
                 model.residency(),
+                if args.model.int8_activations {
+                    ", int8 activations"
+                } else {
+                    ""
+                },
                 args.n_prompt
             );
         }

@@ -52,8 +52,13 @@ fn print_debug_header<R: Residency>(model: &Model<R>, args: &ModelArgs) {
         c.vocab_size, c.sliding_window, c.rope_theta, c.norm_eps, c.max_position_embeddings
     );
     eprintln!(
-        "kernels: {} | blas: {} | threads {} (batch {}) | load {:.3} s",
+        "kernels: {}{} | blas: {} | threads {} (batch {}) | load {:.3} s",
         torchless_model::kernels::cpu_path(),
+        if args.int8_activations {
+            " (int8 activations in batches)"
+        } else {
+            ""
+        },
         torchless_model::kernels::blas_backend().unwrap_or("none"),
         args.threads.map_or("auto".to_string(), |t| t.to_string()),
         args.batch_threads

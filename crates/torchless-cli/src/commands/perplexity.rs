@@ -28,6 +28,11 @@ pub struct PerplexityArgs {
     /// [default: 512, or the model's context when that is shorter].
     #[arg(long, value_name = "N")]
     pub ctx: Option<usize>,
+    /// Instead of the perplexity alone: evaluate the text both exactly and with
+    /// --int8-activations, and report the KL divergence of the second's next-token distributions
+    /// from the first's (mean, max), their top-1 agreement and both perplexities.
+    #[arg(long = "kl-int8-activations")]
+    pub kl_int8_activations: bool,
 }
 
 /// Chunk length when `--ctx` is not given (llama.cpp's default).
@@ -72,6 +77,9 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
     };
     let mut options = args.model.session_options();
     options.context_len = Some(ctx.clamp(1, max));
+    if args.kl_int8_activations {
+        return run_divergence(&model, options, &ids, ctx, args.model.json);
+    }
     let mut session = model
         .session_with(options)
         .context("cannot create a session")?;
@@ -106,5 +114,62 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
         seconds,
         (result.tokens + result.chunks) as f64 / seconds.max(1e-9)
     );
+    Ok(())
+}
+
+/// `--kl-int8-activations`: the exact path against the int8-activation path on the same text.
+fn run_divergence<R: Residency>(
+    model: &torchless_model::Model<R>,
+    options: torchless_model::SessionOptions,
+    ids: &[u32],
+    ctx: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let exact_options = torchless_model::SessionOptions {
+        int8_activations: false,
+        ..options.clone()
+    };
+    let fast_options = torchless_model::SessionOptions {
+        int8_activations: true,
+        ..options
+    };
+    let mut exact = model
+        .session_with(exact_options)
+        .context("cannot create a session")?;
+    let mut fast = model
+        .session_with(fast_options)
+        .context("cannot create a session")?;
+    let bar = output::progress_bar(0, "kl divergence", false);
+    let start = Instant::now();
+    let result = exact.divergence(&mut fast, ids, ctx, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let d = result?;
+    if json {
+        let value = serde_json::json!({
+            "positions": d.positions,
+            "mean_kl": d.mean_kl,
+            "max_kl": d.max_kl,
+            "top1_agreement": d.top1_agreement,
+            "mean_nll_exact": d.mean_nll,
+            "mean_nll_int8_activations": d.other_mean_nll,
+            "seconds": start.elapsed().as_secs_f64(),
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "int8 activations vs exact over {} positions | KL mean {:.6} max {:.6} nats | top-1 agreement {:.2}% | mean NLL {:.6} vs {:.6} (perplexity {:.4} vs {:.4})",
+            d.positions,
+            d.mean_kl,
+            d.max_kl,
+            100.0 * d.top1_agreement,
+            d.other_mean_nll,
+            d.mean_nll,
+            d.other_mean_nll.exp(),
+            d.mean_nll.exp()
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,468 @@
+//! Opt-in integer GEMM for int8 weights ([`crate::Kernels::with_int8_activations`]): activations
+//! are quantized per 64-group to 7-bit integers and multiplied with the int8 weights in integer
+//! arithmetic. Faster than the exact path on AVX2 (`vpmaddubsw` does 32 multiply-adds per
+//! instruction, an f32 FMA 8), but not exact: every activation is rounded to one of 127 levels of
+//! its group's range.
+//!
+//! Arithmetic, per token `t`, weight row `n` and 64-group `g` of the depth:
+//! - `d = max|x| / 63` over the token's group, `a = round_ties_even(x · 63 / max|x|)` in `-63..=63`
+//!   (an all-zero group has `d = 0`; a non-finite value makes `d` NaN, so the output is NaN);
+//! - `y[t][n] = Σ_g (d · s) · Σ_{k∈g} a_k q_k`, with `s = 1 / inv_scale` the weight group's scale,
+//!   the integer sums exact and the group terms added in f32 with one FMA each, in group order.
+//!
+//! Why 7 bits: `vpmaddubsw` multiplies an unsigned byte by a signed byte and adds pairs into a
+//! saturating i16. The activations are stored as `a + 64` (`1..=127`), so a pair is at most
+//! `2 · 127 · 128 = 32512 < 32767` for any weight byte and the instruction never saturates; the
+//! offset is cancelled by starting each group's sum at `-64 · Σ_{k∈g} q_k`. Full 8-bit activations
+//! (`a + 128` up to 255) could saturate.
+//!
+//! Layout: activations are packed sliver by sliver (`QMR` tokens, the whole depth: 4 codes of a
+//! token per `u32`, `QMR` tokens per 4 depths); weights are packed per panel (`QNR` rows x one
+//! depth block: for each 4 depths, the 4 bytes of each row as one `u32`) with each group's scales
+//! and offset corrections alongside. The loops and the task split are those of the f32 GEMM.
+
+use crate::gemm::{PanelLines, Pool, F32_POOL};
+use crate::mat::{Int8Mat, GROUP_SIZE};
+use std::ops::Range;
+
+/// Tokens per micro-tile.
+pub(crate) const QMR: usize = 6;
+/// Weight rows (output columns) per micro-tile.
+pub(crate) const QNR: usize = 16;
+/// Smallest batch that takes the integer GEMM. Smaller batches are bound by reading the weights,
+/// and the exact small-batch kernel streams them without packing panels: 4096x4096, 2 threads,
+/// exact vs integer: batch 2 38 vs 29 GFLOP/s, batch 4 54 vs 54, batch 8 66 vs 83, 12 79 vs 115.
+pub(crate) const MIN_BATCH: usize = 5;
+/// Largest activation code magnitude (7 bits, see the module docs).
+pub(crate) const ACT_LEVELS: f32 = 63.0;
+/// Offset that makes activation codes unsigned.
+const ACT_OFFSET: i32 = 64;
+/// `u32` words per group and token (4 codes each).
+const WORDS_PER_GROUP: usize = GROUP_SIZE / 4;
+/// Depth of a packed weight panel (whole groups; 16 rows x 512 bytes = 8 KiB of codes).
+const KC: usize = 512;
+
+/// Quantizes one group of activations into codes `a + 64` and returns the scale `d`.
+pub(crate) fn quantize_group(x: &[f32], codes: &mut [u8]) -> f32 {
+    // Written to vectorize: `a > m` is `maxps`, the exponent test flags infinities and NaNs.
+    let amax = x.iter().fold(0.0f32, |m, v| {
+        let a = v.abs();
+        if a > m {
+            a
+        } else {
+            m
+        }
+    });
+    let non_finite = x.iter().fold(false, |acc, v| {
+        acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+    });
+    if non_finite || amax == 0.0 {
+        codes.fill(ACT_OFFSET as u8);
+        return if non_finite { f32::NAN } else { 0.0 };
+    }
+    let inv = ACT_LEVELS / amax;
+    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer, ties to even, exactly like
+    // `round_ties_even` for |v| < 2^22 (here |v| <= 63), and vectorizes without SSE4.1.
+    const ROUND: f32 = 12_582_912.0;
+    for (c, &v) in codes.iter_mut().zip(x) {
+        let a = ((v * inv + ROUND) - ROUND).clamp(-ACT_LEVELS, ACT_LEVELS) as i32;
+        *c = (a + ACT_OFFSET) as u8;
+    }
+    amax / ACT_LEVELS
+}
+
+/// Activations packed for the integer kernel.
+pub(crate) struct PackedActs {
+    /// Sliver `s` holds, for depth quad `kq`, token `s*QMR + i`'s four codes at
+    /// `(s * k/4 + kq) * QMR + i`; padding tokens are all-offset codes (value 0).
+    words: Vec<u32>,
+    /// Scale `d` of sliver `s`, group `g`, token `i` at `(s * groups + g) * QMR + i` (0 for padding).
+    scales: Vec<f32>,
+}
+
+static WORD_POOL: Pool<u32> = Pool::new();
+
+/// Quantizes and packs `x` (`batch x k`, `k % 64 == 0`).
+fn pack_acts(x: &[f32], batch: usize, k: usize) -> PackedActs {
+    let slivers = batch.div_ceil(QMR);
+    let (quads, groups) = (k / 4, k / GROUP_SIZE);
+    let mut words = WORD_POOL.take();
+    words.clear();
+    words.resize(slivers * quads * QMR, 0);
+    let mut scales = F32_POOL.take();
+    scales.clear();
+    scales.resize(slivers * groups * QMR, 0.0);
+    let offset_word = u32::from_le_bytes([ACT_OFFSET as u8; 4]);
+    let fill = |s: usize, w: &mut [u32], sc: &mut [f32]| {
+        let mut codes = vec![0u8; k];
+        for i in 0..QMR {
+            let t = s * QMR + i;
+            if t >= batch {
+                for kq in 0..quads {
+                    w[kq * QMR + i] = offset_word;
+                }
+                continue;
+            }
+            let row = &x[t * k..(t + 1) * k];
+            for (g, (xg, cg)) in row
+                .chunks_exact(GROUP_SIZE)
+                .zip(codes.chunks_exact_mut(GROUP_SIZE))
+                .enumerate()
+            {
+                sc[g * QMR + i] = quantize_group(xg, cg);
+            }
+            for (kq, c) in codes.chunks_exact(4).enumerate() {
+                w[kq * QMR + i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        if batch * k >= 1 << 16 {
+            words
+                .par_chunks_mut(quads * QMR)
+                .zip(scales.par_chunks_mut(groups * QMR))
+                .enumerate()
+                .for_each(|(s, (w, sc))| fill(s, w, sc));
+            return PackedActs { words, scales };
+        }
+    }
+    let word_chunks = words.chunks_mut(quads * QMR);
+    for (s, (w, sc)) in word_chunks.zip(scales.chunks_mut(groups * QMR)).enumerate() {
+        fill(s, w, sc);
+    }
+    PackedActs { words, scales }
+}
+
+/// One weight panel: rows `n0..n0+nr` of a depth block, packed for the kernel.
+struct PackedPanel {
+    /// For depth quad `kq` and row `j`: the row's 4 int8 values at `kq * QNR + j` (0 past `nr`).
+    words: Vec<u32>,
+    /// Group `g` of the block, row `j`: `1 / inv_scale` at `g * QNR + j`.
+    scales: Vec<f32>,
+    /// Group `g`, row `j`: `-64 · Σ q`, the start value that cancels the activation offset.
+    corrections: Vec<i32>,
+}
+
+impl PackedPanel {
+    fn new() -> Self {
+        Self {
+            words: vec![0; KC / 4 * QNR],
+            scales: vec![0.0; KC / GROUP_SIZE * QNR],
+            corrections: vec![0; KC / GROUP_SIZE * QNR],
+        }
+    }
+
+    /// Packs rows `n0..n0+nr`, depth `pc..pc+kc` of a row-aligned matrix (full panels through
+    /// the micro-kernel's packer, if it has one).
+    fn pack<M: QMicro>(
+        &mut self,
+        m: M,
+        w: &Int8Mat<'_>,
+        n0: usize,
+        nr: usize,
+        pc: usize,
+        kc: usize,
+    ) {
+        let cols = w.cols();
+        let groups_per_row = cols / GROUP_SIZE;
+        let (quads, groups) = (kc / 4, kc / GROUP_SIZE);
+        if nr < QNR {
+            self.words[..quads * QNR].fill(0);
+            self.scales[..groups * QNR].fill(0.0);
+            self.corrections[..groups * QNR].fill(0);
+        }
+        let src = &w.q()[n0 * cols + pc..];
+        let packed = nr == QNR && m.pack(src, cols, kc, &mut self.words, &mut self.corrections);
+        for j in 0..nr {
+            let r = n0 + j;
+            let row = &w.q()[r * cols + pc..r * cols + pc + kc];
+            if !packed {
+                for (kq, b) in row.chunks_exact(4).enumerate() {
+                    self.words[kq * QNR + j] =
+                        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                }
+                for (g, qg) in row.chunks_exact(GROUP_SIZE).enumerate() {
+                    let sum: i32 = qg.iter().map(|&q| i32::from(q)).sum();
+                    self.corrections[g * QNR + j] = -ACT_OFFSET * sum;
+                }
+            }
+            let inv = &w.inv_scales()[r * groups_per_row + pc / GROUP_SIZE..][..groups];
+            for (g, &iv) in inv.iter().enumerate() {
+                self.scales[g * QNR + j] = 1.0 / iv;
+            }
+        }
+    }
+}
+
+/// One SIMD path's integer micro-kernel (`QMR x QNR` tile).
+pub(crate) trait QMicro: Copy + Send + Sync {
+    /// Adds `groups` whole groups of products into the tile `c[i*ldc + j]` (or overwrites it when
+    /// `!accumulate`): `a`/`a_scales` a sliver's words and scales from the block's first group,
+    /// `b`/`b_scales`/`b_corr` a packed panel's.
+    #[allow(clippy::too_many_arguments)]
+    fn kernel(
+        self,
+        groups: usize,
+        a: &[u32],
+        a_scales: &[f32],
+        b: &[u32],
+        b_scales: &[f32],
+        b_corr: &[i32],
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    );
+
+    /// Prefetches one address now. Default: nothing.
+    fn prefetch(self, _p: *const u8) {}
+
+    /// Packs a full `QNR`-row panel's words and corrections (`q` from row 0's first byte, rows
+    /// `row_stride` apart); `false` leaves it to the portable packer. Default: `false`.
+    fn pack(
+        self,
+        _q: &[i8],
+        _row_stride: usize,
+        _kc: usize,
+        _w: &mut [u32],
+        _c: &mut [i32],
+    ) -> bool {
+        false
+    }
+}
+
+/// The portable kernel: the same integer sums and the same f32 operations in the same order as
+/// the SIMD kernels, so every path gives bit-identical results.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScalarQMicro;
+
+impl QMicro for ScalarQMicro {
+    fn kernel(
+        self,
+        groups: usize,
+        a: &[u32],
+        a_scales: &[f32],
+        b: &[u32],
+        b_scales: &[f32],
+        b_corr: &[i32],
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let mut out = [[0.0f32; QNR]; QMR];
+        if accumulate {
+            for (i, row) in out.iter_mut().enumerate() {
+                row.copy_from_slice(&c[i * ldc..i * ldc + QNR]);
+            }
+        }
+        for g in 0..groups {
+            let corr = &b_corr[g * QNR..(g + 1) * QNR];
+            let mut acc = [[0i32; QNR]; QMR];
+            for row in acc.iter_mut() {
+                row.copy_from_slice(corr);
+            }
+            for kq in g * WORDS_PER_GROUP..(g + 1) * WORDS_PER_GROUP {
+                let bw = &b[kq * QNR..(kq + 1) * QNR];
+                for (i, acc_row) in acc.iter_mut().enumerate() {
+                    let aw = a[kq * QMR + i].to_le_bytes();
+                    for (acc_ij, &w) in acc_row.iter_mut().zip(bw) {
+                        let wb = w.to_le_bytes();
+                        *acc_ij += (0..4)
+                            .map(|t| i32::from(aw[t]) * i32::from(wb[t] as i8))
+                            .sum::<i32>();
+                    }
+                }
+            }
+            let ws = &b_scales[g * QNR..(g + 1) * QNR];
+            for (i, (out_row, acc_row)) in out.iter_mut().zip(&acc).enumerate() {
+                let sa = a_scales[g * QMR + i];
+                for ((o, &s), &v) in out_row.iter_mut().zip(ws).zip(acc_row) {
+                    *o = (v as f32).mul_add(s * sa, *o);
+                }
+            }
+        }
+        for (i, row) in out.iter().enumerate() {
+            c[i * ldc..i * ldc + QNR].copy_from_slice(row);
+        }
+    }
+}
+
+/// AVX2: `vpmaddubsw` + `vpmaddwd` 6x16 kernel.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2QMicro(pub(crate) crate::avx2::Token);
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+impl QMicro for Avx2QMicro {
+    fn kernel(
+        self,
+        groups: usize,
+        a: &[u32],
+        a_scales: &[f32],
+        b: &[u32],
+        b_scales: &[f32],
+        b_corr: &[i32],
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        crate::avx2::qkernel_6x16(
+            self.0, groups, a, a_scales, b, b_scales, b_corr, c, ldc, accumulate,
+        );
+    }
+
+    fn prefetch(self, p: *const u8) {
+        crate::avx2::prefetch(self.0, p);
+    }
+
+    fn pack(self, q: &[i8], row_stride: usize, kc: usize, w: &mut [u32], c: &mut [i32]) -> bool {
+        crate::avx2::qpack_b(self.0, q, row_stride, kc, w, c);
+        true
+    }
+}
+
+/// Whether the integer GEMM can take this matrix (whole groups per row).
+pub(crate) fn supports(w: &Int8Mat<'_>) -> bool {
+    w.is_row_aligned()
+}
+
+/// `Y = X Wᵀ` with quantized activations; shapes validated by the caller, `supports(w)`.
+pub(crate) fn qgemm<M: QMicro>(m: M, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32], batch: usize) {
+    let (n, k) = (w.rows(), w.cols());
+    if n == 0 || batch == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let acts = pack_acts(x, batch, k);
+    #[cfg(feature = "parallel")]
+    {
+        let tasks = crate::gemm::n_tasks(n, batch, k, QNR);
+        if tasks > 1 {
+            crate::gemm::column_tasks(n, QNR, batch, y, tasks, |cols, c, ldc| {
+                qgemm_cols(m, w, &acts, batch, cols, c, ldc)
+            });
+            WORD_POOL.give([acts.words]);
+            F32_POOL.give([acts.scales]);
+            return;
+        }
+    }
+    qgemm_cols(m, w, &acts, batch, 0..n, y, n);
+    WORD_POOL.give([acts.words]);
+    F32_POOL.give([acts.scales]);
+}
+
+/// Output columns `cols` into `c` (row stride `ldc`, column `cols.start` at offset 0): weight
+/// panels outermost, then depth blocks, then the batch's slivers, as in the f32 GEMM.
+fn qgemm_cols<M: QMicro>(
+    m: M,
+    w: &Int8Mat<'_>,
+    acts: &PackedActs,
+    batch: usize,
+    cols: Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let k = w.cols();
+    let (quads, groups) = (k / 4, k / GROUP_SIZE);
+    let mut panel = PackedPanel::new();
+    let mut tile = [0.0f32; QMR * QNR];
+    let wref = crate::mat::MatRef::Int8(*w);
+    for jr in cols.clone().step_by(QNR) {
+        let nr = QNR.min(cols.end - jr);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            panel.pack(m, w, jr, nr, pc, kc);
+            // The next panel's source lines, prefetched a few per sliver while this one runs.
+            let next = if pc + KC < k {
+                Some((jr, pc + KC))
+            } else if jr + QNR < cols.end {
+                Some((jr + QNR, 0))
+            } else {
+                None
+            };
+            let lines = next.map(|(n0, p0)| {
+                PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0))
+            });
+            let (g0, ng) = (pc / GROUP_SIZE, kc / GROUP_SIZE);
+            let calls = batch.div_ceil(QMR);
+            if let Some((n0, p0)) = next {
+                // The next panel's scales: one line per row, read when it is packed.
+                for r in n0..(n0 + QNR).min(cols.end) {
+                    let g = r * groups + p0 / GROUP_SIZE;
+                    m.prefetch(w.inv_scales()[g..].as_ptr().cast());
+                }
+            }
+            for (s, ir) in (0..batch).step_by(QMR).enumerate() {
+                if let Some(l) = &lines {
+                    let len = l.len();
+                    l.for_each(s * len / calls..(s + 1) * len / calls, |p| m.prefetch(p));
+                }
+                let a = &acts.words[(s * quads + pc / 4) * QMR..][..kc / 4 * QMR];
+                let a_scales = &acts.scales[(s * groups + g0) * QMR..][..ng * QMR];
+                let mr = QMR.min(batch - ir);
+                let coff = ir * ldc + (jr - cols.start);
+                let accumulate = pc > 0;
+                if mr == QMR && nr == QNR {
+                    m.kernel(
+                        ng,
+                        a,
+                        a_scales,
+                        &panel.words,
+                        &panel.scales,
+                        &panel.corrections,
+                        &mut c[coff..],
+                        ldc,
+                        accumulate,
+                    );
+                } else {
+                    m.kernel(
+                        ng,
+                        a,
+                        a_scales,
+                        &panel.words,
+                        &panel.scales,
+                        &panel.corrections,
+                        &mut tile,
+                        QNR,
+                        false,
+                    );
+                    for i in 0..mr {
+                        let dst = &mut c[coff + i * ldc..coff + i * ldc + nr];
+                        let src = &tile[i * QNR..i * QNR + nr];
+                        if accumulate {
+                            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                        } else {
+                            dst.copy_from_slice(src);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_to_63_levels_of_the_group_range() {
+        let mut x = [0.0f32; GROUP_SIZE];
+        x[0] = -2.0;
+        x[1] = 1.0; // 31.5 levels: ties to even -> 32
+        x[2] = 2.0;
+        x[3] = 0.01; // 0.315 -> 0
+        let mut codes = [0u8; GROUP_SIZE];
+        let d = quantize_group(&x, &mut codes);
+        assert_eq!(d, 2.0 / 63.0);
+        assert_eq!(&codes[..4], &[1, 96, 127, 64]);
+        assert!(codes[4..].iter().all(|&c| c == 64));
+        assert_eq!(quantize_group(&[0.0; GROUP_SIZE], &mut codes), 0.0);
+        x[5] = f32::INFINITY;
+        assert!(quantize_group(&x, &mut codes).is_nan());
+    }
+}
