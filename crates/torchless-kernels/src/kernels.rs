@@ -63,7 +63,7 @@ impl Kernels {
     /// Turns the integer GEMM for int8 weights on or off (default off). When on, [`Self::matmul`]
     /// with int8 weights, a batch of 5 or more and whole 64-groups per row quantizes the
     /// activations per 64-group to 7-bit integers (`round(x · 63 / max|x|)`) and multiplies in
-    /// integer arithmetic: on AVX2 it runs ~1.5x faster than the exact path, but its results are
+    /// integer arithmetic: on AVX2 it runs ~1.7x faster than the exact path, but its results are
     /// not exact (each activation is off by up to half a step, `max|x| / 126`). Smaller batches
     /// (decode, short prompts: bound by memory, not arithmetic) and f32 weights stay exact.
     /// Results are identical on every SIMD path.

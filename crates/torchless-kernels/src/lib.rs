@@ -21,6 +21,8 @@
 //! The tests hold every path to `|y − y_ref| ≤ 1e-5 · Σ|wᵢxᵢ| + 1e-6` against an f64 reference
 //! (element-wise kernels: relative 1e-5); RoPE matches the Hugging Face formula bit for bit.
 //! Our kernels' results never depend on the thread count (BLAS libraries give no such promise).
+//! The one exception to "exact f32" is opt-in: [`Kernels::with_int8_activations`] quantizes the
+//! activations of large int8 GEMMs to 7-bit integers (tested against its own f64 definition).
 //!
 //! ```
 //! use torchless_kernels::{matvec, MatRef};

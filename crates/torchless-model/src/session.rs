@@ -26,8 +26,8 @@ pub struct SessionOptions {
     pub batch_threads: usize,
     /// Faster, inexact prompt processing for int8 models (default off): batched products quantize
     /// their activations per 64-group to 7-bit integers and multiply in integer arithmetic
-    /// (see [`crate::kernels::Kernels::with_int8_activations`]). Generating one token at a time
-    /// and f32 models are unaffected.
+    /// (see [`crate::kernels::Kernels::with_int8_activations`]). Generating one token at a time,
+    /// batches of fewer than 5 tokens and f32 models are unaffected.
     pub int8_activations: bool,
 }
 
