@@ -19,15 +19,20 @@ pub fn print_error(error: &anyhow::Error) {
     eprintln!("error: {}", message.replace('\n', " "));
 }
 
-/// The one-line summary printed after a run.
+/// The one-line summary printed after a run. The generation rate needs two generated tokens (the
+/// first comes from the prompt's forward pass), so with fewer it reads "-" instead of 0.
 pub fn stats_line(stats: &GenerationStats) -> String {
+    let generation_rate = if stats.generated_tokens >= 2 {
+        format!("{:.2}", stats.generation_tokens_per_second())
+    } else {
+        "-".to_string()
+    };
     format!(
-        "load {:.2} s | prompt {} tokens, {:.1} tok/s | generation {} tokens, {:.2} tok/s | {:?}",
+        "load {:.2} s | prompt {} tokens, {:.1} tok/s | generation {} tokens, {generation_rate} tok/s | {:?}",
         stats.load_time.as_secs_f64(),
         stats.prompt_tokens,
         stats.prompt_tokens_per_second(),
         stats.generated_tokens,
-        stats.generation_tokens_per_second(),
         stats.stop_reason,
     )
 }
@@ -41,7 +46,8 @@ pub fn stats_json(stats: &GenerationStats) -> serde_json::Value {
         "prompt_tokens_per_s": stats.prompt_tokens_per_second(),
         "generated_tokens": stats.generated_tokens,
         "generation_s": stats.generation_time.as_secs_f64(),
-        "generation_tokens_per_s": stats.generation_tokens_per_second(),
+        "generation_tokens_per_s": (stats.generated_tokens >= 2)
+            .then(|| stats.generation_tokens_per_second()),
     })
 }
 

@@ -72,6 +72,32 @@ fn kl_int8_activations_reports_the_exact_nll_and_a_divergence() {
 }
 
 #[test]
+fn one_generated_token_has_no_generation_rate() {
+    // The only token comes from the prompt's forward pass: there is no rate to report, not 0.
+    let m = model("small-gqa-int8.bin");
+    let out = run(torchless().arg(&m).args(["Hi", "-n", "1", "--temp", "0"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("generation 1 tokens, - tok/s"),
+        "{}",
+        out.stderr
+    );
+    let out = run(torchless()
+        .arg(&m)
+        .args(["Hi", "-n", "1", "--temp", "0", "--json"]));
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert!(v["timings"]["generation_tokens_per_s"].is_null(), "{v}");
+    let out = run(torchless()
+        .arg(&m)
+        .args(["Hi", "-n", "3", "--temp", "0", "--json"]));
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert!(
+        v["timings"]["generation_tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+}
+
+#[test]
 fn text_prompt_is_tokenized_like_the_reference() {
     // The goldens' ids came from Hugging Face `tokenizers` on the fixture tokenizer.
     let g = goldens(&model("small-gqa-goldens-f32.json"));
