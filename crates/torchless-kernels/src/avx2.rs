@@ -1100,27 +1100,22 @@ unsafe fn qkernel_6x16_raw(
 }
 
 /// The integer 6x16 micro-kernel (see `qgemm.rs` for the layouts and the arithmetic).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn qkernel_6x16(
     _t: Token,
-    groups: usize,
-    a: &[u32],
-    a_scales: &[f32],
-    b: &[u32],
-    b_scales: &[f32],
-    b_corr: &[i32],
+    op: &crate::qgemm::QOperands<'_>,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
 ) {
     use crate::qgemm::{QMR, QNR};
+    let groups = op.groups;
     let words = groups * crate::mat::GROUP_SIZE / 4;
     assert!(
-        a.len() >= words * QMR
-            && a_scales.len() >= groups * QMR
-            && b.len() >= words * QNR
-            && b_scales.len() >= groups * QNR
-            && b_corr.len() >= groups * QNR,
+        op.a.len() >= words * QMR
+            && op.a_scales.len() >= groups * QMR
+            && op.b.len() >= words * QNR
+            && op.b_scales.len() >= groups * QNR
+            && op.b_corr.len() >= groups * QNR,
         "packed panels too short"
     );
     assert!(
@@ -1131,11 +1126,11 @@ pub(crate) fn qkernel_6x16(
     unsafe {
         qkernel_6x16_raw(
             groups,
-            a.as_ptr(),
-            a_scales.as_ptr(),
-            b.as_ptr(),
-            b_scales.as_ptr(),
-            b_corr.as_ptr(),
+            op.a.as_ptr(),
+            op.a_scales.as_ptr(),
+            op.b.as_ptr(),
+            op.b_scales.as_ptr(),
+            op.b_corr.as_ptr(),
             c.as_mut_ptr(),
             ldc,
             accumulate,

@@ -267,31 +267,60 @@ fn gemm_cols<M: Micro>(
                 m.kernel(kc, a, bpack, &mut c[coff..], ldc, accumulate, pf);
             } else {
                 m.kernel(kc, a, bpack, &mut tile, nr_full, false, pf);
-                for i in 0..mr {
-                    let dst = &mut c[coff + i * ldc..coff + i * ldc + nr];
-                    let src = &tile[i * nr_full..i * nr_full + nr];
-                    if accumulate {
-                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                    } else {
-                        dst.copy_from_slice(src);
-                    }
-                }
+                store_partial(&tile, nr_full, mr, nr, &mut c[coff..], ldc, accumulate);
             }
         }
     };
     // Weight panels outermost: a panel's output columns (`batch x 16`) stay in cache while every
     // depth block is added into them, each weight row is read front to back, and the packed
     // activations stream sequentially from L3 once per panel.
-    for jr in cols.clone().step_by(nr_full) {
-        for pc in (0..k).step_by(kcb) {
-            let next = if pc + kcb < k {
-                Some((jr, pc + kcb))
-            } else if jr + nr_full < cols.end {
-                Some((jr + nr_full, 0))
+    for (jr, pc, next) in panels(cols.clone(), k, nr_full, kcb) {
+        panel(jr, pc, next);
+    }
+}
+
+/// The panels of a product in the order both GEMMs compute them (weight panels of `nr` rows
+/// outermost, then `kc`-deep blocks): `(first row, depth, the panel after it)`, so the next
+/// panel's lines can be prefetched while one is computed.
+pub(crate) fn panels(
+    cols: Range<usize>,
+    k: usize,
+    nr: usize,
+    kc: usize,
+) -> impl Iterator<Item = (usize, usize, Option<(usize, usize)>)> {
+    let end = cols.end;
+    cols.step_by(nr).flat_map(move |jr| {
+        (0..k).step_by(kc).map(move |pc| {
+            let next = if pc + kc < k {
+                Some((jr, pc + kc))
+            } else if jr + nr < end {
+                Some((jr + nr, 0))
             } else {
                 None
             };
-            panel(jr, pc, next);
+            (jr, pc, next)
+        })
+    })
+}
+
+/// Adds (or copies) the top-left `mr x nr` corner of a full micro-tile (`tile`, row stride
+/// `stride`) into `c` (row stride `ldc`): the edges of the batch and of the weight rows.
+pub(crate) fn store_partial(
+    tile: &[f32],
+    stride: usize,
+    mr: usize,
+    nr: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    for i in 0..mr {
+        let dst = &mut c[i * ldc..i * ldc + nr];
+        let src = &tile[i * stride..i * stride + nr];
+        if accumulate {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
         }
     }
 }
@@ -299,7 +328,7 @@ fn gemm_cols<M: Micro>(
 /// How many column tasks: one per thread would do, two per thread lets rayon rebalance when a
 /// core is busy with something else; tiny problems stay on the calling thread.
 #[cfg(feature = "parallel")]
-pub(crate) fn n_tasks(n: usize, batch: usize, k: usize, nr: usize) -> usize {
+fn n_tasks(n: usize, batch: usize, k: usize, nr: usize) -> usize {
     let threads = rayon::current_num_threads();
     if threads <= 1 || batch.saturating_mul(n).saturating_mul(k) < 1 << 22 {
         return 1;
@@ -319,26 +348,39 @@ pub(crate) fn gemm<M: Micro>(m: M, w: &MatRef<'_>, x: &[f32], y: &mut [f32], bat
     }
     let mpad = batch.div_ceil(M::MR) * M::MR;
     let apack = pack_a(x, batch, k, depth_block(k), M::MR, mpad);
+    by_columns(n, M::NR, batch, k, y, |cols, c, ldc| {
+        gemm_cols(m, w, &apack, batch, mpad, k, cols, c, ldc)
+    });
+    F32_POOL.give([apack]);
+}
+
+/// Runs `compute(cols, c, ldc)` over the output columns of a `batch x n` product of depth `k`:
+/// split into column tasks when it is big enough for several threads, else in one call on `y`.
+pub(crate) fn by_columns(
+    n: usize,
+    nr: usize,
+    batch: usize,
+    k: usize,
+    y: &mut [f32],
+    compute: impl Fn(Range<usize>, &mut [f32], usize) + Sync,
+) {
     #[cfg(feature = "parallel")]
     {
-        let tasks = n_tasks(n, batch, k, M::NR);
+        let tasks = n_tasks(n, batch, k, nr);
         if tasks > 1 {
-            column_tasks(n, M::NR, batch, y, tasks, |cols, c, ldc| {
-                gemm_cols(m, w, &apack, batch, mpad, k, cols, c, ldc)
-            });
-            F32_POOL.give([apack]);
-            return;
+            return column_tasks(n, nr, batch, y, tasks, compute);
         }
     }
-    gemm_cols(m, w, &apack, batch, mpad, k, 0..n, y, n);
-    F32_POOL.give([apack]);
+    #[cfg(not(feature = "parallel"))]
+    let _ = (nr, batch, k);
+    compute(0..n, y, n);
 }
 
 /// The multi-threaded form: `tasks` column ranges, each computed into its own buffer by one rayon
 /// task (`compute(cols, c, ldc)`), then copied into the rows of `y` (cheap next to the
 /// O(batch·n·k) work, and needs no unsafe sharing of `y`). Ranges are whole multiples of `nr`.
 #[cfg(feature = "parallel")]
-pub(crate) fn column_tasks(
+fn column_tasks(
     n: usize,
     nr: usize,
     batch: usize,

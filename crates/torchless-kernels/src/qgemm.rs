@@ -21,7 +21,7 @@
 //! depth block: for each 4 depths, the 4 bytes of each row as one `u32`) with each group's scales
 //! and offset corrections alongside. The loops and the task split are those of the f32 GEMM.
 
-use crate::gemm::{PanelLines, Pool, F32_POOL};
+use crate::gemm::{panels, store_partial, PanelLines, Pool, F32_POOL};
 use crate::mat::{Int8Mat, GROUP_SIZE};
 use std::ops::Range;
 
@@ -94,7 +94,6 @@ fn pack_acts(x: &[f32], batch: usize, k: usize) -> PackedActs {
     scales.resize(slivers * groups * QMR, 0.0);
     let offset_word = u32::from_le_bytes([ACT_OFFSET as u8; 4]);
     let fill = |s: usize, w: &mut [u32], sc: &mut [f32]| {
-        let mut codes = vec![0u8; k];
         for i in 0..QMR {
             let t = s * QMR + i;
             if t >= batch {
@@ -103,16 +102,13 @@ fn pack_acts(x: &[f32], batch: usize, k: usize) -> PackedActs {
                 }
                 continue;
             }
-            let row = &x[t * k..(t + 1) * k];
-            for (g, (xg, cg)) in row
-                .chunks_exact(GROUP_SIZE)
-                .zip(codes.chunks_exact_mut(GROUP_SIZE))
-                .enumerate()
-            {
-                sc[g * QMR + i] = quantize_group(xg, cg);
-            }
-            for (kq, c) in codes.chunks_exact(4).enumerate() {
-                w[kq * QMR + i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            for (g, xg) in x[t * k..(t + 1) * k].chunks_exact(GROUP_SIZE).enumerate() {
+                let mut codes = [0u8; GROUP_SIZE];
+                sc[g * QMR + i] = quantize_group(xg, &mut codes);
+                for (q, c) in codes.chunks_exact(4).enumerate() {
+                    let kq = g * WORDS_PER_GROUP + q;
+                    w[kq * QMR + i] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
             }
         }
     };
@@ -196,24 +192,23 @@ impl PackedPanel {
     }
 }
 
+/// What one micro-kernel call multiplies: `groups` whole groups of a sliver (`a`, `a_scales`, from
+/// the depth block's first group) and of a packed panel (`b`, `b_scales`, `b_corr`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QOperands<'a> {
+    pub(crate) groups: usize,
+    pub(crate) a: &'a [u32],
+    pub(crate) a_scales: &'a [f32],
+    pub(crate) b: &'a [u32],
+    pub(crate) b_scales: &'a [f32],
+    pub(crate) b_corr: &'a [i32],
+}
+
 /// One SIMD path's integer micro-kernel (`QMR x QNR` tile).
 pub(crate) trait QMicro: Copy + Send + Sync {
-    /// Adds `groups` whole groups of products into the tile `c[i*ldc + j]` (or overwrites it when
-    /// `!accumulate`): `a`/`a_scales` a sliver's words and scales from the block's first group,
-    /// `b`/`b_scales`/`b_corr` a packed panel's.
-    #[allow(clippy::too_many_arguments)]
-    fn kernel(
-        self,
-        groups: usize,
-        a: &[u32],
-        a_scales: &[f32],
-        b: &[u32],
-        b_scales: &[f32],
-        b_corr: &[i32],
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    );
+    /// Adds the products of `op` into the tile `c[i*ldc + j]` (or overwrites it when
+    /// `!accumulate`).
+    fn kernel(self, op: &QOperands<'_>, c: &mut [f32], ldc: usize, accumulate: bool);
 
     /// Prefetches one address now. Default: nothing.
     fn prefetch(self, _p: *const u8) {}
@@ -238,18 +233,15 @@ pub(crate) trait QMicro: Copy + Send + Sync {
 pub(crate) struct ScalarQMicro;
 
 impl QMicro for ScalarQMicro {
-    fn kernel(
-        self,
-        groups: usize,
-        a: &[u32],
-        a_scales: &[f32],
-        b: &[u32],
-        b_scales: &[f32],
-        b_corr: &[i32],
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    fn kernel(self, op: &QOperands<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+        let QOperands {
+            groups,
+            a,
+            a_scales,
+            b,
+            b_scales,
+            b_corr,
+        } = *op;
         let mut out = [[0.0f32; QNR]; QMR];
         if accumulate {
             for (i, row) in out.iter_mut().enumerate() {
@@ -295,21 +287,8 @@ pub(crate) struct Avx2QMicro(pub(crate) crate::avx2::Token);
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 impl QMicro for Avx2QMicro {
-    fn kernel(
-        self,
-        groups: usize,
-        a: &[u32],
-        a_scales: &[f32],
-        b: &[u32],
-        b_scales: &[f32],
-        b_corr: &[i32],
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        crate::avx2::qkernel_6x16(
-            self.0, groups, a, a_scales, b, b_scales, b_corr, c, ldc, accumulate,
-        );
+    fn kernel(self, op: &QOperands<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+        crate::avx2::qkernel_6x16(self.0, op, c, ldc, accumulate);
     }
 
     fn prefetch(self, p: *const u8) {
@@ -338,19 +317,9 @@ pub(crate) fn qgemm<M: QMicro>(m: M, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32], 
         return;
     }
     let acts = pack_acts(x, batch, k);
-    #[cfg(feature = "parallel")]
-    {
-        let tasks = crate::gemm::n_tasks(n, batch, k, QNR);
-        if tasks > 1 {
-            crate::gemm::column_tasks(n, QNR, batch, y, tasks, |cols, c, ldc| {
-                qgemm_cols(m, w, &acts, batch, cols, c, ldc)
-            });
-            WORD_POOL.give([acts.words]);
-            F32_POOL.give([acts.scales]);
-            return;
-        }
-    }
-    qgemm_cols(m, w, &acts, batch, 0..n, y, n);
+    crate::gemm::by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
+        qgemm_cols(m, w, &acts, batch, cols, c, ldc)
+    });
     WORD_POOL.give([acts.words]);
     F32_POOL.give([acts.scales]);
 }
@@ -368,78 +337,46 @@ fn qgemm_cols<M: QMicro>(
 ) {
     let k = w.cols();
     let (quads, groups) = (k / 4, k / GROUP_SIZE);
+    let calls = batch.div_ceil(QMR);
     let mut panel = PackedPanel::new();
     let mut tile = [0.0f32; QMR * QNR];
     let wref = crate::mat::MatRef::Int8(*w);
-    for jr in cols.clone().step_by(QNR) {
+    for (jr, pc, next) in panels(cols.clone(), k, QNR, KC) {
         let nr = QNR.min(cols.end - jr);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            panel.pack(m, w, jr, nr, pc, kc);
-            // The next panel's source lines, prefetched a few per sliver while this one runs.
-            let next = if pc + KC < k {
-                Some((jr, pc + KC))
-            } else if jr + QNR < cols.end {
-                Some((jr + QNR, 0))
-            } else {
-                None
-            };
-            let lines = next.map(|(n0, p0)| {
-                PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0))
-            });
-            let (g0, ng) = (pc / GROUP_SIZE, kc / GROUP_SIZE);
-            let calls = batch.div_ceil(QMR);
-            if let Some((n0, p0)) = next {
-                // The next panel's scales: one line per row, read when it is packed.
-                for r in n0..(n0 + QNR).min(cols.end) {
-                    let g = r * groups + p0 / GROUP_SIZE;
-                    m.prefetch(w.inv_scales()[g..].as_ptr().cast());
-                }
+        let kc = KC.min(k - pc);
+        panel.pack(m, w, jr, nr, pc, kc);
+        // The next panel's source lines, prefetched a few per sliver while this one runs.
+        let lines = next
+            .map(|(n0, p0)| PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0)));
+        let (g0, ng) = (pc / GROUP_SIZE, kc / GROUP_SIZE);
+        if let Some((n0, p0)) = next {
+            // The next panel's scales: one line per row, read when it is packed.
+            for r in n0..(n0 + QNR).min(cols.end) {
+                let g = r * groups + p0 / GROUP_SIZE;
+                m.prefetch(w.inv_scales()[g..].as_ptr().cast());
             }
-            for (s, ir) in (0..batch).step_by(QMR).enumerate() {
-                if let Some(l) = &lines {
-                    let len = l.len();
-                    l.for_each(s * len / calls..(s + 1) * len / calls, |p| m.prefetch(p));
-                }
-                let a = &acts.words[(s * quads + pc / 4) * QMR..][..kc / 4 * QMR];
-                let a_scales = &acts.scales[(s * groups + g0) * QMR..][..ng * QMR];
-                let mr = QMR.min(batch - ir);
-                let coff = ir * ldc + (jr - cols.start);
-                let accumulate = pc > 0;
-                if mr == QMR && nr == QNR {
-                    m.kernel(
-                        ng,
-                        a,
-                        a_scales,
-                        &panel.words,
-                        &panel.scales,
-                        &panel.corrections,
-                        &mut c[coff..],
-                        ldc,
-                        accumulate,
-                    );
-                } else {
-                    m.kernel(
-                        ng,
-                        a,
-                        a_scales,
-                        &panel.words,
-                        &panel.scales,
-                        &panel.corrections,
-                        &mut tile,
-                        QNR,
-                        false,
-                    );
-                    for i in 0..mr {
-                        let dst = &mut c[coff + i * ldc..coff + i * ldc + nr];
-                        let src = &tile[i * QNR..i * QNR + nr];
-                        if accumulate {
-                            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                        } else {
-                            dst.copy_from_slice(src);
-                        }
-                    }
-                }
+        }
+        for (s, ir) in (0..batch).step_by(QMR).enumerate() {
+            if let Some(l) = &lines {
+                let len = l.len();
+                l.for_each(s * len / calls..(s + 1) * len / calls, |p| m.prefetch(p));
+            }
+            let op = QOperands {
+                groups: ng,
+                a: &acts.words[(s * quads + pc / 4) * QMR..][..kc / 4 * QMR],
+                a_scales: &acts.scales[(s * groups + g0) * QMR..][..ng * QMR],
+                b: &panel.words,
+                b_scales: &panel.scales,
+                b_corr: &panel.corrections,
+            };
+            let mr = QMR.min(batch - ir);
+            let coff = ir * ldc + (jr - cols.start);
+            let accumulate = pc > 0;
+            if mr == QMR && nr == QNR {
+                m.kernel(&op, &mut c[coff..], ldc, accumulate);
+            } else {
+                m.kernel(&op, &mut tile, QNR, false);
+                store_partial(&tile, QNR, mr, nr, &mut c[coff..], ldc, accumulate);
             }
         }
     }

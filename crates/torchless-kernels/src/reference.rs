@@ -64,15 +64,10 @@ pub fn matmul_int8_activations(w: &crate::Int8Mat<'_>, xs: &[f32], batch: usize)
                 xq[g * 64 + c] = f64::from(level) * f64::from(amax / 63.0);
             }
         }
+        let m = MatRef::Int8(*w);
         for r in 0..rows {
-            let mut row = vec![0.0f32; cols];
-            w.dequantize_row(r, &mut row).expect("row in range");
-            out.push(
-                row.iter()
-                    .zip(&xq)
-                    .map(|(&wv, &a)| f64::from(wv) * a)
-                    .sum::<f64>() as f32,
-            );
+            let dot: f64 = (0..cols).map(|c| f64::from(weight(&m, r, c)) * xq[c]).sum();
+            out.push(dot as f32);
         }
     }
     out
