@@ -186,6 +186,19 @@ pub enum FormatErrorKind {
         /// The dtype found.
         found: String,
     },
+    /// A row range asked of a tensor is not inside its first dimension, or the tensor is not a
+    /// matrix.
+    #[error("rows {start}..{end} of tensor `{tensor}` (shape {shape:?}) are not rows of a matrix")]
+    RowsOutOfRange {
+        /// Tensor name.
+        tensor: String,
+        /// First row asked for.
+        start: usize,
+        /// One past the last row asked for.
+        end: usize,
+        /// The tensor's shape.
+        shape: Vec<usize>,
+    },
     /// The embedded tokenizer (vocab and merges) is malformed.
     #[error("embedded tokenizer is malformed: {reason}")]
     BadTokenizer {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Advice, Mmap, MmapMut, MmapOptions, UncheckedAdvice};
@@ -551,9 +552,57 @@ impl ModelFile {
                 });
             }
         }
-        let Some((start, end)) = span else {
-            return Ok(());
+        match span {
+            Some((start, end)) => self.advise_span(residency, start, end),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`set_group_residency`](Self::set_group_residency) for rows `rows` of the matrix
+    /// `name` (and, for int8, the scales of the groups those rows touch), so that a large matrix
+    /// can be brought in and given back a slice at a time.
+    pub fn set_rows_residency(
+        &self,
+        name: &str,
+        rows: Range<usize>,
+        residency: Residency,
+    ) -> Result<(), FormatError> {
+        let info = self.tensor_info(name)?;
+        let cols = match *info.shape.as_slice() {
+            [n_rows, cols] if rows.start <= rows.end && rows.end <= n_rows => cols,
+            _ => {
+                return Err(self.error(FormatErrorKind::RowsOutOfRange {
+                    tensor: name.to_string(),
+                    start: rows.start,
+                    end: rows.end,
+                    shape: info.shape.clone(),
+                }))
+            }
         };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // Element counts fit: they are at most the tensor's, checked at open.
+        let (first, end) = (rows.start * cols, rows.end * cols);
+        let data = self.payload_start + info.offset;
+        let size = info.dtype.element_size();
+        self.advise_span(residency, data + first * size, data + end * size)?;
+        if let Some(scales) = info.scales {
+            let at = self.payload_start + scales.offset;
+            let (g0, g1) = (first / GROUP_SIZE, end.div_ceil(GROUP_SIZE));
+            self.advise_span(residency, at + g0 * 4, at + g1 * 4)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `residency` to the map's bytes `start..end`, aligned to 2 MiB (see
+    /// [`set_group_residency`](Self::set_group_residency)).
+    fn advise_span(
+        &self,
+        residency: Residency,
+        start: usize,
+        end: usize,
+    ) -> Result<(), FormatError> {
         const HUGE: usize = 2 << 20;
         let (start, end) = match residency {
             Residency::DontNeed => (start.next_multiple_of(HUGE), end / HUGE * HUGE),

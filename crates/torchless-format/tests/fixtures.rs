@@ -214,6 +214,37 @@ fn residency_advice_keeps_data_intact() {
 }
 
 #[test]
+fn row_residency_keeps_data_intact_and_rejects_bad_ranges() {
+    for file in ["small-mqa-int8.bin", "small-mqa-f32.bin"] {
+        let model = ModelFile::open(fixtures().join(file)).unwrap();
+        let name = "lm_head.weight";
+        let rows = model.tensor_info(name).unwrap().shape[0];
+        let before = model.tensor(name).unwrap().to_f32_vec();
+        for chunk in [0..1, 1..7, 7..rows / 2, rows / 2..rows, rows..rows] {
+            for advice in [Residency::Populate, Residency::DontNeed] {
+                model
+                    .set_rows_residency(name, chunk.clone(), advice)
+                    .unwrap();
+            }
+        }
+        assert_eq!(before, model.tensor(name).unwrap().to_f32_vec(), "{file}");
+
+        for (tensor, bad) in [
+            (name, 0..rows + 1),
+            (name, std::ops::Range { start: 5, end: 4 }),
+            ("model.norm.weight", 0..1),
+        ] {
+            let err = model
+                .set_rows_residency(tensor, bad.clone(), Residency::Populate)
+                .unwrap_err()
+                .to_string();
+            let expected = format!("rows {}..{} of tensor `{tensor}`", bad.start, bad.end);
+            assert!(err.contains(&expected), "{err}");
+        }
+    }
+}
+
+#[test]
 fn non_finite_weights_are_reported() {
     let clean = ModelFile::open(fixtures().join("small-gqa-f32.bin")).unwrap();
     assert!(clean.non_finite_tensors().unwrap().is_empty());

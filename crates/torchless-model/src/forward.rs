@@ -42,6 +42,8 @@ pub(crate) struct Scratch {
     delta: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Lazy mode: the logits of one `lm_head` chunk.
+    logit_chunk: Vec<f32>,
 }
 
 impl Scratch {
@@ -62,6 +64,7 @@ impl Scratch {
             delta: vec![0.0; batch * hidden],
             gate: vec![0.0; batch * inter],
             up: vec![0.0; batch * inter],
+            logit_chunk: Vec::new(),
         }
     }
 }
@@ -74,8 +77,8 @@ impl<R: Residency> Session<'_, R> {
         if !R::RELEASE_AFTER_USE {
             return self.forward_layers(tokens, logit_rows, None);
         }
-        // Lazy mode: a helper thread maps the next layer and releases the previous one while
-        // this one is computed.
+        // Lazy mode: a helper thread maps the next step (layer or lm_head chunk) and releases
+        // the previous one while this one is computed.
         let model = self.model;
         let progress = AtomicUsize::new(0);
         let (result, released) = std::thread::scope(|scope| {
@@ -92,8 +95,8 @@ impl<R: Residency> Session<'_, R> {
             drop(finished);
             (result, helper.join().unwrap_or(0))
         });
-        for layer in released..model.config().n_layers {
-            model.release_layer(layer);
+        for step in released..model.lazy_steps() {
+            model.release_step(step);
         }
         result
     }
@@ -128,6 +131,7 @@ impl<R: Residency> Session<'_, R> {
             delta,
             gate,
             up,
+            logit_chunk,
         } = &mut self.scratch;
         let (x, normed, q, k, v, attn, delta, gate, up) = (
             &mut x[..n * hidden],
@@ -180,10 +184,6 @@ impl<R: Residency> Session<'_, R> {
             kernels.silu_mul_inplace(gate, up)?;
             kernels.matmul(&w.down_proj, gate, delta, n)?;
             kernels.add(x, delta)?;
-
-            if progress.is_none() {
-                model.release_layer(layer);
-            }
         }
 
         // Output: final norm and lm_head, only for the rows whose logits are wanted.
@@ -194,8 +194,29 @@ impl<R: Residency> Session<'_, R> {
             let x = &x[logit_rows.start * hidden..logit_rows.end * hidden];
             let normed = &mut normed[..rows * hidden];
             rmsnorm_rows(&kernels, x, model.final_norm()?, eps, normed, hidden)?;
-            kernels.matmul(&model.lm_head()?, normed, &mut self.logits, rows)?;
-            model.release_output();
+            let lm_head = model.lm_head()?;
+            match progress {
+                None => kernels.matmul(&lm_head, normed, &mut self.logits, rows)?,
+                // Lazy mode: lm_head a chunk of rows (of logit columns) at a time.
+                Some(progress) => {
+                    for (c, chunk) in model.output_chunks().iter().enumerate() {
+                        progress.store(config.n_layers + c, Ordering::Release);
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        let part = lm_head.rows_range(chunk.clone())?;
+                        logit_chunk.resize(rows * chunk.len(), 0.0);
+                        kernels.matmul(&part, normed, logit_chunk, rows)?;
+                        for (logits, part) in self
+                            .logits
+                            .chunks_exact_mut(vocab)
+                            .zip(logit_chunk.chunks_exact(chunk.len()))
+                        {
+                            logits[chunk.clone()].copy_from_slice(part);
+                        }
+                    }
+                }
+            }
         }
         self.position += n;
         Ok(())

@@ -5,6 +5,7 @@
 //! `forward.rs`; the [`Residency`] type parameter only decides what happens around each layer.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -150,6 +151,25 @@ pub(crate) const EMBED: &str = "model.embed_tokens.weight";
 pub(crate) const FINAL_NORM: &str = "model.norm.weight";
 pub(crate) const LM_HEAD: &str = "lm_head.weight";
 
+/// Most bytes of `lm_head` that lazy mode maps at once. It is the largest matrix (524 MB as f32
+/// for 7B); mapped whole next to the last layers, it set the peak resident set.
+const OUTPUT_CHUNK_BYTES: usize = 64 << 20;
+
+/// Splits `rows` rows totalling `bytes` into consecutive ranges of at most about `max_bytes`
+/// each (at least one row per range; one empty range for no rows).
+fn split_rows(rows: usize, bytes: usize, max_bytes: usize) -> Vec<Range<usize>> {
+    let chunks = bytes.div_ceil(max_bytes.max(1)).clamp(1, rows.max(1));
+    let per_chunk = rows.div_ceil(chunks).max(1);
+    let mut ranges: Vec<Range<usize>> = (0..rows)
+        .step_by(per_chunk)
+        .map(|start| start..(start + per_chunk).min(rows))
+        .collect();
+    if ranges.is_empty() {
+        ranges.push(0..0);
+    }
+    ranges
+}
+
 /// A loaded Mistral model: immutable, `Send + Sync`, shared by any number of [`Session`]s.
 ///
 /// Use the aliases [`Mistral`] (resident weights) and [`LazyMistral`] (low memory).
@@ -159,6 +179,8 @@ pub struct Model<R: Residency = Resident> {
     tokenizer: Tokenizer,
     rope: RopeTable,
     layers: Vec<LayerNames>,
+    /// Row ranges of `lm_head` that lazy mode maps one at a time.
+    output_chunks: Vec<Range<usize>>,
     load_time: Duration,
     _residency: PhantomData<R>,
 }
@@ -232,12 +254,15 @@ impl<R: Residency> Model<R> {
             config.max_position_embeddings,
         )?;
         let layers = (0..config.n_layers).map(LayerNames::new).collect();
+        let lm_head_bytes = file.tensor_info(LM_HEAD)?.bytes_read();
+        let output_chunks = split_rows(config.vocab_size, lm_head_bytes, OUTPUT_CHUNK_BYTES);
         let model = Self {
             file,
             config,
             tokenizer,
             rope,
             layers,
+            output_chunks,
             load_time: Duration::ZERO,
             _residency: PhantomData,
         };
@@ -332,34 +357,37 @@ impl<R: Residency> Model<R> {
         self.matrix(EMBED)
     }
 
-    /// Lazy mode's paging helper, run on its own thread during a forward pass: maps layer
-    /// `l + 1` (and at the end `lm_head`) and gives back layer `l - 1` while the forward pass
-    /// computes layer `l`, so the page-table work (kernel time on one core) overlaps the
-    /// bandwidth-bound layer instead of stalling both compute threads. `progress` holds the layer
-    /// being computed, or `usize::MAX` once the pass is over; the helper never runs more than one
-    /// layer ahead, which bounds the resident set to about three layers plus `lm_head`. Returns
-    /// the first layer it has not given back (the caller releases the rest).
+    /// Row ranges of `lm_head` that lazy mode computes one at a time.
+    pub(crate) fn output_chunks(&self) -> &[Range<usize>] {
+        &self.output_chunks
+    }
+
+    /// Lazy mode's steps of a forward pass, in order: the layers, then the `lm_head` chunks.
+    pub(crate) fn lazy_steps(&self) -> usize {
+        self.layers.len() + self.output_chunks.len()
+    }
+
+    /// Lazy mode's paging helper, run on its own thread during a forward pass: maps step `s + 1`
+    /// and gives back step `s - 1` while the forward pass computes step `s` (see
+    /// [`lazy_steps`](Self::lazy_steps)), so the page-table work (kernel time on one core)
+    /// overlaps the bandwidth-bound step instead of stalling both compute threads. `progress`
+    /// holds the step being computed, or `usize::MAX` once the pass is over; the helper never
+    /// runs more than one step ahead, which bounds the resident set to about three layers.
+    /// Returns the first step it has not given back (the caller releases the rest).
     pub(crate) fn page_ahead(&self, progress: &AtomicUsize) -> usize {
-        let n_layers = self.layers.len();
-        let mut released = 0;
-        // Next group to map: the layers in order, then `lm_head` (index `n_layers`).
-        let mut next = 0;
+        let steps = self.lazy_steps();
+        let (mut released, mut next) = (0, 0);
         loop {
             let at = progress.load(Ordering::Acquire);
             if at == usize::MAX {
                 return released;
             }
-            while released < at {
-                self.release_layer(released);
+            while released < at.min(steps) {
+                self.release_step(released);
                 released += 1;
             }
-            if next <= n_layers && at + 1 >= next {
-                let _ = match self.layers.get(next) {
-                    Some(names) => self
-                        .file
-                        .set_group_residency(&names.all(), Advice::Populate),
-                    None => self.file.set_group_residency(&[LM_HEAD], Advice::Populate),
-                };
+            if next < steps && at + 1 >= next {
+                self.set_step_residency(next, Advice::Populate);
                 next += 1;
             } else {
                 std::thread::sleep(std::time::Duration::from_micros(50));
@@ -367,28 +395,28 @@ impl<R: Residency> Model<R> {
         }
     }
 
-    /// After a layer ran: give its pages back (lazy mode).
-    pub(crate) fn release_layer(&self, layer: usize) {
+    /// After a lazy step ran: give its pages back.
+    pub(crate) fn release_step(&self, step: usize) {
         if R::RELEASE_AFTER_USE {
-            if let Some(names) = self.layers.get(layer) {
-                let _ = self
-                    .file
-                    .set_group_residency(&names.all(), Advice::DontNeed);
-            }
+            self.set_step_residency(step, Advice::DontNeed);
         }
+    }
+
+    /// Advice is best effort: a failure only costs speed or memory, never correctness.
+    fn set_step_residency(&self, step: usize, advice: Advice) {
+        let _ = match self.layers.get(step) {
+            Some(names) => self.file.set_group_residency(&names.all(), advice),
+            None => match self.output_chunks.get(step - self.layers.len()) {
+                Some(rows) => self.file.set_rows_residency(LM_HEAD, rows.clone(), advice),
+                None => Ok(()),
+            },
+        };
     }
 
     /// After the embedding lookup (lazy mode): give the rows read back.
     pub(crate) fn release_embedding(&self) {
         if R::RELEASE_AFTER_USE {
             let _ = self.file.set_group_residency(&[EMBED], Advice::DontNeed);
-        }
-    }
-
-    /// After the output projection: give `lm_head` back (lazy mode).
-    pub(crate) fn release_output(&self) {
-        if R::RELEASE_AFTER_USE {
-            let _ = self.file.set_group_residency(&[LM_HEAD], Advice::DontNeed);
         }
     }
 
@@ -418,5 +446,59 @@ impl<R: Residency> Model<R> {
             TensorData::F32(values) => MatRef::f32(values, rows, cols)?,
             TensorData::Int8(view) => MatRef::int8(view.values, view.inv_scales, rows, cols)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_split_into_chunks_of_bounded_size() {
+        assert_eq!(split_rows(32000, 524 << 20, 64 << 20), {
+            // 524 MiB in 64 MiB pieces: 9 chunks of 3556 rows, the last one shorter.
+            let mut v: Vec<_> = (0..8).map(|c| c * 3556..(c + 1) * 3556).collect();
+            v.push(28448..32000);
+            v
+        });
+        assert_eq!(split_rows(10, 100, 1000), vec![0..10]);
+        assert_eq!(split_rows(3, 100, 1), vec![0..1, 1..2, 2..3]);
+        assert_eq!(split_rows(0, 0, 64), vec![0..0]);
+    }
+
+    /// Every logit of evaluating `ids`, then of one decode step.
+    fn all_logits<R: Residency>(session: &mut Session<'_, R>, ids: &[u32], out: &mut Vec<f32>) {
+        session
+            .evaluate(ids, |_, row| out.extend_from_slice(row))
+            .unwrap();
+        out.extend_from_slice(session.step(3).unwrap());
+    }
+
+    /// Lazy mode computes the logits a chunk of `lm_head` rows at a time: with chunks that cut
+    /// the vocabulary unevenly, every logit (one row in decode, all rows in evaluation) must be
+    /// bit-identical to the resident model's single product.
+    #[test]
+    fn chunked_output_gives_the_same_logits() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models");
+        for file in ["small-gqa-int8.bin", "small-mha-f32.bin"] {
+            let path = Path::new(fixtures).join(file);
+            let eager = Mistral::load(&path).unwrap();
+            let mut lazy = LazyMistral::load(&path).unwrap();
+            let vocab = lazy.config.vocab_size;
+            lazy.output_chunks = split_rows(vocab, vocab, vocab.div_ceil(7));
+            assert_eq!(lazy.output_chunks.len(), 7);
+            let ids: Vec<u32> = (0..23).map(|i| (i * 131 + 7) % vocab as u32).collect();
+            let options = SessionOptions {
+                batch_size: 5,
+                ..Default::default()
+            };
+            let (mut expected, mut found) = (Vec::new(), Vec::new());
+            let mut session = eager.session_with(options.clone()).unwrap();
+            all_logits(&mut session, &ids, &mut expected);
+            let mut session = lazy.session_with(options).unwrap();
+            all_logits(&mut session, &ids, &mut found);
+            assert_eq!(expected.len(), (ids.len() + 1) * vocab, "{file}");
+            assert!(expected == found, "{file}");
+        }
     }
 }

@@ -35,7 +35,8 @@ pub struct BenchArgs {
         default_value_t = 3
     )]
     pub repetitions: usize,
-    /// Size of the buffer the read-bandwidth probe sums, in MiB (0: skip the probe).
+    /// Size of the buffer the read-bandwidth probe sums, in MiB (0: skip the probe). The buffer
+    /// counts in the process's peak RSS: use 0 when measuring memory.
     #[arg(long = "probe-mib", value_name = "MIB", default_value_t = 1024)]
     pub probe_mib: usize,
 }
