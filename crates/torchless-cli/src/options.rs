@@ -28,7 +28,7 @@ pub struct ModelArgs {
         short = 'b',
         long = "batch-size",
         value_name = "N",
-        default_value_t = 128
+        default_value_t = SessionOptions::default().batch_size
     )]
     pub batch_size: usize,
     /// Faster, inexact prompt processing for int8 models: quantize activations to 7-bit
@@ -126,7 +126,7 @@ pub struct GenerateArgs {
         short = 'n',
         long = "max-tokens",
         value_name = "N",
-        default_value_t = 128
+        default_value_t = SessionOptions::default().batch_size
     )]
     pub max_tokens: usize,
     #[command(flatten)]

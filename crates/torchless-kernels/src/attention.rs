@@ -139,6 +139,11 @@ impl SlotRanges {
         }
     }
 
+    /// The slots as one run, when they are (an unwrapped cache); `None` for two runs.
+    pub(crate) fn single_run(&self) -> Option<Range<usize>> {
+        self.second.is_empty().then(|| self.first.clone())
+    }
+
     /// The runs, skipping empty ones.
     pub fn iter(&self) -> impl Iterator<Item = Range<usize>> + '_ {
         [self.first.clone(), self.second.clone()]

@@ -28,9 +28,6 @@ fn depth_block(k: usize) -> usize {
     k.div_ceil(blocks).div_ceil(GROUP_SIZE) * GROUP_SIZE
 }
 
-/// Prefetch addresses handed to one micro-kernel call.
-const PF_SLOTS: usize = 32;
-
 /// One SIMD path's micro-kernel and weight packer.
 pub(crate) trait Micro: Copy + Send + Sync {
     /// Batch rows per micro-tile.
@@ -60,9 +57,6 @@ pub(crate) trait Micro: Copy + Send + Sync {
 
     /// Whether the kernel uses its `pf` addresses (otherwise the driver does not collect them).
     const PREFETCH: bool = false;
-
-    /// Prefetches one address now. Default: nothing.
-    fn prefetch(self, _p: *const u8) {}
 }
 
 /// The source cache lines of a weight panel (rows `n0..n0+nr`, columns `pc..pc+kc`), numbered row
@@ -118,6 +112,16 @@ impl<'a> PanelLines<'a> {
             }
         }
     }
+
+    /// Replaces the contents of `out` with the address of every line, in order (a plain nested
+    /// loop, cheaper per line than stepping through `for_each`).
+    pub(crate) fn collect(&self, out: &mut Vec<*const u8>) {
+        out.clear();
+        for row in 0..self.rows {
+            let start = self.base.wrapping_add(row * self.row_bytes);
+            out.extend((0..self.per_row).map(|col| start.wrapping_add(col * 64)));
+        }
+    }
 }
 
 /// Portable packer for any layout (partial panels, int8 groups spanning rows).
@@ -168,8 +172,9 @@ pub(crate) fn pack_b_generic(
 /// Packs all of `x` (`batch x k`): for each `kcb`-deep block starting at `pc`, sliver `s` holds
 /// `x[s*MR + i][pc + kk]` at `pc*mpad + s*MR*kc + kk*MR + i`, zero for padding rows.
 fn pack_a(x: &[f32], batch: usize, k: usize, kcb: usize, mr: usize, mpad: usize) -> Vec<f32> {
+    // Every element is written below (padding rows with zeros), so a reused buffer needs no
+    // clearing first.
     let mut a = F32_POOL.take();
-    a.clear();
     a.resize(mpad * k, 0.0);
     let fill = |bi: usize, block: &mut [f32]| {
         let pc = bi * kcb;
@@ -177,12 +182,15 @@ fn pack_a(x: &[f32], batch: usize, k: usize, kcb: usize, mr: usize, mpad: usize)
         for (s, sliver) in block.chunks_exact_mut(mr * kc).enumerate() {
             for i in 0..mr {
                 let row = s * mr + i;
-                if row >= batch {
-                    break;
-                }
-                let src = &x[row * k + pc..row * k + pc + kc];
-                for (kk, &v) in src.iter().enumerate() {
-                    sliver[kk * mr + i] = v;
+                if row < batch {
+                    let src = &x[row * k + pc..row * k + pc + kc];
+                    for (kk, &v) in src.iter().enumerate() {
+                        sliver[kk * mr + i] = v;
+                    }
+                } else {
+                    for kk in 0..kc {
+                        sliver[kk * mr + i] = 0.0;
+                    }
                 }
             }
         }
@@ -230,6 +238,7 @@ fn gemm_cols<M: Micro>(
     let bpack = aligned(&mut bbuf, kcb * nr_full);
     let mut tile = vec![0.0f32; mr_full * nr_full];
     let c_col0 = cols.start;
+    let mut next_lines: Vec<*const u8> = Vec::new();
     // One packed panel (weight rows jr.., depth pc..) against the whole batch; `next` is the
     // panel that follows, whose lines are prefetched meanwhile.
     let mut panel = |jr: usize, pc: usize, next: Option<(usize, usize)>| {
@@ -238,28 +247,16 @@ fn gemm_cols<M: Micro>(
         let accumulate = pc > 0;
         let nr = nr_full.min(cols.end - jr);
         m.pack_b(w, jr, nr, pc, kc, bpack);
-        let lines = next.map(|(n0, p0)| {
+        next_lines.clear();
+        if let (true, Some((n0, p0))) = (M::PREFETCH, next) {
             let nr = nr_full.min(cols.end - n0);
-            PanelLines::new(w, n0, nr, p0, kcb.min(k - p0))
-        });
+            PanelLines::new(w, n0, nr, p0, kcb.min(k - p0)).collect(&mut next_lines);
+        }
         let calls = batch.div_ceil(mr_full);
         for (call, ir) in (0..batch).step_by(mr_full).enumerate() {
-            // This call's share of the next panel's lines: up to PF_SLOTS are spread over the
-            // kernel's k loop, any excess (tiny batches) is issued now.
-            let mut pf = [std::ptr::null::<u8>(); PF_SLOTS];
-            let mut npf = 0;
-            if let (true, Some(l)) = (M::PREFETCH, &lines) {
-                let n = l.len();
-                l.for_each(call * n / calls..(call + 1) * n / calls, |p| {
-                    if npf < PF_SLOTS {
-                        pf[npf] = p;
-                        npf += 1;
-                    } else {
-                        m.prefetch(p);
-                    }
-                });
-            }
-            let pf = &pf[..npf];
+            // This call's share of the next panel's lines, spread over the kernel's k loop.
+            let n = next_lines.len();
+            let pf = &next_lines[call * n / calls..(call + 1) * n / calls];
             let mr = mr_full.min(batch - ir);
             let a = &ablock[(ir / mr_full) * mr_full * kc..][..mr_full * kc];
             let coff = ir * ldc + (jr - c_col0);
@@ -541,10 +538,6 @@ impl Micro for Avx2Micro {
         pf: &[*const u8],
     ) {
         crate::avx2::kernel_6x16(self.0, kc, a, b, c, ldc, accumulate, pf);
-    }
-
-    fn prefetch(self, p: *const u8) {
-        crate::avx2::prefetch(self.0, p);
     }
 
     fn pack_b(self, w: &MatRef<'_>, n0: usize, nr: usize, pc: usize, kc: usize, out: &mut [f32]) {

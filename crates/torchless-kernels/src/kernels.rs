@@ -1,11 +1,13 @@
 //! [`Kernels`]: every kernel, bound to one SIMD path (and optionally BLAS).
 
 use crate::attention::{check_heads, KvCacheView, RowsRef, SlotRanges};
+use crate::attention_gemm::{attend_block, TokenBlock};
 use crate::dispatch::{auto_path, blas_backend, require, Path, SimdPath};
 use crate::error::{check_len, checked_mul, KernelError};
 use crate::mat::MatRef;
 use crate::{gemm, parallel, qgemm, scalar};
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// The kernels on one SIMD path. `Kernels::auto()` is what the free functions use; build one with
 /// [`Kernels::with_path`] to force a path (tests, benchmarks, `--debug` comparisons).
@@ -512,6 +514,11 @@ impl Kernels {
         let (hd, n_kv) = (kv.head_dim(), kv.n_kv_heads());
         let n_heads = n_kv * group;
         let n = slots.len();
+        if n == 0 {
+            // Nothing to attend to: a zero output, as the head-major loop gives.
+            out.fill(0.0);
+            return;
+        }
         let blocks = n.div_ceil(SLOT_BLOCK);
         with_scratch(n * n_heads * 2 + blocks * n_heads * hd, |buf| {
             let (scores, rest) = buf.split_at_mut(n * n_heads);
@@ -600,6 +607,27 @@ impl Kernels {
         let slots: Vec<SlotRanges> = (0..n_tokens).map(slots_for).collect();
         let refs: Vec<&SlotRanges> = slots.iter().collect();
         let group = check_heads(kv, n_heads, qs.len(), outs.len(), &refs)?;
+        let block = token_block(n_tokens);
+        let runs: Option<Vec<Range<usize>>> = slots.iter().map(SlotRanges::single_run).collect();
+        if let (true, Some(runs)) = (block > 1, runs) {
+            // Blocks of tokens, each reading every key and value row once for the whole block.
+            parallel::for_each_chunk_mut(outs, block * row, |b, o| {
+                let tokens = b * block..b * block + o.len() / row;
+                let qs = &qs[tokens.start * row..tokens.end * row];
+                for kv_head in 0..kv.n_kv_heads() {
+                    let block = TokenBlock {
+                        qs,
+                        kv,
+                        kv_head,
+                        group,
+                        runs: &runs[tokens.clone()],
+                        scale,
+                    };
+                    self.attend_block(&block, o);
+                }
+            });
+            return Ok(());
+        }
         // Tokens already give parallelism: always keep a KV head's query heads together.
         let tasks_per_token = n_heads / group;
         parallel::for_each_chunk_mut(outs, group * hd, |i, o| {
@@ -608,6 +636,18 @@ impl Kernels {
             self.heads_in_cache(q, kv, kvh, &slots[t], scale, o);
         });
         Ok(())
+    }
+
+    /// A block of tokens through the micro-kernel of this SIMD path (see `attention_gemm`).
+    fn attend_block(&self, block: &TokenBlock<'_>, outs: &mut [f32]) {
+        let softmax = |s: &mut [f32]| self.softmax(s);
+        match self.path {
+            Path::Scalar => attend_block(gemm::ScalarMicro, block, softmax, outs),
+            #[cfg(feature = "simd")]
+            Path::Wide => attend_block(gemm::WideDefault {}, block, softmax, outs),
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Path::Avx2(t) => attend_block(gemm::Avx2Micro(t), block, softmax, outs),
+        }
     }
 
     /// Query heads `q` (`m` rows of `head_dim`) that all read `kv_head`; shapes were validated by
@@ -659,6 +699,15 @@ impl Kernels {
             }
         });
     }
+}
+
+/// Most tokens whose attention one task computes together (see `attention_gemm`).
+const TOKEN_BLOCK: usize = 12;
+
+/// Tokens per block in batched attention: up to `TOKEN_BLOCK`, but small enough to leave about
+/// four blocks per thread; 1 means one task per (token, KV head) instead.
+fn token_block(n_tokens: usize) -> usize {
+    (n_tokens / (4 * parallel::current_num_threads())).clamp(1, TOKEN_BLOCK)
 }
 
 /// Slots prefetched ahead in slot-major attention (the hardware prefetcher alone reaches only

@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod attention;
+mod attention_gemm;
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod avx2;
 #[cfg(any(

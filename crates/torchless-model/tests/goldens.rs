@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{check_model, fixtures, read_goldens};
-use torchless_model::{LazyMistral, Mistral};
+use common::{check_model, check_model_with, fixtures, read_goldens};
+use torchless_model::{LazyMistral, Mistral, SessionOptions};
 
 fn check(name: &str, quant: &str) {
     let model = Mistral::load(fixtures().join(format!("{name}-{quant}.bin"))).unwrap();
@@ -42,6 +42,23 @@ fn mha_short_window_f32() {
 #[test]
 fn mha_short_window_int8() {
     check("small-mha", "int8");
+}
+
+/// With one prefill thread, prompts of 31 tokens and more are attended in blocks of up to 12
+/// tokens (two small matrix products per block and KV head) whatever the machine's core count;
+/// the windowed model's later batches also take the per-token loop (wrapped cache).
+#[test]
+fn token_blocked_prefill_attention_matches_goldens() {
+    let options = SessionOptions {
+        batch_threads: 1,
+        ..SessionOptions::default()
+    };
+    for name in ["small-gqa", "small-mqa"] {
+        let model = Mistral::load(fixtures().join(format!("{name}-f32.bin"))).unwrap();
+        let goldens = read_goldens(&fixtures().join(format!("{name}-goldens-f32.json")));
+        let checks = check_model_with(&model, &goldens, options.clone());
+        assert!(checks > 500, "{name}: only {checks} checks");
+    }
 }
 
 #[test]
