@@ -514,10 +514,17 @@ unsafe fn i8_block<const R: usize, const B: usize>(
     xs: *const f32,
 ) -> [[f32; B]; R] {
     let cols = groups * GROUP_SIZE;
-    // SAFETY: caller contract; offsets stay below `cols` in each row of q and xs, `groups` in inv.
+    // SAFETY: caller contract; offsets stay below `cols` in each row of q and xs, `groups` in inv;
+    // prefetch addresses are computed with wrapping arithmetic and prefetching never faults.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); B]; R];
         for g in 0..groups {
+            // As in the matvec: the hardware prefetcher alone leaves the weight stream short of
+            // the read bandwidth, which batches of a few tokens still need.
+            for r in 0..R {
+                let ahead = q.wrapping_add(r * cols + (g + PF_GROUPS) * GROUP_SIZE);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
             let mut scale = [_mm256_setzero_ps(); R];
             for (r, s) in scale.iter_mut().enumerate() {
                 *s = _mm256_set1_ps(1.0 / *inv.add(r * groups + g));

@@ -83,13 +83,29 @@ impl RopeTable {
         let inv = rope_inv_freq(head_dim, theta);
         let mut cos = vec![0.0f32; n];
         let mut sin = vec![0.0f32; n];
-        for (p, (c, s)) in cos
-            .chunks_exact_mut(half)
-            .zip(sin.chunks_exact_mut(half))
-            .enumerate()
+        let fill = |first: usize, c: &mut [f32], s: &mut [f32]| {
+            for (p, (c, s)) in c
+                .chunks_exact_mut(half)
+                .zip(s.chunks_exact_mut(half))
+                .enumerate()
+            {
+                // Lengths match by construction, so this cannot fail.
+                let _ = rope_cos_sin(&inv, first + p, c, s);
+            }
+        };
+        #[cfg(feature = "parallel")]
         {
-            rope_cos_sin(&inv, p, c, s)?;
+            // Mistral's 32768 positions take ~30 ms of cos/sin on one core, at every model load:
+            // spread over the threads in chunks of positions.
+            use rayon::prelude::*;
+            const POSITIONS_PER_TASK: usize = 2048;
+            cos.par_chunks_mut(half * POSITIONS_PER_TASK)
+                .zip(sin.par_chunks_mut(half * POSITIONS_PER_TASK))
+                .enumerate()
+                .for_each(|(i, (c, s))| fill(i * POSITIONS_PER_TASK, c, s));
         }
+        #[cfg(not(feature = "parallel"))]
+        fill(0, &mut cos, &mut sin);
         Ok(Self {
             head_dim,
             max_positions,
