@@ -15,11 +15,12 @@ use crate::mat::{MatRef, GROUP_SIZE};
 use std::ops::Range;
 
 /// Largest depth of a packed panel. With the weight panels outermost the output panel stays in
-/// cache across depth blocks, so the depth only trades the weight panel's L1 footprint (16 x 512
-/// floats = 32 KiB) against per-panel overhead. Measured at 128x4096x4096, 2 threads, f32: depth
-/// 384 ~106 GFLOP/s, 512 ~115, 640 ~113 (OpenBLAS in the same runs ~100); with depth blocks
-/// outermost instead (every block re-reading and re-writing the whole output) the best was ~103.
-const KC_MAX: usize = 512;
+/// cache across depth blocks, so the depth trades the weight panel's L1 footprint (16 x 384
+/// floats = 24 KiB, next to a 9 KiB activation sliver in a 32 KiB L1) and a depth block of packed
+/// activations (batch 512: 768 KiB) against per-panel overhead. Measured at 512x4096x4096 int8,
+/// 2 threads, alternated: depth 384 ~133-145 GFLOP/s, 448 about the same, 512 ~125-135, 256
+/// ~80-128 (at batch 128, 512 had been best).
+const KC_MAX: usize = 384;
 
 /// The depth block for a product of depth `k`: `k` split into equal blocks of at most `KC_MAX`,
 /// rounded up to whole int8 groups (so groups never straddle a block).
@@ -582,7 +583,7 @@ mod tests {
             (33, 300, 7),
             (16, 64, 13),
             (40, 520, 150),
-            // Several depth blocks: 4 x 448 deep, and 2 x 512 with a ragged 488 tail.
+            // Several depth blocks: 4 x 384 and a 128 tail, 2 x 384 and a ragged 232 tail.
             (19, 1664, 9),
             (21, 1000, 8),
         ] {
@@ -629,10 +630,10 @@ mod tests {
                 "k {k}: {kcb} adds a block"
             );
         }
-        assert_eq!(depth_block(4096), 512);
-        assert_eq!(depth_block(14336), 512);
-        assert_eq!(depth_block(5632), 512);
-        assert_eq!(depth_block(1000), 512);
+        assert_eq!(depth_block(4096), 384);
+        assert_eq!(depth_block(14336), 384);
+        assert_eq!(depth_block(5632), 384);
+        assert_eq!(depth_block(1000), 384);
     }
 
     #[test]
