@@ -102,18 +102,7 @@ pub(crate) fn attend_block<M: Micro>(
                 panel[d * nr + j] = key.map_or(0.0, |k| k[d]);
             }
         }
-        for s in 0..rpad / mr {
-            let a = &q_pack[s * mr * hd..(s + 1) * mr * hd];
-            m.kernel(
-                hd,
-                a,
-                panel,
-                &mut scores[s * mr * npad + p..],
-                npad,
-                false,
-                &[],
-            );
-        }
+        slivers_by_panel(m, hd, q_pack, panel, &mut scores[p..], npad);
     }
 
     // P: each row's softmax over its token's run, zero elsewhere (so padding adds nothing).
@@ -145,23 +134,35 @@ pub(crate) fn attend_block<M: Micro>(
                 };
             }
         }
-        for s in 0..rpad / mr {
-            let a = &p_pack[s * mr * npad..(s + 1) * mr * npad];
-            m.kernel(
-                npad,
-                a,
-                v_panel,
-                &mut o_tile[s * mr * hpad + c..],
-                hpad,
-                false,
-                &[],
-            );
-        }
+        slivers_by_panel(m, npad, p_pack, v_panel, &mut o_tile[c..], hpad);
     }
     for r in 0..rows {
         outs[heads(r)].copy_from_slice(&o_tile[r * hpad..r * hpad + hd]);
     }
     F32_POOL.give([buf]);
+}
+
+/// `c = A · panel` for every `MR`-row sliver of the packed `a` (depth `depth`) against one packed
+/// `NR`-column panel: sliver `s` writes rows `s * MR..` of `c` (row stride `ldc`).
+fn slivers_by_panel<M: Micro>(
+    m: M,
+    depth: usize,
+    a: &[f32],
+    panel: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+) {
+    for (s, sliver) in a.chunks_exact(M::MR * depth).enumerate() {
+        m.kernel(
+            depth,
+            sliver,
+            panel,
+            &mut c[s * M::MR * ldc..],
+            ldc,
+            false,
+            &[],
+        );
+    }
 }
 
 /// Fills `out` (`rows_padded x depth`, rows a multiple of `mr`) as slivers of `mr` rows, depth
