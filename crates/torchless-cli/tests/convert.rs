@@ -564,9 +564,9 @@ fn non_mistral_checkpoints_are_refused() {
     edit_config(
         dir.path(),
         "\"model_type\": \"mistral\"",
-        "\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\"",
+        "\"architectures\": [\"GemmaForCausalLM\"], \"model_type\": \"gemma\"",
     );
-    assert_convert_fails(dir.path(), "LlamaForCausalLM is not supported");
+    assert_convert_fails(dir.path(), "GemmaForCausalLM is not supported");
 
     let dir = full_copy();
     edit_config(

@@ -33,6 +33,53 @@ impl QuantKind {
     }
 }
 
+/// Model families the engine runs. Both are the same decoder (RMSNorm, GQA, RoPE, SwiGLU); the
+/// name is kept for display and for converters, and decides nothing in the forward pass: the
+/// window, the RoPE base and tied embeddings are their own fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Mistral (`MistralForCausalLM`): the default when the metadata names none.
+    Mistral,
+    /// Llama (`LlamaForCausalLM`: Llama 2/3, TinyLlama, SmolLM, ...).
+    Llama,
+}
+
+impl Architecture {
+    /// The metadata string (`"mistral"` or `"llama"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Mistral => "mistral",
+            Architecture::Llama => "llama",
+        }
+    }
+}
+
+/// Metadata keys this version reads. Any other key is refused, naming it, so a file written by a
+/// newer exporter with settings this reader would silently ignore fails clearly instead.
+pub const KNOWN_METADATA_KEYS: &[&str] = &[
+    "hidden_size",
+    "intermediate_size",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "head_dim",
+    "vocab_size",
+    "max_position_embeddings",
+    "sliding_window",
+    "rope_theta",
+    "norm_eps",
+    "act_type",
+    "quant",
+    "architecture",
+    "tie_word_embeddings",
+    "chat_template",
+    "tokenizer_kind",
+    "tokenizer_pre",
+    "bos_token_id",
+    "eos_token_id",
+    "add_bos_token",
+];
+
 /// Hyper-parameters of a Mistral model, parsed from the header metadata and validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -62,6 +109,11 @@ pub struct Config {
     pub activation: Activation,
     /// Storage recorded by the exporter.
     pub quant: QuantKind,
+    /// Model family (metadata `architecture`; `mistral` when absent).
+    pub architecture: Architecture,
+    /// The embedding matrix is also the output projection: the file has no `lm_head.weight`
+    /// (metadata `tie_word_embeddings`; `false` when absent).
+    pub tie_word_embeddings: bool,
 }
 
 /// Upper bound for any single dimension: catches absurd metadata before anything is allocated.
@@ -70,6 +122,14 @@ const MAX_DIM: usize = 1 << 24;
 impl Config {
     /// Parses and validates the metadata map (every value a string, as the exporter writes it).
     pub fn from_metadata(metadata: &BTreeMap<String, String>) -> Result<Self, FormatErrorKind> {
+        let unknown: Vec<String> = metadata
+            .keys()
+            .filter(|k| !KNOWN_METADATA_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(FormatErrorKind::UnknownMetadata { keys: unknown });
+        }
         let hidden_size = dim(metadata, "hidden_size")?;
         let n_heads = dim(metadata, "n_heads")?;
         let head_dim = match metadata.get("head_dim") {
@@ -112,6 +172,12 @@ impl Config {
                 "int8" => QuantKind::Int8,
                 other => return Err(bad("quant", other, "\"f32\" or \"int8\"")),
             },
+            architecture: match metadata.get("architecture").map(|s| s.trim()) {
+                None | Some("mistral") => Architecture::Mistral,
+                Some("llama") => Architecture::Llama,
+                Some(other) => return Err(bad("architecture", other, "\"mistral\" or \"llama\"")),
+            },
+            tie_word_embeddings: optional_bool(metadata, "tie_word_embeddings")?.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -185,20 +251,44 @@ impl Config {
         if self.head_dim * self.n_heads != self.hidden_size {
             entries.push(("head_dim", self.head_dim.to_string()));
         }
+        // Written only when not the default, so Mistral files stay byte-identical to the
+        // original exporter's.
+        if self.architecture != Architecture::Mistral {
+            entries.push(("architecture", self.architecture.as_str().to_string()));
+        }
+        if self.tie_word_embeddings {
+            entries.push(("tie_word_embeddings", "true".to_string()));
+        }
         entries
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect()
     }
 
+    /// The name of the output projection's matrix: `lm_head.weight`, or the embedding matrix when
+    /// the embeddings are tied.
+    pub fn output_tensor_name(&self) -> &'static str {
+        if self.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+
     /// Every tensor a Mistral model of this configuration needs, with its shape and role.
     pub fn expected_tensors(&self) -> Vec<ExpectedTensor> {
         let h = self.hidden_size;
-        let mut list = vec![
-            ExpectedTensor::matrix("lm_head.weight", [self.vocab_size, h]),
+        let mut list = Vec::with_capacity(3 + 9 * self.n_layers);
+        if !self.tie_word_embeddings {
+            list.push(ExpectedTensor::matrix(
+                "lm_head.weight",
+                [self.vocab_size, h],
+            ));
+        }
+        list.extend([
             ExpectedTensor::matrix("model.embed_tokens.weight", [self.vocab_size, h]),
             ExpectedTensor::norm("model.norm.weight", h),
-        ];
+        ]);
         for layer in 0..self.n_layers {
             let name = |suffix: &str| layer_tensor_name(layer, suffix);
             list.extend([
@@ -335,6 +425,19 @@ fn window(metadata: &BTreeMap<String, String>) -> Result<Option<usize>, FormatEr
             Ok(n) if n <= (1 << 40) => Ok(Some(n)),
             _ => Err(bad("sliding_window", value, "a whole number or \"None\"")),
         },
+    }
+}
+
+/// `true`/`false` (also Python's `True`/`False` and `1`/`0`); `None` when the key is absent.
+pub(crate) fn optional_bool(
+    metadata: &BTreeMap<String, String>,
+    key: &str,
+) -> Result<Option<bool>, FormatErrorKind> {
+    match metadata.get(key).map(|s| s.trim()) {
+        None => Ok(None),
+        Some("true" | "True" | "1") => Ok(Some(true)),
+        Some("false" | "False" | "0") => Ok(Some(false)),
+        Some(other) => Err(bad(key, other, "\"true\" or \"false\"")),
     }
 }
 

@@ -104,6 +104,12 @@ pub enum FormatErrorKind {
         /// What was expected instead.
         expected: String,
     },
+    /// The metadata holds keys this version does not know (written by a newer exporter?).
+    #[error("metadata has keys this version does not know: {}", keys.join(", "))]
+    UnknownMetadata {
+        /// The unknown keys, sorted.
+        keys: Vec<String>,
+    },
     /// The configuration is inconsistent (e.g. heads not dividing the hidden size).
     #[error("invalid model configuration: {reason}")]
     InvalidConfig {

@@ -153,13 +153,99 @@ impl<'a> TensorRef<'a> {
     }
 }
 
-/// The vocabulary and merges embedded in the header (the tokenizer's raw material).
+/// Which tokenization algorithm the embedded vocabulary is for (metadata `tokenizer_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// SentencePiece-style BPE over `▁`-joined text with `<0xNN>` byte fallback (Mistral,
+    /// Llama 2). The default when the metadata names none.
+    SentencePiece,
+    /// GPT-2-style byte-level BPE after a pre-tokenizer regex (Llama 3, SmolLM, ...).
+    ByteLevelBpe,
+}
+
+impl TokenizerKind {
+    /// The metadata string (`"sentencepiece"` or `"byte_level_bpe"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenizerKind::SentencePiece => "sentencepiece",
+            TokenizerKind::ByteLevelBpe => "byte_level_bpe",
+        }
+    }
+}
+
+/// A token added on top of the BPE vocabulary (`<|im_start|>`, `<|endoftext|>`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedTokenData {
+    /// Its id.
+    pub id: u32,
+    /// Its text.
+    pub content: String,
+    /// A control token (matched in text only when asked, skipped when decoding).
+    pub special: bool,
+}
+
+/// The tokenizer's raw material: the vocabulary and merges embedded in the header, the added
+/// tokens, and the tokenizer settings kept in the metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizerData {
+    /// Algorithm (metadata `tokenizer_kind`).
+    pub kind: TokenizerKind,
     /// `(piece, id)` in header order.
     pub vocab: Vec<(String, u32)>,
     /// Merges as `"left right"`, highest priority first.
     pub merges: Vec<String>,
+    /// Added tokens (header `tokenizer.added_tokens`; none in the original exporter's files).
+    pub added_tokens: Vec<AddedTokenData>,
+    /// Pre-tokenizer of a byte-level tokenizer, by llama.cpp's name (`"smollm"`, `"llama-bpe"`,
+    /// `"gpt2"`; metadata `tokenizer_pre`).
+    pub pretokenizer: Option<String>,
+    /// Beginning-of-sequence id (metadata `bos_token_id`), if the file names one.
+    pub bos_id: Option<u32>,
+    /// End-of-sequence id (metadata `eos_token_id`), if the file names one.
+    pub eos_id: Option<u32>,
+    /// Whether prompts start with BOS (metadata `add_bos_token`), if the file says.
+    pub add_bos: Option<bool>,
+}
+
+impl TokenizerData {
+    /// A SentencePiece vocabulary with nothing else set: what the original exporter embeds.
+    pub fn sentencepiece(vocab: Vec<(String, u32)>, merges: Vec<String>) -> Self {
+        Self {
+            kind: TokenizerKind::SentencePiece,
+            vocab,
+            merges,
+            added_tokens: Vec::new(),
+            pretokenizer: None,
+            bos_id: None,
+            eos_id: None,
+            add_bos: None,
+        }
+    }
+
+    /// The metadata entries that carry this tokenizer's settings (none for a plain
+    /// SentencePiece vocabulary, so such files stay byte-identical to the exporter's).
+    pub fn metadata_entries(&self) -> Vec<(String, String)> {
+        let mut entries = Vec::new();
+        if self.kind != TokenizerKind::SentencePiece {
+            entries.push(("tokenizer_kind", self.kind.as_str().to_string()));
+        }
+        if let Some(pre) = &self.pretokenizer {
+            entries.push(("tokenizer_pre", pre.clone()));
+        }
+        if let Some(id) = self.bos_id {
+            entries.push(("bos_token_id", id.to_string()));
+        }
+        if let Some(id) = self.eos_id {
+            entries.push(("eos_token_id", id.to_string()));
+        }
+        if let Some(add) = self.add_bos {
+            entries.push(("add_bos_token", add.to_string()));
+        }
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
 }
 
 /// Whether to bring a tensor's pages in or give them back.
@@ -515,7 +601,70 @@ impl ModelFile {
             }
             merges.push(merge);
         }
-        Ok(TokenizerData { vocab, merges })
+        let in_vocab = |id: u32, what: &str| {
+            if (id as usize) < self.config.vocab_size {
+                Ok(id)
+            } else {
+                Err(bad(format!(
+                    "{what} id {id} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                )))
+            }
+        };
+        let mut added_tokens = Vec::with_capacity(raw.added_tokens.len());
+        for token in raw.added_tokens {
+            added_tokens.push(AddedTokenData {
+                id: in_vocab(token.id, "added token")?,
+                content: token.content,
+                special: token.special,
+            });
+        }
+        let meta = |key: &str| self.metadata.get(key).map(|s| s.trim());
+        let meta_err = |key: &str, value: &str, expected: &str| {
+            self.error(FormatErrorKind::BadMetadata {
+                key: key.into(),
+                value: value.into(),
+                expected: expected.into(),
+            })
+        };
+        let kind = match meta("tokenizer_kind") {
+            None | Some("sentencepiece") => TokenizerKind::SentencePiece,
+            Some("byte_level_bpe") => TokenizerKind::ByteLevelBpe,
+            Some(other) => {
+                return Err(meta_err(
+                    "tokenizer_kind",
+                    other,
+                    "\"sentencepiece\" or \"byte_level_bpe\"",
+                ))
+            }
+        };
+        let id = |key: &str| -> Result<Option<u32>, FormatError> {
+            match meta(key) {
+                None => Ok(None),
+                Some(text) => match text.parse::<u32>() {
+                    Ok(id) => in_vocab(id, key).map(Some),
+                    Err(_) => Err(meta_err(key, text, "a token id")),
+                },
+            }
+        };
+        let add_bos = crate::config::optional_bool(&self.metadata, "add_bos_token")
+            .map_err(|kind| self.error(kind))?;
+        Ok(TokenizerData {
+            kind,
+            vocab,
+            merges,
+            added_tokens,
+            pretokenizer: meta("tokenizer_pre").map(str::to_string),
+            bos_id: id("bos_token_id")?,
+            eos_id: id("eos_token_id")?,
+            add_bos,
+        })
+    }
+
+    /// The chat template the file carries (metadata `chat_template`: the model's Jinja source,
+    /// as in its `tokenizer_config.json` or GGUF `tokenizer.chat_template`).
+    pub fn chat_template(&self) -> Option<&str> {
+        self.metadata.get("chat_template").map(String::as_str)
     }
 
     /// Brings a tensor's pages in, or gives them back, over its byte range (data and scales).
@@ -837,6 +986,16 @@ fn check_range(
 struct RawTokenizer {
     vocab: OrderedVocab,
     merges: Vec<RawMerge>,
+    #[serde(default)]
+    added_tokens: Vec<RawAddedToken>,
+}
+
+#[derive(Deserialize)]
+struct RawAddedToken {
+    id: u32,
+    content: String,
+    #[serde(default)]
+    special: bool,
 }
 
 #[derive(Deserialize)]

@@ -29,11 +29,12 @@ pub mod quant;
 mod writer;
 
 pub use config::{
-    layer_tensor_name, python_float_str, Activation, Config, ExpectedTensor, QuantKind,
+    layer_tensor_name, python_float_str, Activation, Architecture, Config, ExpectedTensor,
+    QuantKind, KNOWN_METADATA_KEYS,
 };
 pub use error::{FormatError, FormatErrorKind};
 pub use file::{
-    evict_from_page_cache, DType, Int8View, ModelFile, Residency, ScaleInfo, TensorData,
-    TensorInfo, TensorRef, TokenizerData, ALIGNMENT, MAX_HEADER_LEN,
+    evict_from_page_cache, AddedTokenData, DType, Int8View, ModelFile, Residency, ScaleInfo,
+    TensorData, TensorInfo, TensorRef, TokenizerData, TokenizerKind, ALIGNMENT, MAX_HEADER_LEN,
 };
 pub use writer::{ModelWriter, TensorSpec};

@@ -345,7 +345,14 @@ fn header_json(
 ) -> Vec<u8> {
     let mut s = String::with_capacity(1 << 16);
     s.push_str("{\"metadata\": {");
-    for (i, (key, value)) in metadata.iter().enumerate() {
+    // The tokenizer's settings live in the metadata; the caller may have listed them already.
+    let tokenizer_entries: Vec<(String, String)> = tokenizer
+        .map(|t| t.metadata_entries())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, _)| !metadata.iter().any(|(k, _)| k == key))
+        .collect();
+    for (i, (key, value)) in metadata.iter().chain(&tokenizer_entries).enumerate() {
         if i > 0 {
             s.push_str(", ");
         }
@@ -391,7 +398,20 @@ fn header_json(
             }
             push_json_string(&mut s, merge);
         }
-        s.push_str("]}");
+        s.push(']');
+        if !tokenizer.added_tokens.is_empty() {
+            s.push_str(", \"added_tokens\": [");
+            for (i, token) in tokenizer.added_tokens.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(&format!("{{\"id\": {}, \"content\": ", token.id));
+                push_json_string(&mut s, &token.content);
+                s.push_str(&format!(", \"special\": {}}}", token.special));
+            }
+            s.push(']');
+        }
+        s.push('}');
     }
     s.push('}');
     s.into_bytes()

@@ -23,6 +23,9 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Report the top-`logprobs` log-probabilities of every generated position (`0`: none).
     pub logprobs: usize,
+    /// More ids that end generation as EOS does (e.g. a chat template's `<|im_end|>`); like
+    /// EOS, such a token is reported, adds no text, and stays in the cache.
+    pub stop_tokens: Vec<u32>,
 }
 
 impl Default for GenerateOptions {
@@ -32,6 +35,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             stop_at_eos: true,
             logprobs: 0,
+            stop_tokens: Vec::new(),
         }
     }
 }
@@ -202,7 +206,8 @@ impl<R: Residency> TokenStream<'_, '_, R> {
         if let Some(started) = self.generation_started {
             self.generation_time = started.elapsed();
         }
-        let is_eos = Some(id) == self.session.model().tokenizer().eos_id();
+        let is_eos = Some(id) == self.session.model().tokenizer().eos_id()
+            || self.options.stop_tokens.contains(&id);
         let text = self.decoder.push(id);
         if is_eos && self.options.stop_at_eos {
             self.stop_reason = Some(StopReason::EndOfSequence);

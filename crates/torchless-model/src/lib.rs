@@ -29,7 +29,7 @@ mod perplexity;
 pub mod sampling;
 mod session;
 
-pub use chat::Chat;
+pub use chat::{Chat, ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
 pub use generate::{
     GenerateOptions, GeneratedToken, Generation, GenerationStats, StopReason, TokenStream,

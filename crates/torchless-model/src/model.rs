@@ -10,7 +10,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use torchless_format::{layer_tensor_name, Config, ModelFile, Residency as Advice, TensorData};
+use torchless_format::{
+    layer_tensor_name, Config, ModelFile, Residency as Advice, TensorData, TokenizerData,
+    TokenizerKind,
+};
 use torchless_kernels::{MatRef, RopeTable};
 use torchless_tokenizer::Tokenizer;
 
@@ -149,7 +152,20 @@ pub(crate) struct LayerWeights<'a> {
 
 pub(crate) const EMBED: &str = "model.embed_tokens.weight";
 pub(crate) const FINAL_NORM: &str = "model.norm.weight";
-pub(crate) const LM_HEAD: &str = "lm_head.weight";
+
+/// Builds the tokenizer the file describes. Byte-level BPE files are refused by name until the
+/// byte-level tokenizer lands.
+pub(crate) fn tokenizer_from_data(data: TokenizerData) -> Result<Tokenizer> {
+    Ok(match data.kind {
+        TokenizerKind::SentencePiece => Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?,
+        TokenizerKind::ByteLevelBpe => {
+            return Err(ModelError::InvalidOption {
+                option: "tokenizer_kind".into(),
+                message: "byte-level BPE tokenizers are not supported by this version".into(),
+            })
+        }
+    })
+}
 
 /// Most bytes of `lm_head` that lazy mode maps at once. It is the largest matrix (524 MB as f32
 /// for 7B); mapped whole next to the last layers, it set the peak resident set.
@@ -231,10 +247,7 @@ impl<R: Residency> Model<R> {
 
         let tokenizer = match options.tokenizer.take() {
             Some(t) => t,
-            None => {
-                let data = file.tokenizer_data()?;
-                Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?
-            }
+            None => tokenizer_from_data(file.tokenizer_data()?)?,
         };
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(ModelError::InvalidOption {
@@ -254,7 +267,7 @@ impl<R: Residency> Model<R> {
             config.max_position_embeddings,
         )?;
         let layers = (0..config.n_layers).map(LayerNames::new).collect();
-        let lm_head_bytes = file.tensor_info(LM_HEAD)?.bytes_read();
+        let lm_head_bytes = file.tensor_info(config.output_tensor_name())?.bytes_read();
         let output_chunks = split_rows(config.vocab_size, lm_head_bytes, OUTPUT_CHUNK_BYTES);
         let model = Self {
             file,
@@ -299,8 +312,11 @@ impl<R: Residency> Model<R> {
     }
 
     /// Bytes of weights one decode step reads: every layer, the final norm and the output matrix
-    /// (plus one embedding row).
+    /// (plus one embedding row, unless the embedding is the output matrix and read whole anyway).
     pub fn bytes_per_token(&self) -> u64 {
+        if self.config.tie_word_embeddings {
+            return self.file.tensors().map(|t| t.bytes_read() as u64).sum();
+        }
         let embed_row = self
             .file
             .tensor_info(EMBED)
@@ -350,7 +366,7 @@ impl<R: Residency> Model<R> {
     }
 
     pub(crate) fn lm_head(&self) -> Result<MatRef<'_>> {
-        self.matrix(LM_HEAD)
+        self.matrix(self.config.output_tensor_name())
     }
 
     pub(crate) fn embedding(&self) -> Result<MatRef<'_>> {
@@ -407,7 +423,11 @@ impl<R: Residency> Model<R> {
         let _ = match self.layers.get(step) {
             Some(names) => self.file.set_group_residency(&names.all(), advice),
             None => match self.output_chunks.get(step - self.layers.len()) {
-                Some(rows) => self.file.set_rows_residency(LM_HEAD, rows.clone(), advice),
+                Some(rows) => self.file.set_rows_residency(
+                    self.config.output_tensor_name(),
+                    rows.clone(),
+                    advice,
+                ),
                 None => Ok(()),
             },
         };

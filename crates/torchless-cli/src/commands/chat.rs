@@ -67,6 +67,7 @@ fn run_with<R: Residency>(args: ChatArgs) -> anyhow::Result<()> {
             sampling: sampling.clone(),
             stop_at_eos: true,
             logprobs: 0,
+            stop_tokens: Vec::new(),
         };
         let json = args.model.json;
         let answer = chat.send(message, options, |token| {

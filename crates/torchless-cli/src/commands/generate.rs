@@ -53,6 +53,7 @@ fn run_with<R: Residency>(args: GenerateArgs) -> anyhow::Result<()> {
         sampling: sampling.clone(),
         stop_at_eos: !args.ignore_eos,
         logprobs: args.logprobs.unwrap_or(0),
+        stop_tokens: Vec::new(),
     };
 
     let interrupted = output::interrupt_flag();

@@ -23,8 +23,8 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use torchless_model::format::quant::{quantize_group, GROUP_SIZE};
 use torchless_model::format::{
-    Activation, Config, DType, ModelFile, ModelWriter, QuantKind, TensorSpec, TokenizerData,
-    ALIGNMENT,
+    Activation, Architecture, Config, DType, ModelFile, ModelWriter, QuantKind, TensorSpec,
+    TokenizerData, ALIGNMENT,
 };
 
 use super::convert::{hf_tokenizer, human_size, PartialFile, Quant};
@@ -101,6 +101,8 @@ impl Shape {
             norm_eps: 1e-5,
             activation: Activation::Silu,
             quant,
+            architecture: Architecture::Mistral,
+            tie_word_embeddings: false,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::value::RawValue;
-use torchless_model::format::{python_float_str, Activation, Config, QuantKind};
+use torchless_model::format::{python_float_str, Activation, Architecture, Config, QuantKind};
 
 /// A JSON object whose values are kept as raw text, so numbers can be printed the way Python's
 /// `str()` prints what `json.load` made of them (an integer stays `10000`, a float becomes `10000.0`).
@@ -171,7 +171,7 @@ pub fn read_config(dir: &Path) -> anyhow::Result<HfConfig> {
 pub fn parse_config(text: &str, what: &str) -> anyhow::Result<HfConfig> {
     let cfg = RawObject::parse(text, what)?;
 
-    check_architecture(&cfg)?;
+    let architecture = check_architecture(&cfg)?;
 
     let hidden_act = cfg.string("hidden_act")?.unwrap_or_else(|| "silu".into());
     if hidden_act != "silu" {
@@ -185,9 +185,11 @@ pub fn parse_config(text: &str, what: &str) -> anyhow::Result<HfConfig> {
     {
         bail!("{what}: biases in attention or MLP are not part of Mistral and are not supported");
     }
-    if cfg.get("tie_word_embeddings") == Some("true") {
-        bail!("{what}: tie_word_embeddings is true; Mistral has a separate lm_head and tied embeddings are not supported");
-    }
+    let tie_word_embeddings = match cfg.get("tie_word_embeddings") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => bail!("{what}: tie_word_embeddings is {other}, expected true or false"),
+    };
 
     let hidden_size = cfg.dim("hidden_size")?;
     let n_heads = cfg.dim("num_attention_heads")?;
@@ -210,7 +212,8 @@ pub fn parse_config(text: &str, what: &str) -> anyhow::Result<HfConfig> {
         ),
         None => bail!("{what}: `rms_norm_eps` is missing"),
     };
-    if !cfg.has_key("sliding_window") {
+    // Llama configs have no window; a Mistral config always names one (null for none).
+    if architecture == Architecture::Mistral && !cfg.has_key("sliding_window") {
         bail!("{what}: `sliding_window` is missing (Mistral configs give a number, or null for no window)");
     }
     let sliding_window = match cfg.number("sliding_window")? {
@@ -236,6 +239,8 @@ pub fn parse_config(text: &str, what: &str) -> anyhow::Result<HfConfig> {
         norm_eps: norm_eps.value(),
         activation: Activation::Silu,
         quant: QuantKind::F32,
+        architecture,
+        tie_word_embeddings,
     };
     config
         .validate()
@@ -249,28 +254,42 @@ pub fn parse_config(text: &str, what: &str) -> anyhow::Result<HfConfig> {
     })
 }
 
-/// `MistralForCausalLM` / `model_type: "mistral"`; anything else is refused by name.
-fn check_architecture(cfg: &RawObject) -> anyhow::Result<()> {
+/// `MistralForCausalLM` / `model_type: "mistral"` or `LlamaForCausalLM` / `"llama"`; anything
+/// else is refused by name.
+fn check_architecture(cfg: &RawObject) -> anyhow::Result<Architecture> {
+    const KNOWN: [(&str, &str, Architecture); 2] = [
+        ("MistralForCausalLM", "mistral", Architecture::Mistral),
+        ("LlamaForCausalLM", "llama", Architecture::Llama),
+    ];
     let what = &cfg.what;
     let model_type = cfg.string("model_type")?;
-    let architectures = cfg.strings("architectures")?;
-    if let Some(archs) = &architectures {
-        if !archs.is_empty() && !archs.iter().any(|a| a == "MistralForCausalLM") {
-            bail!(
-                "{what}: architecture {} is not supported (only MistralForCausalLM)",
-                archs.join(", ")
-            );
-        }
+    let architectures = cfg.strings("architectures")?.unwrap_or_default();
+    let by_class = KNOWN
+        .iter()
+        .find(|(class, _, _)| architectures.iter().any(|a| a == class));
+    if !architectures.is_empty() && by_class.is_none() {
+        bail!(
+            "{what}: architecture {} is not supported (only MistralForCausalLM and LlamaForCausalLM)",
+            architectures.join(", ")
+        );
     }
-    match model_type.as_deref() {
-        Some("mistral") => Ok(()),
-        Some(other) => bail!(
-            "{what}: model_type {other:?} is not supported (only \"mistral\"; Llama-style checkpoints differ in details such as RoPE scaling and are refused rather than converted wrongly)"
+    let by_type = match model_type.as_deref() {
+        None => None,
+        Some(name) => match KNOWN.iter().find(|(_, t, _)| *t == name) {
+            Some(known) => Some(known),
+            None => bail!(
+                "{what}: model_type {name:?} is not supported (only \"mistral\" and \"llama\")"
+            ),
+        },
+    };
+    match (by_class, by_type) {
+        (Some(a), Some(b)) if a.2 != b.2 => bail!(
+            "{what}: architectures says {} but model_type says {:?}",
+            a.0,
+            b.1
         ),
-        None if architectures.is_some_and(|a| a.iter().any(|a| a == "MistralForCausalLM")) => {
-            Ok(())
-        }
-        None => bail!("{what}: neither model_type \"mistral\" nor architectures [\"MistralForCausalLM\"]: not a Mistral checkpoint"),
+        (Some(&(_, _, arch)), _) | (None, Some(&(_, _, arch))) => Ok(arch),
+        (None, None) => bail!("{what}: neither model_type (\"mistral\", \"llama\") nor architectures (MistralForCausalLM, LlamaForCausalLM): not a supported checkpoint"),
     }
 }
 
@@ -365,12 +384,42 @@ mod tests {
     }
 
     #[test]
-    fn refuses_other_architectures_and_options() {
+    fn llama_configs_have_no_window_and_may_tie_embeddings() {
         let llama = OLD
             .replace("MistralForCausalLM", "LlamaForCausalLM")
-            .replace("\"mistral\"", "\"llama\"");
-        let e = parse_config(&llama, "c").unwrap_err().to_string();
-        assert!(e.contains("LlamaForCausalLM"), "{e}");
+            .replace("\"mistral\"", "\"llama\"")
+            .replace("\"sliding_window\": 4096, ", "")
+            .replace(
+                "\"tie_word_embeddings\": false",
+                "\"tie_word_embeddings\": true",
+            );
+        let c = parse_config(&llama, "c").unwrap();
+        assert_eq!(c.config.architecture, Architecture::Llama);
+        assert!(c.config.tie_word_embeddings);
+        let m = meta(&c);
+        assert_eq!(m["architecture"], "llama");
+        assert_eq!(m["tie_word_embeddings"], "true");
+        assert_eq!(m["sliding_window"], "None");
+        assert!(!c
+            .config
+            .expected_tensors()
+            .iter()
+            .any(|t| t.name == "lm_head.weight"));
+        // The Mistral layout writes neither key, as the original exporter.
+        let m = meta(&parse_config(OLD, "c").unwrap());
+        assert!(!m.contains_key("architecture") && !m.contains_key("tie_word_embeddings"));
+    }
+
+    #[test]
+    fn refuses_other_architectures_and_options() {
+        let gemma = OLD
+            .replace("MistralForCausalLM", "GemmaForCausalLM")
+            .replace("\"mistral\"", "\"gemma\"");
+        let e = parse_config(&gemma, "c").unwrap_err().to_string();
+        assert!(e.contains("GemmaForCausalLM"), "{e}");
+        let mixed = OLD.replace("\"mistral\"", "\"llama\"");
+        let e = parse_config(&mixed, "c").unwrap_err().to_string();
+        assert!(e.contains("model_type"), "{e}");
         let scaled = OLD.replace(
             "\"vocab_size\"",
             "\"rope_scaling\": {\"type\": \"linear\"}, \"vocab_size\"",

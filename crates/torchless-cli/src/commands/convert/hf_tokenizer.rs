@@ -101,10 +101,7 @@ pub fn parse_tokenizer(text: &str, what: &str) -> anyhow::Result<TokenizerData> 
             }
         });
     }
-    let data = TokenizerData {
-        vocab: model.vocab.0,
-        merges,
-    };
+    let data = TokenizerData::sentencepiece(model.vocab.0, merges);
     Tokenizer::from_vocab_and_merges(data.vocab.iter().cloned(), data.merges.iter().cloned())
         .with_context(|| format!("{what}: the vocabulary is not usable by torchless"))?;
     Ok(data)

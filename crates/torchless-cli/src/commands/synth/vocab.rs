@@ -78,7 +78,7 @@ pub fn synthetic_vocab(size: usize) -> anyhow::Result<TokenizerData> {
         .enumerate()
         .map(|(id, piece)| (piece, id as u32))
         .collect();
-    Ok(TokenizerData { vocab, merges })
+    Ok(TokenizerData::sentencepiece(vocab, merges))
 }
 
 #[cfg(test)]
