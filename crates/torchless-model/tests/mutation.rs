@@ -765,7 +765,17 @@ fn metadata_edits(f: &Fixture, cases: &mut Vec<Case>) {
         // Informational only: each tensor's dtype decides.
         ("quant", s("int8"), Expect::Finite),
         ("quant", s("f32"), Expect::Finite),
-        ("some_new_key", s("whatever"), Expect::Finite),
+        // Keys this version does not know are refused by name, not ignored.
+        ("some_new_key", s("whatever"), Expect::Err),
+        ("architecture", s("llama"), Expect::Finite),
+        ("architecture", s("gpt2"), Expect::Err),
+        // Tied, but the file has its own lm_head: the embedding is used and lm_head ignored.
+        ("tie_word_embeddings", s("true"), Expect::Finite),
+        ("tie_word_embeddings", s("perhaps"), Expect::Err),
+        ("tokenizer_kind", s("wordpiece"), Expect::Err),
+        ("tokenizer_kind", s("byte_level_bpe"), Expect::Err),
+        ("bos_token_id", s("99999999"), Expect::Err),
+        ("chat_template", s("{% for"), Expect::Finite),
     ]);
     for (key, value, expect) in edits {
         let label = format!(
@@ -940,8 +950,8 @@ fn corrupted_model_files_end_in_errors_or_results_never_panics() {
     // (fixture, seed, expected number of cases): the counts follow from the fixtures' tensor
     // tables; a change means cases were lost or added, which should be deliberate.
     let fixtures = [
-        ("small-gqa-int8.bin", 0x5EED_0001, 502),
-        ("small-gqa-f32.bin", 0x5EED_0002, 431),
+        ("small-gqa-int8.bin", 0x5EED_0001, 510),
+        ("small-gqa-f32.bin", 0x5EED_0002, 439),
     ];
     let mut report = String::new();
     let mut failures = Vec::new();
