@@ -25,6 +25,7 @@ compile_error!("torchless model files are little-endian and are mapped without c
 mod config;
 mod error;
 mod file;
+pub mod gguf;
 pub mod quant;
 mod writer;
 
