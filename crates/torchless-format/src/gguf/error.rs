@@ -178,7 +178,7 @@ pub enum GgufErrorKind {
         tensor: String,
         /// Its ggml type.
         ggml_type: String,
-        /// Values per row (dims[0]).
+        /// Values per row (`dims[0]`).
         row_len: u64,
         /// Values per block.
         block_size: u64,
