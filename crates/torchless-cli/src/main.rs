@@ -48,7 +48,7 @@ enum Command {
     Info(commands::info::InfoArgs),
     /// Print the token ids of a text.
     Tokenize(commands::tokenize::TokenizeArgs),
-    /// Convert a Hugging Face Mistral checkpoint into a torchless model file.
+    /// Convert a Hugging Face Mistral/Llama checkpoint or a GGUF file into a torchless model file.
     Convert(commands::convert::ConvertArgs),
     /// Write a model file with given shapes and random weights (for benchmarks).
     Synth(commands::synth::SynthArgs),

@@ -242,18 +242,9 @@ fn jinja_ids(
     ids.extend(tokenizer.encode(rest, markup));
     // A template that writes `bos_token` itself has put it in already; otherwise the tokenizer's
     // convention decides, as Hugging Face's `apply_chat_template(tokenize=True)` does.
-    let convention = tokenizer.encode(
-        "",
-        EncodeOptions {
-            add_bos: true,
-            parse_special: false,
-        },
-    );
-    if let Some(&bos) = convention.first() {
-        {
-            if ids.first() != Some(&bos) {
-                ids.insert(0, bos);
-            }
+    if let Some(bos) = tokenizer.bos_id().filter(|_| tokenizer.adds_bos()) {
+        if ids.first() != Some(&bos) {
+            ids.insert(0, bos);
         }
     }
     Ok(ids)

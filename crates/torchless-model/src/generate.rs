@@ -23,8 +23,9 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Report the top-`logprobs` log-probabilities of every generated position (`0`: none).
     pub logprobs: usize,
-    /// More ids that end generation as EOS does (e.g. a chat template's `<|im_end|>`); like
-    /// EOS, such a token is reported, adds no text, and stays in the cache.
+    /// More ids that end generation as EOS does (e.g. a chat template's `<|im_end|>`), whatever
+    /// `stop_at_eos` says; like EOS, such a token is reported, adds no text, and stays in the
+    /// cache.
     pub stop_tokens: Vec<u32>,
 }
 
@@ -206,10 +207,9 @@ impl<R: Residency> TokenStream<'_, '_, R> {
         if let Some(started) = self.generation_started {
             self.generation_time = started.elapsed();
         }
-        let is_eos = Some(id) == self.session.model().tokenizer().eos_id()
-            || self.options.stop_tokens.contains(&id);
+        let is_eos = Some(id) == self.session.model().tokenizer().eos_id();
         let text = self.decoder.push(id);
-        if is_eos && self.options.stop_at_eos {
+        if (is_eos && self.options.stop_at_eos) || self.options.stop_tokens.contains(&id) {
             self.stop_reason = Some(StopReason::EndOfSequence);
         }
         Ok(Some(GeneratedToken {
@@ -302,13 +302,16 @@ impl<'m, R: Residency> Session<'m, R> {
         })
     }
 
-    /// Encodes `prompt` (with BOS when the session is empty) and generates from it, without a
-    /// callback. The simplest way to get a completion.
+    /// Encodes `prompt` (with BOS when the session is empty and the model's prompts start with
+    /// one) and generates from it, without a callback. The simplest way to get a completion.
     pub fn complete(&mut self, prompt: &str, options: GenerateOptions) -> Result<Generation> {
-        let ids = self.model().tokenizer().encode(
+        let tokenizer = self.model().tokenizer();
+        let ids = tokenizer.encode(
             prompt,
             torchless_tokenizer::EncodeOptions {
-                add_bos: self.position() == 0 && self.pending_token().is_none(),
+                add_bos: tokenizer.adds_bos()
+                    && self.position() == 0
+                    && self.pending_token().is_none(),
                 parse_special: false,
             },
         );

@@ -36,7 +36,8 @@ pub use generate::{
 };
 pub use kv_cache::KvCache;
 pub use model::{
-    Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency, Resident,
+    tokenizer_from_data, Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency,
+    Resident,
 };
 pub use perplexity::{Divergence, Perplexity};
 pub use sampling::{Sampler, SamplingParams};

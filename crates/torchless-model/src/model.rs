@@ -15,7 +15,7 @@ use torchless_format::{
     TokenizerKind,
 };
 use torchless_kernels::{MatRef, RopeTable};
-use torchless_tokenizer::Tokenizer;
+use torchless_tokenizer::{AddedToken, ByteLevelBpe, Pretokenizer, Tokenizer};
 
 use crate::error::{ModelError, Result};
 use crate::session::{Session, SessionOptions};
@@ -153,16 +153,38 @@ pub(crate) struct LayerWeights<'a> {
 pub(crate) const EMBED: &str = "model.embed_tokens.weight";
 pub(crate) const FINAL_NORM: &str = "model.norm.weight";
 
-/// Builds the tokenizer the file describes. Byte-level BPE files are refused by name until the
-/// byte-level tokenizer lands.
-pub(crate) fn tokenizer_from_data(data: TokenizerData) -> Result<Tokenizer> {
+/// Builds the tokenizer a model file describes: SentencePiece from the vocabulary and merges,
+/// or byte-level BPE with its pre-tokenizer, added tokens, BOS/EOS and BOS rule from the
+/// metadata. Errors name the pre-tokenizer or the inconsistency.
+pub fn tokenizer_from_data(data: TokenizerData) -> Result<Tokenizer> {
     Ok(match data.kind {
         TokenizerKind::SentencePiece => Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?,
         TokenizerKind::ByteLevelBpe => {
-            return Err(ModelError::InvalidOption {
-                option: "tokenizer_kind".into(),
-                message: "byte-level BPE tokenizers are not supported by this version".into(),
-            })
+            let name = data.pretokenizer.as_deref().unwrap_or("gpt2");
+            let pretokenizer =
+                Pretokenizer::from_name(name).ok_or_else(|| ModelError::InvalidOption {
+                    option: "tokenizer_pre".into(),
+                    message: format!(
+                        "byte-level pre-tokenizer {name:?} is not supported (gpt2, smollm, llama-bpe)"
+                    ),
+                })?;
+            Tokenizer::from_byte_level_bpe(ByteLevelBpe {
+                vocab: data.vocab,
+                merges: data.merges,
+                pretokenizer,
+                added_tokens: data
+                    .added_tokens
+                    .into_iter()
+                    .map(|t| AddedToken {
+                        id: t.id,
+                        content: t.content,
+                        special: t.special,
+                    })
+                    .collect(),
+                bos_id: data.bos_id,
+                eos_id: data.eos_id,
+                add_bos: data.add_bos.unwrap_or(false),
+            })?
         }
     })
 }

@@ -38,9 +38,28 @@ pub struct Divergence {
 
 impl<R: Residency> Session<'_, R> {
     /// `ids` cut into chunks of at most `ctx` tokens, each starting with BOS (a leading BOS in
-    /// `ids` is not counted twice).
+    /// `ids` is not counted twice). For a model whose prompts have no BOS (SmolLM2, GPT-2
+    /// style), the chunks are plain windows of `ctx` tokens and each window's first token is
+    /// context only, as Hugging Face's strided evaluation with no overlap does.
     fn chunks(&self, ids: &[u32], ctx: usize) -> Result<Vec<Vec<u32>>> {
-        let bos = self.model().tokenizer().bos_id().unwrap_or(1);
+        let tokenizer = self.model().tokenizer();
+        if !tokenizer.adds_bos() {
+            if ctx < 2 {
+                return Err(ModelError::InvalidOption {
+                    option: "ctx".into(),
+                    message: format!("{ctx} leaves no token to predict in a window; use 2 or more"),
+                });
+            }
+            if ids.len() < 2 {
+                return Err(ModelError::EmptyInput("fewer than two tokens to evaluate"));
+            }
+            return Ok(ids
+                .chunks(ctx)
+                .filter(|chunk| chunk.len() >= 2)
+                .map(<[u32]>::to_vec)
+                .collect());
+        }
+        let bos = tokenizer.bos_id().unwrap_or(1);
         let text = ids.strip_prefix(&[bos]).unwrap_or(ids);
         if ctx < 2 {
             return Err(ModelError::InvalidOption {

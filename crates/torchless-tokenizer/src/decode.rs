@@ -13,6 +13,7 @@
 //!
 //! Ids outside the vocabulary are ignored, as if absent.
 
+use crate::byte_level::ByteVocab;
 use crate::vocab::{TokenKind, Vocab};
 use crate::DecodeOptions;
 
@@ -153,7 +154,7 @@ fn decode_utf8_char(bytes: &[u8]) -> Option<(char, usize)> {
 /// [`Tokenizer::decode`]: crate::Tokenizer::decode
 #[derive(Debug, Clone)]
 pub struct StreamDecoder<'a> {
-    vocab: &'a Vocab,
+    vocab: StreamVocab<'a>,
     options: DecodeOptions,
     /// Byte-piece bytes not yet output: a prefix of a possibly valid
     /// character, so at most 3 bytes.
@@ -162,8 +163,23 @@ pub struct StreamDecoder<'a> {
     emitted_any: bool,
 }
 
+/// The tables a stream decodes with.
+#[derive(Debug, Clone, Copy)]
+enum StreamVocab<'a> {
+    SentencePiece(&'a Vocab),
+    ByteLevel(&'a ByteVocab),
+}
+
 impl<'a> StreamDecoder<'a> {
     pub(crate) fn new(vocab: &'a Vocab, options: DecodeOptions) -> Self {
+        Self::with_vocab(StreamVocab::SentencePiece(vocab), options)
+    }
+
+    pub(crate) fn new_byte_level(vocab: &'a ByteVocab, options: DecodeOptions) -> Self {
+        Self::with_vocab(StreamVocab::ByteLevel(vocab), options)
+    }
+
+    fn with_vocab(vocab: StreamVocab<'a>, options: DecodeOptions) -> Self {
         StreamDecoder {
             vocab,
             options,
@@ -184,7 +200,15 @@ impl<'a> StreamDecoder<'a> {
 
     /// Like [`push`](Self::push), appending to `out` instead of allocating.
     pub fn push_to(&mut self, id: u32, out: &mut String) {
-        let Some(&kind) = self.vocab.kinds.get(id as usize) else {
+        let vocab = match self.vocab {
+            StreamVocab::SentencePiece(vocab) => vocab,
+            StreamVocab::ByteLevel(vocab) => {
+                vocab.push_token_bytes(id, self.options.skip_special, &mut self.pending);
+                self.drain_lossy(false, out);
+                return;
+            }
+        };
+        let Some(&kind) = vocab.kinds.get(id as usize) else {
             return;
         };
         let start = out.len();
@@ -195,7 +219,7 @@ impl<'a> StreamDecoder<'a> {
             self.drain_pending(true, out);
             let empty = !self.emitted_any && out.len() == start;
             self.leading
-                .push_piece(self.vocab, id as usize, kind, self.options, empty, out);
+                .push_piece(vocab, id as usize, kind, self.options, empty, out);
         }
         self.emitted_any |= out.len() > start;
     }
@@ -204,8 +228,45 @@ impl<'a> StreamDecoder<'a> {
     /// they never completed a character).
     pub fn finish(mut self) -> String {
         let mut out = String::new();
-        self.drain_pending(true, &mut out);
+        match self.vocab {
+            StreamVocab::SentencePiece(_) => self.drain_pending(true, &mut out),
+            StreamVocab::ByteLevel(_) => self.drain_lossy(true, &mut out),
+        }
         out
+    }
+
+    /// Byte-level streams: outputs what `String::from_utf8_lossy` of the whole stream would
+    /// output for the pending bytes (one U+FFFD per ill-formed sequence), keeping back an
+    /// incomplete character unless `end`.
+    fn drain_lossy(&mut self, end: bool, out: &mut String) {
+        let mut at = 0;
+        while at < self.pending.len() {
+            match std::str::from_utf8(&self.pending[at..]) {
+                Ok(valid) => {
+                    out.push_str(valid);
+                    at = self.pending.len();
+                }
+                Err(error) => {
+                    let valid_len = error.valid_up_to();
+                    if let Ok(valid) = std::str::from_utf8(&self.pending[at..at + valid_len]) {
+                        out.push_str(valid);
+                    }
+                    at += valid_len;
+                    match error.error_len() {
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            at += bad;
+                        }
+                        None if end => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            at = self.pending.len();
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.pending.drain(..at);
     }
 
     /// Outputs every pending character whose fate is decided. With `end`,

@@ -24,10 +24,23 @@ const CACHE_MIN_BYTES: usize = 16 << 10;
 /// the [`UNKNOWN_CHAR`] bit so it never forms a pair.
 const DEAD: u32 = u32::MAX;
 
+/// The merge table as the merge loops see it: `(rank << 32 | merged id)` if two adjacent
+/// symbols merge. Shared by the SentencePiece and the byte-level vocabularies.
+pub(crate) trait PairTable {
+    fn pair(&self, left: u32, right: u32) -> Option<u64>;
+}
+
+impl PairTable for Vocab {
+    #[inline]
+    fn pair(&self, left: u32, right: u32) -> Option<u64> {
+        Vocab::pair(self, left, right)
+    }
+}
+
 /// Reusable buffers for one encode call.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    symbols: Vec<u32>,
+    pub(crate) symbols: Vec<u32>,
     pair_values: Vec<u64>,
     prev: Vec<u32>,
     next: Vec<u32>,
@@ -95,19 +108,7 @@ impl Vocab {
     }
 
     fn merge_and_emit(&self, scratch: &mut Scratch, span_start: usize, out: &mut Vec<u32>) {
-        if scratch.symbols.len() <= SMALL_SEGMENT {
-            merge_by_scan(self, &mut scratch.symbols, &mut scratch.pair_values);
-            for i in 0..scratch.symbols.len() {
-                self.emit(scratch.symbols[i], span_start, out);
-            }
-        } else {
-            merge_by_heap(self, scratch);
-            let mut at = 0u32;
-            while at != NONE {
-                self.emit(scratch.symbols[at as usize], span_start, out);
-                at = scratch.next[at as usize];
-            }
-        }
+        merge(self, scratch, |symbol| self.emit(symbol, span_start, out));
     }
 
     /// Appends a final symbol: its id, or for a character outside the
@@ -133,9 +134,27 @@ impl Vocab {
     }
 }
 
+/// Merges `scratch.symbols` by rank and calls `emit` with each final symbol in order: the
+/// quadratic scan for short segments, the heap for long ones.
+pub(crate) fn merge<P: PairTable>(table: &P, scratch: &mut Scratch, mut emit: impl FnMut(u32)) {
+    if scratch.symbols.len() <= SMALL_SEGMENT {
+        merge_by_scan(table, &mut scratch.symbols, &mut scratch.pair_values);
+        for &symbol in &scratch.symbols {
+            emit(symbol);
+        }
+    } else {
+        merge_by_heap(table, scratch);
+        let mut at = 0u32;
+        while at != NONE {
+            emit(scratch.symbols[at as usize]);
+            at = scratch.next[at as usize];
+        }
+    }
+}
+
 /// Quadratic merge loop for short segments: find the best pair by scanning,
 /// merge it, update the two neighbouring pair values.
-fn merge_by_scan(vocab: &Vocab, symbols: &mut Vec<u32>, pair_values: &mut Vec<u64>) {
+fn merge_by_scan<P: PairTable>(vocab: &P, symbols: &mut Vec<u32>, pair_values: &mut Vec<u64>) {
     const NO_PAIR: u64 = u64::MAX;
     let value = |l: u32, r: u32| vocab.pair(l, r).unwrap_or(NO_PAIR);
     pair_values.clear();
@@ -172,7 +191,7 @@ fn merge_by_scan(vocab: &Vocab, symbols: &mut Vec<u32>, pair_values: &mut Vec<u6
 /// entry is checked when popped: the pair now starting at `left` must still
 /// produce a piece of the same rank. Ranks identify pieces and a symbol's start
 /// never moves, so that is exactly the merge SentencePiece would make then.
-fn merge_by_heap(vocab: &Vocab, scratch: &mut Scratch) {
+fn merge_by_heap<P: PairTable>(vocab: &P, scratch: &mut Scratch) {
     let Scratch {
         symbols,
         prev,

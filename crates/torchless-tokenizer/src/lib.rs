@@ -1,4 +1,6 @@
-//! The Mistral tokenizer: SentencePiece-compatible BPE with byte fallback.
+//! The Mistral tokenizer (SentencePiece-compatible BPE with byte fallback) and the byte-level
+//! BPE of the Llama family (GPT-2's byte table; GPT-2, SmolLM and Llama 3 pre-tokenizers; ids
+//! identical to Hugging Face `tokenizers`, see [`Tokenizer::from_byte_level_bpe`]).
 //!
 //! Produces exactly the ids Mistral's own SentencePiece model produces, from
 //! the vocabulary and merges stored in a torchless model file header
@@ -46,6 +48,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod byte_level;
 mod decode;
 mod encode;
 mod error;
@@ -60,10 +63,63 @@ use std::sync::Arc;
 
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
+pub use load::byte_level_bpe_from_json;
 pub use vocab::TokenKind;
 
+use byte_level::ByteVocab;
 use encode::Scratch;
 use vocab::{MergeSpec, PrependScheme, Vocab, VocabSpec};
+
+/// The regex (and digit rule) that splits text into pre-tokens before byte-level BPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pretokenizer {
+    /// GPT-2's regex (`'s|'t|...| ?\p{L}+| ?\p{N}+|...`); llama.cpp name `gpt2`.
+    Gpt2,
+    /// SmolLM's: every numeric character on its own, then GPT-2's regex; `smollm`.
+    SmolLm,
+    /// Llama 3's regex (numbers in groups of three, newlines kept with symbols), whose words
+    /// that are vocabulary pieces skip the merges; `llama-bpe`.
+    Llama3,
+}
+
+/// A token added to a vocabulary beyond what BPE produces (`<|im_start|>`, `<|endoftext|>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedToken {
+    /// Its id.
+    pub id: u32,
+    /// Its text, matched in the input as a whole.
+    pub content: String,
+    /// A control token: matched in text only with [`EncodeOptions::parse_special`], left out
+    /// when decoding with [`DecodeOptions::skip_special`]. Non-special added tokens are matched
+    /// in any text, as Hugging Face does.
+    pub special: bool,
+}
+
+/// Everything a byte-level BPE tokenizer is built from, as a model file or GGUF stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByteLevelBpe {
+    /// `(piece, id)` with pieces in GPT-2's byte↔unicode spelling (`"Ġthe"`).
+    pub vocab: Vec<(String, u32)>,
+    /// Merges as `"left right"`, highest priority first.
+    pub merges: Vec<String>,
+    /// How text is split before the merges.
+    pub pretokenizer: Pretokenizer,
+    /// Added tokens; ones missing from `vocab` are added to it.
+    pub added_tokens: Vec<AddedToken>,
+    /// Beginning-of-sequence id, if the model has one.
+    pub bos_id: Option<u32>,
+    /// End-of-sequence id, if the model has one.
+    pub eos_id: Option<u32>,
+    /// Whether prompts start with BOS ([`Tokenizer::adds_bos`]).
+    pub add_bos: bool,
+}
+
+/// The two tokenizer families.
+#[derive(Clone)]
+enum Tables {
+    SentencePiece(Arc<Vocab>),
+    ByteLevel(Arc<ByteVocab>),
+}
 
 /// How to encode text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,23 +162,35 @@ impl Default for DecodeOptions {
     }
 }
 
-/// A SentencePiece-compatible BPE tokenizer. Cheap to clone (the tables are
-/// shared) and usable from many threads at once.
+/// A BPE tokenizer: SentencePiece-compatible (Mistral, Llama 2) or byte-level (GPT-2 style:
+/// SmolLM, Llama 3). Cheap to clone (the tables are shared) and usable from many threads at
+/// once.
 #[derive(Clone)]
 pub struct Tokenizer {
-    vocab: Arc<Vocab>,
+    tables: Tables,
 }
 
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.vocab_size())
-            .field("merge_pairs", &self.vocab.pairs.len())
-            .field("byte_fallback", &self.vocab.byte_ids.is_some())
-            .field("bos_id", &self.vocab.bos_id)
-            .field("eos_id", &self.vocab.eos_id)
-            .field("unk_id", &self.vocab.unk_id)
-            .finish()
+        match &self.tables {
+            Tables::SentencePiece(vocab) => f
+                .debug_struct("Tokenizer")
+                .field("kind", &"sentencepiece")
+                .field("vocab_size", &self.vocab_size())
+                .field("merge_pairs", &vocab.pairs.len())
+                .field("byte_fallback", &vocab.byte_ids.is_some())
+                .field("bos_id", &vocab.bos_id)
+                .field("eos_id", &vocab.eos_id)
+                .field("unk_id", &vocab.unk_id)
+                .finish(),
+            Tables::ByteLevel(vocab) => f
+                .debug_struct("Tokenizer")
+                .field("kind", &"byte-level")
+                .field("tables", vocab)
+                .field("bos_id", &vocab.bos_id)
+                .field("eos_id", &vocab.eos_id)
+                .finish(),
+        }
     }
 }
 
@@ -160,16 +228,33 @@ impl Tokenizer {
         Self::build(spec)
     }
 
+    /// Builds a byte-level BPE tokenizer (see [`ByteLevelBpe`]).
+    ///
+    /// Errors if ids are not exactly `0..n`, a piece or id repeats, an added token disagrees
+    /// with the vocabulary, a merge is malformed or names a piece (or a concatenation) not in
+    /// the vocabulary, or BOS/EOS lie outside it.
+    pub fn from_byte_level_bpe(spec: ByteLevelBpe) -> Result<Self, TokenizerError> {
+        Ok(Tokenizer {
+            tables: Tables::ByteLevel(Arc::new(ByteVocab::build(spec)?)),
+        })
+    }
+
     /// Builds the tokenizer from the text of a Hugging Face `tokenizer.json`
     /// with a BPE model. Merges may be `"left right"` strings or `[left,
-    /// right]` pairs. Special tokens are the `added_tokens` marked `special`
-    /// (inferred as for [`from_vocab_and_merges`](Self::from_vocab_and_merges)
-    /// if the file has no `added_tokens`).
+    /// right]` pairs.
     ///
-    /// The normalizer, pre-tokenizer and decoder sections are not interpreted
-    /// beyond where a `Metaspace` pre-tokenizer puts the dummy prefix around
-    /// special tokens: encoding always follows SentencePiece.
+    /// A file whose pre-tokenizer or decoder is `ByteLevel` gives a byte-level
+    /// tokenizer (see [`byte_level_bpe_from_json`]); BOS comes from a
+    /// `TemplateProcessing` post-processor if there is one. Otherwise it is a
+    /// SentencePiece tokenizer: special tokens are the `added_tokens` marked
+    /// `special` (inferred as for [`from_vocab_and_merges`](Self::from_vocab_and_merges)
+    /// if the file has no `added_tokens`), and the normalizer, pre-tokenizer and
+    /// decoder are not interpreted beyond where a `Metaspace` pre-tokenizer puts
+    /// the dummy prefix around special tokens: encoding follows SentencePiece.
     pub fn from_tokenizer_json_str(json: &str) -> Result<Self, TokenizerError> {
+        if let Some(spec) = load::parse_byte_level_json(json)? {
+            return Self::from_byte_level_bpe(spec);
+        }
         Self::build(load::parse_tokenizer_json(json)?)
     }
 
@@ -186,18 +271,27 @@ impl Tokenizer {
 
     fn build(spec: VocabSpec) -> Result<Self, TokenizerError> {
         Ok(Tokenizer {
-            vocab: Arc::new(Vocab::build(spec)?),
+            tables: Tables::SentencePiece(Arc::new(Vocab::build(spec)?)),
         })
     }
 
     /// Encodes `text` into ids. Never fails: characters outside the
     /// vocabulary become byte pieces (or `<unk>` without byte fallback).
+    ///
+    /// `options.add_bos` is followed as given; [`adds_bos`](Self::adds_bos)
+    /// says what the model expects.
     pub fn encode(&self, text: &str, options: EncodeOptions) -> Vec<u32> {
-        let vocab = &*self.vocab;
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if options.add_bos {
-            out.extend(vocab.bos_id);
+            out.extend(self.bos_id());
         }
+        let vocab = match &self.tables {
+            Tables::SentencePiece(vocab) => &**vocab,
+            Tables::ByteLevel(vocab) => {
+                vocab.encode(text, options.parse_special, &mut out);
+                return out;
+            }
+        };
         let mut scratch = Scratch::default();
         if !options.parse_special {
             let prefix = vocab.prepend != PrependScheme::Never;
@@ -226,8 +320,33 @@ impl Tokenizer {
     /// Decodes ids into text, exactly as SentencePiece's `decode_ids` with the
     /// default options (see [`DecodeOptions`]). Ids outside the vocabulary are
     /// ignored (SentencePiece would reject the whole sequence).
+    ///
+    /// A byte-level tokenizer concatenates the tokens' bytes and reads them as
+    /// UTF-8, one U+FFFD per ill-formed sequence, as Hugging Face does.
     pub fn decode(&self, ids: &[u32], options: DecodeOptions) -> String {
-        decode::decode(&self.vocab, ids, options)
+        match &self.tables {
+            Tables::SentencePiece(vocab) => decode::decode(vocab, ids, options),
+            Tables::ByteLevel(vocab) => {
+                let mut bytes = Vec::with_capacity(ids.len() * 4);
+                vocab.decode_bytes(ids, options.skip_special, &mut bytes);
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        }
+    }
+
+    /// The bytes token `id` stands for (its UTF-8 text for SentencePiece pieces,
+    /// the raw byte for byte pieces), or `None` if it is out of range.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        match &self.tables {
+            Tables::SentencePiece(vocab) => {
+                let kind = *vocab.kinds.get(id as usize)?;
+                Some(match kind {
+                    TokenKind::Byte(byte) => vec![byte],
+                    _ => vocab.surfaces[id as usize].as_bytes().to_vec(),
+                })
+            }
+            Tables::ByteLevel(vocab) => vocab.bytes.get(id as usize).map(|b| b.to_vec()),
+        }
     }
 
     /// A decoder fed one id at a time, with the default [`DecodeOptions`].
@@ -237,42 +356,112 @@ impl Tokenizer {
 
     /// A decoder fed one id at a time, with the given options.
     pub fn stream_decoder_with(&self, options: DecodeOptions) -> StreamDecoder<'_> {
-        StreamDecoder::new(&self.vocab, options)
+        match &self.tables {
+            Tables::SentencePiece(vocab) => StreamDecoder::new(vocab, options),
+            Tables::ByteLevel(vocab) => StreamDecoder::new_byte_level(vocab, options),
+        }
     }
 
     /// The number of pieces; valid ids are `0..vocab_size()`.
     pub fn vocab_size(&self) -> usize {
-        self.vocab.pieces.len()
+        match &self.tables {
+            Tables::SentencePiece(vocab) => vocab.pieces.len(),
+            Tables::ByteLevel(vocab) => vocab.pieces.len(),
+        }
     }
 
-    /// The piece of an id, e.g. `"▁Hello"` or `"<0x0A>"`.
+    /// The piece of an id, e.g. `"▁Hello"` or `"<0x0A>"` (SentencePiece),
+    /// `"Ġhello"` (byte-level).
     pub fn token_to_piece(&self, id: u32) -> Option<&str> {
-        self.vocab.pieces.get(id as usize).map(|p| &**p)
+        let pieces = match &self.tables {
+            Tables::SentencePiece(vocab) => &vocab.pieces,
+            Tables::ByteLevel(vocab) => &vocab.pieces,
+        };
+        pieces.get(id as usize).map(|p| &**p)
     }
 
     /// The id of a piece.
     pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
-        self.vocab.piece_ids.get(piece).copied()
+        match &self.tables {
+            Tables::SentencePiece(vocab) => vocab.piece_ids.get(piece).copied(),
+            Tables::ByteLevel(vocab) => vocab.piece_ids.get(piece).copied(),
+        }
     }
 
     /// What kind of token an id is, or `None` if it is out of range.
+    /// Byte-level tokens are `Normal` or, for special added tokens, `Control`.
     pub fn token_kind(&self, id: u32) -> Option<TokenKind> {
-        self.vocab.kinds.get(id as usize).copied()
+        let kinds = match &self.tables {
+            Tables::SentencePiece(vocab) => &vocab.kinds,
+            Tables::ByteLevel(vocab) => &vocab.kinds,
+        };
+        kinds.get(id as usize).copied()
     }
 
     /// The beginning-of-sequence id (`<s>`), if the vocabulary has one.
     pub fn bos_id(&self) -> Option<u32> {
-        self.vocab.bos_id
+        match &self.tables {
+            Tables::SentencePiece(vocab) => vocab.bos_id,
+            Tables::ByteLevel(vocab) => vocab.bos_id,
+        }
     }
 
     /// The end-of-sequence id (`</s>`), if the vocabulary has one.
     pub fn eos_id(&self) -> Option<u32> {
-        self.vocab.eos_id
+        match &self.tables {
+            Tables::SentencePiece(vocab) => vocab.eos_id,
+            Tables::ByteLevel(vocab) => vocab.eos_id,
+        }
     }
 
-    /// The unknown-piece id (`<unk>`), if the vocabulary has one.
+    /// The unknown-piece id (`<unk>`), if the vocabulary has one (byte-level
+    /// vocabularies have none: every byte is a piece).
     pub fn unk_id(&self) -> Option<u32> {
-        self.vocab.unk_id
+        match &self.tables {
+            Tables::SentencePiece(vocab) => vocab.unk_id,
+            Tables::ByteLevel(_) => None,
+        }
+    }
+
+    /// Whether prompts for this model start with BOS: always for SentencePiece
+    /// vocabularies that have `<s>`, as the file says for byte-level ones
+    /// (SmolLM's and GPT-2's do not; Llama 3's do).
+    pub fn adds_bos(&self) -> bool {
+        match &self.tables {
+            Tables::SentencePiece(vocab) => vocab.bos_id.is_some(),
+            Tables::ByteLevel(vocab) => vocab.add_bos && vocab.bos_id.is_some(),
+        }
+    }
+
+    /// Encoding options for a prompt of this model: BOS as [`adds_bos`](Self::adds_bos)
+    /// says, special-token text not parsed.
+    pub fn prompt_options(&self) -> EncodeOptions {
+        EncodeOptions {
+            add_bos: self.adds_bos(),
+            parse_special: false,
+        }
+    }
+
+    /// Whether this is a byte-level (GPT-2 style) tokenizer.
+    pub fn is_byte_level(&self) -> bool {
+        matches!(self.tables, Tables::ByteLevel(_))
+    }
+
+    /// The byte-level pre-tokenizer, `None` for SentencePiece.
+    pub fn pretokenizer(&self) -> Option<Pretokenizer> {
+        match &self.tables {
+            Tables::SentencePiece(_) => None,
+            Tables::ByteLevel(vocab) => Some(vocab.pretokenizer),
+        }
+    }
+
+    /// The added tokens of a byte-level tokenizer (empty for SentencePiece,
+    /// whose control pieces are part of the vocabulary).
+    pub fn added_tokens(&self) -> &[AddedToken] {
+        match &self.tables {
+            Tables::SentencePiece(_) => &[],
+            Tables::ByteLevel(vocab) => &vocab.added,
+        }
     }
 
     /// Whether `id` is a special token: a control token or `<unk>`.

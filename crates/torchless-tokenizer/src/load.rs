@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::error::TokenizerError;
 use crate::vocab::{MergeSpec, PrependScheme, VocabSpec};
+use crate::{AddedToken, ByteLevelBpe, Pretokenizer};
 
 fn field_error(field: &str, problem: impl Into<String>) -> TokenizerError {
     TokenizerError::Field {
@@ -154,6 +155,8 @@ impl<'de> Deserialize<'de> for Merges {
     }
 }
 
+pub(crate) use byte_level_bpe_from_json as parse_byte_level_json;
+
 pub(crate) fn parse_tokenizer_json(json: &str) -> Result<VocabSpec, TokenizerError> {
     let file: FileJson<'_> = serde_json::from_str(json)?;
     let model = required(file.model, "model")?;
@@ -257,5 +260,198 @@ fn prepend_scheme(pre_tokenizer: &Value) -> PrependScheme {
             Some(false) => PrependScheme::Never,
             _ => PrependScheme::Always,
         },
+    }
+}
+
+/// Whether a `pre_tokenizer` or `decoder` section is, or contains, a `ByteLevel` step.
+fn has_byte_level(value: &Value) -> bool {
+    if value.get("type").and_then(Value::as_str) == Some("ByteLevel") {
+        return true;
+    }
+    ["pretokenizers", "decoders"].iter().any(|key| {
+        value
+            .get(*key)
+            .and_then(Value::as_array)
+            .is_some_and(|steps| steps.iter().any(has_byte_level))
+    })
+}
+
+#[derive(Deserialize)]
+struct ByteLevelFileJson<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    added_tokens: Option<&'a RawValue>,
+    #[serde(default)]
+    normalizer: Option<Value>,
+    #[serde(default)]
+    pre_tokenizer: Option<Value>,
+    #[serde(default)]
+    post_processor: Option<Value>,
+    #[serde(default)]
+    decoder: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ByteLevelModelJson<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(borrow, default)]
+    vocab: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    merges: Option<&'a RawValue>,
+    #[serde(default)]
+    byte_fallback: Option<bool>,
+    #[serde(default)]
+    ignore_merges: Option<bool>,
+    #[serde(default)]
+    continuing_subword_prefix: Option<String>,
+    #[serde(default)]
+    end_of_word_suffix: Option<String>,
+}
+
+/// Reads a byte-level BPE `tokenizer.json` (one whose pre-tokenizer or decoder is
+/// `ByteLevel`): vocabulary, merges, added tokens, the pre-tokenizer (recognized by its
+/// configuration, see [`Pretokenizer`]) and BOS from a `TemplateProcessing` post-processor.
+/// Returns `None` for any other file (SentencePiece-style ones are read by
+/// [`Tokenizer::from_tokenizer_json_str`](crate::Tokenizer::from_tokenizer_json_str)).
+///
+/// Errors name the field: settings that would change the ids and that this version does not
+/// implement (a normalizer, an unknown pre-tokenizer, byte fallback, subword affixes) are
+/// refused rather than ignored. EOS is not in `tokenizer.json` (it lives in
+/// `tokenizer_config.json`), so `eos_id` is `None`.
+pub fn byte_level_bpe_from_json(json: &str) -> Result<Option<ByteLevelBpe>, TokenizerError> {
+    let file: ByteLevelFileJson<'_> = serde_json::from_str(json)?;
+    let byte_level = file.pre_tokenizer.as_ref().is_some_and(has_byte_level)
+        || file.decoder.as_ref().is_some_and(has_byte_level);
+    if !byte_level {
+        return Ok(None);
+    }
+    let model: ByteLevelModelJson<'_> = parse_field(required(file.model, "model")?, "model")?;
+    if let Some(kind) = model.kind.filter(|k| k != "BPE") {
+        return Err(TokenizerError::UnsupportedModel(kind));
+    }
+    let pre = file
+        .pre_tokenizer
+        .as_ref()
+        .filter(|p| !p.is_null())
+        .ok_or_else(|| field_error("pre_tokenizer", "a byte-level tokenizer needs one"))?;
+    let pretokenizer =
+        Pretokenizer::from_hf_json(pre).map_err(|e| field_error("pre_tokenizer", e))?;
+    if let Some(normalizer) = file.normalizer.filter(|n| !n.is_null()) {
+        return Err(field_error(
+            "normalizer",
+            format!("{normalizer} is not supported for byte-level tokenizers"),
+        ));
+    }
+    if model.byte_fallback == Some(true) {
+        return Err(field_error(
+            "model.byte_fallback",
+            "byte-level BPE has every byte already",
+        ));
+    }
+    for (field, affix) in [
+        (
+            "model.continuing_subword_prefix",
+            &model.continuing_subword_prefix,
+        ),
+        ("model.end_of_word_suffix", &model.end_of_word_suffix),
+    ] {
+        if affix.as_deref().is_some_and(|a| !a.is_empty()) {
+            return Err(field_error(field, "subword affixes are not supported"));
+        }
+    }
+    let ignore_merges = model.ignore_merges.unwrap_or(false);
+    if ignore_merges != (pretokenizer == Pretokenizer::Llama3) {
+        return Err(field_error(
+            "model.ignore_merges",
+            format!(
+                "{ignore_merges} with the {} pre-tokenizer is not supported (only Llama 3's ignores merges)",
+                pretokenizer.name()
+            ),
+        ));
+    }
+
+    let VocabEntries(entries) = parse_field(required(model.vocab, "model.vocab")?, "model.vocab")?;
+    let mut vocab = Vec::with_capacity(entries.len());
+    for (piece, id) in entries {
+        let id = u32::try_from(id)
+            .ok()
+            .filter(|&id| id < crate::vocab::UNKNOWN_CHAR)
+            .ok_or_else(|| TokenizerError::IdOutOfRange {
+                piece: piece.clone(),
+                id,
+            })?;
+        vocab.push((piece, id));
+    }
+    let Merges(specs) = parse_field(required(model.merges, "model.merges")?, "model.merges")?;
+    let mut merges = Vec::with_capacity(specs.len());
+    for (rank, spec) in specs.into_iter().enumerate() {
+        merges.push(match spec {
+            MergeSpec::Joined(text) => text,
+            MergeSpec::Pair(left, right) => {
+                if left.contains(' ') || right.contains(' ') || left.is_empty() || right.is_empty()
+                {
+                    return Err(TokenizerError::MalformedMerge {
+                        rank,
+                        merge: format!("{left} {right}"),
+                    });
+                }
+                format!("{left} {right}")
+            }
+        });
+    }
+    let added: Vec<AddedTokenJson> = match file.added_tokens {
+        Some(raw) => {
+            parse_field::<Option<Vec<AddedTokenJson>>>(raw, "added_tokens")?.unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    let mut added_tokens = Vec::with_capacity(added.len());
+    for token in added {
+        let id = u32::try_from(token.id)
+            .ok()
+            .filter(|&id| id < crate::vocab::UNKNOWN_CHAR)
+            .ok_or_else(|| TokenizerError::IdOutOfRange {
+                piece: token.content.clone(),
+                id: token.id,
+            })?;
+        added_tokens.push(AddedToken {
+            id,
+            content: token.content,
+            special: token.special,
+        });
+    }
+    let bos_id = file.post_processor.as_ref().and_then(template_bos);
+    Ok(Some(ByteLevelBpe {
+        vocab,
+        merges,
+        pretokenizer,
+        added_tokens,
+        bos_id,
+        eos_id: None,
+        add_bos: bos_id.is_some(),
+    }))
+}
+
+/// The id a `TemplateProcessing` post-processor (alone or in a `Sequence`) puts before a
+/// single sequence, e.g. Llama 3's `<|begin_of_text|>`.
+fn template_bos(post: &Value) -> Option<u32> {
+    if let Some(steps) = post.get("processors").and_then(Value::as_array) {
+        return steps.iter().find_map(template_bos);
+    }
+    if post.get("type").and_then(Value::as_str) != Some("TemplateProcessing") {
+        return None;
+    }
+    let first = post.get("single")?.as_array()?.first()?;
+    let name = first.pointer("/SpecialToken/id")?.as_str()?;
+    let ids = post
+        .get("special_tokens")?
+        .get(name)?
+        .get("ids")?
+        .as_array()?;
+    match ids.as_slice() {
+        [id] => id.as_u64().and_then(|id| u32::try_from(id).ok()),
+        _ => None,
     }
 }

@@ -103,7 +103,7 @@ fn parse_byte_piece(piece: &str) -> Option<u8> {
     u8::from_str_radix(hex, 16).ok()
 }
 
-fn split_merge(rank: usize, merge: &MergeSpec) -> Result<(&str, &str), TokenizerError> {
+pub(crate) fn split_merge(rank: usize, merge: &MergeSpec) -> Result<(&str, &str), TokenizerError> {
     match merge {
         MergeSpec::Pair(left, right) => Ok((left, right)),
         MergeSpec::Joined(text) => {
@@ -121,61 +121,75 @@ fn split_merge(rank: usize, merge: &MergeSpec) -> Result<(&str, &str), Tokenizer
     }
 }
 
-fn merge_display(merge: &MergeSpec) -> String {
+pub(crate) fn merge_display(merge: &MergeSpec) -> String {
     match merge {
         MergeSpec::Joined(text) => text.clone(),
         MergeSpec::Pair(left, right) => format!("{left} {right}"),
     }
 }
 
+/// Puts every `(piece, id)` in its slot, checking that ids are exactly `0..n`, each used once,
+/// and that no piece repeats. Returns the pieces by id and the piece → id table.
+pub(crate) fn place_pieces(
+    vocab: Vec<(String, u64)>,
+) -> Result<(Vec<Box<str>>, PieceIds), TokenizerError> {
+    let size = vocab.len();
+    if size == 0 {
+        return Err(TokenizerError::EmptyVocab);
+    }
+
+    // Ids must be exactly 0..size, each once.
+    let mut slots: Vec<Option<String>> = vec![None; size];
+    let mut piece_ids: HashMap<Box<str>, u32, PairBuildHasher> =
+        HashMap::with_capacity_and_hasher(size, PairBuildHasher::default());
+    let mut beyond_size = false;
+    for (piece, id) in vocab {
+        if id >= u64::from(UNKNOWN_CHAR) {
+            return Err(TokenizerError::IdOutOfRange { piece, id });
+        }
+        let id32 = id as u32;
+        if let Some(&first) = piece_ids.get(piece.as_str()) {
+            return Err(TokenizerError::DuplicatePiece {
+                piece,
+                first,
+                second: id32,
+            });
+        }
+        let Some(slot) = slots.get_mut(id as usize) else {
+            // An id beyond `size` means some id below it is missing:
+            // reported once all pieces are placed.
+            beyond_size = true;
+            continue;
+        };
+        if let Some(first) = slot {
+            return Err(TokenizerError::DuplicateId {
+                id: id32,
+                first: first.clone(),
+                second: piece,
+            });
+        }
+        piece_ids.insert(piece.as_str().into(), id32);
+        *slot = Some(piece);
+    }
+    if beyond_size {
+        let missing = first_missing(&slots);
+        return Err(TokenizerError::MissingId { missing, size });
+    }
+    let pieces: Vec<Box<str>> = slots
+        .into_iter()
+        .map(|p| p.unwrap_or_default().into_boxed_str())
+        .collect();
+
+    Ok((pieces, piece_ids))
+}
+
+/// Piece text → id.
+pub(crate) type PieceIds = HashMap<Box<str>, u32, PairBuildHasher>;
+
 impl Vocab {
     pub(crate) fn build(spec: VocabSpec) -> Result<Self, TokenizerError> {
-        let size = spec.vocab.len();
-        if size == 0 {
-            return Err(TokenizerError::EmptyVocab);
-        }
-
-        // Ids must be exactly 0..size, each once.
-        let mut slots: Vec<Option<String>> = vec![None; size];
-        let mut piece_ids: HashMap<Box<str>, u32, PairBuildHasher> =
-            HashMap::with_capacity_and_hasher(size, PairBuildHasher::default());
-        let mut beyond_size = false;
-        for (piece, id) in spec.vocab {
-            if id >= u64::from(UNKNOWN_CHAR) {
-                return Err(TokenizerError::IdOutOfRange { piece, id });
-            }
-            let id32 = id as u32;
-            if let Some(&first) = piece_ids.get(piece.as_str()) {
-                return Err(TokenizerError::DuplicatePiece {
-                    piece,
-                    first,
-                    second: id32,
-                });
-            }
-            let Some(slot) = slots.get_mut(id as usize) else {
-                // An id beyond `size` means some id below it is missing:
-                // reported once all pieces are placed.
-                beyond_size = true;
-                continue;
-            };
-            if let Some(first) = slot {
-                return Err(TokenizerError::DuplicateId {
-                    id: id32,
-                    first: first.clone(),
-                    second: piece,
-                });
-            }
-            piece_ids.insert(piece.as_str().into(), id32);
-            *slot = Some(piece);
-        }
-        if beyond_size {
-            let missing = first_missing(&slots);
-            return Err(TokenizerError::MissingId { missing, size });
-        }
-        let pieces: Vec<Box<str>> = slots
-            .into_iter()
-            .map(|p| p.unwrap_or_default().into_boxed_str())
-            .collect();
+        let (pieces, piece_ids) = place_pieces(spec.vocab)?;
+        let size = pieces.len();
 
         let unk_id = match &spec.unk_piece {
             Some(unk) => match piece_ids.get(unk.as_str()) {

@@ -1,12 +1,14 @@
-//! `torchless convert HF_DIR OUT.bin [--quant f32|int8]`: a Hugging Face Mistral checkpoint
-//! (`config.json`, `tokenizer.json`, safetensors weights in bf16, f16 or f32, one file or sharded)
-//! into a torchless model file, byte-compatible with the original Python exporter.
+//! `torchless convert HF_DIR OUT.bin [--quant f32|int8]`: a Hugging Face Mistral or Llama
+//! checkpoint (`config.json`, `tokenizer.json`, safetensors weights in bf16, f16 or f32, one file
+//! or sharded) into a torchless model file, byte-compatible with the original Python exporter.
+//! `torchless convert MODEL.gguf OUT.bin` reads a llama.cpp GGUF file instead ([`gguf`]).
 //!
 //! Streams tensor by tensor: a reader thread turns checkpoint bytes into f32 chunks, the main thread
 //! hands them to the format crate's [`ModelWriter`] (which quantizes int8 tensors on the fly), so
 //! memory stays at a few chunks whatever the model size.
 
 pub mod checkpoint;
+pub mod gguf;
 pub mod hf_config;
 pub mod hf_tokenizer;
 
@@ -18,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
-use torchless_model::format::{DType, ModelFile, ModelWriter, QuantKind, TensorSpec};
+use torchless_model::format::{Architecture, DType, ModelFile, ModelWriter, QuantKind, TensorSpec};
 
 use crate::output;
 use checkpoint::{open_checkpoint, Checkpoint};
@@ -28,7 +30,9 @@ const CHUNK: usize = 1 << 20;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
-    /// Hugging Face checkpoint directory (config.json, tokenizer.json, *.safetensors).
+    /// Hugging Face checkpoint directory (config.json, tokenizer.json, *.safetensors), or a
+    /// llama.cpp GGUF file (architecture `llama`; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
+    /// Q6_K tensors).
     pub input: PathBuf,
     /// Output model file.
     pub output: PathBuf,
@@ -67,14 +71,22 @@ impl Quant {
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = &args.input;
+    if dir.is_file() && gguf::is_gguf(dir) {
+        return gguf::run(&args);
+    }
     if !dir.is_dir() {
         bail!(
-            "{} is not a directory (expected a Hugging Face checkpoint directory)",
+            "{} is not a directory or a GGUF file (expected a Hugging Face checkpoint directory or MODEL.gguf)",
             dir.display()
         );
     }
     let hf = hf_config::read_config(dir)?;
-    let tokenizer = hf_tokenizer::read_tokenizer(&dir.join("tokenizer.json"))?;
+    let mut tokenizer = hf_tokenizer::read_tokenizer(&dir.join("tokenizer.json"))?;
+    let tokenizer_config = hf_tokenizer::read_tokenizer_config(dir)?;
+    tokenizer_config.apply(
+        &mut tokenizer,
+        &dir.join("tokenizer_config.json").display().to_string(),
+    )?;
     if tokenizer.vocab.len() > hf.config.vocab_size {
         bail!(
             "{}: the vocabulary has {} pieces but config.json has vocab_size {}",
@@ -87,7 +99,14 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     refuse_overwriting_inputs(&args.output, &checkpoint)?;
 
     let quant = args.quant;
-    let metadata = hf.metadata(quant.kind());
+    let mut metadata = hf.metadata(quant.kind());
+    // Mistral files stay byte-identical to the original exporter's (its [INST] template is
+    // built in); Llama-family files carry the checkpoint's own template.
+    if hf.config.architecture != Architecture::Mistral {
+        if let Some(template) = &tokenizer_config.chat_template {
+            metadata.push(("chat_template".into(), template.clone()));
+        }
+    }
     let specs: Vec<TensorSpec> = checkpoint
         .tensors
         .iter()

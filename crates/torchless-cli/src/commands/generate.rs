@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context};
-use torchless_model::{EncodeOptions, GenerateOptions, Lazy, Residency, Resident};
+use torchless_model::{GenerateOptions, Lazy, Residency, Resident};
 
 use super::load_model;
 use crate::options::GenerateArgs;
@@ -37,7 +37,7 @@ fn run_with<R: Residency>(args: GenerateArgs) -> anyhow::Result<()> {
     let model = load_model::<R>(&args.model)?;
     let tokenizer = model.tokenizer();
     let prompt_ids = match (&prompt_text, &args.prompt_ids) {
-        (Some(text), _) => tokenizer.encode(text, EncodeOptions::default()),
+        (Some(text), _) => tokenizer.encode(text, tokenizer.prompt_options()),
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("no prompt"),
     };

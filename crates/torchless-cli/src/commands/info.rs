@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use torchless_model::format::{DType, ModelFile};
+use torchless_model::format::{Architecture, DType, ModelFile};
 
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
@@ -26,8 +26,7 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     let file = ModelFile::open(&args.model)
         .with_context(|| format!("cannot open model {}", args.model.display()))?;
-    file.validate_mistral()
-        .context("not a complete Mistral model")?;
+    file.validate_mistral().context("not a complete model")?;
     let c = file.config();
     let mut by_dtype: BTreeMap<&str, (usize, u64, u64)> = BTreeMap::new();
     for t in file.tensors() {
@@ -70,6 +69,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
                 "rope_theta": c.rope_theta,
                 "norm_eps": c.norm_eps,
                 "quant": c.quant.as_str(),
+                "architecture": c.architecture.as_str(),
+                "tie_word_embeddings": c.tie_word_embeddings,
             },
             "metadata": file.metadata(),
             "n_tensors": file.n_tensors(),
@@ -97,7 +98,16 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             args.model.display(),
             file.file_len()
         );
-        println!("architecture    Mistral, {} parameters", params);
+        let family = match c.architecture {
+            Architecture::Mistral => "Mistral",
+            Architecture::Llama => "Llama",
+        };
+        let tied = if c.tie_word_embeddings {
+            ", tied embeddings"
+        } else {
+            ""
+        };
+        println!("architecture    {family}, {params} parameters{tied}");
         println!("hidden_size     {}", c.hidden_size);
         println!("intermediate    {}", c.intermediate_size);
         println!("layers          {}", c.n_layers);

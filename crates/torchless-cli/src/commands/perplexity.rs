@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use torchless_model::{EncodeOptions, Lazy, Residency, Resident};
+use torchless_model::{Lazy, Residency, Resident};
 
 use super::load_model;
 use crate::options::ModelArgs;
@@ -31,8 +31,14 @@ pub struct PerplexityArgs {
     /// Instead of the perplexity alone: evaluate the text both exactly and with
     /// --int8-activations, and report the KL divergence of the second's next-token distributions
     /// from the first's (mean, max), their top-1 agreement and both perplexities.
-    #[arg(long = "kl-int8-activations")]
+    #[arg(long = "kl-int8-activations", conflicts_with = "kl_reference")]
     pub kl_int8_activations: bool,
+    /// Instead of the perplexity alone: evaluate the text with this model and with REF (the
+    /// same model in another precision, e.g. its f32 file for an int8 one; same vocabulary)
+    /// and report the KL divergence of this model's next-token distributions from REF's, their
+    /// top-1 agreement and both perplexities.
+    #[arg(long = "kl-reference", value_name = "REF")]
+    pub kl_reference: Option<PathBuf>,
 }
 
 /// Chunk length when `--ctx` is not given (llama.cpp's default).
@@ -63,7 +69,9 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
     }
     let model = load_model::<R>(&args.model)?;
     let ids = match (text, &args.prompt_ids) {
-        (Some(text), _) => model.tokenizer().encode(&text, EncodeOptions::default()),
+        (Some(text), _) => model
+            .tokenizer()
+            .encode(&text, model.tokenizer().prompt_options()),
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("nothing to evaluate"),
     };
@@ -79,6 +87,35 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
     options.context_len = Some(ctx.clamp(1, max));
     if args.kl_int8_activations {
         return run_divergence(&model, options, &ids, ctx, args.model.json);
+    }
+    if let Some(reference) = &args.kl_reference {
+        let reference_model = torchless_model::Mistral::load(reference)
+            .with_context(|| format!("cannot load the reference model {}", reference.display()))?;
+        if reference_model.tokenizer().vocab_size() != model.tokenizer().vocab_size() {
+            bail!(
+                "{} has a vocabulary of {} tokens, this model {}: the distributions cannot be compared",
+                reference.display(),
+                reference_model.tokenizer().vocab_size(),
+                model.tokenizer().vocab_size()
+            );
+        }
+        let mut reference_session = reference_model
+            .session_with(options.clone())
+            .context("cannot create a session")?;
+        let mut session = model
+            .session_with(options)
+            .context("cannot create a session")?;
+        let start = Instant::now();
+        let d = reference_session.divergence(&mut session, &ids, ctx, |_, _| {})?;
+        print_divergence(
+            &d,
+            "this model vs the reference",
+            "model",
+            "reference",
+            start,
+            args.model.json,
+        );
+        return Ok(());
     }
     let mut session = model
         .session_with(options)
@@ -147,20 +184,40 @@ fn run_divergence<R: Residency>(
     });
     bar.finish_and_clear();
     let d = result?;
+    print_divergence(
+        &d,
+        "int8 activations vs exact",
+        "int8_activations",
+        "exact",
+        start,
+        json,
+    );
+    Ok(())
+}
+
+/// Prints a divergence of `other` (`d.other_mean_nll`) from the reference (`d.mean_nll`).
+fn print_divergence(
+    d: &torchless_model::Divergence,
+    title: &str,
+    other: &str,
+    reference: &str,
+    start: Instant,
+    json: bool,
+) {
     if json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "positions": d.positions,
             "mean_kl": d.mean_kl,
             "max_kl": d.max_kl,
             "top1_agreement": d.top1_agreement,
-            "mean_nll_exact": d.mean_nll,
-            "mean_nll_int8_activations": d.other_mean_nll,
             "seconds": start.elapsed().as_secs_f64(),
         });
+        value[format!("mean_nll_{reference}")] = d.mean_nll.into();
+        value[format!("mean_nll_{other}")] = d.other_mean_nll.into();
         println!("{value}");
     } else {
         println!(
-            "int8 activations vs exact over {} positions | KL mean {:.6} max {:.6} nats | top-1 agreement {:.2}% | mean NLL {:.6} vs {:.6} (perplexity {:.4} vs {:.4})",
+            "{title} over {} positions | KL mean {:.6} max {:.6} nats | top-1 agreement {:.2}% | mean NLL {:.6} vs {:.6} (perplexity {:.4} vs {:.4})",
             d.positions,
             d.mean_kl,
             d.max_kl,
@@ -171,5 +228,4 @@ fn run_divergence<R: Residency>(
             d.mean_nll.exp()
         );
     }
-    Ok(())
 }

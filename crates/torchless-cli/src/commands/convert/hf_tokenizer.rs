@@ -1,5 +1,10 @@
 //! Reading the vocabulary and merges of a Hugging Face `tokenizer.json`, in file order (the original
 //! exporter copies the `vocab` object as Python's `json` reads it, which keeps the order).
+//!
+//! Two kinds of `tokenizer.json` are read: SentencePiece-style BPE with byte fallback (Mistral,
+//! Llama 2), stored exactly as the original exporter stores it, and byte-level BPE (GPT-2 style:
+//! a `ByteLevel` pre-tokenizer or decoder; SmolLM, Llama 3), stored with its added tokens and
+//! the pre-tokenizer's llama.cpp name.
 
 use std::fmt;
 use std::path::Path;
@@ -7,17 +12,27 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use torchless_model::format::TokenizerData;
+use torchless_model::format::{AddedTokenData, TokenizerData, TokenizerKind};
 use torchless_model::Tokenizer;
 
 #[derive(Deserialize)]
 struct TokenizerFile {
     model: TokenizerModel,
+    #[serde(default)]
+    added_tokens: Vec<AddedToken>,
+}
+
+#[derive(Deserialize)]
+struct AddedToken {
+    id: u32,
+    content: String,
+    #[serde(default)]
+    special: bool,
 }
 
 /// Only the model type, read first so a non-BPE tokenizer gets a clear message.
 #[derive(Deserialize)]
-struct TokenizerKind {
+struct ModelTypeOnly {
     model: ModelKind,
 }
 
@@ -79,7 +94,7 @@ pub fn read_tokenizer(path: &Path) -> anyhow::Result<TokenizerData> {
 
 /// Parses the text of a `tokenizer.json`; `what` names it in errors.
 pub fn parse_tokenizer(text: &str, what: &str) -> anyhow::Result<TokenizerData> {
-    let kind: TokenizerKind = serde_json::from_str(text)
+    let kind: ModelTypeOnly = serde_json::from_str(text)
         .with_context(|| format!("{what} is not a tokenizer.json (no `model` object)"))?;
     if let Some(kind) = kind.model.kind {
         if kind != "BPE" {
@@ -88,6 +103,14 @@ pub fn parse_tokenizer(text: &str, what: &str) -> anyhow::Result<TokenizerData> 
     }
     let file: TokenizerFile = serde_json::from_str(text)
         .with_context(|| format!("{what}: cannot read the BPE vocabulary and merges"))?;
+    // The tokenizer crate recognizes byte-level files and their pre-tokenizer (and refuses
+    // settings it would get wrong, by name).
+    let byte_level = torchless_model::tokenizer::byte_level_bpe_from_json(text)
+        .with_context(|| format!("{what}: the byte-level tokenizer is not usable by torchless"))?;
+    let pretokenizer = byte_level
+        .as_ref()
+        .map(|spec| spec.pretokenizer.name().to_string());
+    let byte_level = byte_level.is_some();
     let model = file.model;
     let mut merges = Vec::with_capacity(model.merges.len());
     for (rank, merge) in model.merges.into_iter().enumerate() {
@@ -101,10 +124,108 @@ pub fn parse_tokenizer(text: &str, what: &str) -> anyhow::Result<TokenizerData> 
             }
         });
     }
-    let data = TokenizerData::sentencepiece(model.vocab.0, merges);
-    Tokenizer::from_vocab_and_merges(data.vocab.iter().cloned(), data.merges.iter().cloned())
-        .with_context(|| format!("{what}: the vocabulary is not usable by torchless"))?;
+    let mut data = TokenizerData::sentencepiece(model.vocab.0, merges);
+    if byte_level {
+        data.kind = TokenizerKind::ByteLevelBpe;
+        data.pretokenizer = pretokenizer;
+        data.added_tokens = file
+            .added_tokens
+            .into_iter()
+            .map(|t| AddedTokenData {
+                id: t.id,
+                content: t.content,
+                special: t.special,
+            })
+            .collect();
+        // BOS/EOS come from tokenizer_config.json (see `apply_tokenizer_config`); no BOS by
+        // default, as GPT-2-style tokenizers have none.
+        data.add_bos = Some(false);
+        torchless_model::tokenizer_from_data(data.clone())
+            .with_context(|| format!("{what}: the vocabulary is not usable by torchless"))?;
+    } else {
+        Tokenizer::from_vocab_and_merges(data.vocab.iter().cloned(), data.merges.iter().cloned())
+            .with_context(|| format!("{what}: the vocabulary is not usable by torchless"))?;
+    }
     Ok(data)
+}
+
+/// What `tokenizer_config.json` adds for a Llama-family model: BOS/EOS ids (by token text),
+/// whether prompts start with BOS, and the chat template.
+#[derive(Debug, Default)]
+pub struct TokenizerConfig {
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub add_bos_token: Option<bool>,
+    pub chat_template: Option<String>,
+}
+
+/// Reads `dir/tokenizer_config.json` if present (absent: nothing added).
+pub fn read_tokenizer_config(dir: &Path) -> anyhow::Result<TokenizerConfig> {
+    let path = dir.join("tokenizer_config.json");
+    let what = path.display().to_string();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TokenizerConfig::default()),
+        Err(e) => bail!("cannot read {what}: {e}"),
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{what} is not valid JSON"))?;
+    // A token is a string or an object with `content` (older AddedToken serialization).
+    let token = |key: &str| -> Option<String> {
+        let t = v.get(key)?;
+        t.as_str()
+            .map(str::to_string)
+            .or_else(|| t.get("content")?.as_str().map(str::to_string))
+    };
+    let chat_template = match v.get("chat_template") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        // A list of named templates: the one called "default".
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        Some(other) => bail!("{what}: chat_template is {other}, expected a string"),
+    };
+    Ok(TokenizerConfig {
+        bos_token: token("bos_token"),
+        eos_token: token("eos_token"),
+        add_bos_token: v.get("add_bos_token").and_then(|b| b.as_bool()),
+        chat_template,
+    })
+}
+
+impl TokenizerConfig {
+    /// Sets BOS/EOS and `add_bos` of a byte-level tokenizer from this config (SentencePiece
+    /// data is left as the original exporter writes it).
+    pub fn apply(&self, data: &mut TokenizerData, what: &str) -> anyhow::Result<()> {
+        if data.kind != TokenizerKind::ByteLevelBpe {
+            return Ok(());
+        }
+        let id_of = |content: &str| -> anyhow::Result<u32> {
+            data.added_tokens
+                .iter()
+                .find(|t| t.content == content)
+                .map(|t| t.id)
+                .or_else(|| {
+                    data.vocab
+                        .iter()
+                        .find(|(p, _)| p == content)
+                        .map(|(_, id)| *id)
+                })
+                .ok_or_else(|| anyhow!("{what}: token {content:?} is not in the vocabulary"))
+        };
+        if let Some(bos) = &self.bos_token {
+            data.bos_id = Some(id_of(bos)?);
+        }
+        if let Some(eos) = &self.eos_token {
+            data.eos_id = Some(id_of(eos)?);
+        }
+        if let Some(add) = self.add_bos_token {
+            data.add_bos = Some(add);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

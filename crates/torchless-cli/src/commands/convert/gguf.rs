@@ -1,0 +1,504 @@
+//! `torchless convert MODEL.gguf OUT.bin`: a llama.cpp GGUF file (architecture `llama`, which
+//! also covers Mistral and SmolLM files) into a torchless model file.
+//!
+//! Tensors are dequantized row by row (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) and
+//! renamed to their Hugging Face names. llama.cpp's converter interleaves the two rotary halves
+//! of every head in `attn_q` and `attn_k` (it stores row `2i + j` of a head where Hugging Face has
+//! row `j * head_dim / 2 + i`); the rows are put back in Hugging Face order here, so the model's
+//! RoPE (rotate-half, as in `transformers`) applies unchanged. The tokenizer and the chat template
+//! come from the metadata.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context};
+use torchless_model::format::gguf::{GgufFile, GgufTensorInfo, GgufValue};
+use torchless_model::format::{
+    layer_tensor_name, Activation, AddedTokenData, Architecture, Config, ModelFile, ModelWriter,
+    QuantKind, TensorSpec, TokenizerData, TokenizerKind,
+};
+
+use super::{human_size, ConvertArgs, PartialFile};
+use crate::output;
+
+/// Whether `path` starts with the GGUF magic.
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"GGUF")
+}
+
+/// How a GGUF tensor becomes a torchless tensor.
+struct Mapping {
+    gguf_name: String,
+    name: String,
+    shape: Vec<usize>,
+    /// Undo llama.cpp's rotary interleave with this many heads (q: `n_heads`, k: `n_kv_heads`).
+    unpermute_heads: Option<usize>,
+}
+
+pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let gguf = GgufFile::open(&args.input)?;
+    let what = args.input.display().to_string();
+    let config = read_config(&gguf, &what)?;
+    let tokenizer = read_tokenizer(&gguf, &what, config.vocab_size)?;
+    let mappings = map_tensors(&gguf, &config, &what)?;
+
+    let quant = args.quant;
+    let mut config = config;
+    config.quant = quant.kind();
+    let mut metadata = config.to_metadata();
+    if let Some(template) = gguf.get("tokenizer.chat_template") {
+        let template = template
+            .as_str()
+            .ok_or_else(|| anyhow!("{what}: tokenizer.chat_template is not a string"))?;
+        metadata.push(("chat_template".into(), template.to_string()));
+    }
+    let specs: Vec<TensorSpec> = mappings
+        .iter()
+        .map(|m| TensorSpec::new(m.name.clone(), quant.dtype_of(&m.name), m.shape.clone()))
+        .collect();
+
+    let partial = PartialFile::new(&args.output);
+    let file = File::create(partial.path())
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let mut writer = ModelWriter::new(
+        BufWriter::with_capacity(1 << 20, file),
+        args.output.display().to_string(),
+        &metadata,
+        specs,
+        Some(&tokenizer),
+    )?;
+    let total: u64 = mappings
+        .iter()
+        .filter_map(|m| gguf.tensor(&m.gguf_name))
+        .map(GgufTensorInfo::byte_size)
+        .sum();
+    let bar = output::progress_bar(total, "converting", true);
+    let mut row = Vec::new();
+    for (i, m) in mappings.iter().enumerate() {
+        bar.set_message(format!("converting {}/{}", i + 1, mappings.len()));
+        let info = gguf
+            .tensor(&m.gguf_name)
+            .ok_or_else(|| anyhow!("{what}: tensor {} vanished", m.gguf_name))?;
+        write_tensor(&gguf, info, m, &mut writer, &mut row)?;
+        bar.inc(info.byte_size());
+    }
+    bar.finish_and_clear();
+    let out = writer.finish()?;
+    let file = out
+        .into_inner()
+        .map_err(|e| anyhow!("cannot write the model file: {}", e.error()))?;
+    file.sync_all()
+        .context("cannot flush the model file to disk")?;
+    let _ = torchless_model::format::evict_from_page_cache(&file);
+    partial.commit()?;
+
+    let model = ModelFile::open(&args.output).with_context(|| {
+        format!(
+            "{} was written but does not read back",
+            args.output.display()
+        )
+    })?;
+    model
+        .validate_mistral()
+        .with_context(|| format!("{} was written but is incomplete", args.output.display()))?;
+    let mut types: Vec<&str> = gguf
+        .tensors()
+        .iter()
+        .map(|t| t.ggml_type().name())
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    eprintln!(
+        "converted {} (GGUF v{}, {} tensors: {}, {}) -> {} ({}, {}) in {:.1} s",
+        what,
+        gguf.version(),
+        gguf.tensors().len(),
+        types.join("/"),
+        human_size(gguf.file_len()),
+        args.output.display(),
+        quant.kind().as_str(),
+        human_size(model.file_len() as u64),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Streams one tensor, row by row in Hugging Face order.
+fn write_tensor(
+    gguf: &GgufFile,
+    info: &GgufTensorInfo,
+    m: &Mapping,
+    writer: &mut ModelWriter<BufWriter<File>>,
+    row: &mut Vec<f32>,
+) -> anyhow::Result<()> {
+    writer.begin_tensor(&m.name)?;
+    let n_rows = info.n_rows() as usize;
+    let row_len = info.row_len() as usize;
+    match m.unpermute_heads {
+        None => {
+            // Whole blocks of rows at a time: ~4 MB of f32.
+            let step = ((1usize << 20) / row_len.max(1)).max(1);
+            let mut start = 0;
+            while start < n_rows {
+                let end = (start + step).min(n_rows);
+                row.resize((end - start) * row_len, 0.0);
+                gguf.dequantize_rows(&m.gguf_name, start..end, row)?;
+                writer.push(row)?;
+                start = end;
+            }
+        }
+        Some(heads) => {
+            row.resize(row_len, 0.0);
+            let head_dim = n_rows / heads;
+            let half = head_dim / 2;
+            for hf_row in 0..n_rows {
+                let gguf_row = gguf_row_of(hf_row, head_dim, half);
+                gguf.dequantize_rows(&m.gguf_name, gguf_row..gguf_row + 1, row)?;
+                writer.push(row)?;
+            }
+        }
+    }
+    writer.end_tensor()?;
+    Ok(())
+}
+
+/// The GGUF row holding Hugging Face row `hf_row` of a rotary projection: within each head,
+/// Hugging Face keeps the two halves apart (`j * half + i`), llama.cpp interleaves them (`2i + j`).
+fn gguf_row_of(hf_row: usize, head_dim: usize, half: usize) -> usize {
+    let head = hf_row / head_dim;
+    let within = hf_row % head_dim;
+    let (j, i) = (within / half, within % half);
+    head * head_dim + 2 * i + j
+}
+
+fn get_u64(gguf: &GgufFile, key: &str, what: &str) -> anyhow::Result<Option<u64>> {
+    match gguf.get(key) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            anyhow!(
+                "{what}: metadata {key} is {} {v:?}, expected an unsigned integer",
+                v.type_name()
+            )
+        }),
+    }
+}
+
+fn need_usize(gguf: &GgufFile, key: &str, what: &str) -> anyhow::Result<usize> {
+    let v =
+        get_u64(gguf, key, what)?.ok_or_else(|| anyhow!("{what}: metadata {key} is missing"))?;
+    usize::try_from(v).map_err(|_| anyhow!("{what}: metadata {key} = {v} is too large"))
+}
+
+/// A number from the metadata. llama.cpp stores `1e-5` as an f32 (9.99999974737875e-6); the
+/// shortest decimal that round-trips that f32 gives back the value of `config.json`.
+fn get_f64(gguf: &GgufFile, key: &str, what: &str) -> anyhow::Result<Option<f64>> {
+    match gguf.get(key) {
+        None => Ok(None),
+        Some(GgufValue::F32(v)) => Ok(Some(format!("{v}").parse::<f64>().unwrap_or(f64::from(*v)))),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+            anyhow!(
+                "{what}: metadata {key} is {}, expected a number",
+                v.type_name()
+            )
+        }),
+    }
+}
+
+/// The model configuration from the `llama.*` metadata.
+fn read_config(gguf: &GgufFile, what: &str) -> anyhow::Result<Config> {
+    let arch = gguf
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| {
+            anyhow!("{what}: general.architecture is missing (not a model GGUF file?)")
+        })?;
+    if arch != "llama" {
+        bail!("{what}: architecture {arch:?} is not supported (only \"llama\", which covers Llama, Mistral and SmolLM files)");
+    }
+    let key = |k: &str| format!("llama.{k}");
+    if let Some(kind) = gguf
+        .get(&key("rope.scaling.type"))
+        .and_then(GgufValue::as_str)
+    {
+        if kind != "none" {
+            bail!("{what}: RoPE scaling {kind:?} (llama.rope.scaling.type) is not supported");
+        }
+    }
+    if gguf.tensor("rope_freqs.weight").is_some() {
+        bail!("{what}: has rope_freqs.weight (Llama 3.1-style RoPE frequency scaling), which is not supported");
+    }
+    let hidden_size = need_usize(gguf, &key("embedding_length"), what)?;
+    let n_heads = need_usize(gguf, &key("attention.head_count"), what)?;
+    let n_kv_heads = match get_u64(gguf, &key("attention.head_count_kv"), what)? {
+        Some(n) => usize::try_from(n)?,
+        None => n_heads,
+    };
+    if n_heads == 0 {
+        bail!("{what}: llama.attention.head_count is 0");
+    }
+    let head_dim = match get_u64(gguf, &key("attention.key_length"), what)? {
+        Some(n) => usize::try_from(n)?,
+        None => hidden_size / n_heads,
+    };
+    if let Some(rot) = get_u64(gguf, &key("rope.dimension_count"), what)? {
+        if rot as usize != head_dim {
+            bail!("{what}: partial rotary embeddings (llama.rope.dimension_count {rot} < head_dim {head_dim}) are not supported");
+        }
+    }
+    let embd = gguf
+        .tensor("token_embd.weight")
+        .ok_or_else(|| anyhow!("{what}: tensor token_embd.weight is missing"))?;
+    let vocab_size = embd.n_rows() as usize;
+    let config = Config {
+        hidden_size,
+        intermediate_size: need_usize(gguf, &key("feed_forward_length"), what)?,
+        n_layers: need_usize(gguf, &key("block_count"), what)?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        vocab_size,
+        max_position_embeddings: need_usize(gguf, &key("context_length"), what)?,
+        sliding_window: None,
+        rope_theta: get_f64(gguf, &key("rope.freq_base"), what)?.unwrap_or(10_000.0),
+        norm_eps: get_f64(gguf, &key("attention.layer_norm_rms_epsilon"), what)?
+            .ok_or_else(|| anyhow!("{what}: llama.attention.layer_norm_rms_epsilon is missing"))?,
+        activation: Activation::Silu,
+        quant: QuantKind::F32,
+        architecture: Architecture::Llama,
+        tie_word_embeddings: gguf.tensor("output.weight").is_none(),
+    };
+    config
+        .validate()
+        .map_err(|e| anyhow!("{what}: the metadata describes an invalid model: {e}"))?;
+    if head_dim % 2 != 0 {
+        bail!("{what}: head_dim {head_dim} is odd (RoPE needs pairs)");
+    }
+    Ok(config)
+}
+
+/// The tokenizer from the `tokenizer.ggml.*` metadata (byte-level BPE, `tokenizer.ggml.model`
+/// = `gpt2`).
+fn read_tokenizer(gguf: &GgufFile, what: &str, vocab_size: usize) -> anyhow::Result<TokenizerData> {
+    let model = gguf
+        .get("tokenizer.ggml.model")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| {
+            anyhow!("{what}: tokenizer.ggml.model is missing (the file has no tokenizer)")
+        })?;
+    if model != "gpt2" {
+        bail!(
+            "{what}: tokenizer.ggml.model {model:?} is not supported from GGUF (only \"gpt2\", byte-level BPE); \
+             for SentencePiece models convert the Hugging Face checkpoint directory instead"
+        );
+    }
+    let tokens = gguf
+        .get("tokenizer.ggml.tokens")
+        .and_then(GgufValue::as_str_array)
+        .ok_or_else(|| {
+            anyhow!("{what}: tokenizer.ggml.tokens is missing or not an array of strings")
+        })?;
+    if tokens.len() > vocab_size {
+        bail!(
+            "{what}: tokenizer.ggml.tokens has {} entries but token_embd.weight has {vocab_size} rows",
+            tokens.len()
+        );
+    }
+    let merges = gguf
+        .get("tokenizer.ggml.merges")
+        .and_then(GgufValue::as_str_array)
+        .ok_or_else(|| {
+            anyhow!("{what}: tokenizer.ggml.merges is missing or not an array of strings")
+        })?;
+    let types = match gguf.get("tokenizer.ggml.token_type") {
+        None => vec![1; tokens.len()],
+        Some(v) => v
+            .as_i64_array()
+            .filter(|t| t.len() == tokens.len())
+            .ok_or_else(|| anyhow!("{what}: tokenizer.ggml.token_type is not an integer array of one entry per token"))?,
+    };
+    // llama.cpp's token types: 3 = control (special), 4 = user-defined (added, matched in text).
+    let added_tokens = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, &t))| t == 3 || t == 4)
+        .map(|(id, (content, &t))| AddedTokenData {
+            id: id as u32,
+            content: content.clone(),
+            special: t == 3,
+        })
+        .collect();
+    let id_of = |key: &str| -> anyhow::Result<Option<u32>> {
+        match get_u64(gguf, key, what)? {
+            None => Ok(None),
+            Some(id) if (id as usize) < tokens.len() => Ok(Some(id as u32)),
+            Some(id) => bail!(
+                "{what}: {key} = {id} is outside the vocabulary of {}",
+                tokens.len()
+            ),
+        }
+    };
+    let add_bos = match gguf.get("tokenizer.ggml.add_bos_token") {
+        None => None,
+        Some(v) => Some(
+            v.as_bool()
+                .ok_or_else(|| anyhow!("{what}: tokenizer.ggml.add_bos_token is not a bool"))?,
+        ),
+    };
+    let pretokenizer = gguf
+        .get("tokenizer.ggml.pre")
+        .and_then(GgufValue::as_str)
+        .map(str::to_string);
+    Ok(TokenizerData {
+        kind: TokenizerKind::ByteLevelBpe,
+        vocab: tokens
+            .iter()
+            .enumerate()
+            .map(|(id, piece)| (piece.clone(), id as u32))
+            .collect(),
+        merges: merges.to_vec(),
+        added_tokens,
+        pretokenizer,
+        bos_id: id_of("tokenizer.ggml.bos_token_id")?,
+        eos_id: id_of("tokenizer.ggml.eos_token_id")?,
+        add_bos,
+    })
+}
+
+/// Every GGUF tensor with its Hugging Face name and shape; tensors the model does not use are
+/// refused by name (they would change its output).
+fn map_tensors(gguf: &GgufFile, config: &Config, what: &str) -> anyhow::Result<Vec<Mapping>> {
+    let mut by_gguf: Vec<(String, String, Option<usize>)> = vec![
+        (
+            "token_embd.weight".into(),
+            "model.embed_tokens.weight".into(),
+            None,
+        ),
+        (
+            "output_norm.weight".into(),
+            "model.norm.weight".into(),
+            None,
+        ),
+    ];
+    if !config.tie_word_embeddings {
+        by_gguf.push(("output.weight".into(), "lm_head.weight".into(), None));
+    }
+    for layer in 0..config.n_layers {
+        let hf = |suffix: &str| layer_tensor_name(layer, suffix);
+        let blk = |suffix: &str| format!("blk.{layer}.{suffix}.weight");
+        by_gguf.extend([
+            (blk("attn_norm"), hf("input_layernorm.weight"), None),
+            (blk("ffn_norm"), hf("post_attention_layernorm.weight"), None),
+            (
+                blk("attn_q"),
+                hf("self_attn.q_proj.weight"),
+                Some(config.n_heads),
+            ),
+            (
+                blk("attn_k"),
+                hf("self_attn.k_proj.weight"),
+                Some(config.n_kv_heads),
+            ),
+            (blk("attn_v"), hf("self_attn.v_proj.weight"), None),
+            (blk("attn_output"), hf("self_attn.o_proj.weight"), None),
+            (blk("ffn_gate"), hf("mlp.gate_proj.weight"), None),
+            (blk("ffn_up"), hf("mlp.up_proj.weight"), None),
+            (blk("ffn_down"), hf("mlp.down_proj.weight"), None),
+        ]);
+    }
+    let used: std::collections::HashSet<&str> =
+        by_gguf.iter().map(|(g, _, _)| g.as_str()).collect();
+    let unused: Vec<&str> = gguf
+        .tensors()
+        .iter()
+        .map(GgufTensorInfo::name)
+        .filter(|n| !used.contains(n))
+        .collect();
+    if !unused.is_empty() {
+        bail!(
+            "{what}: {} tensor(s) this engine's Llama model has no place for: {}",
+            unused.len(),
+            unused
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let expected = config.expected_tensors();
+    let mut mappings = Vec::with_capacity(by_gguf.len());
+    for (gguf_name, name, unpermute_heads) in by_gguf {
+        let info = gguf
+            .tensor(&gguf_name)
+            .ok_or_else(|| anyhow!("{what}: tensor {gguf_name} is missing"))?;
+        if !info.ggml_type().can_dequantize() {
+            bail!(
+                "{what}: tensor {gguf_name} has type {}, which this converter does not read \
+                 (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)",
+                info.ggml_type().name()
+            );
+        }
+        let shape = info.shape_rows_major();
+        let want = expected
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| anyhow!("internal error: {name} is not an expected tensor"))?;
+        // Norm vectors may be stored as [1, n] in some files; compare element layouts.
+        let same = shape == want.shape
+            || (want.shape.len() == 1 && shape.iter().product::<usize>() == want.shape[0]);
+        if !same {
+            bail!(
+                "{what}: tensor {gguf_name} has shape {shape:?}, expected {:?} for {name}",
+                want.shape
+            );
+        }
+        if let Some(heads) = unpermute_heads {
+            if info.n_rows() as usize % heads != 0 || (info.n_rows() as usize / heads) % 2 != 0 {
+                bail!(
+                    "{what}: tensor {gguf_name} has {} rows, not whole heads of even size",
+                    info.n_rows()
+                );
+            }
+        }
+        mappings.push(Mapping {
+            gguf_name,
+            name,
+            shape: want.shape.clone(),
+            unpermute_heads,
+        });
+    }
+    Ok(mappings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gguf_row_of;
+
+    /// The inverse of llama.cpp's `permute`: reshape(heads, 2, hd/2, cols).swapaxes(1, 2).
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        let (heads, head_dim) = (3, 8);
+        let half = head_dim / 2;
+        // llama.cpp's forward permutation, written from its reshape: GGUF row (h, i, j) holds
+        // Hugging Face row (h, j, i).
+        let mut hf_of_gguf = vec![0; heads * head_dim];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..half {
+                    hf_of_gguf[h * head_dim + i * 2 + j] = h * head_dim + j * half + i;
+                }
+            }
+        }
+        for hf_row in 0..heads * head_dim {
+            assert_eq!(hf_of_gguf[gguf_row_of(hf_row, head_dim, half)], hf_row);
+        }
+    }
+}

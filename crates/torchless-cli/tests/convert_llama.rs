@@ -1,0 +1,189 @@
+//! `torchless convert` of Llama-family inputs. A Hugging Face `LlamaForCausalLM` checkpoint with a
+//! byte-level `tokenizer.json` and `tokenizer_config.json` (`llama-untied-hf`) must give the
+//! tensors and tokenizer of the Python-exported `llama-untied-f32.bin` and pass its goldens.
+//!
+//! `torchless convert MODEL.gguf`: llama.cpp-layout GGUF files (written by gguf-py, see
+//! scripts/fixtures/make_llama_fixtures.py) into torchless files. The all-F32 file must give
+//! exactly the tensors of the Python-exported `llama-tied-f32.bin` (so the rotary rows are put
+//! back in Hugging Face order) and pass its `transformers` goldens; the Q8_0/F16 file passes
+//! goldens computed on gguf-py's dequantization of it.
+
+mod common;
+
+use std::path::Path;
+
+use common::{check_greedy_cli, check_perplexity_cli, model, run, torchless};
+use torchless_model::format::{ModelFile, TensorData};
+
+fn convert(input: &Path, output: &Path, quant: &str) -> common::Output {
+    run(torchless()
+        .arg("convert")
+        .arg(input)
+        .arg(output)
+        .args(["--quant", quant]))
+}
+
+fn f32_values(file: &ModelFile, name: &str) -> Vec<f32> {
+    match file.tensor(name).unwrap().data {
+        TensorData::F32(v) => v.to_vec(),
+        TensorData::Int8(_) => panic!("{name} is int8"),
+    }
+}
+
+/// Tensors bit-identical, same configuration, tokenizer and chat template.
+fn assert_same_model(ours: &ModelFile, reference: &ModelFile) {
+    assert_eq!(ours.config(), reference.config());
+    let names: Vec<String> = reference.tensors().map(|t| t.name.clone()).collect();
+    assert_eq!(ours.n_tensors(), names.len());
+    for name in &names {
+        let (a, b) = (f32_values(ours, name), f32_values(reference, name));
+        assert!(
+            a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} differs"
+        );
+    }
+    let (tok, want) = (
+        ours.tokenizer_data().unwrap(),
+        reference.tokenizer_data().unwrap(),
+    );
+    let mut vocab = tok.vocab.clone();
+    let mut want_vocab = want.vocab.clone();
+    vocab.sort_by_key(|(_, id)| *id);
+    want_vocab.sort_by_key(|(_, id)| *id);
+    assert_eq!(vocab, want_vocab);
+    assert_eq!(tok.merges, want.merges);
+    assert_eq!(tok.added_tokens, want.added_tokens);
+    assert_eq!(
+        (
+            tok.kind,
+            &tok.pretokenizer,
+            tok.bos_id,
+            tok.eos_id,
+            tok.add_bos
+        ),
+        (
+            want.kind,
+            &want.pretokenizer,
+            want.bos_id,
+            want.eos_id,
+            want.add_bos
+        )
+    );
+    assert_eq!(
+        ours.metadata().get("chat_template"),
+        reference.metadata().get("chat_template")
+    );
+}
+
+#[test]
+fn hf_llama_checkpoint_with_byte_level_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("untied.bin");
+    let result = convert(&model("llama-untied-hf"), &out, "f32");
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    let ours = ModelFile::open(&out).unwrap();
+    let reference = ModelFile::open(model("llama-untied-f32.bin")).unwrap();
+    assert!(!ours.config().tie_word_embeddings);
+    assert_same_model(&ours, &reference);
+    check_greedy_cli(&out, &model("llama-untied-goldens-f32.json"), false);
+}
+
+#[test]
+fn f32_gguf_gives_the_exported_tensors_and_passes_goldens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tied.bin");
+    let result = convert(&model("llama-tied-f32.gguf"), &out, "f32");
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    assert!(result.stderr.contains("GGUF v3"), "{}", result.stderr);
+
+    let ours = ModelFile::open(&out).unwrap();
+    let reference = ModelFile::open(model("llama-tied-f32.bin")).unwrap();
+    assert!(ours.config().tie_word_embeddings);
+    assert!(ours.tensor_info("lm_head.weight").is_err());
+    assert_same_model(&ours, &reference);
+
+    let goldens = model("llama-tied-goldens-f32.json");
+    check_greedy_cli(&out, &goldens, false);
+    check_perplexity_cli(&out, &goldens);
+
+    // int8: the same quantization as the exporter's of the same weights.
+    let out8 = dir.path().join("tied-int8.bin");
+    let result = convert(&model("llama-tied-f32.gguf"), &out8, "int8");
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    check_greedy_cli(&out8, &model("llama-tied-goldens-int8.json"), true);
+}
+
+#[test]
+fn quantized_gguf_passes_goldens_of_its_dequantized_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q8.bin");
+    let result = convert(&model("llama-tied-q8_0.gguf"), &out, "f32");
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    assert!(result.stderr.contains("F16/F32/Q8_0"), "{}", result.stderr);
+    let goldens = model("llama-tied-q8_0-goldens-f32.json");
+    check_greedy_cli(&out, &goldens, false);
+    check_perplexity_cli(&out, &goldens);
+}
+
+/// Replaces the first occurrence of `from` (a length-prefixed GGUF string) with `to`, same length.
+fn replace_string(bytes: &mut [u8], from: &str, to: &str) {
+    assert_eq!(from.len(), to.len());
+    let mut needle = (from.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(from.as_bytes());
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap_or_else(|| panic!("{from} not found"));
+    bytes[at + 8..at + 8 + to.len()].copy_from_slice(to.as_bytes());
+}
+
+fn convert_err(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.gguf");
+    std::fs::write(&input, bytes).unwrap();
+    let out = dir.path().join("out.bin");
+    let result = convert(&input, &out, "f32");
+    assert_eq!(result.code, 1, "{}", result.stderr);
+    assert!(!out.exists(), "a failed conversion left {}", out.display());
+    assert!(
+        !dir.path().join("out.bin.partial").exists(),
+        "a failed conversion left its partial file"
+    );
+    let line = result.stderr.trim().to_string();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    line
+}
+
+#[test]
+fn bad_gguf_files_fail_naming_the_problem() {
+    let good = std::fs::read(model("llama-tied-q8_0.gguf")).unwrap();
+
+    let mut b = good.clone();
+    replace_string(&mut b, "llama", "gemma");
+    let e = convert_err(&b);
+    assert!(
+        e.contains("\"gemma\"") && e.contains("not supported"),
+        "{e}"
+    );
+
+    let mut b = good.clone();
+    replace_string(&mut b, "gpt2", "bert");
+    let e = convert_err(&b);
+    assert!(e.contains("\"bert\""), "{e}");
+
+    // A tensor this engine's Llama has no place for.
+    let mut b = good.clone();
+    replace_string(&mut b, "blk.1.ffn_up.weight", "blk.1.ffn_xx.weight");
+    let e = convert_err(&b);
+    assert!(e.contains("blk.1.ffn_xx.weight"), "{e}");
+
+    // Truncated in the data section, and in the header.
+    let e = convert_err(&good[..good.len() - 100]);
+    assert!(e.contains("outside") || e.contains("truncated"), "{e}");
+    let e = convert_err(&good[..1000]);
+    assert!(e.contains("truncated") || e.contains("remaining"), "{e}");
+
+    // A tensor type the converter does not dequantize (from the reader fixtures).
+    let e = convert_err(&std::fs::read(common::fixtures().join("gguf/types_v3.gguf")).unwrap());
+    assert!(e.contains("llama."), "{e}");
+}

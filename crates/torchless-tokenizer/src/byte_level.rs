@@ -1,0 +1,479 @@
+//! Byte-level BPE, as GPT-2 introduced it and the Llama-family files use it (SmolLM, Llama 3).
+//!
+//! Text is first split into pre-tokens (a regex per family, and for SmolLM every digit on its
+//! own), each pre-token's UTF-8 bytes become symbols (one vocabulary piece per byte, written in
+//! GPT-2's printable byte↔unicode table: space is `Ġ`, newline `Ċ`), and adjacent symbols are
+//! merged by the rank of their merge rule, the leftmost pair first among equals: exactly
+//! Hugging Face `tokenizers`' BPE model. Added tokens (`<|im_start|>`, ...) are matched in the
+//! raw text first, leftmost-longest; special ones only when asked.
+//!
+//! Decoding concatenates the bytes of the tokens and reads them as UTF-8, replacing each
+//! ill-formed sequence with one U+FFFD (`String::from_utf8_lossy`), as Hugging Face's
+//! `ByteLevel` decoder does.
+
+use std::collections::HashMap;
+
+use fancy_regex::Regex;
+
+use crate::encode::{merge, PairTable, Scratch};
+use crate::error::TokenizerError;
+use crate::hash::PairBuildHasher;
+use crate::special::SpecialMatcher;
+use crate::vocab::{merge_display, place_pieces, split_merge, PieceIds, TokenKind, NONE};
+use crate::{AddedToken, ByteLevelBpe, Pretokenizer};
+
+/// GPT-2's split: contractions, letters, numbers, other symbols, each optionally after one
+/// space; whitespace runs keep their last space for the next word.
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// Llama 3's split: case-insensitive contractions, numbers in groups of up to three digits,
+/// newlines kept with the symbols before them.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How far fancy-regex may backtrack before giving up on a match. These patterns backtrack at
+/// most one step per match, so the limit is only a guard; text past a failed match becomes
+/// one pre-token.
+const BACKTRACK_LIMIT: usize = 1 << 26;
+
+impl Pretokenizer {
+    /// The name llama.cpp gives this pre-tokenizer in GGUF files (`tokenizer.ggml.pre`), which
+    /// torchless model files store too: `"gpt2"`, `"smollm"` or `"llama-bpe"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pretokenizer::Gpt2 => "gpt2",
+            Pretokenizer::SmolLm => "smollm",
+            Pretokenizer::Llama3 => "llama-bpe",
+        }
+    }
+
+    /// The pre-tokenizer with this llama.cpp name (`"gpt-2"` and `"llama3"` are accepted too).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "gpt2" | "gpt-2" => Some(Pretokenizer::Gpt2),
+            "smollm" => Some(Pretokenizer::SmolLm),
+            "llama-bpe" | "llama3" => Some(Pretokenizer::Llama3),
+            _ => None,
+        }
+    }
+
+    fn pattern(self) -> &'static str {
+        match self {
+            Pretokenizer::Gpt2 | Pretokenizer::SmolLm => GPT2_PATTERN,
+            Pretokenizer::Llama3 => LLAMA3_PATTERN,
+        }
+    }
+
+    /// SmolLM isolates every numeric character before the regex runs.
+    fn splits_digits(self) -> bool {
+        self == Pretokenizer::SmolLm
+    }
+
+    /// Llama 3 emits a pre-token that is itself a vocabulary piece without merging it.
+    fn ignores_merges(self) -> bool {
+        self == Pretokenizer::Llama3
+    }
+
+    /// Recognizes a Hugging Face `pre_tokenizer` section: GPT-2's `ByteLevel` with its regex,
+    /// SmolLM's `Digits(individual_digits)` then `ByteLevel`, or Llama 3's regex `Split` then
+    /// `ByteLevel` without regex.
+    pub(crate) fn from_hf_json(pre: &serde_json::Value) -> Result<Self, String> {
+        fn ty(v: &serde_json::Value) -> Option<&str> {
+            v.get("type").and_then(|t| t.as_str())
+        }
+        let flag = |v: &serde_json::Value, key: &str, default: bool| {
+            v.get(key).and_then(|b| b.as_bool()).unwrap_or(default)
+        };
+        let byte_level = |v: &serde_json::Value, regex: bool| {
+            ty(v) == Some("ByteLevel")
+                && flag(v, "use_regex", true) == regex
+                && !flag(v, "add_prefix_space", false)
+        };
+        let steps: Vec<&serde_json::Value> = match ty(pre) {
+            Some("Sequence") => pre
+                .get("pretokenizers")
+                .and_then(|a| a.as_array())
+                .map(|a| a.iter().collect())
+                .unwrap_or_default(),
+            _ => vec![pre],
+        };
+        match steps.as_slice() {
+            [only] if byte_level(only, true) => Ok(Pretokenizer::Gpt2),
+            [digits, bl]
+                if ty(digits) == Some("Digits")
+                    && flag(digits, "individual_digits", false)
+                    && byte_level(bl, true) =>
+            {
+                Ok(Pretokenizer::SmolLm)
+            }
+            [split, bl]
+                if ty(split) == Some("Split")
+                    && split.pointer("/pattern/Regex").and_then(|p| p.as_str())
+                        == Some(LLAMA3_PATTERN)
+                    && split.get("behavior").and_then(|b| b.as_str()) == Some("Isolated")
+                    && !flag(split, "invert", false)
+                    && byte_level(bl, false) =>
+            {
+                Ok(Pretokenizer::Llama3)
+            }
+            _ => Err(format!(
+                "byte-level pre-tokenizer {pre} is not one this version knows \
+                 (GPT-2's ByteLevel, SmolLM's Digits + ByteLevel, Llama 3's Split + ByteLevel)"
+            )),
+        }
+    }
+}
+
+/// GPT-2's table: printable Latin-1 bytes stand for themselves, the other 68 bytes (controls,
+/// space, DEL, NBSP, soft hyphen) for U+0100 onwards, in byte order.
+fn byte_to_char() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for (byte, slot) in table.iter_mut().enumerate() {
+        let printable = matches!(byte, 33..=126 | 161..=172 | 174..=255);
+        let code = if printable {
+            byte as u32
+        } else {
+            next += 1;
+            next - 1
+        };
+        *slot = char::from_u32(code).unwrap_or('\0');
+    }
+    table
+}
+
+/// The inverse table, indexed by code point (all of them are below 324).
+fn char_to_byte(table: &[char; 256]) -> Vec<Option<u8>> {
+    let mut inverse = vec![None; 324];
+    for (byte, &c) in table.iter().enumerate() {
+        inverse[c as usize] = Some(byte as u8);
+    }
+    inverse
+}
+
+/// The built byte-level tables. Immutable once built.
+pub(crate) struct ByteVocab {
+    pub pieces: Vec<Box<str>>,
+    /// What each token decodes to: its piece read through the byte table, or, for a piece with
+    /// characters outside the table (added tokens such as `<|im_start|>` have none), its text.
+    pub bytes: Vec<Box<[u8]>>,
+    pub kinds: Vec<TokenKind>,
+    pub piece_ids: PieceIds,
+    /// The single-byte piece of each byte, `NONE` if the vocabulary lacks it.
+    byte_ids: [u32; 256],
+    byte_chars: [char; 256],
+    pairs: HashMap<u64, u64, PairBuildHasher>,
+    pub pretokenizer: Pretokenizer,
+    regex: Regex,
+    /// Every added token, for `parse_special`.
+    all_added: SpecialMatcher,
+    /// The added tokens that are not special: matched in any text, as Hugging Face does.
+    plain_added: SpecialMatcher,
+    pub added: Vec<AddedToken>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub add_bos: bool,
+}
+
+impl std::fmt::Debug for ByteVocab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteVocab")
+            .field("vocab_size", &self.pieces.len())
+            .field("merge_pairs", &self.pairs.len())
+            .field("pretokenizer", &self.pretokenizer)
+            .finish()
+    }
+}
+
+impl PairTable for ByteVocab {
+    #[inline]
+    fn pair(&self, left: u32, right: u32) -> Option<u64> {
+        self.pairs
+            .get(&((u64::from(left) << 32) | u64::from(right)))
+            .copied()
+    }
+}
+
+impl ByteVocab {
+    pub(crate) fn build(spec: ByteLevelBpe) -> Result<Self, TokenizerError> {
+        let ByteLevelBpe {
+            mut vocab,
+            merges,
+            pretokenizer,
+            added_tokens,
+            bos_id,
+            eos_id,
+            add_bos,
+        } = spec;
+
+        // Added tokens may lie beyond the model's vocabulary (Hugging Face keeps them apart);
+        // one that is in it must have the same id.
+        {
+            let by_piece: HashMap<&str, u32> =
+                vocab.iter().map(|(p, id)| (p.as_str(), *id)).collect();
+            let mut extra = Vec::new();
+            for token in &added_tokens {
+                match by_piece.get(token.content.as_str()) {
+                    Some(&id) if id != token.id => {
+                        return Err(TokenizerError::AddedToken {
+                            content: token.content.clone(),
+                            id: u64::from(token.id),
+                            problem: format!("the vocabulary gives it id {id}"),
+                        })
+                    }
+                    Some(_) => {}
+                    None => extra.push((token.content.clone(), token.id)),
+                }
+            }
+            vocab.extend(extra);
+        }
+        let (pieces, piece_ids) = place_pieces(
+            vocab
+                .into_iter()
+                .map(|(p, id)| (p, u64::from(id)))
+                .collect(),
+        )?;
+        let size = pieces.len() as u32;
+        for (what, id) in [("bos", bos_id), ("eos", eos_id)] {
+            if let Some(id) = id.filter(|&id| id >= size) {
+                return Err(TokenizerError::Field {
+                    field: format!("{what}_id"),
+                    problem: format!("id {id} is not in the vocabulary of {size} pieces"),
+                });
+            }
+        }
+
+        let byte_chars = byte_to_char();
+        let to_byte = char_to_byte(&byte_chars);
+        let mut byte_ids = [NONE; 256];
+        let mut buf = [0u8; 4];
+        for (byte, slot) in byte_ids.iter_mut().enumerate() {
+            if let Some(&id) = piece_ids.get(&*byte_chars[byte].encode_utf8(&mut buf)) {
+                *slot = id;
+            }
+        }
+        let bytes = pieces
+            .iter()
+            .map(|piece| {
+                let mapped: Option<Vec<u8>> = piece
+                    .chars()
+                    .map(|c| to_byte.get(c as usize).copied().flatten())
+                    .collect();
+                mapped
+                    .unwrap_or_else(|| piece.as_bytes().to_vec())
+                    .into_boxed_slice()
+            })
+            .collect();
+
+        // Later duplicates of a merge replace earlier ones, as in Hugging Face's table.
+        let mut pairs = HashMap::with_capacity_and_hasher(merges.len(), PairBuildHasher::default());
+        let mut merged = String::new();
+        for (rank, text) in merges.iter().enumerate() {
+            let spec = crate::vocab::MergeSpec::Joined(text.clone());
+            let (left, right) = split_merge(rank, &spec)?;
+            let unknown = |piece: &str| TokenizerError::MergeUnknownPiece {
+                rank,
+                merge: merge_display(&spec),
+                piece: piece.to_owned(),
+            };
+            let left_id = *piece_ids.get(left).ok_or_else(|| unknown(left))?;
+            let right_id = *piece_ids.get(right).ok_or_else(|| unknown(right))?;
+            merged.clear();
+            merged.push_str(left);
+            merged.push_str(right);
+            let merged_id = *piece_ids
+                .get(merged.as_str())
+                .ok_or_else(|| unknown(&merged))?;
+            let rank = u64::try_from(rank)
+                .unwrap_or(u64::MAX)
+                .min(u64::from(u32::MAX));
+            pairs.insert(
+                (u64::from(left_id) << 32) | u64::from(right_id),
+                (rank << 32) | u64::from(merged_id),
+            );
+        }
+
+        let mut kinds = vec![TokenKind::Normal; pieces.len()];
+        for token in &added_tokens {
+            if token.special {
+                kinds[token.id as usize] = TokenKind::Control;
+            }
+        }
+        let all_added = SpecialMatcher::new(added_tokens.iter().map(|t| (&*t.content, t.id)));
+        let plain_added = SpecialMatcher::new(
+            added_tokens
+                .iter()
+                .filter(|t| !t.special)
+                .map(|t| (&*t.content, t.id)),
+        );
+        let regex = fancy_regex::RegexBuilder::new(pretokenizer.pattern())
+            .backtrack_limit(BACKTRACK_LIMIT)
+            .build()
+            .map_err(|e| TokenizerError::Field {
+                field: "pre_tokenizer".into(),
+                problem: format!("regex does not compile: {e}"),
+            })?;
+
+        Ok(ByteVocab {
+            pieces,
+            bytes,
+            kinds,
+            piece_ids,
+            byte_ids,
+            byte_chars,
+            pairs,
+            pretokenizer,
+            regex,
+            all_added,
+            plain_added,
+            added: added_tokens,
+            bos_id,
+            eos_id,
+            add_bos,
+        })
+    }
+
+    /// Encodes `text`, appending ids to `out` (BOS is the caller's business).
+    pub(crate) fn encode(&self, text: &str, parse_special: bool, out: &mut Vec<u32>) {
+        let matcher = if parse_special {
+            &self.all_added
+        } else {
+            &self.plain_added
+        };
+        let mut scratch = Scratch::default();
+        let mut word = String::new();
+        let mut pos = 0;
+        for found in matcher.find_all(text) {
+            let stretch = text.get(pos..found.start).unwrap_or_default();
+            self.encode_plain(stretch, &mut scratch, &mut word, out);
+            out.push(found.id);
+            pos = found.end;
+        }
+        let rest = text.get(pos..).unwrap_or_default();
+        self.encode_plain(rest, &mut scratch, &mut word, out);
+    }
+
+    fn encode_plain(
+        &self,
+        text: &str,
+        scratch: &mut Scratch,
+        word: &mut String,
+        out: &mut Vec<u32>,
+    ) {
+        let mut encode_word = |piece: &str| self.encode_word(piece, scratch, word, out);
+        if !self.pretokenizer.splits_digits() {
+            self.split_by_regex(text, &mut encode_word);
+            return;
+        }
+        let mut start = 0;
+        for (at, c) in text.char_indices() {
+            if c.is_numeric() {
+                self.split_by_regex(&text[start..at], &mut encode_word);
+                let end = at + c.len_utf8();
+                encode_word(&text[at..end]);
+                start = end;
+            }
+        }
+        self.split_by_regex(&text[start..], &mut encode_word);
+    }
+
+    /// Calls `f` with each pre-token: every regex match, and any text between matches.
+    fn split_by_regex(&self, text: &str, f: &mut impl FnMut(&str)) {
+        let mut last = 0;
+        for found in self.regex.find_iter(text) {
+            let Ok(found) = found else { break };
+            if found.start() > last {
+                f(&text[last..found.start()]);
+            }
+            if found.end() > found.start() {
+                f(found.as_str());
+            }
+            last = found.end();
+        }
+        if last < text.len() {
+            f(&text[last..]);
+        }
+    }
+
+    fn encode_word(
+        &self,
+        piece: &str,
+        scratch: &mut Scratch,
+        word: &mut String,
+        out: &mut Vec<u32>,
+    ) {
+        if self.pretokenizer.ignores_merges() {
+            word.clear();
+            word.extend(piece.bytes().map(|b| self.byte_chars[usize::from(b)]));
+            if let Some(&id) = self.piece_ids.get(word.as_str()) {
+                out.push(id);
+                return;
+            }
+        }
+        scratch.symbols.clear();
+        // A byte without a piece is dropped, as Hugging Face's BPE does without an unknown token.
+        scratch.symbols.extend(
+            piece
+                .bytes()
+                .map(|b| self.byte_ids[usize::from(b)])
+                .filter(|&id| id != NONE),
+        );
+        if scratch.symbols.is_empty() {
+            return;
+        }
+        merge(self, scratch, |id| out.push(id));
+    }
+
+    /// The bytes `ids` decode to, special tokens left out when `skip_special`.
+    pub(crate) fn decode_bytes(&self, ids: &[u32], skip_special: bool, out: &mut Vec<u8>) {
+        for &id in ids {
+            self.push_token_bytes(id, skip_special, out);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn push_token_bytes(&self, id: u32, skip_special: bool, out: &mut Vec<u8>) {
+        let Some(kind) = self.kinds.get(id as usize) else {
+            return;
+        };
+        if skip_special && *kind == TokenKind::Control {
+            return;
+        }
+        out.extend_from_slice(&self.bytes[id as usize]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_table_is_gpt2s() {
+        let table = byte_to_char();
+        assert_eq!(table[usize::from(b' ')], 'Ġ');
+        assert_eq!(table[usize::from(b'\n')], 'Ċ');
+        assert_eq!(table[usize::from(b'a')], 'a');
+        assert_eq!(table[0], '\u{100}');
+        assert_eq!(table[0xAD], '\u{143}');
+        let inverse = char_to_byte(&table);
+        for (byte, &c) in table.iter().enumerate() {
+            assert_eq!(inverse[c as usize], Some(byte as u8));
+        }
+        let mut sorted: Vec<char> = table.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 256, "the table is a bijection");
+    }
+
+    #[test]
+    fn pretokenizer_names_round_trip() {
+        for p in [
+            Pretokenizer::Gpt2,
+            Pretokenizer::SmolLm,
+            Pretokenizer::Llama3,
+        ] {
+            assert_eq!(Pretokenizer::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Pretokenizer::from_name("qwen2"), None);
+    }
+}
