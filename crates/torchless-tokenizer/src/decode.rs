@@ -204,7 +204,7 @@ impl<'a> StreamDecoder<'a> {
             StreamVocab::SentencePiece(vocab) => vocab,
             StreamVocab::ByteLevel(vocab) => {
                 vocab.push_token_bytes(id, self.options.skip_special, &mut self.pending);
-                self.drain_lossy(false, out);
+                self.drain_pending(false, out);
                 return;
             }
         };
@@ -228,50 +228,18 @@ impl<'a> StreamDecoder<'a> {
     /// they never completed a character).
     pub fn finish(mut self) -> String {
         let mut out = String::new();
-        match self.vocab {
-            StreamVocab::SentencePiece(_) => self.drain_pending(true, &mut out),
-            StreamVocab::ByteLevel(_) => self.drain_lossy(true, &mut out),
-        }
+        self.drain_pending(true, &mut out);
         out
-    }
-
-    /// Byte-level streams: outputs what `String::from_utf8_lossy` of the whole stream would
-    /// output for the pending bytes (one U+FFFD per ill-formed sequence), keeping back an
-    /// incomplete character unless `end`.
-    fn drain_lossy(&mut self, end: bool, out: &mut String) {
-        let mut at = 0;
-        while at < self.pending.len() {
-            match std::str::from_utf8(&self.pending[at..]) {
-                Ok(valid) => {
-                    out.push_str(valid);
-                    at = self.pending.len();
-                }
-                Err(error) => {
-                    let valid_len = error.valid_up_to();
-                    if let Ok(valid) = std::str::from_utf8(&self.pending[at..at + valid_len]) {
-                        out.push_str(valid);
-                    }
-                    at += valid_len;
-                    match error.error_len() {
-                        Some(bad) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            at += bad;
-                        }
-                        None if end => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            at = self.pending.len();
-                        }
-                        None => break,
-                    }
-                }
-            }
-        }
-        self.pending.drain(..at);
     }
 
     /// Outputs every pending character whose fate is decided. With `end`,
     /// the byte run is over, so an incomplete character is decided too.
+    ///
+    /// An ill-formed sequence becomes one U+FFFD per byte for SentencePiece
+    /// (its `DecodeUTF8`), one per sequence for byte-level streams (what
+    /// `String::from_utf8_lossy` of the whole stream gives, as Hugging Face).
     fn drain_pending(&mut self, end: bool, out: &mut String) {
+        let per_byte = matches!(self.vocab, StreamVocab::SentencePiece(_));
         let mut at = 0;
         while at < self.pending.len() {
             match std::str::from_utf8(&self.pending[at..]) {
@@ -287,11 +255,13 @@ impl<'a> StreamDecoder<'a> {
                     at += valid_len;
                     // `error_len() == None`: the bytes so far begin a
                     // well-formed character that more bytes could complete.
-                    if error.error_len().is_none() && !end {
-                        break;
-                    }
+                    let bad = match error.error_len() {
+                        None if !end => break,
+                        None => self.pending.len() - at,
+                        Some(bad) => bad,
+                    };
                     out.push(char::REPLACEMENT_CHARACTER);
-                    at += 1;
+                    at += if per_byte { 1 } else { bad };
                 }
             }
         }

@@ -375,13 +375,7 @@ pub fn byte_level_bpe_from_json(json: &str) -> Result<Option<ByteLevelBpe>, Toke
     let VocabEntries(entries) = parse_field(required(model.vocab, "model.vocab")?, "model.vocab")?;
     let mut vocab = Vec::with_capacity(entries.len());
     for (piece, id) in entries {
-        let id = u32::try_from(id)
-            .ok()
-            .filter(|&id| id < crate::vocab::UNKNOWN_CHAR)
-            .ok_or_else(|| TokenizerError::IdOutOfRange {
-                piece: piece.clone(),
-                id,
-            })?;
+        let id = checked_id(&piece, id)?;
         vocab.push((piece, id));
     }
     let Merges(specs) = parse_field(required(model.merges, "model.merges")?, "model.merges")?;
@@ -409,15 +403,8 @@ pub fn byte_level_bpe_from_json(json: &str) -> Result<Option<ByteLevelBpe>, Toke
     };
     let mut added_tokens = Vec::with_capacity(added.len());
     for token in added {
-        let id = u32::try_from(token.id)
-            .ok()
-            .filter(|&id| id < crate::vocab::UNKNOWN_CHAR)
-            .ok_or_else(|| TokenizerError::IdOutOfRange {
-                piece: token.content.clone(),
-                id: token.id,
-            })?;
         added_tokens.push(AddedToken {
-            id,
+            id: checked_id(&token.content, token.id)?,
             content: token.content,
             special: token.special,
         });
@@ -432,6 +419,17 @@ pub fn byte_level_bpe_from_json(json: &str) -> Result<Option<ByteLevelBpe>, Toke
         eos_id: None,
         add_bos: bos_id.is_some(),
     }))
+}
+
+/// `id` as a vocabulary id (below 2^31, as the SentencePiece tables require too).
+fn checked_id(piece: &str, id: u64) -> Result<u32, TokenizerError> {
+    u32::try_from(id)
+        .ok()
+        .filter(|&id| id < crate::vocab::UNKNOWN_CHAR)
+        .ok_or_else(|| TokenizerError::IdOutOfRange {
+            piece: piece.to_owned(),
+            id,
+        })
 }
 
 /// The id a `TemplateProcessing` post-processor (alone or in a `Sequence`) puts before a

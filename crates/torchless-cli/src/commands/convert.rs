@@ -127,15 +127,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let bytes_in = write_tensors(&checkpoint, writer)?;
     partial.commit()?;
 
-    let model = ModelFile::open(&args.output).with_context(|| {
-        format!(
-            "{} was written but does not read back",
-            args.output.display()
-        )
-    })?;
-    model
-        .validate_mistral()
-        .with_context(|| format!("{} was written but is incomplete", args.output.display()))?;
+    let model = read_back(&args.output)?;
 
     let secs = started.elapsed().as_secs_f64();
     let dtypes: Vec<String> = checkpoint.dtypes().iter().map(|d| d.to_string()).collect();
@@ -173,6 +165,16 @@ pub(crate) fn human_size(bytes: u64) -> String {
 }
 
 /// Writing over a shard that is being read would destroy the input.
+/// Opens a model file just written and checks it is complete: what every writer ends with.
+pub(crate) fn read_back(path: &Path) -> anyhow::Result<ModelFile> {
+    let model = ModelFile::open(path)
+        .with_context(|| format!("{} was written but does not read back", path.display()))?;
+    model
+        .validate_mistral()
+        .with_context(|| format!("{} was written but is incomplete", path.display()))?;
+    Ok(model)
+}
+
 fn refuse_overwriting_inputs(output: &Path, checkpoint: &Checkpoint) -> anyhow::Result<()> {
     let Ok(out) = output.canonicalize() else {
         return Ok(());

@@ -23,8 +23,8 @@ use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use torchless_model::format::quant::{quantize_group, GROUP_SIZE};
 use torchless_model::format::{
-    Activation, Architecture, Config, DType, ModelFile, ModelWriter, QuantKind, TensorSpec,
-    TokenizerData, ALIGNMENT,
+    Activation, Architecture, Config, DType, ModelWriter, QuantKind, TensorSpec, TokenizerData,
+    ALIGNMENT,
 };
 
 use super::convert::{hf_tokenizer, human_size, PartialFile, Quant};
@@ -188,15 +188,7 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     drop(file);
     partial.commit()?;
 
-    let model = ModelFile::open(&args.output).with_context(|| {
-        format!(
-            "{} was written but does not read back",
-            args.output.display()
-        )
-    })?;
-    model
-        .validate_mistral()
-        .with_context(|| format!("{} was written but is incomplete", args.output.display()))?;
+    super::convert::read_back(&args.output)?;
     let secs = started.elapsed().as_secs_f64();
     let size = header.len() as u64 + payload;
     eprintln!(

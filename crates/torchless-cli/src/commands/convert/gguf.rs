@@ -16,8 +16,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use torchless_model::format::gguf::{GgufFile, GgufTensorInfo, GgufValue};
 use torchless_model::format::{
-    layer_tensor_name, Activation, AddedTokenData, Architecture, Config, ModelFile, ModelWriter,
-    QuantKind, TensorSpec, TokenizerData, TokenizerKind,
+    layer_tensor_name, Activation, AddedTokenData, Architecture, Config, ModelWriter, QuantKind,
+    TensorSpec, TokenizerData, TokenizerKind,
 };
 
 use super::{human_size, ConvertArgs, PartialFile};
@@ -99,15 +99,7 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     let _ = torchless_model::format::evict_from_page_cache(&file);
     partial.commit()?;
 
-    let model = ModelFile::open(&args.output).with_context(|| {
-        format!(
-            "{} was written but does not read back",
-            args.output.display()
-        )
-    })?;
-    model
-        .validate_mistral()
-        .with_context(|| format!("{} was written but is incomplete", args.output.display()))?;
+    let model = super::read_back(&args.output)?;
     let mut types: Vec<&str> = gguf
         .tensors()
         .iter()
