@@ -1,7 +1,7 @@
 //! `torchless`: run Mistral models on the CPU from the terminal.
 //!
-//! `torchless MODEL "PROMPT"` streams a completion; subcommands cover chat, perplexity, benchmarks,
-//! inspection, tokenization and model conversion. Text goes to stdout; statistics, progress and
+//! `torchless MODEL "PROMPT"` streams a completion; subcommands cover chat, an OpenAI-compatible
+//! server, perplexity, benchmarks, inspection, tokenization and model conversion. Text goes to stdout; statistics, progress and
 //! errors to stderr.
 
 use std::ffi::OsString;
@@ -27,6 +27,7 @@ use options::GenerateArgs;
         torchless chat mistral-7b-instruct-int8.bin\n  \
         torchless perplexity mistral-7b-int8.bin wiki.txt --ctx 512\n  \
         torchless bench mistral-7b-int8.bin -p 128 -n 32 -r 3 -t 2\n  \
+        torchless serve mistral-7b-instruct-int8.bin --port 8080 --parallel 4\n  \
         torchless convert ./Mistral-7B-v0.1 mistral-7b-int8.bin --quant int8"
 )]
 struct Cli {
@@ -42,6 +43,8 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Teacher-forced mean negative log-likelihood and perplexity of a text.
     Perplexity(commands::perplexity::PerplexityArgs),
+    /// Serve the model over HTTP with an OpenAI-compatible API (continuous batching).
+    Serve(commands::serve::ServeArgs),
     /// Measure prompt processing and generation speed (tokens/s, GB/s).
     Bench(commands::bench::BenchArgs),
     /// Show a model file's configuration and tensors.
@@ -59,6 +62,7 @@ const SUBCOMMANDS: &[&str] = &[
     "chat",
     "perplexity",
     "bench",
+    "serve",
     "info",
     "tokenize",
     "convert",
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => commands::chat::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Convert(args) => commands::convert::run(args),

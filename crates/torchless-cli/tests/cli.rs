@@ -402,6 +402,7 @@ fn every_subcommand_has_help() {
         "tokenize",
         "convert",
         "synth",
+        "serve",
     ] {
         let out = run(torchless().arg(sub).arg("--help"));
         assert_eq!(out.code, 0, "{sub}");
@@ -474,6 +475,32 @@ fn bench_reports_json_figures() {
         .map(|t| t["bytes"].as_u64().unwrap())
         .sum();
     assert_eq!(v["bytes_per_token"].as_u64().unwrap(), total + 128 * 4);
+
+    // Several sequences per step: aggregate tokens/s, the step's bytes shared among them.
+    let out = run(torchless()
+        .arg("bench")
+        .arg(model("small-mha-int8.bin"))
+        .args([
+            "-p",
+            "4",
+            "-n",
+            "8",
+            "-r",
+            "1",
+            "--probe-mib",
+            "0",
+            "--parallel",
+            "3",
+            "--json",
+        ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let p: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(p["parallel"], 3);
+    assert!(p["tg_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        p["bytes_per_token"].as_u64().unwrap(),
+        v["bytes_per_token"].as_u64().unwrap() / 3
+    );
 }
 
 #[test]

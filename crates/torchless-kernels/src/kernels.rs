@@ -281,6 +281,65 @@ impl Kernels {
         }
     }
 
+    /// `ys[b] = W xs[b]` for a few unrelated inputs at once (one decode step of `batch` sequences,
+    /// `xs` and `ys` row-major): every output row is bit-identical to [`matvec`](Self::matvec) of
+    /// its input, so batching sequences never changes what any of them generates, and the weights
+    /// are streamed from memory once for all inputs (decode is bound by that read).
+    pub fn matvec_batch(
+        &self,
+        w: &MatRef<'_>,
+        xs: &[f32],
+        ys: &mut [f32],
+        batch: usize,
+    ) -> Result<(), KernelError> {
+        check_len(
+            "matvec_batch input",
+            checked_mul("matvec_batch input", batch, w.cols())?,
+            xs.len(),
+        )?;
+        check_len(
+            "matvec_batch output",
+            checked_mul("matvec_batch output", batch, w.rows())?,
+            ys.len(),
+        )?;
+        let (rows, cols) = (w.rows(), w.cols());
+        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+        if let (Path::Avx2(t), false, true) = (self.path, self.uses_blas_for(w), batch > 1) {
+            // Computed transposed (row-major over weight rows) so threads split rows, then
+            // scattered. How rows are split or paired never changes a row's arithmetic.
+            let mut yt = vec![0.0f32; rows * batch];
+            parallel::par_rows(&mut yt, 4 * batch, cols, |e0, chunk| match w {
+                MatRef::F32(m) => crate::avx2::matvec_f32_multi(t, m, xs, batch, e0 / batch, chunk),
+                MatRef::Int8(m) => crate::avx2::matvec_i8_multi(t, m, xs, batch, e0 / batch, chunk),
+            });
+            for (r, row) in yt.chunks_exact(batch).enumerate() {
+                for (b, &v) in row.iter().enumerate() {
+                    ys[b * rows + r] = v;
+                }
+            }
+            return Ok(());
+        }
+        for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
+            self.matvec(w, x, y)?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`matvec`](Self::matvec) hands `w` to BLAS.
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    #[allow(unused_variables)]
+    fn uses_blas_for(&self, w: &MatRef<'_>) -> bool {
+        #[cfg(any(
+            feature = "openblas",
+            feature = "blis",
+            all(feature = "accelerate", target_os = "macos")
+        ))]
+        if let (true, MatRef::F32(_)) = (self.blas, w) {
+            return true;
+        }
+        false
+    }
+
     /// Several matvecs sharing one input (e.g. q/k/v or gate/up projections), run as one parallel
     /// job: `ys[i] = ws[i] x`.
     pub fn matvec_many(

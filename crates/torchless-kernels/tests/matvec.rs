@@ -263,3 +263,76 @@ fn read_bandwidth_probe_runs() {
         assert!(gbs.is_finite() && gbs > 0.0, "{threads} threads: {gbs}");
     }
 }
+
+/// `matvec_batch` against the f64 reference, and bit for bit against one `matvec` per input (the
+/// server batches sequences and must not change what any of them generates).
+fn check_batch(k: &Kernels, m: &MatRef<'_>, xs: &[f32], batch: usize, what: &str) {
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut ys = vec![f32::NAN; batch * rows];
+    k.matvec_batch(m, xs, &mut ys, batch).expect("shapes");
+    for (b, (x, y)) in xs.chunks_exact(cols).zip(ys.chunks_exact(rows)).enumerate() {
+        let what = format!(
+            "{what} {rows}x{cols} batch {batch} input {b} on {}",
+            k.simd_path().name()
+        );
+        assert_close(
+            &what,
+            y,
+            &reference::matvec(m, x),
+            &reference::matvec_abs(m, x),
+        );
+        let mut alone = vec![0.0; rows];
+        k.matvec(m, x, &mut alone).unwrap();
+        let same = y
+            .iter()
+            .zip(&alone)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{what}: not bit-identical to matvec");
+    }
+}
+
+#[test]
+fn matvec_batch_rows_are_bit_identical_to_matvec() {
+    let mut rng = Rng::new(8);
+    let shapes: &[(usize, usize)] = &[(1, 7), (5, 16), (7, 17), (33, 257), (3, 1000), (300, 512)];
+    for &(r, c) in shapes {
+        let w = rng.vec(r * c);
+        let m = MatRef::f32(&w, r, c).unwrap();
+        for batch in [1, 2, 3, 4, 5, 7, 9] {
+            let xs = rng.vec(batch * c);
+            for k in paths() {
+                check_batch(&k, &m, &xs, batch, "f32");
+            }
+        }
+    }
+    // Row-aligned int8 (the fast path), odd row counts, and groups spanning rows.
+    for &(r, c) in &[
+        (1, 64),
+        (3, 192),
+        (9, 4096),
+        (301, 512),
+        (64, 176),
+        (7, 160),
+        (11, 63),
+    ] {
+        let (q, inv) = quantize(&weights(&mut rng, r * c));
+        let m = MatRef::int8(&q, &inv, r, c).unwrap();
+        for batch in [1, 2, 3, 4, 5, 8] {
+            let xs = rng.vec(batch * c);
+            for k in paths() {
+                check_batch(&k, &m, &xs, batch, "int8");
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_batch_refuses_wrong_lengths() {
+    let k = Kernels::auto();
+    let w = vec![0.5; 4 * 8];
+    let m = MatRef::f32(&w, 4, 8).unwrap();
+    let mut ys = vec![0.0; 8];
+    assert!(k.matvec_batch(&m, &[0.0; 15], &mut ys, 2).is_err());
+    assert!(k.matvec_batch(&m, &[0.0; 16], &mut ys[..7], 2).is_err());
+    assert!(k.matvec_batch(&m, &[0.0; 16], &mut ys, 2).is_ok());
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use torchless_kernels::Kernels;
 
 use crate::error::{ModelError, Result};
-use crate::forward::Scratch;
+use crate::forward::{Pass, Scratch, SequenceRows};
 use crate::kv_cache::KvCache;
 use crate::model::{Model, Residency};
 
@@ -257,6 +257,137 @@ impl<'m, R: Residency> Session<'m, R> {
     /// Runs one token and returns its logits (decode).
     pub fn step(&mut self, token: u32) -> Result<&[f32]> {
         self.prefill(&[token])
+    }
+
+    /// One decode step of several sessions on the same model, as one forward pass: `tokens[i]`
+    /// is run after what `sessions[i]` holds, and its logits are then in `sessions[i].logits()`.
+    ///
+    /// The weights are read from memory once for the whole step instead of once per session
+    /// (decode is bound by that read, so a step of a few sessions costs little more than one),
+    /// and each session's logits are bit-identical to what [`step`](Self::step) would give it
+    /// alone: batching never changes what a session generates. This is what a server's
+    /// continuous batching runs between prompts.
+    ///
+    /// Every session must belong to the same model, have no pending token (feed generated tokens
+    /// here instead) and have room for one more position; at most the first session's
+    /// [`batch_size`](Self::batch_size) sessions go in one step. Nothing is changed when a check
+    /// fails; a failure inside the pass resets every session, as [`prefill`](Self::prefill)
+    /// does.
+    pub fn step_batch(sessions: &mut [&mut Session<'m, R>], tokens: &[u32]) -> Result<()> {
+        let invalid = |message: String| ModelError::InvalidOption {
+            option: "batched decode step".into(),
+            message,
+        };
+        if tokens.len() != sessions.len() {
+            return Err(invalid(format!(
+                "{} tokens for {} sessions",
+                tokens.len(),
+                sessions.len()
+            )));
+        }
+        let Some(first) = sessions.first() else {
+            return Ok(());
+        };
+        let model = first.model;
+        let vocab_size = model.config().vocab_size;
+        if sessions.len() > first.batch_size {
+            return Err(invalid(format!(
+                "{} sessions, more than the first session's batch size {}",
+                sessions.len(),
+                first.batch_size
+            )));
+        }
+        for (i, (session, &token)) in sessions.iter().zip(tokens).enumerate() {
+            if !std::ptr::eq(session.model, model) {
+                return Err(invalid(format!("session {i} runs another model")));
+            }
+            if session.pending.is_some() {
+                return Err(invalid(format!("session {i} has a pending token")));
+            }
+            if token as usize >= vocab_size {
+                return Err(ModelError::InvalidToken {
+                    id: token,
+                    vocab_size,
+                });
+            }
+            if session.position + 1 > session.context_len {
+                return Err(ModelError::ContextOverflow {
+                    needed: session.position + 1,
+                    context_len: session.context_len,
+                    max_positions: model.config().max_position_embeddings,
+                });
+            }
+        }
+        if let [session] = sessions {
+            return session.step(tokens[0]).map(|_| ());
+        }
+        for (session, &token) in sessions.iter_mut().zip(tokens) {
+            session.tokens.push(token);
+        }
+        let result = Self::forward_sessions(sessions, tokens);
+        if result.is_err() {
+            for session in sessions.iter_mut() {
+                session.reset();
+            }
+        }
+        result
+    }
+
+    /// The forward pass of [`step_batch`](Self::step_batch) (inputs validated), in the first
+    /// session's decode pool and with its scratch buffers.
+    fn forward_sessions(sessions: &mut [&mut Session<'m, R>], tokens: &[u32]) -> Result<()> {
+        let vocab = sessions[0].model.config().vocab_size;
+        let (first, rest) = sessions
+            .split_first_mut()
+            .ok_or(ModelError::EmptyInput("no sessions"))?;
+        let model = first.model;
+        let kernels = first.kernels;
+        #[cfg(feature = "parallel")]
+        let pool = first.decode_pool.clone();
+        let mut batch_logits = std::mem::take(first.scratch.batch_logits());
+        let mut sequences = Vec::with_capacity(rest.len() + 1);
+        sequences.push(SequenceRows {
+            kv_cache: &mut first.kv_cache,
+            start: first.position,
+            rows: 0..1,
+        });
+        for (i, session) in rest.iter_mut().enumerate() {
+            sequences.push(SequenceRows {
+                kv_cache: &mut session.kv_cache,
+                start: session.position,
+                rows: i + 1..i + 2,
+            });
+        }
+        let mut pass = Pass {
+            kernels,
+            scratch: &mut first.scratch,
+            tokens,
+            sequences: &mut sequences,
+            logit_rows: 0..tokens.len(),
+            logits: &mut batch_logits,
+        };
+        let mut run = || {
+            crate::forward::with_paging(model, |progress| {
+                crate::forward::forward(model, &mut pass, progress)
+            })
+        };
+        #[cfg(feature = "parallel")]
+        let result = match pool {
+            Some(pool) => pool.install(run),
+            None => run(),
+        };
+        #[cfg(not(feature = "parallel"))]
+        let result = run();
+        drop(sequences);
+        if result.is_ok() {
+            for (session, row) in sessions.iter_mut().zip(batch_logits.chunks_exact(vocab)) {
+                session.position += 1;
+                session.logits.clear();
+                session.logits.extend_from_slice(row);
+            }
+        }
+        *sessions[0].scratch.batch_logits() = batch_logits;
+        result
     }
 
     /// Runs `tokens` and calls `on_logits(i, logits)` for every one of them (teacher forcing, e.g.

@@ -39,6 +39,11 @@ pub struct BenchArgs {
     /// counts in the process's peak RSS: use 0 when measuring memory.
     #[arg(long = "probe-mib", value_name = "MIB", default_value_t = 1024)]
     pub probe_mib: usize,
+    /// Sequences generated together (continuous batching, as `torchless serve --parallel`):
+    /// each step runs one token of every sequence in one pass over the weights; tg is then the
+    /// aggregate tokens/s of all of them.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub parallel: usize,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -66,6 +71,9 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
+    if args.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
     let model = load_model::<R>(&args.model)?;
     let config = model.config();
     let needed = args.n_prompt.max(1) + args.n_gen;
@@ -79,35 +87,54 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut options = args.model.session_options();
     options.context_len = Some(options.context_len.unwrap_or(needed).max(needed));
-    let mut session = model
-        .session_with(options)
+    let mut sessions = (0..args.parallel)
+        .map(|_| model.session_with(options.clone()))
+        .collect::<Result<Vec<_>, _>>()
         .context("cannot create a session")?;
 
-    // A fixed prompt of ordinary tokens (ids past the specials and byte pieces when there are any).
+    // A fixed prompt of ordinary tokens (ids past the specials and byte pieces when there are
+    // any), shifted per sequence so parallel sequences differ.
     let vocab = config.vocab_size as u32;
     let first = if vocab > 1000 { 259 } else { 3.min(vocab - 1) };
-    let prompt: Vec<u32> = (0..args.n_prompt as u32)
-        .map(|i| first + (i * 7919) % (vocab - first))
-        .collect();
+    let prompt = |seq: u32| -> Vec<u32> {
+        (0..args.n_prompt as u32)
+            .map(|i| first + (i * 7919 + seq * 104_729) % (vocab - first))
+            .collect()
+    };
 
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for rep in 0..args.repetitions {
-        session.reset();
-        let mut next = if args.n_prompt > 0 {
-            let start = Instant::now();
-            let logits = session.prefill(&prompt)?;
-            let seconds = start.elapsed().as_secs_f64();
-            pp.push(args.n_prompt as f64 / seconds);
-            argmax(logits)
-        } else {
-            1
-        };
+        let mut next = Vec::with_capacity(args.parallel);
+        for (seq, session) in sessions.iter_mut().enumerate() {
+            session.reset();
+            next.push(if args.n_prompt > 0 {
+                let ids = prompt(seq as u32);
+                let start = Instant::now();
+                let logits = session.prefill(&ids)?;
+                let seconds = start.elapsed().as_secs_f64();
+                // pp is the first sequence's prefill (they are all the same work).
+                if seq == 0 {
+                    pp.push(args.n_prompt as f64 / seconds);
+                }
+                argmax(logits)
+            } else {
+                1
+            });
+        }
         if args.n_gen > 0 {
             let start = Instant::now();
             for _ in 0..args.n_gen {
-                next = argmax(session.step(next)?);
+                if let [session] = sessions.as_mut_slice() {
+                    next[0] = argmax(session.step(next[0])?);
+                } else {
+                    let mut batch: Vec<_> = sessions.iter_mut().collect();
+                    torchless_model::Session::step_batch(&mut batch, &next)?;
+                    for (token, session) in next.iter_mut().zip(&sessions) {
+                        *token = argmax(session.logits());
+                    }
+                }
             }
-            tg.push(args.n_gen as f64 / start.elapsed().as_secs_f64());
+            tg.push((args.n_gen * args.parallel) as f64 / start.elapsed().as_secs_f64());
         }
         if args.model.debug {
             eprintln!(
@@ -118,9 +145,11 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let session = &sessions[0];
     let pp_median = median(&mut pp);
     let tg_median = median(&mut tg);
-    let bytes_per_token = model.bytes_per_token();
+    // One step reads the weights once for all parallel sequences.
+    let bytes_per_token = model.bytes_per_token() / args.parallel as u64;
     let gb_per_s = bytes_per_token as f64 * tg_median / 1e9;
     let threads = args
         .model
@@ -140,6 +169,7 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             "threads": threads,
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
+            "parallel": args.parallel,
             "repetitions": args.repetitions,
             "pp_tokens_per_s": pp_median,
             "tg_tokens_per_s": tg_median,
@@ -177,8 +207,13 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
         }
         if args.n_gen > 0 {
             println!(
-                "| {name} | {} | {threads} | tg{} | {tg_median:.3} | {bytes_per_token} | {gb_per_s:.2} | {} |",
+                "| {name} | {}{} | {threads} | tg{} | {tg_median:.3} | {bytes_per_token} | {gb_per_s:.2} | {} |",
                 model.residency(),
+                if args.parallel > 1 {
+                    format!(", {} sequences", args.parallel)
+                } else {
+                    String::new()
+                },
                 args.n_gen,
                 match (probe, fraction) {
                     (Some(bw), Some(f)) => format!("{:.0}% of {bw:.1} GB/s", f * 100.0),

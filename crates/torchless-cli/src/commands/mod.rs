@@ -6,6 +6,7 @@ pub mod convert;
 pub mod generate;
 pub mod info;
 pub mod perplexity;
+pub mod serve;
 pub mod synth;
 pub mod tokenize;
 

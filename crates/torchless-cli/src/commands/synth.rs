@@ -55,6 +55,10 @@ pub struct SynthArgs {
     /// Threads generating weights [default: one per core].
     #[arg(short = 't', long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Override max_position_embeddings (e.g. a tiny model that can generate for long, for
+    /// server tests).
+    #[arg(long = "max-positions", value_name = "N")]
+    pub max_positions: Option<usize>,
 }
 
 /// The shapes `synth` can make.
@@ -137,6 +141,9 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let quant = args.quant;
     let mut config = args.shape.config(quant.kind());
+    if let Some(n) = args.max_positions {
+        config.max_position_embeddings = n;
+    }
     let tokenizer = match &args.tokenizer {
         Some(path) => {
             let data = hf_tokenizer::read_tokenizer(path)?;

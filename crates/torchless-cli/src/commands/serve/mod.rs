@@ -1,0 +1,190 @@
+//! `torchless serve MODEL`: an OpenAI-compatible HTTP server (the endpoints and field names of
+//! OpenAI's API and llama.cpp's `llama-server`) over one shared model, with `--parallel` slots
+//! decoded together by continuous batching (see [`engine`]).
+
+mod api;
+mod engine;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
+use torchless_model::{Lazy, Model, Residency, Resident, SessionOptions};
+
+use crate::options::ModelArgs;
+
+/// `torchless serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Model file (torchless format; make one with `torchless convert`).
+    pub model: PathBuf,
+    /// Address to listen on (keep 127.0.0.1 unless the port is protected, e.g. by --api-key).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port; the address is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests generated at the same time (slots, each with its own KV cache); their decode
+    /// steps run as one batched forward pass.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub parallel: usize,
+    /// Context length of each slot: prompt plus generated tokens [default: the model's
+    /// max_position_embeddings, at most 4096].
+    #[arg(short = 'c', long = "ctx-size", alias = "ctx", value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Prompt tokens processed per engine turn (one chunk of one prompt runs between decode
+    /// steps, so long prompts never stall the running streams for long).
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    pub batch_size: usize,
+    /// Requests that may wait for a free slot; beyond that the server answers 503 with
+    /// Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[arg(long = "max-body", value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_body: usize,
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The model name reported by /v1/models and in responses [default: the file name].
+    #[arg(long = "model-name", value_name = "NAME")]
+    pub model_name: Option<String>,
+    /// Threads for the forward passes [default: one per core].
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Low-memory mode: keep only the layer being computed resident.
+    #[arg(long)]
+    pub lazy: bool,
+    /// Request logs on stderr as one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.parallel == 0 {
+        anyhow::bail!("--parallel must be at least 1");
+    }
+    if args.lazy {
+        run_with::<Lazy>(args)
+    } else {
+        run_with::<Resident>(args)
+    }
+}
+
+fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
+    let model_args = ModelArgs {
+        model: args.model.clone(),
+        lazy: args.lazy,
+        threads: args.threads,
+        batch_threads: None,
+        ctx_size: None,
+        batch_size: args.batch_size,
+        int8_activations: false,
+        json: false,
+        debug: false,
+    };
+    let model: Arc<Model<R>> = Arc::new(super::load_model::<R>(&model_args)?);
+    let max_positions = model.config().max_position_embeddings;
+    let ctx = args.ctx_size.unwrap_or(max_positions.min(4096));
+    let session = SessionOptions {
+        context_len: Some(ctx),
+        batch_size: args.batch_size,
+        threads: args.threads.unwrap_or(0),
+        batch_threads: 0,
+        int8_activations: false,
+    };
+    let (engine, engine_thread) = engine::start(
+        model.clone(),
+        engine::EngineOptions {
+            slots: args.parallel,
+            queue_limit: args.queue,
+            session,
+        },
+    )
+    .context("cannot start the inference engine")?;
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        args.model
+            .file_name()
+            .map_or("model".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let state = Arc::new(routes::AppState {
+        model,
+        engine: engine.clone(),
+        name,
+        api_key: args.api_key.clone(),
+        max_body: args.max_body,
+        ctx,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        json_logs: args.json,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(async {
+        let address = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let local: SocketAddr = listener.local_addr()?;
+        eprintln!(
+            "torchless serve: {} ({} slots, context {ctx}, queue {}, {})",
+            args.model.display(),
+            args.parallel,
+            args.queue,
+            torchless_model::kernels::cpu_path()
+        );
+        // On stdout, for scripts and tests that started the server on port 0.
+        println!("listening on http://{local}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let app = routes::router(state);
+        let stop_engine = engine.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                eprintln!("torchless serve: shutting down");
+                stop_engine.shutdown();
+            })
+            .await
+            .context("server error")
+    });
+    engine.shutdown();
+    let _ = engine_thread.join();
+    result
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

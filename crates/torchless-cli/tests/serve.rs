@@ -1,0 +1,700 @@
+//! `torchless serve` end to end: the binary is started on 127.0.0.1 (port 0) by each test and
+//! stopped by it; every request loop is bounded. Answers are checked against independent
+//! references: the transformers goldens (ids, greedy continuations) and the CLI's output.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{fixtures, goldens, ids_arg, model, run, torchless};
+use serde_json::{json, Value};
+
+/// A server process; killed on drop if a test did not stop it.
+struct Server {
+    child: Child,
+    base: String,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(model_file: &str, args: &[&str]) -> Server {
+        Self::start_path(&model(model_file), args)
+    }
+
+    fn start_path(model_path: &std::path::Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_torchless"))
+            .arg("serve")
+            .arg(model_path)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let port = base.rsplit(':').next().unwrap().parse().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr: ChildStderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Server {
+            child,
+            base,
+            port,
+            log,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status (within `limit`).
+    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// POST a JSON body; the status, the Retry-After header and the body parsed as JSON.
+fn post(url: &str, body: &str, key: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut request = agent().post(url).header("Content-Type", "application/json");
+    if let Some(key) = key {
+        request = request.header("Authorization", &format!("Bearer {key}"));
+    }
+    let mut response = request.send(body).expect("request");
+    let status = response.status().as_u16();
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = response.body_mut().read_to_string().unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
+    (status, retry, value)
+}
+
+fn post_ok(url: &str, body: Value) -> Value {
+    let (status, _, value) = post(url, &body.to_string(), None);
+    assert_eq!(status, 200, "{value}");
+    value
+}
+
+fn get(url: &str) -> (u16, Value) {
+    let mut response = agent().get(url).call().expect("request");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// A streamed request: every `data:` payload in order (the last is `[DONE]`).
+fn post_stream(url: &str, body: Value) -> Vec<String> {
+    let response = agent()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let reader = BufReader::new(response.into_body().into_reader());
+    reader
+        .lines()
+        .map(Result::unwrap)
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
+
+/// The text of a streamed completion or chat, its finish reason and usage; checks the framing.
+fn stream_text(events: &[String]) -> (String, String, Value) {
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let mut text = String::new();
+    let mut finish = None;
+    let mut usage = Value::Null;
+    for c in &chunks {
+        assert!(c.get("error").is_none(), "{c}");
+        for choice in c["choices"].as_array().unwrap() {
+            assert!(finish.is_none(), "a chunk after the finish reason: {c}");
+            if let Some(t) = choice["text"].as_str() {
+                text.push_str(t);
+            }
+            if let Some(t) = choice["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                finish = Some(f.to_string());
+                usage = c["usage"].clone();
+            }
+        }
+    }
+    (text, finish.expect("a finish reason"), usage)
+}
+
+fn small_goldens() -> Value {
+    goldens(&fixtures().join("models/small-gqa-goldens-int8.json"))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// What `torchless generate` prints for these arguments.
+fn cli_text(args: &[&str]) -> String {
+    let out = run(torchless().arg(model("small-gqa-int8.bin")).args(args));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout
+}
+
+#[test]
+fn endpoints_answer_like_the_references() {
+    let server = Server::start("small-gqa-int8.bin", &["--parallel", "2"]);
+    let g = small_goldens();
+
+    let (status, health) = get(&server.url("/health"));
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    assert_eq!(health["slots_idle"], 2);
+    let (status, models) = get(&server.url("/v1/models"));
+    assert_eq!(status, 200);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "small-gqa-int8.bin");
+
+    for prompt in g["prompts"].as_array().unwrap() {
+        let text = prompt["text"].as_str().unwrap();
+        let golden_ids = ids(&prompt["ids"]);
+        // /tokenize with BOS gives the ids of the Hugging Face tokenizer.
+        let t = post_ok(
+            &server.url("/tokenize"),
+            json!({"content": text, "add_special": true}),
+        );
+        assert_eq!(ids(&t["tokens"]), golden_ids, "{text:?}");
+        let d = post_ok(
+            &server.url("/detokenize"),
+            json!({"tokens": golden_ids[1..]}),
+        );
+        assert_eq!(d["content"], text);
+
+        // Greedy from the golden ids: transformers' continuation, and the CLI's text.
+        let greedy = ids(&prompt["greedy"]["ids"]);
+        let n = greedy.len();
+        let c = post_ok(
+            &server.url("/v1/completions"),
+            json!({"prompt": golden_ids, "max_tokens": n, "temperature": 0, "ignore_eos": true, "logprobs": 2}),
+        );
+        let choice = &c["choices"][0];
+        let want = post_ok(&server.url("/detokenize"), json!({"tokens": greedy}));
+        assert_eq!(choice["text"], want["content"], "{text:?}");
+        let cli = cli_text(&[
+            "--prompt-ids",
+            &ids_arg(prompt["ids"].as_array().unwrap()),
+            "-n",
+            &n.to_string(),
+            "--temp",
+            "0",
+            "--ignore-eos",
+        ]);
+        assert_eq!(
+            choice["text"].as_str().unwrap(),
+            cli,
+            "{text:?}: server vs CLI"
+        );
+        assert_eq!(choice["finish_reason"], "length");
+        assert_eq!(c["object"], "text_completion");
+        assert_eq!(c["usage"]["prompt_tokens"], golden_ids.len());
+        assert_eq!(c["usage"]["completion_tokens"], n);
+        assert_eq!(c["usage"]["total_tokens"], golden_ids.len() + n);
+        // Log-probabilities: one per token; greedy picks the most likely one.
+        let lp = &choice["logprobs"];
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
+        for (chosen, top) in lp["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(lp["top_logprobs"].as_array().unwrap())
+        {
+            let best = top
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_f64().unwrap())
+                .fold(f64::MIN, f64::max);
+            // Greedy: the chosen token is the most likely one (two byte tokens that both print
+            // as U+FFFD share one key of the text-keyed map, so only `>=` can be checked).
+            let top = top.as_object().unwrap();
+            assert!(!top.is_empty() && top.len() <= 2, "{top:?}");
+            assert!(
+                chosen.as_f64().unwrap() >= best - 1e-5 && best <= 0.0,
+                "{chosen} vs {top:?}"
+            );
+        }
+
+        // The same request streamed gives the same text, then [DONE].
+        let events = post_stream(
+            &server.url("/v1/completions"),
+            json!({"prompt": golden_ids, "max_tokens": n, "temperature": 0, "ignore_eos": true, "stream": true}),
+        );
+        let (streamed, finish, usage) = stream_text(&events);
+        assert_eq!(streamed, choice["text"].as_str().unwrap());
+        assert_eq!(finish, "length");
+        assert_eq!(usage["completion_tokens"], n);
+    }
+
+    // Text prompt with a seed and the default sampling: the CLI's text for the same seed.
+    for seed in [3u64, 11] {
+        let c = post_ok(
+            &server.url("/v1/completions"),
+            json!({"prompt": "Once upon a time", "max_tokens": 20, "seed": seed}),
+        );
+        let cli = cli_text(&["Once upon a time", "-n", "20", "--seed", &seed.to_string()]);
+        assert_eq!(
+            c["choices"][0]["text"].as_str().unwrap(),
+            cli,
+            "seed {seed}"
+        );
+    }
+
+    // Chat, plain and streamed (the role comes first, then the content).
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]);
+    let c = post_ok(
+        &server.url("/v1/chat/completions"),
+        json!({"messages": messages, "max_tokens": 12, "temperature": 0}),
+    );
+    assert_eq!(c["object"], "chat.completion");
+    let message = &c["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    let events = post_stream(
+        &server.url("/v1/chat/completions"),
+        json!({"messages": messages, "max_tokens": 12, "temperature": 0, "stream": true,
+               "stream_options": {"include_usage": true}}),
+    );
+    let first: Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(first["object"], "chat.completion.chunk");
+    let (streamed, finish, usage) = stream_text(&events);
+    assert_eq!(streamed, message["content"].as_str().unwrap());
+    assert_eq!(finish, c["choices"][0]["finish_reason"].as_str().unwrap());
+    assert_eq!(usage, c["usage"]);
+    // include_usage: a last chunk with no choices and the usage.
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"], c["usage"]);
+
+    // Stop texts: the text ends before the first occurrence, in both forms.
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 40, "temperature": 0, "ignore_eos": true});
+    let full = post_ok(&server.url("/v1/completions"), body.clone())["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cut = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+    let stop: String = full[cut..].chars().take(3).collect();
+    let expected = &full[..full.find(&stop).unwrap()];
+    let mut with_stop = body.clone();
+    with_stop["stop"] = json!([stop, "never-produced-text"]);
+    let c = post_ok(&server.url("/v1/completions"), with_stop.clone());
+    assert_eq!(
+        c["choices"][0]["text"], expected,
+        "stop {stop:?} in {full:?}"
+    );
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    with_stop["stream"] = json!(true);
+    let (streamed, finish, _) =
+        stream_text(&post_stream(&server.url("/v1/completions"), with_stop));
+    assert_eq!((streamed.as_str(), finish.as_str()), (expected, "stop"));
+
+    // A prompt longer than the context (192 positions).
+    let (status, _, v) = post(
+        &server.url("/v1/completions"),
+        &json!({"prompt": "word ".repeat(400)}).to_string(),
+        None,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+
+    // One log line per request with status and token counts.
+    let log = server.log_lines().join("\n");
+    assert!(log.contains("POST /v1/completions 200"), "{log}");
+    assert!(log.contains("completion=20"), "{log}");
+}
+
+#[test]
+fn load_of_64_requests_from_8_clients_gets_every_answer_complete_and_unmixed() {
+    let server = Server::start("small-gqa-int8.bin", &["--parallel", "4", "--queue", "64"]);
+    let prompts: Vec<String> = (0..8)
+        .map(|i| format!("Request number {i} asks about topic {}", i * 7))
+        .collect();
+    let body = |p: &str, stream: bool, n: usize| json!({"prompt": p, "max_tokens": n, "temperature": 0, "ignore_eos": true, "stream": stream});
+    let lengths = |i: usize| 8 + (i * 5) % 17;
+    // The references: each prompt alone through the CLI.
+    let expected: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            cli_text(&[
+                p,
+                "-n",
+                &lengths(i).to_string(),
+                "--temp",
+                "0",
+                "--ignore-eos",
+            ])
+        })
+        .collect();
+    let expected = Arc::new(expected);
+    let prompts = Arc::new(prompts);
+    let started = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (expected, prompts, url) = (
+                expected.clone(),
+                prompts.clone(),
+                server.url("/v1/completions"),
+            );
+            thread::spawn(move || {
+                let mut ttft = Vec::new();
+                for r in 0..8 {
+                    let i = (c * 3 + r) % 8;
+                    let stream = (c + r) % 2 == 0;
+                    let t0 = Instant::now();
+                    let text = if stream {
+                        let (text, finish, usage) =
+                            stream_text(&post_stream(&url, body(&prompts[i], true, lengths(i))));
+                        assert_eq!(finish, "length");
+                        assert_eq!(usage["completion_tokens"], lengths(i));
+                        text
+                    } else {
+                        let v = post_ok(&url, body(&prompts[i], false, lengths(i)));
+                        assert_eq!(v["usage"]["completion_tokens"], lengths(i));
+                        v["choices"][0]["text"].as_str().unwrap().to_string()
+                    };
+                    ttft.push(t0.elapsed());
+                    assert_eq!(
+                        text, expected[i],
+                        "client {c} request {r} (prompt {i}, stream {stream})"
+                    );
+                }
+                ttft
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    latencies.sort();
+    assert_eq!(latencies.len(), 64);
+    eprintln!(
+        "64 requests, 8 clients, 4 slots: {:.2} s; request latency p50 {:?}, p99 {:?}",
+        started.elapsed().as_secs_f64(),
+        latencies[32],
+        latencies[63]
+    );
+    let logged = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("POST /v1/completions 200"))
+        .count();
+    assert_eq!(logged, 64);
+}
+
+/// Sends a raw HTTP request and returns the connection.
+fn raw_request(port: u16, path: &str, body: &str, extra_headers: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn good_owned() -> String {
+    json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0}).to_string()
+}
+
+#[test]
+fn faults_get_clear_errors_and_the_server_keeps_serving() {
+    // A tiny random model that can generate for long (8192 positions, window 16).
+    let dir = tempfile::tempdir().unwrap();
+    let long_model = dir.path().join("tiny-long.bin");
+    let out = run(torchless().arg("synth").arg(&long_model).args([
+        "--shape",
+        "tiny",
+        "--quant",
+        "int8",
+        "--max-positions",
+        "8192",
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut server = Server::start_path(
+        &long_model,
+        &[
+            "--parallel",
+            "1",
+            "--queue",
+            "1",
+            "--max-body",
+            "4096",
+            "--json",
+            "--ctx-size",
+            "8192",
+        ],
+    );
+    let url = server.url("/v1/completions");
+    let good = json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0}).to_string();
+    let check_error = |status: u16, body: &str, want: u16, param: Option<&str>| {
+        let (got, _, v) = post(&url, body, None);
+        assert_eq!(got, want, "{body}: {v}");
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string(), "{v}");
+        if let Some(p) = param {
+            assert_eq!(e["param"], p, "{v}");
+        }
+        let _ = status;
+    };
+    // Malformed JSON, wrong types, values out of range.
+    check_error(400, "{\"prompt\": \"Hello\", ", 400, None);
+    check_error(400, "[1, 2]", 400, None);
+    check_error(
+        400,
+        r#"{"prompt": "Hi", "max_tokens": "ten"}"#,
+        400,
+        Some("max_tokens"),
+    );
+    check_error(
+        400,
+        r#"{"prompt": "Hi", "temperature": -1}"#,
+        400,
+        Some("temperature"),
+    );
+    check_error(
+        400,
+        r#"{"prompt": "Hi", "stream": "yes"}"#,
+        400,
+        Some("stream"),
+    );
+    check_error(400, r#"{"prompt": {"a": 1}}"#, 400, Some("prompt"));
+    check_error(400, r#"{"prompt": [1, 99999]}"#, 400, Some("prompt"));
+    check_error(400, r#"{"max_tokens": 3}"#, 400, Some("prompt"));
+    check_error(400, r#"{"prompt": "Hi", "stop": [1]}"#, 400, Some("stop"));
+    check_error(400, r#"{"prompt": "Hi", "n": 2}"#, 400, Some("n"));
+    // An oversized body.
+    let big = json!({"prompt": "x".repeat(5000)}).to_string();
+    check_error(413, &big, 413, None);
+    // Chat: wrong message shapes.
+    let chat = server.url("/v1/chat/completions");
+    for body in [
+        r#"{"messages": "hi"}"#,
+        r#"{"messages": []}"#,
+        r#"{"messages": [{"role": "user"}]}"#,
+        r#"{"messages": [{"role": "tool", "content": "x"}]}"#,
+    ] {
+        let (status, _, v) = post(&chat, body, None);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(
+            v["error"]["param"]
+                .as_str()
+                .unwrap()
+                .starts_with("messages"),
+            "{v}"
+        );
+    }
+    // Unknown endpoint and wrong method: JSON errors too.
+    let (status, _, v) = post(&server.url("/v1/nothing"), "{}", None);
+    assert_eq!((status, v["error"]["type"].is_string()), (404, true));
+    let (status, v) = get(&url);
+    assert_eq!((status, v["error"]["type"].is_string()), (405, true));
+    assert_eq!(post(&url, &good, None).0, 200);
+
+    // A client that disconnects mid-stream frees the only slot at once: of the 6000 tokens it
+    // asked for (about a second of generation), few are made after it left.
+    let long_stream = json!({"prompt": "Hi", "max_tokens": 6000, "ignore_eos": true, "stream": true, "temperature": 0}).to_string();
+    let health = server.url("/health");
+    let generated = || get(&health).1["tokens_generated"].as_u64().unwrap();
+    let before = generated();
+    let mut conn = raw_request(server.port, "/v1/completions", &long_stream, "");
+    let mut first = [0u8; 256];
+    let n = conn.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    drop(conn);
+    assert!(
+        wait_until(Duration::from_secs(5), || get(&health).1
+            ["slots_processing"]
+            == 0),
+        "the slot was not freed after the disconnect"
+    );
+    let made = generated() - before;
+    assert!(
+        made < 3000,
+        "{made} of 6000 tokens generated after the client left"
+    );
+    assert_eq!(post(&url, &good, None).0, 200);
+
+    // A slow reader: its stream waits in buffers and completes; others are served meanwhile.
+    let mut slow = raw_request(server.port, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 300, "stream": true, "temperature": 0, "ignore_eos": true}).to_string(), "");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(post(&url, &good, None).0, 200);
+    let mut all = String::new();
+    slow.read_to_string(&mut all).unwrap();
+    assert!(
+        all.contains("data: [DONE]") && all.contains("\"completion_tokens\":300"),
+        "{all}"
+    );
+
+    // Past the queue: one generating, one waiting, the rest 503 with Retry-After.
+    let mut running = raw_request(server.port, "/v1/completions", &long_stream, "");
+    let n = running.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let queued_url = url.clone();
+    let queued = thread::spawn(move || post(&queued_url, &good_owned(), None).0);
+    assert!(wait_until(Duration::from_secs(5), || get(&health).1
+        ["requests_waiting"]
+        == 1));
+    for _ in 0..3 {
+        let (status, retry, v) = post(&url, &good, None);
+        assert_eq!(status, 503, "{v}");
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(v["error"]["code"], "server_busy");
+    }
+    drop(running);
+    assert_eq!(queued.join().unwrap(), 200);
+    assert_eq!(post(&url, &good, None).0, 200);
+
+    // JSON log lines, one per request.
+    let lines = server.log_lines();
+    let logged: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(logged.iter().any(|l| l["status"] == 503));
+    assert!(logged.iter().any(|l| l["status"] == 413));
+    assert!(logged.iter().any(|l| l["finish_reason"] == "disconnected"));
+
+    // SIGTERM during a stream: the stream ends and the process exits cleanly.
+    let mut in_flight = raw_request(server.port, "/v1/completions", &long_stream, "");
+    let n = in_flight.read(&mut first).unwrap();
+    assert!(n > 0);
+    let status = server.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    let _ = in_flight.read_to_string(&mut rest);
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let server = Server::start("small-gqa-f32.bin", &["--api-key", "s3cret-key"]);
+    let url = server.url("/v1/completions");
+    let body = json!({"prompt": "Hi", "max_tokens": 2}).to_string();
+    for key in [None, Some("wrong"), Some("s3cret-ke"), Some("s3cret-key-")] {
+        let (status, _, v) = post(&url, &body, key);
+        assert_eq!(status, 401, "{key:?}: {v}");
+        assert_eq!(v["error"]["type"], "authentication_error");
+    }
+    let (status, _, v) = post(&url, &body, Some("s3cret-key"));
+    assert_eq!(status, 200, "{v}");
+    let mut models = agent().get(&server.url("/v1/models")).call().unwrap();
+    assert_eq!(models.status().as_u16(), 401);
+    let _ = models.body_mut().read_to_string();
+    // Health checks need no key.
+    assert_eq!(get(&server.url("/health")).0, 200);
+}
+
+#[test]
+fn bad_server_options_fail_with_one_line() {
+    let out = run(torchless().args(["serve", "/no/such/model.bin", "--port", "0"]));
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("/no/such/model.bin"), "{}", out.stderr);
+    let out = run(torchless()
+        .arg("serve")
+        .arg(model("small-gqa-int8.bin"))
+        .args(["--port", "0", "--parallel", "0"]));
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("--parallel"), "{}", out.stderr);
+    let out = run(torchless()
+        .arg("serve")
+        .arg(model("small-gqa-int8.bin"))
+        .args(["--port", "0", "--ctx-size", "100000"]));
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("context"), "{}", out.stderr);
+}

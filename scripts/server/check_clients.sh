@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts `torchless serve` on a fixture model (127.0.0.1, a free port), checks it with curl and
+# with the official `openai` Python client (scripts/server/openai_client_check.py), then stops it
+# with SIGTERM and checks that it exits cleanly. Run by .ci/run; needs curl, python3 and `openai`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${TORCHLESS_BIN:-target/debug/torchless}
+[ -x "$BIN" ] || cargo build -q -p torchless-cli
+KEY=ci-test-key
+OUT=$(mktemp) ERR=$(mktemp)
+"$BIN" serve tests/fixtures/models/small-gqa-int8.bin --port 0 --parallel 2 --api-key "$KEY" >"$OUT" 2>"$ERR" &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "listening on" "$OUT" && break; sleep 0.1; done
+BASE=$(sed -n 's/^listening on //p' "$OUT")
+[ -n "$BASE" ] || { cat "$ERR"; echo "server did not start"; exit 1; }
+echo "server at $BASE"
+
+fail() { echo "FAIL: $1"; cat "$ERR"; exit 1; }
+auth=(-H "Authorization: Bearer $KEY")
+[ "$(curl -s "$BASE/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')" = ok ] || fail "curl /health"
+code=$(curl -s -o /dev/null -w '%{http_code}' "$BASE/v1/models")
+[ "$code" = 401 ] || fail "curl without a key gives $code, not 401"
+curl -sf "${auth[@]}" "$BASE/v1/completions" -H 'Content-Type: application/json' \
+    -d '{"prompt": "Hello", "max_tokens": 8, "temperature": 0}' \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["usage"]["completion_tokens"] >= 1 and r["choices"][0]["finish_reason"] in ("stop","length"), r' \
+    || fail "curl /v1/completions"
+stream=$(curl -sfN "${auth[@]}" "$BASE/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0, "stream": true}')
+[ "$(printf '%s\n' "$stream" | grep '^data: ' | tail -1)" = "data: [DONE]" ] || fail "curl chat stream does not end with [DONE]"
+code=$(curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" "$BASE/v1/completions" -d '{"prompt": ')
+[ "$code" = 400 ] || fail "curl malformed JSON gives $code, not 400"
+echo "ok: curl checks"
+
+python3 scripts/server/openai_client_check.py "$BASE" "$KEY" || fail "openai client checks"
+
+kill -TERM $PID
+for _ in $(seq 100); do kill -0 $PID 2>/dev/null || break; sleep 0.1; done
+trap - EXIT
+wait $PID || fail "the server exited with $? after SIGTERM"
+echo "ok: clean exit after SIGTERM; request log:"
+cat "$ERR"
