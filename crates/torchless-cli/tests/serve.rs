@@ -215,9 +215,20 @@ fn cli_text(args: &[&str]) -> String {
     out.stdout
 }
 
+/// `torchless generate` with the server's prompt chunk size (16).
+fn cli_text_b16(args: &[&str]) -> String {
+    let mut all = args.to_vec();
+    all.extend(["-b", "16"]);
+    cli_text(&all)
+}
+
 #[test]
 fn endpoints_answer_like_the_references() {
-    let server = Server::start("small-gqa-int8.bin", &["--parallel", "2"]);
+    // Prompt chunks of 16: the 31- to 56-token golden prompts are prefilled in 2 to 4 turns.
+    let server = Server::start(
+        "small-gqa-int8.bin",
+        &["--parallel", "2", "--batch-size", "16"],
+    );
     let g = small_goldens();
 
     let (status, health) = get(&server.url("/health"));
@@ -253,7 +264,7 @@ fn endpoints_answer_like_the_references() {
         let choice = &c["choices"][0];
         let want = post_ok(&server.url("/detokenize"), json!({"tokens": greedy}));
         assert_eq!(choice["text"], want["content"], "{text:?}");
-        let cli = cli_text(&[
+        let cli = cli_text_b16(&[
             "--prompt-ids",
             &ids_arg(prompt["ids"].as_array().unwrap()),
             "-n",
@@ -314,7 +325,7 @@ fn endpoints_answer_like_the_references() {
             &server.url("/v1/completions"),
             json!({"prompt": "Once upon a time", "max_tokens": 20, "seed": seed}),
         );
-        let cli = cli_text(&["Once upon a time", "-n", "20", "--seed", &seed.to_string()]);
+        let cli = cli_text_b16(&["Once upon a time", "-n", "20", "--seed", &seed.to_string()]);
         assert_eq!(
             c["choices"][0]["text"].as_str().unwrap(),
             cli,
@@ -610,6 +621,26 @@ fn faults_get_clear_errors_and_the_server_keeps_serving() {
         "{made} of 6000 tokens generated after the client left"
     );
     assert_eq!(post(&url, &good, None).0, 200);
+
+    // The same for a non-streamed request: the handler is dropped with the connection.
+    let before = generated();
+    let plain = long_stream.replace("\"stream\":true", "\"stream\":false");
+    let conn = raw_request(server.port, "/v1/completions", &plain, "");
+    assert!(wait_until(Duration::from_secs(5), || get(&health).1
+        ["slots_processing"]
+        == 1));
+    drop(conn);
+    assert!(
+        wait_until(Duration::from_secs(5), || get(&health).1
+            ["slots_processing"]
+            == 0),
+        "the slot was not freed after the disconnect"
+    );
+    let made = generated() - before;
+    assert!(
+        made < 3000,
+        "{made} of 6000 tokens generated after the client left"
+    );
 
     // A slow reader: its stream waits in buffers and completes; others are served meanwhile.
     let mut slow = raw_request(server.port, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 300, "stream": true, "temperature": 0, "ignore_eos": true}).to_string(), "");

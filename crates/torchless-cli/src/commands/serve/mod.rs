@@ -36,13 +36,14 @@ pub struct ServeArgs {
     /// max_position_embeddings, at most 4096].
     #[arg(short = 'c', long = "ctx-size", alias = "ctx", value_name = "N")]
     pub ctx_size: Option<usize>,
-    /// Prompt tokens processed per engine turn (one chunk of one prompt runs between decode
-    /// steps, so long prompts never stall the running streams for long).
+    /// Prompt tokens processed per engine turn: one chunk of one prompt runs between decode
+    /// steps, so a long prompt stalls the running streams for one chunk at a time (64 tokens of
+    /// a 7B int8 model take a few seconds here; larger chunks prefill a little faster).
     #[arg(
         short = 'b',
         long = "batch-size",
         value_name = "N",
-        default_value_t = 256
+        default_value_t = 64
     )]
     pub batch_size: usize,
     /// Requests that may wait for a free slot; beyond that the server answers 503 with
