@@ -488,6 +488,13 @@ fn raw_request(port: u16, path: &str, body: &str, extra_headers: &str) -> TcpStr
     stream
 }
 
+/// Reads the start of a response and checks it is a 200 (the stream has begun).
+fn read_ok_head(conn: &mut TcpStream) {
+    let mut head = [0u8; 256];
+    let n = conn.read(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+}
+
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -603,44 +610,33 @@ fn faults_get_clear_errors_and_the_server_keeps_serving() {
     let long_stream = json!({"prompt": "Hi", "max_tokens": 6000, "ignore_eos": true, "stream": true, "temperature": 0}).to_string();
     let health = server.url("/health");
     let generated = || get(&health).1["tokens_generated"].as_u64().unwrap();
-    let before = generated();
-    let mut conn = raw_request(server.port, "/v1/completions", &long_stream, "");
-    let mut first = [0u8; 256];
-    let n = conn.read(&mut first).unwrap();
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
-    drop(conn);
-    assert!(
-        wait_until(Duration::from_secs(5), || get(&health).1
-            ["slots_processing"]
-            == 0),
-        "the slot was not freed after the disconnect"
-    );
-    let made = generated() - before;
-    assert!(
-        made < 3000,
-        "{made} of 6000 tokens generated after the client left"
-    );
+    // `started` waits until the request is generating; then the client goes away.
+    let disconnect_frees_the_slot = |body: &str, started: &dyn Fn(&mut TcpStream)| {
+        let before = generated();
+        let mut conn = raw_request(server.port, "/v1/completions", body, "");
+        started(&mut conn);
+        drop(conn);
+        assert!(
+            wait_until(Duration::from_secs(5), || get(&health).1
+                ["slots_processing"]
+                == 0),
+            "the slot was not freed after the disconnect"
+        );
+        let made = generated() - before;
+        assert!(
+            made < 3000,
+            "{made} of 6000 tokens generated after the client left"
+        );
+    };
+    disconnect_frees_the_slot(&long_stream, &read_ok_head);
     assert_eq!(post(&url, &good, None).0, 200);
-
     // The same for a non-streamed request: the handler is dropped with the connection.
-    let before = generated();
     let plain = long_stream.replace("\"stream\":true", "\"stream\":false");
-    let conn = raw_request(server.port, "/v1/completions", &plain, "");
-    assert!(wait_until(Duration::from_secs(5), || get(&health).1
-        ["slots_processing"]
-        == 1));
-    drop(conn);
-    assert!(
-        wait_until(Duration::from_secs(5), || get(&health).1
+    disconnect_frees_the_slot(&plain, &|_| {
+        assert!(wait_until(Duration::from_secs(5), || get(&health).1
             ["slots_processing"]
-            == 0),
-        "the slot was not freed after the disconnect"
-    );
-    let made = generated() - before;
-    assert!(
-        made < 3000,
-        "{made} of 6000 tokens generated after the client left"
-    );
+            == 1));
+    });
 
     // A slow reader: its stream waits in buffers and completes; others are served meanwhile.
     let mut slow = raw_request(server.port, "/v1/completions", &json!({"prompt": "Hi", "max_tokens": 300, "stream": true, "temperature": 0, "ignore_eos": true}).to_string(), "");
@@ -655,8 +651,7 @@ fn faults_get_clear_errors_and_the_server_keeps_serving() {
 
     // Past the queue: one generating, one waiting, the rest 503 with Retry-After.
     let mut running = raw_request(server.port, "/v1/completions", &long_stream, "");
-    let n = running.read(&mut first).unwrap();
-    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    read_ok_head(&mut running);
     let queued_url = url.clone();
     let queued = thread::spawn(move || post(&queued_url, &good_owned(), None).0);
     assert!(wait_until(Duration::from_secs(5), || get(&health).1
@@ -684,8 +679,7 @@ fn faults_get_clear_errors_and_the_server_keeps_serving() {
 
     // SIGTERM during a stream: the stream ends and the process exits cleanly.
     let mut in_flight = raw_request(server.port, "/v1/completions", &long_stream, "");
-    let n = in_flight.read(&mut first).unwrap();
-    assert!(n > 0);
+    read_ok_head(&mut in_flight);
     let status = server.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     let mut rest = String::new();

@@ -557,6 +557,19 @@ macro_rules! for_input_blocks {
     }};
 }
 
+/// Asserts the shapes the multi-input matvecs rely on: `xs` holds `batch` rows of `cols`, `yt` a
+/// whole number of output rows of `batch`, all inside the matrix's `rows` from `r0`.
+fn multi_shapes(rows: usize, cols: usize, xs: &[f32], batch: usize, r0: usize, yt: &[f32]) {
+    let out_rows = yt.len() / batch.max(1);
+    assert!(
+        batch > 0
+            && xs.len() == batch * cols
+            && yt.len() == out_rows * batch
+            && r0 + out_rows <= rows,
+        "multi-input matvec shapes"
+    );
+}
+
 /// `yt[i * batch + b] = Σ_c w[r0 + i][c] xs[b][c]` for the rows `r0..r0 + yt.len() / batch` of
 /// `w`: the matvec of every input `xs[b]` (row-major `batch x cols`), each row bit-identical to
 /// [`matvec_f32`]'s, with each weight row read from memory once for all inputs. (Two rows per
@@ -571,11 +584,7 @@ pub(crate) fn matvec_f32_multi(
     yt: &mut [f32],
 ) {
     let cols = w.cols();
-    let rows = yt.len() / batch.max(1);
-    assert!(
-        batch > 0 && xs.len() == batch * cols && yt.len() == rows * batch && r0 + rows <= w.rows(),
-        "matvec_f32_multi shapes"
-    );
+    multi_shapes(w.rows(), cols, xs, batch, r0, yt);
     let (wp, xp) = (w.data().as_ptr(), xs.as_ptr());
     for (i, out) in yt.chunks_exact_mut(batch).enumerate() {
         let row = r0 + i;
@@ -604,11 +613,7 @@ pub(crate) fn matvec_i8_multi(
     yt: &mut [f32],
 ) {
     let cols = w.cols();
-    let rows = yt.len() / batch.max(1);
-    assert!(
-        batch > 0 && xs.len() == batch * cols && yt.len() == rows * batch && r0 + rows <= w.rows(),
-        "matvec_i8_multi shapes"
-    );
+    multi_shapes(w.rows(), cols, xs, batch, r0, yt);
     if !w.is_row_aligned() {
         for (i, out) in yt.chunks_exact_mut(batch).enumerate() {
             for (b, y) in out.iter_mut().enumerate() {

@@ -292,31 +292,21 @@ impl Kernels {
         ys: &mut [f32],
         batch: usize,
     ) -> Result<(), KernelError> {
-        check_len(
-            "matvec_batch input",
-            checked_mul("matvec_batch input", batch, w.cols())?,
-            xs.len(),
-        )?;
-        check_len(
-            "matvec_batch output",
-            checked_mul("matvec_batch output", batch, w.rows())?,
-            ys.len(),
+        check_batch_shapes(
+            ["matvec_batch input", "matvec_batch output"],
+            w,
+            xs,
+            ys,
+            batch,
         )?;
         let (rows, cols) = (w.rows(), w.cols());
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         if let (Path::Avx2(t), false, true) = (self.path, self.uses_blas_for(w), batch > 1) {
-            // Computed transposed (row-major over weight rows) so threads split rows, then
-            // scattered. How rows are split or paired never changes a row's arithmetic.
-            let mut yt = vec![0.0f32; rows * batch];
-            parallel::par_rows(&mut yt, 4 * batch, cols, |e0, chunk| match w {
-                MatRef::F32(m) => crate::avx2::matvec_f32_multi(t, m, xs, batch, e0 / batch, chunk),
-                MatRef::Int8(m) => crate::avx2::matvec_i8_multi(t, m, xs, batch, e0 / batch, chunk),
+            // How rows are split among threads never changes a row's arithmetic.
+            par_rows_transposed(ys, rows, cols, batch, |r0, yt| match w {
+                MatRef::F32(m) => crate::avx2::matvec_f32_multi(t, m, xs, batch, r0, yt),
+                MatRef::Int8(m) => crate::avx2::matvec_i8_multi(t, m, xs, batch, r0, yt),
             });
-            for (r, row) in yt.chunks_exact(batch).enumerate() {
-                for (b, &v) in row.iter().enumerate() {
-                    ys[b * rows + r] = v;
-                }
-            }
             return Ok(());
         }
         for (x, y) in xs.chunks_exact(cols).zip(ys.chunks_exact_mut(rows)) {
@@ -381,16 +371,7 @@ impl Kernels {
         ys: &mut [f32],
         batch: usize,
     ) -> Result<(), KernelError> {
-        check_len(
-            "matmul input",
-            checked_mul("matmul input", batch, w.cols())?,
-            xs.len(),
-        )?;
-        check_len(
-            "matmul output",
-            checked_mul("matmul output", batch, w.rows())?,
-            ys.len(),
-        )?;
+        check_batch_shapes(["matmul input", "matmul output"], w, xs, ys, batch)?;
         if batch == 1 {
             return self.matvec(w, xs, ys);
         }
@@ -443,17 +424,9 @@ impl Kernels {
         ys: &mut [f32],
         batch: usize,
     ) {
-        let rows = w.rows();
-        // Computed transposed (row-major over weight rows) so threads split rows, then scattered.
-        let mut yt = vec![0.0f32; rows * batch];
-        parallel::par_rows(&mut yt, 4 * batch, w.cols(), |e0, chunk| {
-            crate::avx2::matmul_i8_small(t, w, xs, batch, e0 / batch, chunk);
+        par_rows_transposed(ys, w.rows(), w.cols(), batch, |r0, yt| {
+            crate::avx2::matmul_i8_small(t, w, xs, batch, r0, yt);
         });
-        for (r, row) in yt.chunks_exact(batch).enumerate() {
-            for (b, &v) in row.iter().enumerate() {
-                ys[b * rows + r] = v;
-            }
-        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -795,4 +768,34 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         }
         Err(_) => f(&mut vec![0.0; len]),
     })
+}
+
+/// The shapes of `Y = X Wᵀ` for `batch` rows: `xs` is `batch x w.cols()`, `ys` `batch x w.rows()`;
+/// `names` label the input and the output in errors.
+fn check_batch_shapes(
+    [input, output]: [&'static str; 2],
+    w: &MatRef<'_>,
+    xs: &[f32],
+    ys: &[f32],
+    batch: usize,
+) -> Result<(), KernelError> {
+    check_len(input, checked_mul(input, batch, w.cols())?, xs.len())?;
+    check_len(output, checked_mul(output, batch, w.rows())?, ys.len())
+}
+
+/// Products of `batch` inputs computed transposed, row-major over the `rows` weight rows, so
+/// threads split weight rows: `f(r0, yt)` fills `yt[i * batch + b]` for rows `r0..`, in chunks of
+/// whole rows; the result is then scattered into `ys` (`batch x rows`).
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+fn par_rows_transposed<F>(ys: &mut [f32], rows: usize, cols: usize, batch: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    let mut yt = vec![0.0f32; rows * batch];
+    parallel::par_rows(&mut yt, 4 * batch, cols, |e0, chunk| f(e0 / batch, chunk));
+    for (r, row) in yt.chunks_exact(batch).enumerate() {
+        for (b, &v) in row.iter().enumerate() {
+            ys[b * rows + r] = v;
+        }
+    }
 }

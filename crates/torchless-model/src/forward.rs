@@ -180,15 +180,16 @@ pub(crate) fn forward<R: Residency>(
     let attention_scale = 1.0 / (config.head_dim as f32).sqrt();
     let rope = model.rope();
     let independent_rows = pass.sequences.len() > 1;
-    // `Y = X Wᵀ` over the batch: a GEMM for one sequence's consecutive tokens; one matvec per
+    // `Y = X Wᵀ` over `rows` rows: a GEMM for one sequence's consecutive tokens; one matvec per
     // row, streaming the weights once, for several sequences.
-    let project = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32]| {
+    let project_rows = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], rows: usize| {
         if independent_rows {
-            kernels.matvec_batch(w, xs, ys, n)
+            kernels.matvec_batch(w, xs, ys, rows)
         } else {
-            kernels.matmul(w, xs, ys, n)
+            kernels.matmul(w, xs, ys, rows)
         }
     };
+    let project = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32]| project_rows(w, xs, ys, n);
     let Scratch {
         x,
         normed,
@@ -277,15 +278,8 @@ pub(crate) fn forward<R: Residency>(
         let normed = &mut normed[..rows * hidden];
         rmsnorm_rows(&kernels, x, model.final_norm()?, eps, normed, hidden)?;
         let lm_head = model.lm_head()?;
-        let project = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32]| {
-            if independent_rows {
-                kernels.matvec_batch(w, xs, ys, rows)
-            } else {
-                kernels.matmul(w, xs, ys, rows)
-            }
-        };
         match progress {
-            None => project(&lm_head, normed, logits)?,
+            None => project_rows(&lm_head, normed, logits, rows)?,
             // Lazy mode: lm_head a chunk of rows (of logit columns) at a time.
             Some(progress) => {
                 for (c, chunk) in model.output_chunks().iter().enumerate() {
@@ -295,7 +289,7 @@ pub(crate) fn forward<R: Residency>(
                     }
                     let part = lm_head.rows_range(chunk.clone())?;
                     logit_chunk.resize(rows * chunk.len(), 0.0);
-                    project(&part, normed, logit_chunk)?;
+                    project_rows(&part, normed, logit_chunk, rows)?;
                     for (logits, part) in logits
                         .chunks_exact_mut(vocab)
                         .zip(logit_chunk.chunks_exact(chunk.len()))

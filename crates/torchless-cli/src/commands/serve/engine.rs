@@ -174,9 +174,7 @@ pub fn start<R: Residency>(
     let busy = Arc::new(AtomicUsize::new(0));
     let generated = Arc::new(AtomicU64::new(0));
     // Sessions are made here so a bad option fails the start, not the first request.
-    for _ in 0..options.slots.min(1) {
-        model.session_with(options.session.clone())?;
-    }
+    model.session_with(options.session.clone())?;
     let handle = Arc::new(EngineHandle {
         sender: std::sync::Mutex::new(Some(sender)),
         waiting: waiting.clone(),
