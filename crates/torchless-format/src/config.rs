@@ -21,14 +21,18 @@ pub enum QuantKind {
     F32,
     /// `*_proj` tensors int8 in groups of 64, the rest float32.
     Int8,
+    /// `*_proj` tensors int4 in groups of 32 (the output matrix and embedding may be int8 or
+    /// int4 too), the rest float32.
+    Int4,
 }
 
 impl QuantKind {
-    /// The metadata string (`"f32"` or `"int8"`).
+    /// The metadata string (`"f32"`, `"int8"` or `"int4"`).
     pub fn as_str(self) -> &'static str {
         match self {
             QuantKind::F32 => "f32",
             QuantKind::Int8 => "int8",
+            QuantKind::Int4 => "int4",
         }
     }
 }
@@ -170,7 +174,8 @@ impl Config {
             quant: match required(metadata, "quant")? {
                 "f32" => QuantKind::F32,
                 "int8" => QuantKind::Int8,
-                other => return Err(bad("quant", other, "\"f32\" or \"int8\"")),
+                "int4" => QuantKind::Int4,
+                other => return Err(bad("quant", other, "\"f32\", \"int8\" or \"int4\"")),
             },
             architecture: match metadata.get("architecture").map(|s| s.trim()) {
                 None | Some("mistral") => Architecture::Mistral,
@@ -319,8 +324,8 @@ pub struct ExpectedTensor {
     pub name: String,
     /// PyTorch shape (row-major; linear weights are `[out, in]`).
     pub shape: Vec<usize>,
-    /// Matrices may be stored as int8; norm weights must be f32.
-    pub may_be_int8: bool,
+    /// Matrices may be stored quantized (int8, int4); norm weights must be f32.
+    pub may_be_quantized: bool,
 }
 
 impl ExpectedTensor {
@@ -328,7 +333,7 @@ impl ExpectedTensor {
         Self {
             name: name.into(),
             shape: shape.to_vec(),
-            may_be_int8: true,
+            may_be_quantized: true,
         }
     }
 
@@ -336,7 +341,7 @@ impl ExpectedTensor {
         Self {
             name: name.into(),
             shape: vec![len],
-            may_be_int8: false,
+            may_be_quantized: false,
         }
     }
 }

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::error::{FormatError, FormatErrorKind};
+use crate::int4;
 use crate::quant::GROUP_SIZE;
 
 /// Headers larger than this are refused before anything is read into memory.
@@ -27,6 +28,8 @@ pub enum DType {
     F32,
     /// int8 in groups of 64 with one f32 inverse scale per group.
     Int8,
+    /// 4-bit codes in groups of 32 with one f16 scale per group (see [`crate::int4`]).
+    Int4,
 }
 
 impl DType {
@@ -35,14 +38,34 @@ impl DType {
         match self {
             DType::F32 => "f32",
             DType::Int8 => "int8",
+            DType::Int4 => "int4",
         }
     }
 
-    /// Bytes per element of the main data.
-    pub fn element_size(self) -> usize {
+    /// Bytes of the main data of `n_elements` values (int4: two per byte).
+    pub fn data_len(self, n_elements: usize) -> usize {
         match self {
-            DType::F32 => 4,
-            DType::Int8 => 1,
+            DType::F32 => n_elements * 4,
+            DType::Int8 => n_elements,
+            DType::Int4 => n_elements.div_ceil(2),
+        }
+    }
+
+    /// Values per scale, for the quantized types.
+    pub fn group_size(self) -> Option<usize> {
+        match self {
+            DType::F32 => None,
+            DType::Int8 => Some(GROUP_SIZE),
+            DType::Int4 => Some(int4::GROUP_SIZE),
+        }
+    }
+
+    /// Bytes of one stored scale (f32 inverse scales for int8, f16 scales for int4; 0 for f32).
+    pub fn scale_bytes(self) -> usize {
+        match self {
+            DType::F32 => 0,
+            DType::Int8 => 4,
+            DType::Int4 => 2,
         }
     }
 }
@@ -66,28 +89,28 @@ pub struct TensorInfo {
     pub n_elements: usize,
     /// Start of the data, in bytes from the payload start.
     pub offset: usize,
-    /// For int8: start of the inverse scales (bytes from the payload start) and their count.
+    /// For int8 and int4: start of the scales (bytes from the payload start) and their count.
     pub scales: Option<ScaleInfo>,
 }
 
-/// Location of an int8 tensor's inverse scales.
+/// Location of a quantized tensor's scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScaleInfo {
     /// Start, in bytes from the payload start.
     pub offset: usize,
-    /// Number of f32 inverse scales (`ceil(n_elements / 64)`).
+    /// Number of scales (int8: `ceil(n_elements / 64)` f32; int4: `n_elements / 32` f16).
     pub count: usize,
 }
 
 impl TensorInfo {
     /// Bytes of the main data (without scales).
     pub fn data_len(&self) -> usize {
-        self.n_elements * self.dtype.element_size()
+        self.dtype.data_len(self.n_elements)
     }
 
     /// Bytes a reader touches to use this tensor once (data plus scales).
     pub fn bytes_read(&self) -> usize {
-        self.data_len() + self.scales.map_or(0, |s| s.count * 4)
+        self.data_len() + self.scales.map_or(0, |s| s.count * self.dtype.scale_bytes())
     }
 }
 
@@ -112,6 +135,26 @@ impl Int8View<'_> {
     }
 }
 
+/// An int4 tensor: packed 4-bit codes and one f16 scale per group of 32 (layout in
+/// [`crate::int4`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Int4View<'a> {
+    /// Codes, 16 bytes per group of 32 values (flattened row-major).
+    pub packed: &'a [u8],
+    /// IEEE half bits of each group's scale `d` (value = `d · (code − 8)`).
+    pub scales: &'a [u16],
+}
+
+impl Int4View<'_> {
+    /// The dequantized value at flat index `i` (`None` out of range).
+    pub fn get(&self, i: usize) -> Option<f32> {
+        let g = i / int4::GROUP_SIZE;
+        let group = self.packed.get(g * int4::GROUP_BYTES..(g + 1) * int4::GROUP_BYTES)?;
+        let d = crate::half::f16_to_f32(*self.scales.get(g)?);
+        Some(d * f32::from(int4::code_at(group, i % int4::GROUP_SIZE)))
+    }
+}
+
 /// Typed, zero-copy data of one tensor.
 #[derive(Debug, Clone, Copy)]
 pub enum TensorData<'a> {
@@ -119,6 +162,8 @@ pub enum TensorData<'a> {
     F32(&'a [f32]),
     /// int8 values with inverse scales.
     Int8(Int8View<'a>),
+    /// int4 codes with f16 scales.
+    Int4(Int4View<'a>),
 }
 
 /// A tensor's description and its data, borrowed from the mapped file.
@@ -131,15 +176,15 @@ pub struct TensorRef<'a> {
 }
 
 impl<'a> TensorRef<'a> {
-    /// The f32 data, or `None` for an int8 tensor.
+    /// The f32 data, or `None` for a quantized tensor.
     pub fn as_f32(&self) -> Option<&'a [f32]> {
         match self.data {
             TensorData::F32(values) => Some(values),
-            TensorData::Int8(_) => None,
+            TensorData::Int8(_) | TensorData::Int4(_) => None,
         }
     }
 
-    /// Copies the tensor out as f32 (dequantizing int8 as `q / inv_scale`).
+    /// Copies the tensor out as f32 (dequantizing int8 as `q / inv_scale`, int4 as `d · code`).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self.data {
             TensorData::F32(values) => values.to_vec(),
@@ -147,6 +192,12 @@ impl<'a> TensorRef<'a> {
                 let mut out = vec![0.0; view.values.len()];
                 // Lengths were checked at open, so this cannot fail.
                 crate::quant::dequantize_into(view.values, view.inv_scales, &mut out);
+                out
+            }
+            TensorData::Int4(view) => {
+                let mut out = vec![0.0; view.packed.len() * 2];
+                // Lengths were checked at open, so this cannot fail.
+                int4::dequantize_into(view.packed, view.scales, &mut out);
                 out
             }
         }
@@ -506,7 +557,22 @@ impl ModelFile {
                     inv_scales: self.cast_f32(info, scale_bytes)?,
                 })
             }
-            (DType::Int8, None) => {
+            (DType::Int4, Some(scales)) => {
+                let start = self.payload_start + scales.offset;
+                let scale_bytes = &self.mmap[start..start + scales.count * 2];
+                TensorData::Int4(Int4View {
+                    packed: data,
+                    scales: bytemuck::try_cast_slice(scale_bytes).map_err(|_| {
+                        self.error(FormatErrorKind::Misaligned {
+                            tensor: info.name.clone(),
+                            what: "scales",
+                            offset: start as u64,
+                            align: 2,
+                        })
+                    })?,
+                })
+            }
+            (DType::Int8 | DType::Int4, None) => {
                 return Err(self.error(FormatErrorKind::BadScales {
                     tensor: name.into(),
                     problem: "no scales".into(),
@@ -548,7 +614,7 @@ impl ModelFile {
                     found: info.shape.clone(),
                 }));
             }
-            if info.dtype == DType::Int8 && !expected.may_be_int8 {
+            if info.dtype != DType::F32 && !expected.may_be_quantized {
                 return Err(self.error(FormatErrorKind::WrongDtype {
                     tensor: expected.name,
                     expected: "f32".into(),
@@ -734,12 +800,17 @@ impl ModelFile {
         // Element counts fit: they are at most the tensor's, checked at open.
         let (first, end) = (rows.start * cols, rows.end * cols);
         let data = self.payload_start + info.offset;
-        let size = info.dtype.element_size();
-        self.advise_span(residency, data + first * size, data + end * size)?;
-        if let Some(scales) = info.scales {
+        let dtype = info.dtype;
+        self.advise_span(
+            residency,
+            data + dtype.data_len(first),
+            data + dtype.data_len(end),
+        )?;
+        if let (Some(scales), Some(group)) = (info.scales, dtype.group_size()) {
             let at = self.payload_start + scales.offset;
-            let (g0, g1) = (first / GROUP_SIZE, end.div_ceil(GROUP_SIZE));
-            self.advise_span(residency, at + g0 * 4, at + g1 * 4)?;
+            let (g0, g1) = (first / group, end.div_ceil(group));
+            let size = dtype.scale_bytes();
+            self.advise_span(residency, at + g0 * size, at + g1 * size)?;
         }
         Ok(())
     }
@@ -771,7 +842,7 @@ impl ModelFile {
         let data = (self.payload_start + info.offset, info.data_len());
         let scales = info
             .scales
-            .map(|s| (self.payload_start + s.offset, s.count * 4));
+            .map(|s| (self.payload_start + s.offset, s.count * info.dtype.scale_bytes()));
         std::iter::once(data)
             .chain(scales)
             .filter(|&(_, len)| len > 0)
@@ -819,6 +890,11 @@ impl ModelFile {
                         let max_q = q.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
                         !s.is_finite() || !(f32::from(max_q) / **s).is_finite()
                     })
+                    .count(),
+                TensorData::Int4(view) => view
+                    .scales
+                    .iter()
+                    .filter(|&&s| !crate::half::f16_to_f32(s).is_finite())
                     .count(),
             };
             if bad > 0 {
@@ -871,6 +947,7 @@ fn check_tensor(
     let dtype = match raw.dtype.as_str() {
         "f32" | "float32" => DType::F32,
         "int8" => DType::Int8,
+        "int4" => DType::Int4,
         other => {
             return Err(FormatErrorKind::UnknownDtype {
                 tensor: name.into(),
@@ -887,12 +964,27 @@ fn check_tensor(
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(overflow)?;
-    let data_len = n_elements
-        .checked_mul(dtype.element_size() as u64)
-        .ok_or_else(overflow)?;
+    let data_len = match dtype {
+        DType::F32 => n_elements.checked_mul(4).ok_or_else(overflow)?,
+        DType::Int8 => n_elements,
+        DType::Int4 => {
+            // Rows are whole groups, so a group never spans two rows (the kernels rely on it).
+            let cols = raw.shape.last().copied().unwrap_or(1);
+            if cols % int4::GROUP_SIZE as u64 != 0 {
+                return Err(FormatErrorKind::BadScales {
+                    tensor: name.into(),
+                    problem: format!(
+                        "an int4 tensor's last dimension must be a multiple of {}, found {cols}",
+                        int4::GROUP_SIZE
+                    ),
+                });
+            }
+            n_elements / 2
+        }
+    };
     let align = match dtype {
         DType::F32 => 4,
-        DType::Int8 => 1,
+        DType::Int8 | DType::Int4 => 1,
     };
     check_range(
         name,
@@ -906,7 +998,9 @@ fn check_tensor(
 
     let scales = match dtype {
         DType::F32 => None,
-        DType::Int8 => {
+        DType::Int8 | DType::Int4 => {
+            let group = dtype.group_size().unwrap_or(GROUP_SIZE) as u64;
+            let size = dtype.scale_bytes() as u64;
             let bad = |problem: String| FormatErrorKind::BadScales {
                 tensor: name.into(),
                 problem,
@@ -914,18 +1008,18 @@ fn check_tensor(
             let (Some(scale_offset), Some(scale_count)) = (raw.scale_offset, raw.scale_size) else {
                 return Err(bad("`scale_offset` or `scale_size` is missing".into()));
             };
-            let expected = n_elements.div_ceil(GROUP_SIZE as u64);
+            let expected = n_elements.div_ceil(group);
             if scale_count != expected {
                 return Err(bad(format!(
-                    "scale_size is {scale_count}, expected {expected} (one per {GROUP_SIZE} values)"
+                    "scale_size is {scale_count}, expected {expected} (one per {group} values)"
                 )));
             }
             check_range(
                 name,
                 "scales",
                 scale_offset,
-                scale_count * 4,
-                4,
+                scale_count * size,
+                size as usize,
                 payload_start,
                 payload_len,
             )?;

@@ -14,6 +14,7 @@
 //! match model.tensor("model.layers.0.self_attn.q_proj.weight")?.data {
 //!     TensorData::F32(values) => println!("f32, {} values", values.len()),
 //!     TensorData::Int8(view) => println!("int8, first = {:?}", view.get(0)),
+//!     TensorData::Int4(view) => println!("int4, first = {:?}", view.get(0)),
 //! }
 //! # Ok::<(), torchless_format::FormatError>(())
 //! ```
@@ -26,6 +27,8 @@ mod config;
 mod error;
 mod file;
 pub mod gguf;
+pub mod half;
+pub mod int4;
 pub mod quant;
 mod writer;
 
@@ -35,7 +38,7 @@ pub use config::{
 };
 pub use error::{FormatError, FormatErrorKind};
 pub use file::{
-    evict_from_page_cache, AddedTokenData, DType, Int8View, ModelFile, Residency, ScaleInfo,
+    evict_from_page_cache, AddedTokenData, DType, Int4View, Int8View, ModelFile, Residency, ScaleInfo,
     TensorData, TensorInfo, TensorRef, TokenizerData, TokenizerKind, ALIGNMENT, MAX_HEADER_LEN,
 };
 pub use writer::{ModelWriter, TensorSpec};

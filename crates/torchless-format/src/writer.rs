@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::error::{FormatError, FormatErrorKind};
 use crate::file::{DType, TokenizerData, ALIGNMENT};
+use crate::int4::{self, Int4Method};
 use crate::quant::{quantize_group, GROUP_SIZE};
 
 /// A tensor to be written: name, storage type and shape.
@@ -14,7 +15,7 @@ use crate::quant::{quantize_group, GROUP_SIZE};
 pub struct TensorSpec {
     /// Hugging Face tensor name.
     pub name: String,
-    /// Storage in the file; int8 tensors are quantized from the f32 values pushed.
+    /// Storage in the file; int8 and int4 tensors are quantized from the f32 values pushed.
     pub dtype: DType,
     /// PyTorch shape, row-major.
     pub shape: Vec<usize>,
@@ -52,6 +53,7 @@ pub struct ModelWriter<W: Write> {
     position: u64,
     next_tensor: usize,
     current: Option<CurrentTensor>,
+    int4_method: Int4Method,
 }
 
 impl<W: Write> std::fmt::Debug for ModelWriter<W> {
@@ -67,10 +69,14 @@ impl<W: Write> std::fmt::Debug for ModelWriter<W> {
 struct CurrentTensor {
     index: usize,
     written: usize,
-    /// int8 only: values of a group not yet complete, and the inverse scales so far.
+    /// Quantized types: values of a group not yet complete.
     pending: Vec<f32>,
+    /// int8: the inverse scales so far, and a buffer for codes.
     inv_scales: Vec<f32>,
     quantized: Vec<i8>,
+    /// int4: the f16 scales so far, and a buffer for codes.
+    scales: Vec<u16>,
+    packed: Vec<u8>,
 }
 
 impl ModelWriter<BufWriter<File>> {
@@ -121,11 +127,22 @@ impl<W: Write> ModelWriter<W> {
                 .iter()
                 .try_fold(1usize, |acc, &d| acc.checked_mul(d))
                 .ok_or_else(|| err(format!("shape {:?} overflows", spec.shape)))?;
+            if spec.dtype == DType::Int4
+                && spec.shape.last().copied().unwrap_or(1) % int4::GROUP_SIZE != 0
+            {
+                return Err(err(format!(
+                    "tensor `{}` of shape {:?} cannot be int4: its last dimension is not a multiple of {}",
+                    spec.name,
+                    spec.shape,
+                    int4::GROUP_SIZE
+                )));
+            }
             let offset = position;
-            position = align_up(position + (n_elements * spec.dtype.element_size()) as u64);
+            position = align_up(position + spec.dtype.data_len(n_elements) as u64);
             let scale_offset = position;
-            if spec.dtype == DType::Int8 {
-                position = align_up(position + 4 * n_elements.div_ceil(GROUP_SIZE) as u64);
+            if let Some(group) = spec.dtype.group_size() {
+                let count = n_elements.div_ceil(group);
+                position = align_up(position + (spec.dtype.scale_bytes() * count) as u64);
             }
             plan.push(PlannedTensor {
                 spec,
@@ -149,7 +166,16 @@ impl<W: Write> ModelWriter<W> {
             position: 0,
             next_tensor: 0,
             current: None,
+            int4_method: Int4Method::default(),
         })
+    }
+
+    /// How int4 tensors are quantized (default [`Int4Method::Search`]).
+    pub fn with_int4_method(self, method: Int4Method) -> Self {
+        Self {
+            int4_method: method,
+            ..self
+        }
     }
 
     fn error(&self, reason: String) -> FormatError {
@@ -183,6 +209,8 @@ impl<W: Write> ModelWriter<W> {
             pending: Vec::new(),
             inv_scales: Vec::new(),
             quantized: Vec::new(),
+            scales: Vec::new(),
+            packed: Vec::new(),
         });
         self.next_tensor += 1;
         Ok(())
@@ -207,30 +235,36 @@ impl<W: Write> ModelWriter<W> {
                 let bytes: &[u8] = bytemuck::cast_slice(values);
                 self.write_bytes(bytes)
             }
-            DType::Int8 => self.push_int8(&mut current, values, &name),
+            DType::Int8 | DType::Int4 => self.push_groups(&mut current, values, &name),
         };
         current.written += values.len();
         self.current = Some(current);
         result
     }
 
-    fn push_int8(
+    /// Quantized tensors: whole groups are quantized and written, a partial one waits.
+    fn push_groups(
         &mut self,
         current: &mut CurrentTensor,
         mut values: &[f32],
         name: &str,
     ) -> Result<(), FormatError> {
+        let group_size = self.plan[current.index]
+            .spec
+            .dtype
+            .group_size()
+            .unwrap_or(GROUP_SIZE);
         // Complete a group left over from the previous push first.
         if !current.pending.is_empty() {
-            let take = (GROUP_SIZE - current.pending.len()).min(values.len());
+            let take = (group_size - current.pending.len()).min(values.len());
             current.pending.extend_from_slice(&values[..take]);
             values = &values[take..];
-            if current.pending.len() == GROUP_SIZE {
+            if current.pending.len() == group_size {
                 let group = std::mem::take(&mut current.pending);
                 self.quantize_and_write(current, &group, name)?;
             }
         }
-        let whole = values.len() / GROUP_SIZE * GROUP_SIZE;
+        let whole = values.len() / group_size * group_size;
         if whole > 0 {
             self.quantize_and_write(current, &values[..whole], name)?;
         }
@@ -244,6 +278,9 @@ impl<W: Write> ModelWriter<W> {
         values: &[f32],
         name: &str,
     ) -> Result<(), FormatError> {
+        if self.plan[current.index].spec.dtype == DType::Int4 {
+            return self.quantize_int4(current, values, name);
+        }
         current.quantized.resize(values.len(), 0);
         let group_base = current.written / GROUP_SIZE;
         for (group_index, (group, out)) in values
@@ -263,7 +300,73 @@ impl<W: Write> ModelWriter<W> {
         self.write_bytes(bytes)
     }
 
-    /// Finishes the current tensor (checks its length, writes int8 scales).
+    /// Whole int4 groups (`values.len()` is a multiple of 32: rows are whole groups).
+    fn quantize_int4(
+        &mut self,
+        current: &mut CurrentTensor,
+        values: &[f32],
+        name: &str,
+    ) -> Result<(), FormatError> {
+        current.packed.resize(values.len() / 2, 0);
+        let group_base = current.written / int4::GROUP_SIZE;
+        for (group_index, (group, out)) in values
+            .chunks_exact(int4::GROUP_SIZE)
+            .zip(current.packed.chunks_exact_mut(int4::GROUP_BYTES))
+            .enumerate()
+        {
+            let scale = int4::quantize_group(group, self.int4_method, out).ok_or_else(|| {
+                self.error(format!(
+                    "tensor `{name}` group {} holds a NaN, an infinity or a magnitude beyond \
+                     int4's f16 scales and cannot be quantized",
+                    group_base + group_index
+                ))
+            })?;
+            current.scales.push(scale);
+        }
+        let packed = std::mem::take(&mut current.packed);
+        let result = self.write_bytes(&packed);
+        current.packed = packed;
+        result
+    }
+
+    /// Appends already-quantized int4 groups to the current int4 tensor: 16 code bytes and one
+    /// f16 scale per group, in the layout of [`crate::int4`] (e.g. llama.cpp Q4_0 blocks, whose
+    /// codes are the same bytes). Counts as `32 · scales.len()` values.
+    pub fn push_int4_groups(&mut self, packed: &[u8], scales: &[u16]) -> Result<(), FormatError> {
+        let Some(mut current) = self.current.take() else {
+            return Err(self.error("push without begin_tensor".into()));
+        };
+        let planned = &self.plan[current.index];
+        let n = scales.len() * int4::GROUP_SIZE;
+        let problem = if planned.spec.dtype != DType::Int4 {
+            Some(format!("tensor `{}` is not int4", planned.spec.name))
+        } else if packed.len() != scales.len() * int4::GROUP_BYTES {
+            Some(format!(
+                "{} code bytes for {} groups (expected {})",
+                packed.len(),
+                scales.len(),
+                scales.len() * int4::GROUP_BYTES
+            ))
+        } else if !current.pending.is_empty() || current.written + n > planned.n_elements {
+            Some(format!(
+                "tensor `{}` has {} elements; {} written, {n} more do not fit whole groups",
+                planned.spec.name, planned.n_elements, current.written
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = problem {
+            self.current = Some(current);
+            return Err(self.error(reason));
+        }
+        let result = self.write_bytes(packed);
+        current.scales.extend_from_slice(scales);
+        current.written += n;
+        self.current = Some(current);
+        result
+    }
+
+    /// Finishes the current tensor (checks its length, writes int8 or int4 scales).
     pub fn end_tensor(&mut self) -> Result<(), FormatError> {
         let Some(mut current) = self.current.take() else {
             return Err(self.error("end_tensor without begin_tensor".into()));
@@ -281,15 +384,24 @@ impl<W: Write> ModelWriter<W> {
                 current.written
             )));
         }
-        if dtype == DType::Int8 {
-            if !current.pending.is_empty() {
-                // A final partial group: the tensor's size is not a multiple of 64.
-                let group = std::mem::take(&mut current.pending);
-                self.quantize_and_write(&mut current, &group, &name)?;
+        if dtype == DType::Int8 && !current.pending.is_empty() {
+            // A final partial group: the tensor's size is not a multiple of 64 (int4 rows are
+            // whole groups, so nothing is pending there).
+            let group = std::mem::take(&mut current.pending);
+            self.quantize_and_write(&mut current, &group, &name)?;
+        }
+        match dtype {
+            DType::F32 => {}
+            DType::Int8 => {
+                self.pad_to(scale_offset)?;
+                let bytes: &[u8] = bytemuck::cast_slice(&current.inv_scales);
+                self.write_bytes(bytes)?;
             }
-            self.pad_to(scale_offset)?;
-            let bytes: &[u8] = bytemuck::cast_slice(&current.inv_scales);
-            self.write_bytes(bytes)?;
+            DType::Int4 => {
+                self.pad_to(scale_offset)?;
+                let bytes: Vec<u8> = current.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+                self.write_bytes(&bytes)?;
+            }
         }
         Ok(())
     }
@@ -372,11 +484,11 @@ fn header_json(
         let dims: Vec<String> = t.spec.shape.iter().map(|d| d.to_string()).collect();
         s.push_str(&dims.join(", "));
         s.push_str(&format!("], \"offset\": {}", t.offset));
-        if t.spec.dtype == DType::Int8 {
+        if let Some(group) = t.spec.dtype.group_size() {
             s.push_str(&format!(
                 ", \"scale_offset\": {}, \"scale_size\": {}",
                 t.scale_offset,
-                t.n_elements.div_ceil(GROUP_SIZE)
+                t.n_elements.div_ceil(group)
             ));
         }
         s.push('}');

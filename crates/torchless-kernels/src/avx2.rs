@@ -10,7 +10,8 @@
 //! report as unused.
 #![allow(unused_unsafe)]
 
-use crate::mat::{F32Mat, Int8Mat, GROUP_SIZE};
+use crate::int4::Int4Input;
+use crate::mat::{F32Mat, Int4Mat, Int8Mat, GROUP_SIZE};
 use core::arch::x86_64::*;
 
 /// Proof that the running CPU has AVX2 and FMA.
@@ -20,8 +21,12 @@ pub(crate) struct Token(());
 impl Token {
     /// `Some` only when AVX2 and FMA are available.
     pub(crate) fn detect() -> Option<Self> {
-        (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
-            .then_some(Token(()))
+        // F16C (half-precision conversion, for int4 scales) comes with every AVX2 CPU made, but is
+        // a separate flag: it is checked too so the int4 kernel may use it.
+        (std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        .then_some(Token(()))
     }
 }
 
@@ -555,6 +560,110 @@ macro_rules! for_input_blocks {
             _ => {}
         }
     }};
+}
+
+/// Prefetch distance of the int4 matvec, in bytes of codes (as for int8, a few KiB ahead along
+/// the row stream).
+const PF_INT4_BYTES: usize = 4096;
+
+/// One int4 row with `B` quantized inputs, in the lane order and f32 operation order of
+/// `int4::row_dot` (bit-identical to it).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `packed` must point to `groups * 16` bytes and `scales`
+/// to `groups` halves; each input must hold `groups.div_ceil(2)` pairs.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn i4_row_multi<const B: usize>(
+    packed: *const u8,
+    scales: *const u16,
+    groups: usize,
+    inputs: [&Int4Input; B],
+) -> [f32; B] {
+    // SAFETY: caller contract: every load below stays inside the row's codes and scales and the
+    // inputs' pairs; the prefetch is a hint and never faults.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        let mut acc = [_mm256_setzero_ps(); B];
+        let pairs = groups.div_ceil(2);
+        for p in 0..pairs {
+            let (codes, d) = if 2 * p + 1 < groups {
+                _mm_prefetch::<_MM_HINT_T0>(packed.wrapping_add(p * 32 + PF_INT4_BYTES).cast());
+                let two = scales.add(2 * p).cast::<u32>().read_unaligned();
+                (
+                    _mm256_loadu_si256(packed.add(p * 32).cast()),
+                    _mm256_cvtph_ps(_mm_cvtsi32_si128(two as i32)),
+                )
+            } else {
+                // An odd last group: the second half is a zero group with a zero scale.
+                let one = u32::from(scales.add(2 * p).read());
+                (
+                    _mm256_zextsi128_si256(_mm_loadu_si128(packed.add(p * 32).cast())),
+                    _mm256_cvtph_ps(_mm_cvtsi32_si128(one as i32)),
+                )
+            };
+            let d = _mm256_permutevar8x32_ps(d, spread);
+            let lo = _mm256_and_si256(codes, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), mask);
+            for (a, input) in acc.iter_mut().zip(inputs) {
+                let x = input.xq.as_ptr().add(p * 64);
+                let plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(x.cast()));
+                let phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(x.add(32).cast()));
+                let sum = _mm256_madd_epi16(_mm256_add_epi16(plo, phi), ones);
+                let offsets = _mm256_loadu_si256(input.offsets.as_ptr().add(p * 8).cast());
+                let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, offsets));
+                let scale = _mm256_mul_ps(d, _mm256_loadu_ps(input.steps.as_ptr().add(p * 8)));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(sum, scale));
+            }
+        }
+        let mut out = [0.0f32; B];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = hsum(a);
+        }
+        out
+    }
+}
+
+/// `yt[i * batch + b]` = row `r0 + i` of `w` times input `b`, for every row of `yt / batch`:
+/// each weight row is read once for all inputs, each result bit-identical to `int4::row_dot`.
+pub(crate) fn matvec_i4_multi(
+    _t: Token,
+    w: &Int4Mat<'_>,
+    inputs: &[Int4Input],
+    r0: usize,
+    yt: &mut [f32],
+) {
+    let batch = inputs.len();
+    let groups = w.groups_per_row();
+    let out_rows = yt.len() / batch.max(1);
+    assert!(
+        batch > 0
+            && yt.len() == out_rows * batch
+            && r0 + out_rows <= w.rows()
+            && w.packed().len() == w.rows() * groups * 16
+            && w.scales().len() == w.rows() * groups
+            && inputs.iter().all(|x| x.pairs() == groups.div_ceil(2)),
+        "int4 matvec shapes"
+    );
+    let (pp, sp) = (w.packed().as_ptr(), w.scales().as_ptr());
+    for (i, out) in yt.chunks_exact_mut(batch).enumerate() {
+        let row = r0 + i;
+        for_input_blocks!(batch, |b0, B| {
+            // SAFETY: token ⇒ AVX2+FMA+F16C; row < w.rows(), so its `groups * 16` code bytes and
+            // `groups` scales are in bounds, and every input holds the pairs (asserted above).
+            let v = unsafe {
+                i4_row_multi::<B>(
+                    pp.add(row * groups * 16),
+                    sp.add(row * groups),
+                    groups,
+                    std::array::from_fn(|j| &inputs[b0 + j]),
+                )
+            };
+            out[b0..b0 + B].copy_from_slice(&v);
+        });
+    }
 }
 
 /// Asserts the shapes the multi-input matvecs rely on: `xs` holds `batch` rows of `cols`, `yt` a

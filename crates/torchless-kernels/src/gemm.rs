@@ -80,14 +80,16 @@ pub(crate) struct PanelLines<'a> {
 impl<'a> PanelLines<'a> {
     pub(crate) fn new(w: &MatRef<'a>, n0: usize, nr: usize, pc: usize, kc: usize) -> Self {
         let (base, elem, cols) = match w {
-            MatRef::F32(m) => (m.data().as_ptr().cast::<u8>(), 4, m.cols()),
-            MatRef::Int8(m) => (m.q().as_ptr().cast::<u8>(), 1, m.cols()),
+            MatRef::F32(m) => (m.data().as_ptr().cast::<u8>(), 8, m.cols()),
+            MatRef::Int8(m) => (m.q().as_ptr().cast::<u8>(), 2, m.cols()),
+            MatRef::Int4(m) => (m.packed().as_ptr(), 1, m.cols()),
         };
+        // `elem` is in half bytes, so int4's two codes per byte count right.
         Self {
             // Only an address for prefetching: computed with wrapping arithmetic, never read.
-            base: base.wrapping_add((n0 * cols + pc) * elem),
-            row_bytes: cols * elem,
-            per_row: (kc * elem).div_ceil(64),
+            base: base.wrapping_add((n0 * cols + pc) * elem / 2),
+            row_bytes: cols * elem / 2,
+            per_row: (kc * elem / 2).div_ceil(64),
             rows: nr,
             _w: std::marker::PhantomData,
         }
@@ -164,6 +166,14 @@ pub(crate) fn pack_b_generic(
                         out[k * nr_full + j] = f32::from(q) / inv;
                     }
                     c = end;
+                }
+            }
+        }
+        MatRef::Int4(m) => {
+            // Exact `d · (u − 8)`, value by value (columns need not start a group).
+            for j in 0..nr {
+                for k in 0..kc {
+                    out[k * nr_full + j] = m.value_at(n0 + j, pc + k);
                 }
             }
         }
@@ -556,7 +566,7 @@ impl Micro for Avx2Micro {
                     let inv = &m.inv_scales()[n0 * groups + pc / GROUP_SIZE..];
                     return crate::avx2::pack_b_i8(self.0, q, cols, inv, groups, kc, out);
                 }
-                MatRef::Int8(_) => {}
+                MatRef::Int8(_) | MatRef::Int4(_) => {}
             }
         }
         pack_b_generic(w, n0, nr, Self::NR, pc, kc, out);

@@ -4,7 +4,8 @@ use crate::attention::{check_heads, KvCacheView, RowsRef, SlotRanges};
 use crate::attention_gemm::{attend_block, TokenBlock};
 use crate::dispatch::{auto_path, blas_backend, require, Path, SimdPath};
 use crate::error::{check_len, checked_mul, KernelError};
-use crate::mat::MatRef;
+use crate::int4::{self, Int4Input};
+use crate::mat::{Int4Mat, MatRef};
 use crate::{gemm, parallel, qgemm, scalar};
 use std::cell::RefCell;
 use std::ops::Range;
@@ -257,6 +258,11 @@ impl Kernels {
             }
         }
         let cols = w.cols();
+        if let MatRef::Int4(m) = w {
+            let input = [Int4Input::quantize(x)];
+            parallel::par_rows(y, 4, cols / 4, |r0, yc| self.int4_rows(m, &input, r0, yc));
+            return Ok(());
+        }
         parallel::par_rows(y, 4, cols, |r0, yc| {
             // In bounds: the chunk's rows lie inside 0..rows by construction.
             if let Ok(sub) = w.rows_range(r0..r0 + yc.len()) {
@@ -266,8 +272,31 @@ impl Kernels {
         Ok(())
     }
 
+    /// Rows `r0..` of an int4 product with quantized inputs, written transposed
+    /// (`yt[i * inputs.len() + b]`); identical on every path (see `int4`).
+    fn int4_rows(&self, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, yt: &mut [f32]) {
+        match self.path {
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Path::Avx2(t) => crate::avx2::matvec_i4_multi(t, w, inputs, r0, yt),
+            _ => {
+                let n = yt.len() / inputs.len().max(1);
+                if let Ok(sub) = w.rows_range(r0..r0 + n) {
+                    for (b, input) in inputs.iter().enumerate() {
+                        let mut y = vec![0.0; n];
+                        int4::matvec(&sub, input, &mut y);
+                        for (i, v) in y.into_iter().enumerate() {
+                            yt[i * inputs.len() + b] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn matvec_serial(&self, w: &MatRef<'_>, x: &[f32], y: &mut [f32]) {
         match (self.path, w) {
+            // Not reached (`matvec` quantizes the input first); kept total for safety.
+            (_, MatRef::Int4(m)) => self.int4_rows(m, &[Int4Input::quantize(x)], 0, y),
             (Path::Scalar, MatRef::F32(m)) => scalar::matvec_f32(m, x, y),
             (Path::Scalar, MatRef::Int8(m)) => scalar::matvec_i8(m, x, y),
             #[cfg(feature = "simd")]
@@ -300,12 +329,26 @@ impl Kernels {
             batch,
         )?;
         let (rows, cols) = (w.rows(), w.cols());
+        if let MatRef::Int4(m) = w {
+            let inputs: Vec<Int4Input> = xs.chunks_exact(cols).map(Int4Input::quantize).collect();
+            let mut yt = vec![0.0f32; rows * batch];
+            parallel::par_rows(&mut yt, 4 * batch, cols / 4, |e0, chunk| {
+                self.int4_rows(m, &inputs, e0 / batch, chunk)
+            });
+            for (r, row) in yt.chunks_exact(batch).enumerate() {
+                for (b, &v) in row.iter().enumerate() {
+                    ys[b * rows + r] = v;
+                }
+            }
+            return Ok(());
+        }
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
         if let (Path::Avx2(t), false, true) = (self.path, self.uses_blas_for(w), batch > 1) {
             // How rows are split among threads never changes a row's arithmetic.
             par_rows_transposed(ys, rows, cols, batch, |r0, yt| match w {
                 MatRef::F32(m) => crate::avx2::matvec_f32_multi(t, m, xs, batch, r0, yt),
                 MatRef::Int8(m) => crate::avx2::matvec_i8_multi(t, m, xs, batch, r0, yt),
+                MatRef::Int4(_) => {}
             });
             return Ok(());
         }

@@ -48,6 +48,7 @@ mod blas;
 mod dispatch;
 mod error;
 mod gemm;
+mod int4;
 mod kernels;
 mod mat;
 mod parallel;
@@ -63,7 +64,7 @@ pub use attention::{KvCacheView, RowsRef, SlotRanges};
 pub use dispatch::{blas_backend, cpu_path, SimdPath, PATH_ENV};
 pub use error::KernelError;
 pub use kernels::Kernels;
-pub use mat::{F32Mat, Int8Mat, MatRef, GROUP_SIZE};
+pub use mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
 #[cfg(feature = "parallel")]
 pub use parallel::thread_pool;
 pub use parallel::{current_num_threads, for_each_chunk_mut};

@@ -170,6 +170,126 @@ impl<'a> Int8Mat<'a> {
     }
 }
 
+/// Number of consecutive values of a row that share one f16 scale in an int4 matrix.
+pub const INT4_GROUP_SIZE: usize = 32;
+
+/// A row-major int4 matrix in the torchless file layout (see `torchless_format::int4`).
+///
+/// Each row is `cols / 32` groups (`cols` must be a multiple of 32); a group is 16 bytes of
+/// codes (byte `j`: value `j` in the low nibble, value `j + 16` in the high nibble) and one IEEE
+/// half scale `d` in `scales`; code `u` stands for `d · (u − 8)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Int4Mat<'a> {
+    packed: &'a [u8],
+    scales: &'a [u16],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Int4Mat<'a> {
+    /// Wraps a tensor of `rows x cols`: `packed` holds `rows * cols / 2` bytes and `scales`
+    /// `rows * cols / 32` half-precision scales (as bits).
+    pub fn new(
+        packed: &'a [u8],
+        scales: &'a [u16],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, KernelError> {
+        if cols % INT4_GROUP_SIZE != 0 {
+            return Err(KernelError::Shape(format!(
+                "an int4 matrix needs whole groups of {INT4_GROUP_SIZE} per row, found {cols} columns"
+            )));
+        }
+        let n = checked_mul("int4 matrix", rows, cols)?;
+        check_len("int4 matrix codes", n / 2, packed.len())?;
+        check_len("int4 matrix scales", n / INT4_GROUP_SIZE, scales.len())?;
+        Ok(Self {
+            packed,
+            scales,
+            rows,
+            cols,
+        })
+    }
+
+    /// The packed codes (flat row-major, 16 bytes per group).
+    pub fn packed(&self) -> &'a [u8] {
+        self.packed
+    }
+
+    /// The f16 scale bits, one per group.
+    pub fn scales(&self) -> &'a [u16] {
+        self.scales
+    }
+
+    /// Number of rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Groups per row.
+    pub fn groups_per_row(&self) -> usize {
+        self.cols / INT4_GROUP_SIZE
+    }
+
+    /// Element (`r`, `c`) as f32, `d · (u − 8)` (exact); no bounds check beyond slice indexing.
+    #[inline]
+    pub(crate) fn value_at(&self, r: usize, c: usize) -> f32 {
+        let g = (r * self.cols + c) / INT4_GROUP_SIZE;
+        let i = c % INT4_GROUP_SIZE;
+        let byte = self.packed[g * 16 + i % 16];
+        let nibble = if i < 16 { byte & 0x0f } else { byte >> 4 };
+        f16_to_f32(self.scales[g]) * f32::from(nibble as i8 - 8)
+    }
+
+    /// Dequantizes row `r` into `out` (exactly `d · (u − 8)` per value).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        check_row_range(&(r..r + 1), self.rows)?;
+        check_len("dequantize_row output", self.cols, out.len())?;
+        let g0 = r * self.groups_per_row();
+        for (g, o) in out.chunks_exact_mut(INT4_GROUP_SIZE).enumerate() {
+            let d = f16_to_f32(self.scales[g0 + g]);
+            let codes = &self.packed[(g0 + g) * 16..(g0 + g + 1) * 16];
+            for j in 0..16 {
+                o[j] = d * f32::from((codes[j] & 0x0f) as i8 - 8);
+                o[j + 16] = d * f32::from((codes[j] >> 4) as i8 - 8);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sub-matrix made of rows `range` (rows are whole groups, so any range is aligned).
+    pub fn rows_range(&self, range: Range<usize>) -> Result<Self, KernelError> {
+        check_row_range(&range, self.rows)?;
+        let (half, groups) = (self.cols / 2, self.groups_per_row());
+        Ok(Self {
+            packed: &self.packed[range.start * half..range.end * half],
+            scales: &self.scales[range.start * groups..range.end * groups],
+            rows: range.len(),
+            cols: self.cols,
+        })
+    }
+}
+
+/// IEEE half to f32 (exact).
+#[inline]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let bits = match exp {
+        0 if man == 0 => sign,
+        0 => sign | (man as f32 * (1.0 / 16_777_216.0)).to_bits(),
+        31 => sign | 0x7f80_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
 fn check_row_range(range: &Range<usize>, rows: usize) -> Result<(), KernelError> {
     if range.start <= range.end && range.end <= rows {
         Ok(())
@@ -189,6 +309,8 @@ pub enum MatRef<'a> {
     F32(F32Mat<'a>),
     /// int8 weights with per-64-group inverse scales.
     Int8(Int8Mat<'a>),
+    /// int4 weights with per-32-group f16 scales.
+    Int4(Int4Mat<'a>),
 }
 
 impl<'a> MatRef<'a> {
@@ -207,11 +329,22 @@ impl<'a> MatRef<'a> {
         Int8Mat::new(q, inv_scales, rows, cols).map(Self::Int8)
     }
 
+    /// An int4 matrix view; see [`Int4Mat::new`].
+    pub fn int4(
+        packed: &'a [u8],
+        scales: &'a [u16],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, KernelError> {
+        Int4Mat::new(packed, scales, rows, cols).map(Self::Int4)
+    }
+
     /// Number of rows (output features).
     pub fn rows(&self) -> usize {
         match self {
             Self::F32(m) => m.rows(),
             Self::Int8(m) => m.rows(),
+            Self::Int4(m) => m.rows(),
         }
     }
 
@@ -220,14 +353,16 @@ impl<'a> MatRef<'a> {
         match self {
             Self::F32(m) => m.cols(),
             Self::Int8(m) => m.cols(),
+            Self::Int4(m) => m.cols(),
         }
     }
 
-    /// Bytes a matvec has to stream: values plus, for int8, the f32 inverse scales.
+    /// Bytes a matvec has to stream: values plus the scales (int8: f32, int4: f16).
     pub fn weight_bytes(&self) -> usize {
         match self {
             Self::F32(m) => m.data().len() * 4,
             Self::Int8(m) => m.q().len() + m.inv_scales().len() * 4,
+            Self::Int4(m) => m.packed().len() + m.scales().len() * 2,
         }
     }
 
@@ -236,10 +371,12 @@ impl<'a> MatRef<'a> {
         match self {
             Self::F32(m) => m.rows_range(range).map(Self::F32),
             Self::Int8(m) => m.rows_range(range).map(Self::Int8),
+            Self::Int4(m) => m.rows_range(range).map(Self::Int4),
         }
     }
 
-    /// Element (`r`, `c`) as f32 (int8: `q / inv_scale`). For tests and debugging, not hot loops.
+    /// Element (`r`, `c`) as f32 (int8: `q / inv_scale`, int4: `d · (u − 8)`). For tests and
+    /// debugging, not hot loops.
     pub fn get(&self, r: usize, c: usize) -> Option<f32> {
         if r >= self.rows() || c >= self.cols() {
             return None;
@@ -247,6 +384,7 @@ impl<'a> MatRef<'a> {
         Some(match self {
             Self::F32(m) => m.data()[r * m.cols() + c],
             Self::Int8(m) => f32::from(m.q()[r * m.cols() + c]) / m.inv_scale_at(r, c),
+            Self::Int4(m) => m.value_at(r, c),
         })
     }
 }
