@@ -409,6 +409,7 @@ fn bf16_checkpoint_quantizes_in_f32_without_wrapping() {
                     assert_eq!(view.inv_scales[0], (1.0 / m.to_f32()) * 127.0);
                 }
             }
+            TensorData::Int4(_) => panic!("{}: convert never writes int4", info.name),
             TensorData::F32(data) => {
                 assert_eq!(info.dtype, DType::F32);
                 assert_eq!(data, values.as_slice(), "{}", info.name);

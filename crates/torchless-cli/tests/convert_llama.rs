@@ -26,7 +26,7 @@ fn convert(input: &Path, output: &Path, quant: &str) -> common::Output {
 fn f32_values(file: &ModelFile, name: &str) -> Vec<f32> {
     match file.tensor(name).unwrap().data {
         TensorData::F32(v) => v.to_vec(),
-        TensorData::Int8(_) => panic!("{name} is int8"),
+        TensorData::Int8(_) | TensorData::Int4(_) => panic!("{name} is quantized"),
     }
 }
 

@@ -110,7 +110,10 @@ impl TensorInfo {
 
     /// Bytes a reader touches to use this tensor once (data plus scales).
     pub fn bytes_read(&self) -> usize {
-        self.data_len() + self.scales.map_or(0, |s| s.count * self.dtype.scale_bytes())
+        self.data_len()
+            + self
+                .scales
+                .map_or(0, |s| s.count * self.dtype.scale_bytes())
     }
 }
 
@@ -149,7 +152,9 @@ impl Int4View<'_> {
     /// The dequantized value at flat index `i` (`None` out of range).
     pub fn get(&self, i: usize) -> Option<f32> {
         let g = i / int4::GROUP_SIZE;
-        let group = self.packed.get(g * int4::GROUP_BYTES..(g + 1) * int4::GROUP_BYTES)?;
+        let group = self
+            .packed
+            .get(g * int4::GROUP_BYTES..(g + 1) * int4::GROUP_BYTES)?;
         let d = crate::half::f16_to_f32(*self.scales.get(g)?);
         Some(d * f32::from(int4::code_at(group, i % int4::GROUP_SIZE)))
     }
@@ -840,9 +845,12 @@ impl ModelFile {
     /// The non-empty byte ranges of a tensor in the map: its data and, for int8, its scales.
     fn byte_ranges(&self, info: &TensorInfo) -> impl Iterator<Item = (usize, usize)> {
         let data = (self.payload_start + info.offset, info.data_len());
-        let scales = info
-            .scales
-            .map(|s| (self.payload_start + s.offset, s.count * info.dtype.scale_bytes()));
+        let scales = info.scales.map(|s| {
+            (
+                self.payload_start + s.offset,
+                s.count * info.dtype.scale_bytes(),
+            )
+        });
         std::iter::once(data)
             .chain(scales)
             .filter(|&(_, len)| len > 0)

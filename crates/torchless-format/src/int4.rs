@@ -147,7 +147,11 @@ fn pack(codes: &[i8; GROUP_SIZE], out: &mut [u8]) {
 #[inline]
 pub fn code_at(group: &[u8], i: usize) -> i8 {
     let byte = group[i % GROUP_BYTES];
-    let nibble = if i < GROUP_BYTES { byte & 0x0f } else { byte >> 4 };
+    let nibble = if i < GROUP_BYTES {
+        byte & 0x0f
+    } else {
+        byte >> 4
+    };
     nibble as i8 - 8
 }
 
@@ -246,7 +250,10 @@ mod tests {
         assert_eq!(dequant(&packed, scale), vec![0.0; GROUP_SIZE]);
         let mut values = [1.0f32; GROUP_SIZE];
         values[7] = f32::NAN;
-        assert_eq!(quantize_group(&values, Int4Method::Search, &mut packed), None);
+        assert_eq!(
+            quantize_group(&values, Int4Method::Search, &mut packed),
+            None
+        );
         values[7] = f32::INFINITY;
         assert_eq!(
             quantize_group(&values, Int4Method::RoundToNearest, &mut packed),

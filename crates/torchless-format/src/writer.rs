@@ -399,7 +399,11 @@ impl<W: Write> ModelWriter<W> {
             }
             DType::Int4 => {
                 self.pad_to(scale_offset)?;
-                let bytes: Vec<u8> = current.scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+                let bytes: Vec<u8> = current
+                    .scales
+                    .iter()
+                    .flat_map(|s| s.to_le_bytes())
+                    .collect();
                 self.write_bytes(&bytes)?;
             }
         }

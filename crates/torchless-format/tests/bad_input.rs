@@ -128,7 +128,7 @@ fn non_numeric_or_out_of_range_metadata() {
         ("norm_eps", "-1e-5"),
         ("sliding_window", "wide"),
         ("act_type", "gelu"),
-        ("quant", "int4"),
+        ("quant", "int2"),
     ] {
         let e = header_err(|h| h["metadata"][key] = json!(value));
         assert!(

@@ -111,6 +111,7 @@ fn int8_tensors_are_the_exporters_quantization_of_the_checkpoint() {
                     assert_eq!(Some(*d), view.get(i));
                 }
             }
+            TensorData::Int4(_) => panic!("{name}: the int8 fixture has no int4 tensor"),
             TensorData::F32(data) => {
                 assert!(!name.contains("_proj"), "{name} should be int8");
                 assert_eq!(data, values.as_slice());

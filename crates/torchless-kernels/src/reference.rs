@@ -73,6 +73,38 @@ pub fn matmul_int8_activations(w: &crate::Int8Mat<'_>, xs: &[f32], batch: usize)
     out
 }
 
+/// `y = W x` for int4 weights as [`crate::Kernels::matvec`] defines it, in f64: each 32-group of
+/// `x` becomes `round_ties_even(x · (127 / max|x|)) · (max|x| / 127)` (the factors in f32), then
+/// the product with the exactly dequantized weights is summed in f64.
+pub fn matvec_int4(w: &crate::Int4Mat<'_>, x: &[f32]) -> Vec<f32> {
+    assert_eq!(w.cols(), x.len(), "reference::matvec_int4 shapes");
+    let xq = int4_activations(x);
+    let m = MatRef::Int4(*w);
+    (0..w.rows())
+        .map(|r| {
+            (0..w.cols())
+                .map(|c| f64::from(weight(&m, r, c)) * xq[c])
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// The activations the int4 kernels multiply with (see [`matvec_int4`]).
+pub fn int4_activations(x: &[f32]) -> Vec<f64> {
+    let mut xq = vec![0.0f64; x.len()];
+    for (g, xg) in x.chunks(32).enumerate() {
+        let amax = xg.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if amax == 0.0 {
+            continue;
+        }
+        for (c, &v) in xg.iter().enumerate() {
+            let level = (v * (127.0 / amax)).round_ties_even().clamp(-127.0, 127.0);
+            xq[g * 32 + c] = f64::from(level) * f64::from(amax / 127.0);
+        }
+    }
+    xq
+}
+
 fn weight(w: &MatRef<'_>, r: usize, c: usize) -> f32 {
     w.get(r, c).expect("in range")
 }

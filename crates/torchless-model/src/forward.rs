@@ -331,6 +331,7 @@ fn embed(embedding: &MatRef<'_>, token: u32, out: &mut [f32]) -> Result<()> {
     match embedding {
         MatRef::F32(m) => out.copy_from_slice(m.row(row).ok_or_else(invalid)?),
         MatRef::Int8(m) => m.dequantize_row(row, out)?,
+        MatRef::Int4(m) => m.dequantize_row(row, out)?,
     }
     Ok(())
 }

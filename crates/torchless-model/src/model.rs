@@ -487,6 +487,7 @@ impl<R: Residency> Model<R> {
         Ok(match tensor.data {
             TensorData::F32(values) => MatRef::f32(values, rows, cols)?,
             TensorData::Int8(view) => MatRef::int8(view.values, view.inv_scales, rows, cols)?,
+            TensorData::Int4(view) => MatRef::int4(view.packed, view.scales, rows, cols)?,
         })
     }
 }

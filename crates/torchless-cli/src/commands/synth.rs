@@ -321,7 +321,7 @@ fn write_payload(
     }
     let total: u64 = plan
         .iter()
-        .map(|p| (p.n_elements * p.dtype.element_size()) as u64)
+        .map(|p| p.dtype.data_len(p.n_elements) as u64)
         .sum();
     let bar = output::progress_bar(total, "generating", true);
 
@@ -433,6 +433,8 @@ fn generate(p: &Planned, job: &Job, seed: u64, block: &mut Block) {
                 block.scales.push(quantize_group_fast(values, out));
             }
         }
+        // Not planned: `synth --quant` offers f32 and int8 only (int4 synthesis is future work).
+        DType::Int4 => block.bytes.clear(),
     }
 }
 

@@ -1,0 +1,189 @@
+//! int4 matvec (integer dot products with int8-quantized activations) against the f64
+//! reference of its definition, on every path, and batched against single.
+use torchless_kernels::{reference, Int4Mat, Kernels, MatRef, SimdPath};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Random codes and scales (finite halves between about 2^-10 and 2^2, some zero scales).
+fn matrix(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<u8>, Vec<u16>) {
+    let packed = (0..rows * cols / 2).map(|_| rng.next() as u8).collect();
+    let scales = (0..rows * cols / 32)
+        .map(|i| {
+            if i % 37 == 5 {
+                0
+            } else {
+                // Exponent field 5..17, random mantissa and sign.
+                let exp = 5 + (rng.next() % 13) as u16;
+                (rng.next() as u16 & 0x83ff) | (exp << 10)
+            }
+        })
+        .collect();
+    (packed, scales)
+}
+
+fn paths() -> Vec<Kernels> {
+    SimdPath::supported()
+        .into_iter()
+        .map(|p| Kernels::with_path(p).expect("supported"))
+        .collect()
+}
+
+const SHAPES: &[(usize, usize)] = &[
+    (1, 32),
+    (3, 64),
+    (7, 96),
+    (5, 160),
+    (17, 576),
+    (64, 1536),
+    (9, 4096),
+];
+
+#[test]
+fn int4_matvec_matches_its_f64_definition_and_is_identical_on_every_path() {
+    let mut rng = Rng(0x1234_5678);
+    for &(rows, cols) in SHAPES {
+        let (packed, scales) = matrix(&mut rng, rows, cols);
+        let w = Int4Mat::new(&packed, &scales, rows, cols).unwrap();
+        let m = MatRef::Int4(w);
+        let mut x: Vec<f32> = (0..cols).map(|_| rng.f32() * 3.0).collect();
+        // An all-zero group, and a group with one large value.
+        x[..32].fill(0.0);
+        if cols >= 64 {
+            x[40] = 1e4;
+        }
+        let want = reference::matvec_int4(&w, &x);
+        let xq = reference::int4_activations(&x);
+        let mut first: Option<Vec<f32>> = None;
+        for k in paths() {
+            let mut y = vec![f32::NAN; rows];
+            k.matvec(&m, &x, &mut y).unwrap();
+            for r in 0..rows {
+                // f32 rounding of per-lane products and sums only: the integer parts are exact.
+                let bound: f64 = (0..cols)
+                    .map(|c| (f64::from(m.get(r, c).unwrap()) * xq[c]).abs())
+                    .sum::<f64>()
+                    * 1e-6
+                    + 1e-30;
+                let err = (f64::from(y[r]) - f64::from(want[r])).abs();
+                assert!(
+                    err <= bound,
+                    "{rows}x{cols} row {r} on {}: {} vs {} (bound {bound:e})",
+                    k.simd_path().name(),
+                    y[r],
+                    want[r]
+                );
+            }
+            match &first {
+                None => first = Some(y),
+                Some(f) => assert!(
+                    f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{rows}x{cols}: {} differs from the scalar path",
+                    k.simd_path().name()
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn int4_matvec_is_close_to_the_dequantized_f32_product() {
+    // The activation rounding (half a step of max|x| / 127 per value) is the only difference
+    // from the exact product with the dequantized weights.
+    let mut rng = Rng(99);
+    let (rows, cols) = (32, 1024);
+    let (packed, scales) = matrix(&mut rng, rows, cols);
+    let m = MatRef::int4(&packed, &scales, rows, cols).unwrap();
+    let x: Vec<f32> = (0..cols).map(|_| rng.f32()).collect();
+    let mut y = vec![0.0; rows];
+    Kernels::auto().matvec(&m, &x, &mut y).unwrap();
+    let exact = reference::matvec(&m, &x);
+    for r in 0..rows {
+        let bound: f64 = (0..cols)
+            .map(|c| {
+                let amax = x[c / 32 * 32..c / 32 * 32 + 32]
+                    .iter()
+                    .fold(0.0f32, |a, v| a.max(v.abs()));
+                f64::from(m.get(r, c).unwrap()).abs() * f64::from(amax) / 254.0
+            })
+            .sum::<f64>()
+            * 1.001;
+        assert!(
+            (f64::from(y[r]) - f64::from(exact[r])).abs() <= bound,
+            "row {r}"
+        );
+    }
+}
+
+#[test]
+fn int4_batch_rows_are_bit_identical_to_matvec_and_matmul_is_exact() {
+    let mut rng = Rng(7);
+    for &(rows, cols) in &[(37usize, 96usize), (64, 576), (20, 4096)] {
+        let (packed, scales) = matrix(&mut rng, rows, cols);
+        let m = MatRef::int4(&packed, &scales, rows, cols).unwrap();
+        for batch in 1..=9 {
+            let xs: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+            for k in paths() {
+                let mut ys = vec![f32::NAN; batch * rows];
+                k.matvec_batch(&m, &xs, &mut ys, batch).unwrap();
+                for b in 0..batch {
+                    let mut y = vec![0.0; rows];
+                    k.matvec(&m, &xs[b * cols..(b + 1) * cols], &mut y).unwrap();
+                    assert!(
+                        y.iter()
+                            .zip(&ys[b * rows..(b + 1) * rows])
+                            .all(|(a, c)| a.to_bits() == c.to_bits()),
+                        "{rows}x{cols} batch {batch} input {b} on {}",
+                        k.simd_path().name()
+                    );
+                }
+                if batch > 1 {
+                    // Prefill: f32 GEMM over exactly dequantized panels.
+                    let mut yg = vec![f32::NAN; batch * rows];
+                    k.matmul(&m, &xs, &mut yg, batch).unwrap();
+                    let want = reference::matmul(&m, &xs, batch);
+                    for (i, (a, b)) in yg.iter().zip(&want).enumerate() {
+                        let (r, t) = (i % rows, i / rows);
+                        let scale: f64 = (0..cols)
+                            .map(|c| {
+                                (f64::from(m.get(r, c).unwrap()) * f64::from(xs[t * cols + c]))
+                                    .abs()
+                            })
+                            .sum();
+                        assert!(
+                            (f64::from(*a) - f64::from(*b)).abs() <= 1e-5 * scale + 1e-6,
+                            "matmul {rows}x{cols} batch {batch} on {}",
+                            k.simd_path().name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int4_shapes_are_checked() {
+    assert!(
+        Int4Mat::new(&[0; 8], &[0], 1, 16).is_err(),
+        "not whole groups"
+    );
+    assert!(Int4Mat::new(&[0; 15], &[0], 1, 32).is_err(), "short codes");
+    assert!(Int4Mat::new(&[0; 16], &[], 1, 32).is_err(), "missing scale");
+    let m = MatRef::int4(&[0x88; 16], &[0x3c00], 1, 32).unwrap();
+    let mut y = [1.0f32];
+    assert!(Kernels::auto().matvec(&m, &[0.0; 31], &mut y).is_err());
+    Kernels::auto().matvec(&m, &[1.0; 32], &mut y).unwrap();
+    assert_eq!(y, [0.0], "code 8 is zero");
+}
