@@ -115,6 +115,7 @@ pub(crate) fn row_dot(packed: &[u8], scales: &[u16], input: &Int4Input) -> f32 {
 /// `y = W x` for int4 weights, portable.
 pub(crate) fn matvec(w: &Int4Mat<'_>, input: &Int4Input, y: &mut [f32]) {
     let groups = w.groups_per_row();
+    debug_assert_eq!(input.pairs(), groups.div_ceil(2));
     for (r, yr) in y.iter_mut().enumerate() {
         *yr = row_dot(
             &w.packed()[r * groups * 16..(r + 1) * groups * 16],
