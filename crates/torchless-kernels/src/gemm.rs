@@ -170,10 +170,26 @@ pub(crate) fn pack_b_generic(
             }
         }
         MatRef::Int4(m) => {
-            // Exact `d · (u − 8)`, value by value (columns need not start a group).
+            // Exact `d · (u − 8)`; depth blocks are whole 32-groups (multiples of 64 but the
+            // last), so each group's scale is converted once.
+            const G: usize = crate::mat::INT4_GROUP_SIZE;
+            let groups = m.groups_per_row();
             for j in 0..nr {
-                for k in 0..kc {
-                    out[k * nr_full + j] = m.value_at(n0 + j, pc + k);
+                if pc % G != 0 || kc % G != 0 {
+                    for k in 0..kc {
+                        out[k * nr_full + j] = m.value_at(n0 + j, pc + k);
+                    }
+                    continue;
+                }
+                let g0 = (n0 + j) * groups + pc / G;
+                for gi in 0..kc / G {
+                    let d = crate::mat::f16_to_f32(m.scales()[g0 + gi]);
+                    let codes = &m.packed()[(g0 + gi) * 16..(g0 + gi + 1) * 16];
+                    for (i, &byte) in codes.iter().enumerate() {
+                        let k = gi * G + i;
+                        out[k * nr_full + j] = d * f32::from((byte & 0x0f) as i8 - 8);
+                        out[(k + 16) * nr_full + j] = d * f32::from((byte >> 4) as i8 - 8);
+                    }
                 }
             }
         }
