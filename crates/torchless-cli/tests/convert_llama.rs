@@ -6,7 +6,8 @@
 //! scripts/fixtures/make_llama_fixtures.py) into torchless files. The all-F32 file must give
 //! exactly the tensors of the Python-exported `llama-tied-f32.bin` (so the rotary rows are put
 //! back in Hugging Face order) and pass its `transformers` goldens; the Q8_0/F16 file passes
-//! goldens computed on gguf-py's dequantization of it.
+//! goldens computed on gguf-py's dequantization of it; the Q4_0/Q8_0 file converted with
+//! `--quant int4` keeps its Q4_0 blocks and passes goldens of its dequantized weights.
 
 mod common;
 
@@ -123,6 +124,61 @@ fn quantized_gguf_passes_goldens_of_its_dequantized_weights() {
     let goldens = model("llama-tied-q8_0-goldens-f32.json");
     check_greedy_cli(&out, &goldens, false);
     check_perplexity_cli(&out, &goldens);
+}
+
+#[test]
+fn q4_0_gguf_keeps_its_blocks_as_int4_and_passes_goldens() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = model("llama-tied-q4_0.gguf");
+    let out4 = dir.path().join("q4.bin");
+    let result = convert(&source, &out4, "int4");
+    assert_eq!(result.code, 0, "{}", result.stderr);
+    assert!(result.stderr.contains("F32/Q4_0/Q8_0"), "{}", result.stderr);
+    // The same file through the (gguf-py-checked) Q4_0 dequantizer, all f32.
+    let out32 = dir.path().join("q4-as-f32.bin");
+    let result = convert(&source, &out32, "f32");
+    assert_eq!(result.code, 0, "{}", result.stderr);
+
+    let int4 = ModelFile::open(&out4).unwrap();
+    let f32 = ModelFile::open(&out32).unwrap();
+    let gguf = torchless_model::format::gguf::GgufFile::open(&source).unwrap();
+    let mut n_int4 = 0;
+    for info in f32.tensors() {
+        let want = f32_values(&f32, &info.name);
+        match int4.tensor(&info.name).unwrap().data {
+            TensorData::Int4(v) => {
+                // Lossless: the int4 values are Q4_0's, and as many bytes (18 per 32 values).
+                assert!(info.name.contains("_proj"), "{}", info.name);
+                let mut got = vec![0.0; want.len()];
+                assert!(torchless_model::format::int4::dequantize_into(
+                    v.packed, v.scales, &mut got
+                ));
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} differs from its Q4_0 values",
+                    info.name
+                );
+                let bytes = v.packed.len() + 2 * v.scales.len();
+                assert_eq!(bytes, want.len() / 32 * 18, "{}", info.name);
+                n_int4 += 1;
+            }
+            TensorData::F32(v) => assert_eq!(v, &want[..], "{}", info.name),
+            TensorData::Int8(_) => panic!("{} became int8", info.name),
+        }
+    }
+    let q4_0_tensors = gguf
+        .tensors()
+        .iter()
+        .filter(|t| t.ggml_type().name() == "Q4_0")
+        .count();
+    assert_eq!(n_int4, q4_0_tensors);
+    assert_eq!(n_int4, 14);
+
+    // Prompts are processed through the exact GEMM (the golden tolerance); generated tokens go
+    // through the integer decode kernel, whose int8 activations must keep the greedy ids.
+    let goldens = model("llama-tied-q4_0-goldens-f32.json");
+    check_perplexity_cli(&out4, &goldens);
+    check_greedy_cli(&out4, &goldens, false);
 }
 
 /// Replaces the first occurrence of `from` (a length-prefixed GGUF string) with `to`, same length.

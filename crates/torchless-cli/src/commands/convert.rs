@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
-use torchless_model::format::{Architecture, DType, ModelFile, ModelWriter, QuantKind, TensorSpec};
+use torchless_model::format::{
+    int4, int4::Int4Method, Architecture, DType, ModelFile, ModelWriter, QuantKind, TensorSpec,
+};
 
 use crate::output;
 use checkpoint::{open_checkpoint, Checkpoint};
@@ -36,18 +38,46 @@ pub struct ConvertArgs {
     pub input: PathBuf,
     /// Output model file.
     pub output: PathBuf,
-    /// Weight storage: f32 everywhere, or int8 (groups of 64) for the `*_proj` matrices.
+    /// Storage of the `*_proj` matrices: f32, int8 (groups of 64) or int4 (groups of 32 with f16
+    /// scales; a matrix whose rows are not whole groups falls back to int8).
     #[arg(long, value_enum, default_value_t = Quant::F32)]
     pub quant: Quant,
+    /// Storage of the output matrix (`lm_head`) and the token embedding, which decode reads as
+    /// much of as a layer or two: f32 (exact), int8 or int4.
+    #[arg(long = "quant-output", value_enum, default_value_t = Quant::F32)]
+    pub quant_output: Quant,
+    /// How int4 scales are chosen.
+    #[arg(long = "int4-method", value_enum, default_value_t = Int4Choice::Search)]
+    pub int4_method: Int4Choice,
 }
 
-/// Weight storage of the written file.
+/// `--int4-method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Int4Choice {
+    /// Error-minimizing scale search per group.
+    Search,
+    /// Round to nearest with `d = extreme / -8` (llama.cpp Q4_0's rule).
+    Nearest,
+}
+
+impl Int4Choice {
+    pub fn method(self) -> Int4Method {
+        match self {
+            Int4Choice::Search => Int4Method::Search,
+            Int4Choice::Nearest => Int4Method::RoundToNearest,
+        }
+    }
+}
+
+/// Storage of one class of tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Quant {
-    /// All tensors float32.
+    /// float32.
     F32,
-    /// `*_proj` tensors int8 with one f32 inverse scale per 64 values, the rest float32.
+    /// int8 with one f32 inverse scale per 64 values.
     Int8,
+    /// int4 with one f16 scale per 32 values of a row.
+    Int4,
 }
 
 impl Quant {
@@ -55,15 +85,67 @@ impl Quant {
         match self {
             Quant::F32 => QuantKind::F32,
             Quant::Int8 => QuantKind::Int8,
+            Quant::Int4 => QuantKind::Int4,
         }
     }
 
-    /// The storage of tensor `name` (the exporter quantizes every name containing `_proj`).
-    pub fn dtype_of(self, name: &str) -> DType {
-        if self == Quant::Int8 && name.contains("_proj") {
+    fn dtype(self) -> DType {
+        match self {
+            Quant::F32 => DType::F32,
+            Quant::Int8 => DType::Int8,
+            Quant::Int4 => DType::Int4,
+        }
+    }
+}
+
+/// What a written file stores each tensor as: `weights` for the `*_proj` matrices (the exporter's
+/// rule), `output` for `lm_head` and the token embedding, f32 for everything else (norms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Storage {
+    pub weights: Quant,
+    pub output: Quant,
+}
+
+impl Storage {
+    pub fn new(weights: Quant, output: Quant) -> Self {
+        Self { weights, output }
+    }
+
+    /// The `quant` metadata label: the storage of the projection matrices.
+    pub fn kind(self) -> QuantKind {
+        self.weights.kind()
+    }
+
+    /// The storage of tensor `name` of `shape`. int4 needs rows of whole groups; a matrix
+    /// without them is stored int8 instead (never the case for Mistral or Llama shapes).
+    pub fn dtype_of(self, name: &str, shape: &[usize]) -> DType {
+        let quant = if name.contains("_proj") {
+            self.weights
+        } else if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
+            self.output
+        } else {
+            Quant::F32
+        };
+        let whole_groups = shape
+            .last()
+            .is_some_and(|&cols| cols % int4::GROUP_SIZE == 0);
+        if quant == Quant::Int4 && !whole_groups {
             DType::Int8
         } else {
-            DType::F32
+            quant.dtype()
+        }
+    }
+
+    /// `int4`, or `int4 + int8 output` when the output matrix differs.
+    pub fn describe(self) -> String {
+        if self.output == Quant::F32 {
+            self.kind().as_str().to_string()
+        } else {
+            format!(
+                "{} + {} output",
+                self.kind().as_str(),
+                self.output.kind().as_str()
+            )
         }
     }
 }
@@ -98,8 +180,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let checkpoint = open_checkpoint(dir, &hf.config)?;
     refuse_overwriting_inputs(&args.output, &checkpoint)?;
 
-    let quant = args.quant;
-    let mut metadata = hf.metadata(quant.kind());
+    let storage = Storage::new(args.quant, args.quant_output);
+    let mut metadata = hf.metadata(storage.kind());
     // Mistral files stay byte-identical to the original exporter's (its [INST] template is
     // built in); Llama-family files carry the checkpoint's own template.
     if hf.config.architecture != Architecture::Mistral {
@@ -110,7 +192,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let specs: Vec<TensorSpec> = checkpoint
         .tensors
         .iter()
-        .map(|t| TensorSpec::new(t.name.clone(), quant.dtype_of(&t.name), t.shape.clone()))
+        .map(|t| TensorSpec::new(t.name.clone(), storage.dtype_of(&t.name, &t.shape), t.shape.clone()))
         .collect();
 
     let partial = PartialFile::new(&args.output);
@@ -123,7 +205,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         &metadata,
         specs,
         Some(&tokenizer),
-    )?;
+    )?
+    .with_int4_method(args.int4_method.method());
     let bytes_in = write_tensors(&checkpoint, writer)?;
     partial.commit()?;
 
@@ -145,7 +228,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         dtypes.join("/"),
         human_size(bytes_in),
         args.output.display(),
-        quant.kind().as_str(),
+        storage.describe(),
         human_size(model.file_len() as u64),
         secs
     );

@@ -6,7 +6,8 @@
 //! of every head in `attn_q` and `attn_k` (it stores row `2i + j` of a head where Hugging Face has
 //! row `j * head_dim / 2 + i`); the rows are put back in Hugging Face order here, so the model's
 //! RoPE (rotate-half, as in `transformers`) applies unchanged. The tokenizer and the chat template
-//! come from the metadata.
+//! come from the metadata. With `--quant int4` (or `--quant-output int4`), Q4_0 tensors keep
+//! their bytes: a Q4_0 block is exactly an int4 group ([`copy_q4_0`]).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -14,13 +15,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
-use torchless_model::format::gguf::{GgufFile, GgufTensorInfo, GgufValue};
+use torchless_model::format::gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
 use torchless_model::format::{
-    layer_tensor_name, Activation, AddedTokenData, Architecture, Config, ModelWriter, QuantKind,
+    int4, layer_tensor_name, DType, Activation, AddedTokenData, Architecture, Config, ModelWriter, QuantKind,
     TensorSpec, TokenizerData, TokenizerKind,
 };
 
-use super::{human_size, ConvertArgs, PartialFile};
+use super::{human_size, ConvertArgs, PartialFile, Storage};
 use crate::output;
 
 /// Whether `path` starts with the GGUF magic.
@@ -49,9 +50,9 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     let tokenizer = read_tokenizer(&gguf, &what, config.vocab_size)?;
     let mappings = map_tensors(&gguf, &config, &what)?;
 
-    let quant = args.quant;
+    let storage = Storage::new(args.quant, args.quant_output);
     let mut config = config;
-    config.quant = quant.kind();
+    config.quant = storage.kind();
     let mut metadata = config.to_metadata();
     if let Some(template) = gguf.get("tokenizer.chat_template") {
         let template = template
@@ -61,7 +62,7 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     }
     let specs: Vec<TensorSpec> = mappings
         .iter()
-        .map(|m| TensorSpec::new(m.name.clone(), quant.dtype_of(&m.name), m.shape.clone()))
+        .map(|m| TensorSpec::new(m.name.clone(), storage.dtype_of(&m.name, &m.shape), m.shape.clone()))
         .collect();
 
     let partial = PartialFile::new(&args.output);
@@ -73,7 +74,8 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         &metadata,
         specs,
         Some(&tokenizer),
-    )?;
+    )?
+    .with_int4_method(args.int4_method.method());
     let total: u64 = mappings
         .iter()
         .filter_map(|m| gguf.tensor(&m.gguf_name))
@@ -86,7 +88,13 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         let info = gguf
             .tensor(&m.gguf_name)
             .ok_or_else(|| anyhow!("{what}: tensor {} vanished", m.gguf_name))?;
-        write_tensor(&gguf, info, m, &mut writer, &mut row)?;
+        if storage.dtype_of(&m.name, &m.shape) == DType::Int4
+            && info.ggml_type() == GgmlType::Q4_0
+        {
+            copy_q4_0(&gguf, info, m, &mut writer, &what)?;
+        } else {
+            write_tensor(&gguf, info, m, &mut writer, &mut row)?;
+        }
         bar.inc(info.byte_size());
     }
     bar.finish_and_clear();
@@ -115,7 +123,7 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         types.join("/"),
         human_size(gguf.file_len()),
         args.output.display(),
-        quant.kind().as_str(),
+        storage.describe(),
         human_size(model.file_len() as u64),
         started.elapsed().as_secs_f64()
     );
@@ -156,6 +164,62 @@ fn write_tensor(
                 writer.push(row)?;
             }
         }
+    }
+    writer.end_tensor()?;
+    Ok(())
+}
+
+/// Bytes of one Q4_0 block: an f16 scale, then the 16 code bytes of 32 values.
+const Q4_0_BLOCK: usize = 2 + int4::GROUP_BYTES;
+
+/// A Q4_0 tensor into an int4 one without leaving 4 bits: a Q4_0 block is an int4 group's f16
+/// scale followed by its 16 code bytes in the same nibble order, so the bytes are copied (rows
+/// reordered like [`write_tensor`]'s). Blocks never span rows (rows are whole blocks).
+fn copy_q4_0(
+    gguf: &GgufFile,
+    info: &GgufTensorInfo,
+    m: &Mapping,
+    writer: &mut ModelWriter<BufWriter<File>>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let bytes = gguf.tensor_bytes(&m.gguf_name)?;
+    let n_rows = info.n_rows() as usize;
+    let row_len = info.row_len() as usize;
+    let row_bytes = row_len / int4::GROUP_SIZE * Q4_0_BLOCK;
+    if row_len % int4::GROUP_SIZE != 0 || bytes.len() != n_rows * row_bytes {
+        bail!(
+            "{what}: Q4_0 tensor {} has {} bytes for {n_rows} rows of {row_len} (expected {})",
+            m.gguf_name,
+            bytes.len(),
+            n_rows * row_bytes
+        );
+    }
+    writer.begin_tensor(&m.name)?;
+    // About a megabyte of blocks per push.
+    let rows_per_push = ((1usize << 20) / row_bytes.max(1)).max(1);
+    let mut codes = Vec::new();
+    let mut scales = Vec::new();
+    let mut hf_row = 0;
+    while hf_row < n_rows {
+        let end = (hf_row + rows_per_push).min(n_rows);
+        codes.clear();
+        scales.clear();
+        for r in hf_row..end {
+            let gguf_row = match m.unpermute_heads {
+                None => r,
+                Some(heads) => {
+                    let head_dim = n_rows / heads;
+                    gguf_row_of(r, head_dim, head_dim / 2)
+                }
+            };
+            let row = &bytes[gguf_row * row_bytes..(gguf_row + 1) * row_bytes];
+            for block in row.chunks_exact(Q4_0_BLOCK) {
+                scales.push(u16::from_le_bytes([block[0], block[1]]));
+                codes.extend_from_slice(&block[2..]);
+            }
+        }
+        writer.push_int4_groups(&codes, &scales)?;
+        hf_row = end;
     }
     writer.end_tensor()?;
     Ok(())
