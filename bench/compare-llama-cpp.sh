@@ -4,6 +4,7 @@
 #   bench/compare-llama-cpp.sh                # 7B (int8 vs Q8_0) and 1B (f32 vs F32), 2 threads
 #   bench/compare-llama-cpp.sh --shapes 1b -r 5
 #   bench/compare-llama-cpp.sh --q4_0 --torchless-7b /path/mistral-7b-int8.bin
+#   bench/compare-llama-cpp.sh --shapes 7b-q4 -r 5   # torchless int4 vs llama.cpp Q4_0
 #
 # Builds llama.cpp's llama-bench from the llama-cpp-python sdist on PyPI (vendor/llama.cpp) into a
 # cache outside the repository, writes GGUF files with bench/make_gguf.py and torchless files with
@@ -21,6 +22,8 @@ N_GEN=32
 REPS=3
 SHAPES=7b,1b
 WITH_Q4=0
+WITH_INT4=0
+INT4_OUTPUT=int4
 WITH_INT8_ACT=0
 TL_BATCH=
 CACHE=${TORCHLESS_BENCH_CACHE:-$HOME/.cache/torchless-bench}
@@ -51,8 +54,12 @@ Measurement:
   -r, --reps N           rounds; each round runs every engine once, medians
                          over rounds are reported                              [$REPS]
       --shapes LIST      comma-separated: 7b (torchless int8 vs llama.cpp Q8_0),
+                         7b-q4 (torchless int4 vs llama.cpp Q4_0 as llama-quantize
+                         makes it, output.weight Q6_K; builds llama-quantize too),
                          1b (torchless f32 vs llama.cpp F32)                  [$SHAPES]
       --q4_0             also run llama.cpp Q4_0 on the 7B shape (reference only)
+      --int4-output Q    shape 7b-q4: storage of the torchless int4 file's output matrix and
+                         embedding: int4, int8 or f32                          [$INT4_OUTPUT]
       --int8-activations also run torchless with --int8-activations on the 7B shape
                          (the optional, inexact integer prefill path)
   -b, --batch-size N     torchless prompt batch size (llama-bench's n_ubatch is 512)
@@ -94,6 +101,7 @@ while [[ $# -gt 0 ]]; do
         -r|--reps) REPS=$2; shift 2 ;;
         --shapes) SHAPES=$2; shift 2 ;;
         --q4_0|--q4) WITH_Q4=1; shift ;;
+        --int4-output) INT4_OUTPUT=$2; shift 2 ;;
         --int8-activations) WITH_INT8_ACT=1; shift ;;
         -b|--batch-size) TL_BATCH=$2; shift 2 ;;
         --no-warmup) WARMUP=0; shift ;;
@@ -120,14 +128,16 @@ done
 [[ $THREADS -ge 1 && $REPS -ge 1 ]] || die "--threads and --reps must be at least 1"
 [[ -z $TL_BATCH || $TL_BATCH =~ ^[1-9][0-9]*$ ]] || die "--batch-size must be a positive integer, not '$TL_BATCH'"
 [[ $N_PROMPT -ge 1 || $N_GEN -ge 1 ]] || die "nothing to measure (-p 0 and -n 0)"
+[[ $INT4_OUTPUT =~ ^(int4|int8|f32)$ ]] || die "--int4-output must be int4, int8 or f32, not '$INT4_OUTPUT'"
 
 want_7b=0; want_1b=0
 IFS=, read -r -a shape_list <<< "$SHAPES"
 for s in "${shape_list[@]}"; do
     case "$s" in
         7b|7B|mistral-7b) want_7b=1 ;;
+        7b-q4|7B-q4) WITH_INT4=1 ;;
         1b|1B|mistral-1b) want_1b=1 ;;
-        *) die "unknown shape '$s' (use 7b, 1b)" ;;
+        *) die "unknown shape '$s' (use 7b, 7b-q4, 1b)" ;;
     esac
 done
 
@@ -170,13 +180,17 @@ fetch_sdist() {
     ls -t "$dir"/llama_cpp_python-*.tar.gz | head -n 1
 }
 
+LLAMA_TARGETS=(llama-bench)
+
 build_llama_bench() {
     local src_root tarball tmp
+    [[ $WITH_INT4 == 0 ]] || LLAMA_TARGETS+=(llama-quantize)
     if [[ -n $LLAMA_BENCH_BIN ]]; then
         [[ -x $LLAMA_BENCH_BIN ]] || die "--llama-bench $LLAMA_BENCH_BIN is not executable"
         return
     fi
-    if [[ $LLAMA_VERSION != latest && -x $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench ]]; then
+    if [[ $LLAMA_VERSION != latest && -x $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench
+          && ( $WITH_INT4 == 0 || -x $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-quantize ) ]]; then
         LLAMA_BENCH_BIN=$CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench
         log "llama-bench: $LLAMA_BENCH_BIN (already built)"
         return
@@ -187,7 +201,7 @@ build_llama_bench() {
     sdist_version=$(basename "$tarball" .tar.gz); sdist_version=${sdist_version#llama_cpp_python-}
     src_root=$CACHE/llama.cpp-$sdist_version
     LLAMA_BENCH_BIN=$src_root/build/bin/llama-bench
-    if [[ -x $LLAMA_BENCH_BIN ]]; then
+    if [[ -x $LLAMA_BENCH_BIN && ( $WITH_INT4 == 0 || -x $src_root/build/bin/llama-quantize ) ]]; then
         rm -rf "$tmp"
         log "llama-bench: $LLAMA_BENCH_BIN (already built)"
         return
@@ -215,7 +229,7 @@ build_llama_bench() {
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
         > "$src_root/configure.log" 2>&1 || { tail -n 30 "$src_root/configure.log" >&2; die "cmake configure failed (log: $src_root/configure.log)"; }
-    cmake --build "$src_root/build" --config Release --target llama-bench -j "$(nproc)" \
+    cmake --build "$src_root/build" --config Release --target "${LLAMA_TARGETS[@]}" -j "$(nproc)" \
         > "$src_root/build.log" 2>&1 || { tail -n 30 "$src_root/build.log" >&2; die "llama-bench build failed (log: $src_root/build.log)"; }
     [[ -x $LLAMA_BENCH_BIN ]] || die "the build did not produce $LLAMA_BENCH_BIN"
 }
@@ -264,13 +278,14 @@ c = json.load(sys.stdin)["config"]
 print(c["hidden_size"], c["n_layers"], c["quant"], c["vocab_size"])'
 }
 
-ensure_torchless_model() { # shape quant hidden layers given-file; sets MODEL_PATH
-    local shape=$1 quant=$2 hidden=$3 layers=$4 given=$5 path info need
+ensure_torchless_model() { # shape quant hidden layers given-file [output-quant]; sets MODEL_PATH
+    local shape=$1 quant=$2 hidden=$3 layers=$4 given=$5 output=${6:-f32} path info need suffix=
+    [[ $output == f32 ]] || suffix=-output-$output
     if [[ -n $given ]]; then
         [[ -f $given ]] || die "$given does not exist"
         path=$given
     else
-        path=$MODELS/torchless-$shape-$quant-seed$SEED.bin
+        path=$MODELS/torchless-$shape-$quant$suffix-seed$SEED.bin
     fi
     if [[ -f $path ]]; then
         info=$(torchless_info "$path") || die "$path is not a readable torchless model file"
@@ -281,11 +296,12 @@ ensure_torchless_model() { # shape quant hidden layers given-file; sets MODEL_PA
         case $shape/$quant in
             mistral-7b/int8) need=8466000000 ;;
             mistral-1b/f32) need=3412000000 ;;
+            mistral-7b/int4) need=4600000000 ;;
             *) need=$((10 << 30)) ;;
         esac
         ensure_space "$MODELS" "$need" "$(basename "$path")"
-        log "writing $path (torchless synth --shape $shape --quant $quant --seed $SEED)"
-        "$TORCHLESS_BIN" synth --shape "$shape" --quant "$quant" --seed "$SEED" "$path.partial" >&2 \
+        log "writing $path (torchless synth --shape $shape --quant $quant --quant-output $output --seed $SEED)"
+        "$TORCHLESS_BIN" synth --shape "$shape" --quant "$quant" --quant-output "$output" --seed "$SEED" "$path.partial" >&2 \
             || { rm -f "$path.partial"; die "torchless synth failed"; }
         mv "$path.partial" "$path"
     fi
@@ -309,9 +325,29 @@ ensure_gguf_model() { # shape type; sets MODEL_PATH
     MODEL_PATH=$path
 }
 
+# llama.cpp's own Q4_0 (what llama-quantize makes: output.weight Q6_K) from make_gguf.py's Q4_0
+# file (output Q8_0, as the gguf package cannot write Q6_K); sets MODEL_PATH.
+ensure_llama_quantized_q4_0() {
+    local source=$MODEL_PATH path quantize
+    path=$MODELS/llama-mistral-7b-q4_0-llama-quantize-seed$SEED.gguf
+    quantize=$(dirname "$LLAMA_BENCH_BIN")/llama-quantize
+    [[ -x $quantize ]] || die "shape 7b-q4 needs llama-quantize beside $LLAMA_BENCH_BIN"
+    if [[ ! -f $path ]]; then
+        ensure_space "$MODELS" 4200000000 "$(basename "$path")"
+        log "writing $path (llama-quantize --allow-requantize $(basename "$source") Q4_0)"
+        "$quantize" --allow-requantize "$source" "$path.partial" Q4_0 > "$path.log" 2>&1 \
+            || { tail -n 20 "$path.log" >&2; rm -f "$path.partial"; die "llama-quantize failed"; }
+        mv "$path.partial" "$path"
+    else
+        log "GGUF model: $path"
+    fi
+    USED_FILES+=("$path")
+    MODEL_PATH=$path
+}
+
 # ------------------------------------------------------------------------------------------------
 
-[[ $want_1b == 1 || $want_7b == 1 ]] || die "no shapes selected"
+[[ $want_1b == 1 || $want_7b == 1 || $WITH_INT4 == 1 ]] || die "no shapes selected"
 build_llama_bench
 build_torchless
 log "llama-bench: $LLAMA_BENCH_BIN"
@@ -330,6 +366,13 @@ if [[ $want_7b == 1 ]]; then
         ensure_gguf_model mistral-7b q4_0
         RUNS+=("7B|llama.cpp|Q4_0|$MODEL_PATH")
     fi
+fi
+if [[ $WITH_INT4 == 1 ]]; then
+    ensure_gguf_model mistral-7b q4_0
+    ensure_llama_quantized_q4_0
+    RUNS+=("7B|llama.cpp|Q4_0 (Q6_K output)|$MODEL_PATH")
+    ensure_torchless_model mistral-7b int4 4096 32 "" "$INT4_OUTPUT"
+    RUNS+=("7B|torchless|int4 ($INT4_OUTPUT output)|$MODEL_PATH")
 fi
 if [[ $want_1b == 1 ]]; then
     ensure_torchless_model mistral-1b f32 2048 16 "$TL_1B"; tl=$MODEL_PATH

@@ -14,7 +14,8 @@ mod common;
 use std::path::Path;
 
 use common::{check_greedy_cli, check_perplexity_cli, model, run, torchless};
-use torchless_model::format::{ModelFile, TensorData};
+use torchless_model::format::int4::Int4Method;
+use torchless_model::format::{DType, ModelFile, ModelWriter, TensorData, TensorSpec};
 
 fn convert(input: &Path, output: &Path, quant: &str) -> common::Output {
     run(torchless()
@@ -87,6 +88,68 @@ fn hf_llama_checkpoint_with_byte_level_tokenizer() {
     assert!(!ours.config().tie_word_embeddings);
     assert_same_model(&ours, &reference);
     check_greedy_cli(&out, &model("llama-untied-goldens-f32.json"), false);
+}
+
+/// `--quant int4 --quant-output int8` (and `--int4-method nearest`) writes what the format crate's
+/// writer makes of the same f32 weights with those storages.
+#[test]
+fn int4_conversion_is_the_writers_quantization() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = ModelFile::open(model("llama-untied-f32.bin")).unwrap();
+    for (method, flag) in [
+        (Int4Method::Search, "search"),
+        (Int4Method::RoundToNearest, "nearest"),
+    ] {
+        let out = dir.path().join(format!("untied-int4-{flag}.bin"));
+        let result = run(torchless()
+            .arg("convert")
+            .arg(model("llama-untied-hf"))
+            .arg(&out)
+            .args(["--quant", "int4", "--quant-output", "int8", "--int4-method", flag]));
+        assert_eq!(result.code, 0, "{}", result.stderr);
+        assert!(result.stderr.contains("int4 + int8 output"), "{}", result.stderr);
+        let ours = ModelFile::open(&out).unwrap();
+        assert_eq!(ours.config().quant.as_str(), "int4");
+        let mut n_int4 = 0;
+        for info in reference.tensors() {
+            let values = f32_values(&reference, &info.name);
+            let dtype = if info.name.contains("_proj") {
+                DType::Int4
+            } else if info.name.ends_with("norm.weight") {
+                DType::F32
+            } else {
+                DType::Int8
+            };
+            let spec = TensorSpec::new(info.name.clone(), dtype, info.shape.clone());
+            let mut writer = ModelWriter::new(
+                Vec::new(),
+                "<memory>",
+                &reference.config().to_metadata(),
+                vec![spec],
+                None,
+            )
+            .unwrap()
+            .with_int4_method(method);
+            writer.write_tensor(&info.name, &values).unwrap();
+            let want = ModelFile::from_bytes(&writer.finish().unwrap()).unwrap();
+            let (got, want) = (
+                ours.tensor(&info.name).unwrap(),
+                want.tensor(&info.name).unwrap(),
+            );
+            match (got.data, want.data) {
+                (TensorData::Int4(a), TensorData::Int4(b)) => {
+                    assert!(a.packed == b.packed && a.scales == b.scales, "{}", info.name);
+                    n_int4 += 1;
+                }
+                (TensorData::Int8(a), TensorData::Int8(b)) => {
+                    assert!(a.values == b.values && a.inv_scales == b.inv_scales, "{}", info.name)
+                }
+                (TensorData::F32(a), TensorData::F32(b)) => assert_eq!(a, b, "{}", info.name),
+                _ => panic!("{}: stored as {:?}", info.name, got.info.dtype),
+            }
+        }
+        assert_eq!(n_int4, 14);
+    }
 }
 
 #[test]

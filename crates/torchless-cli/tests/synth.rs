@@ -5,6 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use torchless_model::format::int4::Int4Method;
 use torchless_model::format::{DType, ModelFile, ModelWriter, TensorSpec};
 
 fn synth(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
@@ -28,7 +29,7 @@ fn info_json(path: &Path) -> Value {
 #[test]
 fn tiny_models_are_valid_reproducible_and_run() {
     let dir = tempfile::tempdir().unwrap();
-    for quant in ["f32", "int8"] {
+    for quant in ["f32", "int8", "int4"] {
         let args = ["--shape", "tiny", "--quant", quant, "--seed", "7"];
         let a = synth(dir.path(), &format!("a-{quant}.bin"), &args);
         let b = synth(dir.path(), &format!("b-{quant}.bin"), &args);
@@ -121,20 +122,39 @@ fn weights_have_the_intended_statistics() {
     }
 }
 
-/// The synthetic int8 file is exactly what the format crate's writer makes from the synthetic f32
-/// values of the same seed: same layout, same quantization.
+/// The synthetic int8 and int4 files are exactly what the format crate's writer makes from the
+/// synthetic f32 values of the same seed: same layout, same quantization (int4 rounded to
+/// nearest; a matrix whose rows are not whole groups of 32, tiny's `down_proj`, falls back to
+/// int8), also with `--quant-output` for `lm_head` and the embedding.
 #[test]
 fn layout_and_quantization_are_the_writers() {
     let dir = tempfile::tempdir().unwrap();
     let f32_path = synth(dir.path(), "f32.bin", &["--shape", "tiny", "--seed", "5"]);
-    let int8_path = synth(
-        dir.path(),
-        "int8.bin",
-        &["--shape", "tiny", "--seed", "5", "--quant", "int8"],
-    );
     let source = ModelFile::open(&f32_path).unwrap();
     let tokenizer = source.tokenizer_data().unwrap();
-    for (quant, path) in [("f32", &f32_path), ("int8", &int8_path)] {
+    let cases = [
+        ("f32", "f32", DType::F32, DType::F32),
+        ("int8", "f32", DType::Int8, DType::F32),
+        ("int4", "f32", DType::Int4, DType::F32),
+        ("int4", "int8", DType::Int4, DType::Int8),
+        ("int8", "int4", DType::Int8, DType::Int4),
+    ];
+    let mut int4_fallbacks = 0;
+    for (quant, output, proj_dtype, output_dtype) in cases {
+        let path = synth(
+            dir.path(),
+            &format!("{quant}-{output}.bin"),
+            &[
+                "--shape",
+                "tiny",
+                "--seed",
+                "5",
+                "--quant",
+                quant,
+                "--quant-output",
+                output,
+            ],
+        );
         let mut metadata: Vec<(String, String)> = source.config().to_metadata();
         for (key, value) in &mut metadata {
             if key == "quant" {
@@ -151,16 +171,24 @@ fn layout_and_quantization_are_the_writers() {
         let specs: Vec<TensorSpec> = source
             .tensors()
             .map(|t| {
-                let dtype = if quant == "int8" && t.name.contains("_proj") {
-                    DType::Int8
+                let mut dtype = if t.name.contains("_proj") {
+                    proj_dtype
+                } else if t.name == "lm_head.weight" || t.name == "model.embed_tokens.weight" {
+                    output_dtype
                 } else {
                     DType::F32
                 };
+                if dtype == DType::Int4 && t.shape[1] % 32 != 0 {
+                    dtype = DType::Int8;
+                    int4_fallbacks += 1;
+                }
                 TensorSpec::new(t.name.clone(), dtype, t.shape.clone())
             })
             .collect();
         let mut writer =
-            ModelWriter::new(Vec::new(), "<memory>", &metadata, specs, Some(&tokenizer)).unwrap();
+            ModelWriter::new(Vec::new(), "<memory>", &metadata, specs, Some(&tokenizer))
+                .unwrap()
+                .with_int4_method(Int4Method::RoundToNearest);
         for name in &names {
             writer
                 .write_tensor(name, source.tensor(name).unwrap().as_f32().unwrap())
@@ -168,10 +196,12 @@ fn layout_and_quantization_are_the_writers() {
         }
         let rewritten = writer.finish().unwrap();
         assert!(
-            rewritten == std::fs::read(path).unwrap(),
-            "{quant}: synth output differs from the writer's"
+            rewritten == std::fs::read(&path).unwrap(),
+            "--quant {quant} --quant-output {output}: synth output differs from the writer's"
         );
     }
+    // tiny's two down_proj matrices (176 columns), in the two --quant int4 cases.
+    assert_eq!(int4_fallbacks, 4);
 }
 
 #[test]
