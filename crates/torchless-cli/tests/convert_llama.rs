@@ -105,9 +105,20 @@ fn int4_conversion_is_the_writers_quantization() {
             .arg("convert")
             .arg(model("llama-untied-hf"))
             .arg(&out)
-            .args(["--quant", "int4", "--quant-output", "int8", "--int4-method", flag]));
+            .args([
+                "--quant",
+                "int4",
+                "--quant-output",
+                "int8",
+                "--int4-method",
+                flag,
+            ]));
         assert_eq!(result.code, 0, "{}", result.stderr);
-        assert!(result.stderr.contains("int4 + int8 output"), "{}", result.stderr);
+        assert!(
+            result.stderr.contains("int4 + int8 output"),
+            "{}",
+            result.stderr
+        );
         let ours = ModelFile::open(&out).unwrap();
         assert_eq!(ours.config().quant.as_str(), "int4");
         let mut n_int4 = 0;
@@ -138,11 +149,19 @@ fn int4_conversion_is_the_writers_quantization() {
             );
             match (got.data, want.data) {
                 (TensorData::Int4(a), TensorData::Int4(b)) => {
-                    assert!(a.packed == b.packed && a.scales == b.scales, "{}", info.name);
+                    assert!(
+                        a.packed == b.packed && a.scales == b.scales,
+                        "{}",
+                        info.name
+                    );
                     n_int4 += 1;
                 }
                 (TensorData::Int8(a), TensorData::Int8(b)) => {
-                    assert!(a.values == b.values && a.inv_scales == b.inv_scales, "{}", info.name)
+                    assert!(
+                        a.values == b.values && a.inv_scales == b.inv_scales,
+                        "{}",
+                        info.name
+                    )
                 }
                 (TensorData::F32(a), TensorData::F32(b)) => assert_eq!(a, b, "{}", info.name),
                 _ => panic!("{}: stored as {:?}", info.name, got.info.dtype),
@@ -217,7 +236,9 @@ fn q4_0_gguf_keeps_its_blocks_as_int4_and_passes_goldens() {
                     v.packed, v.scales, &mut got
                 ));
                 assert!(
-                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{} differs from its Q4_0 values",
                     info.name
                 );

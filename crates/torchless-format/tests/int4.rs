@@ -150,6 +150,40 @@ fn raw_groups_are_kept_byte_for_byte() {
     assert_eq!(stored, scales);
 }
 
+/// A push large enough to be quantized on several threads gives the bytes of quantizing each
+/// group alone, and a bad value deep inside it is reported with its group index.
+#[test]
+fn large_pushes_quantize_group_by_group() {
+    let (rows, cols) = (512, 1024);
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let x = (i as f32 * 0.618_034).fract() - 0.5;
+            x * (1.0 + (i / 4096) as f32 * 0.01)
+        })
+        .collect();
+    let metadata: Vec<(String, String)> = Vec::new();
+    let spec = || vec![TensorSpec::new("w", DType::Int4, vec![rows, cols])];
+    let mut writer = ModelWriter::new(Vec::new(), "large", &metadata, spec(), None).unwrap();
+    writer.write_tensor("w", &values).unwrap();
+    let file = ModelFile::from_bytes(&writer.finish().unwrap()).unwrap();
+    let TensorData::Int4(view) = file.tensor("w").unwrap().data else {
+        panic!("not int4");
+    };
+    let mut codes = [0u8; GROUP_SIZE / 2];
+    for (g, group) in values.chunks(GROUP_SIZE).enumerate() {
+        let scale = torchless_format::int4::quantize_group(group, Int4Method::Search, &mut codes);
+        assert_eq!(Some(view.scales[g]), scale, "group {g}");
+        assert_eq!(&view.packed[g * 16..(g + 1) * 16], &codes, "group {g}");
+    }
+
+    let mut bad = values.clone();
+    bad[12_345 * GROUP_SIZE + 7] = f32::NAN;
+    let mut writer = ModelWriter::new(Vec::new(), "large", &metadata, spec(), None).unwrap();
+    writer.begin_tensor("w").unwrap();
+    let e = writer.push(&bad).unwrap_err().to_string();
+    assert!(e.contains("group 12345 "), "{e}");
+}
+
 type Edit = dyn Fn(&mut serde_json::Value);
 
 #[test]

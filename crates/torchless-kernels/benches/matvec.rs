@@ -1,7 +1,8 @@
-//! Decode matvec `y = W x` at the Mistral 7B shapes, f32 and int8, 1 and 2 threads.
+//! Decode matvec `y = W x` at the Mistral 7B shapes, f32, int8 and int4, 1 and 2 threads.
 //!
 //! Criterion reports throughput as weight bytes streamed per second (`Throughput::BytesDecimal`:
-//! int8 = rows*cols + rows*cols/64*4 bytes, f32 = rows*cols*4).
+//! int8 = rows*cols + rows*cols/64*4 bytes, int4 = rows*cols/2 + rows*cols/32*2, f32 =
+//! rows*cols*4).
 //!
 //! After each benchmark a summary line compares the kernel with the STREAM-like read bandwidth
 //! (`BandwidthProbe`, 512 MB buffer, same thread count), measured *side by side*: 11 pairs of
@@ -82,11 +83,13 @@ fn bench(c: &mut Criterion) {
     for &(rows, cols) in &shapes {
         let wf = random_f32(rows * cols, 1);
         let (q, inv) = random_int8(rows, cols, 2);
+        let (q4, s4) = random_int4(rows, cols, 4);
         let x = random_f32(cols, 3);
         let mut y = vec![0.0f32; rows];
         let mats = [
             ("f32", MatRef::f32(&wf, rows, cols).unwrap()),
             ("int8", MatRef::int8(&q, &inv, rows, cols).unwrap()),
+            ("int4", MatRef::int4(&q4, &s4, rows, cols).unwrap()),
         ];
         let mut variants: Vec<(String, Kernels, usize)> = thread_counts()
             .into_iter()
@@ -108,7 +111,7 @@ fn bench(c: &mut Criterion) {
         }
         for (label, kv, t) in &variants {
             for (dtype, m) in &mats {
-                if label.starts_with("/blas") && *dtype == "int8" {
+                if label.starts_with("/blas") && *dtype != "f32" {
                     continue;
                 }
                 let name = format!("matvec/{dtype}/{rows}x{cols}/t{t}{label}");

@@ -192,7 +192,13 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let specs: Vec<TensorSpec> = checkpoint
         .tensors
         .iter()
-        .map(|t| TensorSpec::new(t.name.clone(), storage.dtype_of(&t.name, &t.shape), t.shape.clone()))
+        .map(|t| {
+            TensorSpec::new(
+                t.name.clone(),
+                storage.dtype_of(&t.name, &t.shape),
+                t.shape.clone(),
+            )
+        })
         .collect();
 
     let partial = PartialFile::new(&args.output);

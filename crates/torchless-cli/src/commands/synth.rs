@@ -167,7 +167,13 @@ pub fn run(args: SynthArgs) -> anyhow::Result<()> {
     expected.sort_by(|a, b| a.name.cmp(&b.name));
     let specs: Vec<TensorSpec> = expected
         .iter()
-        .map(|t| TensorSpec::new(t.name.clone(), storage.dtype_of(&t.name, &t.shape), t.shape.clone()))
+        .map(|t| {
+            TensorSpec::new(
+                t.name.clone(),
+                storage.dtype_of(&t.name, &t.shape),
+                t.shape.clone(),
+            )
+        })
         .collect();
     let metadata = config.to_metadata();
     let (header, plan) = header_and_plan(&metadata, specs, &tokenizer)?;
@@ -433,7 +439,9 @@ fn generate(p: &Planned, job: &Job, seed: u64, block: &mut Block) {
                 let values = &mut group[..out.len()];
                 rng.fill_normal(values, p.mean, STD);
                 let inv_scale = quantize_group_fast(values, out);
-                block.scale_bytes.extend_from_slice(&inv_scale.to_le_bytes());
+                block
+                    .scale_bytes
+                    .extend_from_slice(&inv_scale.to_le_bytes());
             }
         }
         DType::Int4 => {
@@ -443,8 +451,8 @@ fn generate(p: &Planned, job: &Job, seed: u64, block: &mut Block) {
             for out in block.bytes.chunks_mut(int4::GROUP_BYTES) {
                 rng.fill_normal(&mut values, p.mean, STD);
                 // Round to nearest: random normal weights are finite and far below f16's range.
-                let scale = int4::quantize_group(&values, Int4Method::RoundToNearest, out)
-                    .unwrap_or(0);
+                let scale =
+                    int4::quantize_group(&values, Int4Method::RoundToNearest, out).unwrap_or(0);
                 block.scale_bytes.extend_from_slice(&scale.to_le_bytes());
             }
         }

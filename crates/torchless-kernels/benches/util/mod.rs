@@ -32,6 +32,20 @@ pub fn random_int8(rows: usize, cols: usize, seed: u64) -> (Vec<i8>, Vec<f32>) {
     (q, inv)
 }
 
+/// Random int4 codes (16 bytes per group of 32) and f16 scales around 0.006 (weights ~0.05).
+pub fn random_int4(rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<u16>) {
+    let packed = random_f32(rows * cols / 2, seed)
+        .iter()
+        .map(|v| ((v + 1.0) * 127.9) as u8)
+        .collect();
+    // 0x1e00..0x2000: f16 values 0.0059..0.0078.
+    let scales = random_f32(rows * cols / 32, seed ^ 1)
+        .iter()
+        .map(|v| 0x1f00u16.wrapping_add((v * 255.0) as i16 as u16))
+        .collect();
+    (packed, scales)
+}
+
 /// Runs `f` in a pool of `threads` (or inline without the `parallel` feature).
 pub fn with_threads<R: Send>(
     threads: usize,

@@ -17,8 +17,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context};
 use torchless_model::format::gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
 use torchless_model::format::{
-    int4, layer_tensor_name, DType, Activation, AddedTokenData, Architecture, Config, ModelWriter, QuantKind,
-    TensorSpec, TokenizerData, TokenizerKind,
+    int4, layer_tensor_name, Activation, AddedTokenData, Architecture, Config, DType, ModelWriter,
+    QuantKind, TensorSpec, TokenizerData, TokenizerKind,
 };
 
 use super::{human_size, ConvertArgs, PartialFile, Storage};
@@ -62,7 +62,13 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
     }
     let specs: Vec<TensorSpec> = mappings
         .iter()
-        .map(|m| TensorSpec::new(m.name.clone(), storage.dtype_of(&m.name, &m.shape), m.shape.clone()))
+        .map(|m| {
+            TensorSpec::new(
+                m.name.clone(),
+                storage.dtype_of(&m.name, &m.shape),
+                m.shape.clone(),
+            )
+        })
         .collect();
 
     let partial = PartialFile::new(&args.output);
@@ -88,8 +94,7 @@ pub fn run(args: &ConvertArgs) -> anyhow::Result<()> {
         let info = gguf
             .tensor(&m.gguf_name)
             .ok_or_else(|| anyhow!("{what}: tensor {} vanished", m.gguf_name))?;
-        if storage.dtype_of(&m.name, &m.shape) == DType::Int4
-            && info.ggml_type() == GgmlType::Q4_0
+        if storage.dtype_of(&m.name, &m.shape) == DType::Int4 && info.ggml_type() == GgmlType::Q4_0
         {
             copy_q4_0(&gguf, info, m, &mut writer, &what)?;
         } else {
