@@ -13,7 +13,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{check_greedy_cli, check_perplexity_cli, model, run, torchless};
+use common::{
+    check_greedy_cli, check_greedy_cli_within, check_perplexity_cli, check_perplexity_cli_within,
+    model, run, torchless,
+};
 use torchless_model::format::int4::Int4Method;
 use torchless_model::format::{DType, ModelFile, ModelWriter, TensorData, TensorSpec};
 
@@ -258,11 +261,15 @@ fn q4_0_gguf_keeps_its_blocks_as_int4_and_passes_goldens() {
     assert_eq!(n_int4, q4_0_tensors);
     assert_eq!(n_int4, 14);
 
-    // Prompts are processed through the exact GEMM (the golden tolerance); generated tokens go
-    // through the integer decode kernel, whose int8 activations must keep the greedy ids.
+    // int4 weights take int8 activations (per 32 values, relative error up to 1/254 each) in
+    // prefill and decode, so the goldens of the exact f32 forward hold within their own bounds:
+    // greedy ids exact; mean NLL within 2% (measured 0.45%, AVX2, 2026-12-04); first-token
+    // log-probs within 2 nats (measured 0.69; this random model's logits reach 40, so 5% of the
+    // largest, as the model crate's int4 test bounds logits at 10%).
     let goldens = model("llama-tied-q4_0-goldens-f32.json");
-    check_perplexity_cli(&out4, &goldens);
-    check_greedy_cli(&out4, &goldens, false);
+    let nll = check_perplexity_cli_within(&out4, &goldens, 0.02);
+    let logprob = check_greedy_cli_within(&out4, &goldens, false, 2.0);
+    eprintln!("int4: mean NLL off by {nll:.2e} relative, first log-probs by {logprob:.2e}");
 }
 
 /// Replaces the first occurrence of `from` (a length-prefixed GGUF string) with `to`, same length.

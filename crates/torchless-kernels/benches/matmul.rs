@@ -1,5 +1,5 @@
-//! Prefill GEMM `Y = X Wᵀ` at the Mistral 7B shapes, f32, int8 and int8 with quantized
-//! activations (`int8-act`, the opt-in integer path), batch 64 and 128, 2 threads
+//! Prefill GEMM `Y = X Wᵀ` at the Mistral 7B shapes, f32, int8, int8 with quantized
+//! activations (`int8-act`, the opt-in integer path) and int4 (always integer), batch 64 and 128, 2 threads
 //! (plus 1 thread for the headline shape), compared with BLAS sgemm when a BLAS feature is on.
 //!
 //! Criterion's throughput is `Throughput::Elements(2 * batch * rows * cols)`: one "element" is one
@@ -46,9 +46,11 @@ fn bench(c: &mut Criterion) {
     for &(rows, cols) in &shapes {
         let wf = random_f32(rows * cols, 1);
         let (q, inv) = random_int8(rows, cols, 2);
+        let (q4, s4) = random_int4(rows, cols, 4);
         let mats = [
             ("f32", MatRef::f32(&wf, rows, cols).unwrap()),
             ("int8", MatRef::int8(&q, &inv, rows, cols).unwrap()),
+            ("int4", MatRef::int4(&q4, &s4, rows, cols).unwrap()),
         ];
         for batch in [64usize, 128] {
             let xs = random_f32(batch * cols, 3);
@@ -69,7 +71,7 @@ fn bench(c: &mut Criterion) {
                 variants.push(("f32-blas", &mats[0].1, kb, tmax));
             }
             if (rows, cols, batch) == (4096, 4096, 128) && tmax > 1 {
-                for (dtype, m) in &mats {
+                for (dtype, m) in &mats[..2] {
                     variants.push((dtype, m, ours, 1));
                 }
             }

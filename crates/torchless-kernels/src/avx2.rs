@@ -1451,6 +1451,49 @@ pub(crate) fn qkernel_6x16(
     }
 }
 
+/// Transposes 8 rows of 8 `u32` words: `out[w]` holds word `w` of rows 0..8, in row order.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_words(r: [__m256i; 8]) -> [__m256i; 8] {
+    // SAFETY: register-only intrinsics; the caller guarantees AVX2.
+    unsafe {
+        let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+        let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+        let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+        let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+        let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        // Per 128-bit lane, `u[w]` holds word w (low lane) and w + 4 (high lane) of rows 0..4.
+        let u = [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ];
+        let v = [
+            _mm256_unpacklo_epi64(t4, t6),
+            _mm256_unpackhi_epi64(t4, t6),
+            _mm256_unpacklo_epi64(t5, t7),
+            _mm256_unpackhi_epi64(t5, t7),
+        ];
+        [
+            _mm256_permute2x128_si256::<0x20>(u[0], v[0]),
+            _mm256_permute2x128_si256::<0x20>(u[1], v[1]),
+            _mm256_permute2x128_si256::<0x20>(u[2], v[2]),
+            _mm256_permute2x128_si256::<0x20>(u[3], v[3]),
+            _mm256_permute2x128_si256::<0x31>(u[0], v[0]),
+            _mm256_permute2x128_si256::<0x31>(u[1], v[1]),
+            _mm256_permute2x128_si256::<0x31>(u[2], v[2]),
+            _mm256_permute2x128_si256::<0x31>(u[3], v[3]),
+        ]
+    }
+}
+
 #[target_feature(enable = "avx2,fma")]
 unsafe fn qpack_b_raw(q: *const i8, row_stride: usize, kc: usize, words: *mut u32, corr: *mut i32) {
     use crate::qgemm::QNR;
@@ -1469,35 +1512,13 @@ unsafe fn qpack_b_raw(q: *const i8, row_stride: usize, kc: usize, words: *mut u3
                     let r: [__m256i; 8] = std::array::from_fn(|i| {
                         _mm256_loadu_si256(rows.add(i * row_stride + d).cast())
                     });
-                    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
-                    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-                    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
-                    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-                    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
-                    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-                    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
-                    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-                    let u = [
-                        _mm256_unpacklo_epi64(t0, t2),
-                        _mm256_unpackhi_epi64(t0, t2),
-                        _mm256_unpacklo_epi64(t1, t3),
-                        _mm256_unpackhi_epi64(t1, t3),
-                    ];
-                    let v = [
-                        _mm256_unpacklo_epi64(t4, t6),
-                        _mm256_unpackhi_epi64(t4, t6),
-                        _mm256_unpacklo_epi64(t5, t7),
-                        _mm256_unpackhi_epi64(t5, t7),
-                    ];
-                    for w in 0..4 {
-                        let lo = _mm256_permute2x128_si256::<0x20>(u[w], v[w]);
-                        let hi = _mm256_permute2x128_si256::<0x31>(u[w], v[w]);
-                        for (kq, x) in [(d / 4 + w, lo), (d / 4 + w + 4, hi)] {
-                            _mm256_storeu_si256(words.add(kq * QNR + half * 8).cast(), x);
-                            // 64 · (sum of the 4 bytes), per row: what the activation offset adds.
-                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(offsets, x), ones);
-                            sums = _mm256_add_epi32(sums, p);
-                        }
+                    let t = transpose_words(r);
+                    for (w, &x) in t.iter().enumerate() {
+                        let kq = d / 4 + w;
+                        _mm256_storeu_si256(words.add(kq * QNR + half * 8).cast(), x);
+                        // 64 · (sum of the 4 bytes), per row: what the activation offset adds.
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(offsets, x), ones);
+                        sums = _mm256_add_epi32(sums, p);
                     }
                 }
                 let neg = _mm256_sub_epi32(_mm256_setzero_si256(), sums);
@@ -1536,6 +1557,156 @@ pub(crate) fn qpack_b(
             corr.as_mut_ptr(),
         )
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// int4 integer GEMM kernel (the driver is `qgemm4.rs`).
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4kernel_6x16_raw(
+    groups: usize,
+    a: *const u32,
+    a_steps: *const f32,
+    a_offsets: *const i32,
+    b: *const u32,
+    b_scales: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use crate::qgemm::{QMR, QNR};
+    use crate::qgemm4::WORDS_PER_GROUP;
+    // SAFETY: caller contract: `a` holds groups*8*6 words, `a_steps`/`a_offsets` groups*6
+    // values, `b` groups*8*16 words, `b_scales` groups*16 values, `c` rows i*ldc..i*ldc+16, i < 6.
+    unsafe {
+        let mut out = [[_mm256_setzero_ps(); 2]; QMR];
+        if accumulate {
+            for (i, o) in out.iter_mut().enumerate() {
+                o[0] = _mm256_loadu_ps(c.add(i * ldc));
+                o[1] = _mm256_loadu_ps(c.add(i * ldc + 8));
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        let (mut a, mut b) = (a, b);
+        for g in 0..groups {
+            let mut acc = [[_mm256_setzero_si256(); 2]; QMR];
+            for _ in 0..WORDS_PER_GROUP {
+                let b0 = _mm256_loadu_si256(b.cast());
+                let b1 = _mm256_loadu_si256(b.add(8).cast());
+                for (i, ac) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32(*a.add(i) as i32);
+                    // Codes (u8, <= 15) x activations (i8) in pairs, summed over the group in
+                    // i16 lanes: at most 8 · 3810 < 32767 (see qgemm4.rs), so nothing wraps.
+                    ac[0] = _mm256_add_epi16(ac[0], _mm256_maddubs_epi16(b0, av));
+                    ac[1] = _mm256_add_epi16(ac[1], _mm256_maddubs_epi16(b1, av));
+                }
+                a = a.add(QMR);
+                b = b.add(QNR);
+            }
+            let ws0 = _mm256_loadu_ps(b_scales.add(g * QNR));
+            let ws1 = _mm256_loadu_ps(b_scales.add(g * QNR + 8));
+            for (i, (o, ac)) in out.iter_mut().zip(&acc).enumerate() {
+                let offset = _mm256_set1_epi32(*a_offsets.add(g * QMR + i));
+                let step = _mm256_set1_ps(*a_steps.add(g * QMR + i));
+                // Pairs of i16 into one i32 per row, minus 8 · Σ xq (the codes' offset).
+                let v0 = _mm256_sub_epi32(_mm256_madd_epi16(ac[0], ones), offset);
+                let v1 = _mm256_sub_epi32(_mm256_madd_epi16(ac[1], ones), offset);
+                o[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v0), _mm256_mul_ps(ws0, step), o[0]);
+                o[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v1), _mm256_mul_ps(ws1, step), o[1]);
+            }
+        }
+        for (i, o) in out.iter().enumerate() {
+            _mm256_storeu_ps(c.add(i * ldc), o[0]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), o[1]);
+        }
+    }
+}
+
+/// The int4 integer 6x16 micro-kernel (see `qgemm4.rs` for the layouts and the arithmetic).
+pub(crate) fn q4kernel_6x16(
+    _t: Token,
+    op: &crate::qgemm4::Q4Operands<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    use crate::qgemm::{QMR, QNR};
+    let groups = op.groups;
+    let words = groups * crate::qgemm4::WORDS_PER_GROUP;
+    assert!(
+        op.a.len() >= words * QMR
+            && op.a_steps.len() >= groups * QMR
+            && op.a_offsets.len() >= groups * QMR
+            && op.b.len() >= words * QNR
+            && op.b_scales.len() >= groups * QNR,
+        "packed int4 panels too short"
+    );
+    assert!(
+        ldc >= QNR && c.len() >= (QMR - 1) * ldc + QNR,
+        "C tile out of bounds"
+    );
+    // SAFETY: the token proves AVX2+FMA; all extents were asserted above.
+    unsafe {
+        q4kernel_6x16_raw(
+            groups,
+            op.a.as_ptr(),
+            op.a_steps.as_ptr(),
+            op.a_offsets.as_ptr(),
+            op.b.as_ptr(),
+            op.b_scales.as_ptr(),
+            c.as_mut_ptr(),
+            ldc,
+            accumulate,
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q4pack_b_raw(packed: *const u8, row_bytes: usize, groups: usize, words: *mut u32) {
+    use crate::qgemm::QNR;
+    use crate::qgemm4::WORDS_PER_GROUP;
+    // SAFETY: caller contract: rows 0..16 of `packed` (stride `row_bytes`) hold `groups * 16`
+    // bytes each; `words` has groups*8*16 slots.
+    unsafe {
+        let mask = _mm_set1_epi8(0x0f);
+        for half in 0..2 {
+            let rows = packed.add(half * 8 * row_bytes);
+            for g in 0..groups {
+                // Each row's group as 32 code bytes: values 0..16 (low nibbles), then 16..32.
+                let r: [__m256i; 8] = std::array::from_fn(|i| {
+                    let x = _mm_loadu_si128(rows.add(i * row_bytes + g * 16).cast());
+                    let lo = _mm_and_si128(x, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(x), mask);
+                    _mm256_set_m128i(hi, lo)
+                });
+                let t = transpose_words(r);
+                for (w, &x) in t.iter().enumerate() {
+                    let kq = g * WORDS_PER_GROUP + w;
+                    _mm256_storeu_si256(words.add(kq * QNR + half * 8).cast(), x);
+                }
+            }
+        }
+    }
+}
+
+/// Unpacks a full 16-row int4 panel for the integer kernel: `words[kq*16 + j]` = row `j`'s codes
+/// `4kq..4kq+4` as bytes. `packed` starts at row 0's first group; rows are `row_bytes` apart.
+pub(crate) fn q4pack_b(
+    _t: Token,
+    packed: &[u8],
+    row_bytes: usize,
+    groups: usize,
+    words: &mut [u32],
+) {
+    use crate::qgemm::QNR;
+    assert!(
+        packed.len() >= (QNR - 1) * row_bytes + groups * 16
+            && words.len() >= groups * crate::qgemm4::WORDS_PER_GROUP * QNR,
+        "int4 panel out of bounds"
+    );
+    // SAFETY: the token proves AVX2; extents asserted above.
+    unsafe { q4pack_b_raw(packed.as_ptr(), row_bytes, groups, words.as_mut_ptr()) }
 }
 
 #[cfg(test)]

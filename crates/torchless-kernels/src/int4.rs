@@ -41,16 +41,11 @@ impl Int4Input {
             offsets: vec![0; pairs * 8],
             steps: vec![0.0; pairs * 8],
         };
+        let mut codes = [0i8; INT4_GROUP_SIZE];
         for (g, values) in x.chunks_exact(INT4_GROUP_SIZE).enumerate() {
-            let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let (inv, step) = if amax == 0.0 {
-                (0.0, 0.0)
-            } else {
-                (127.0 / amax, amax / 127.0)
-            };
+            let step = quantize_group(values, &mut codes);
             let (p, half) = (g / 2, g % 2);
-            for (i, &v) in values.iter().enumerate() {
-                let q = round_half_even(v * inv).clamp(-127.0, 127.0) as i8;
+            for (i, &q) in codes.iter().enumerate() {
                 // Low halves at 0..32 of the pair (group 0 first), high halves at 32..64.
                 let at = p * 64 + (i / 16) * 32 + half * 16 + i % 16;
                 input.xq[at] = q;
@@ -63,6 +58,21 @@ impl Int4Input {
         }
         input
     }
+}
+
+/// Quantizes one group of 32 activations to `round(x · 127 / max|x|)` (an all-zero group to
+/// zeros) and returns the step `max|x| / 127`: what the int4 decode and prefill kernels multiply.
+pub(crate) fn quantize_group(values: &[f32], codes: &mut [i8; INT4_GROUP_SIZE]) -> f32 {
+    let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let (inv, step) = if amax == 0.0 {
+        (0.0, 0.0)
+    } else {
+        (127.0 / amax, amax / 127.0)
+    };
+    for (q, &v) in codes.iter_mut().zip(values) {
+        *q = round_half_even(v * inv).clamp(-127.0, 127.0) as i8;
+    }
+    step
 }
 
 /// Round half to even for |v| < 2^22 (NaN stays NaN and becomes 0 in the `as i8` cast).

@@ -6,7 +6,7 @@ use crate::dispatch::{auto_path, blas_backend, require, Path, SimdPath};
 use crate::error::{check_len, checked_mul, KernelError};
 use crate::int4::{self, Int4Input};
 use crate::mat::{Int4Mat, MatRef};
-use crate::{gemm, parallel, qgemm, scalar};
+use crate::{gemm, parallel, qgemm, qgemm4, scalar};
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -407,6 +407,9 @@ impl Kernels {
     /// `batch x w.rows()`, both row-major. A batch of 1 is a matvec. Otherwise a cache-blocked GEMM:
     /// f32 through BLAS when enabled, else our packed micro-kernels; int8 weight tiles are
     /// dequantized (exactly `q / inv_scale`) into a small packed panel reused across the batch.
+    /// int4 weights take int8 activations as in [`matvec`](Self::matvec) (same quantization,
+    /// products summed in another f32 order): an integer GEMM from 5 tokens, below that the
+    /// decode kernel, bit-identical to [`matvec_batch`](Self::matvec_batch).
     pub fn matmul(
         &self,
         w: &MatRef<'_>,
@@ -427,6 +430,19 @@ impl Kernels {
             if crate::blas::sgemm(m, xs, ys, batch) {
                 return Ok(());
             }
+        }
+        if let MatRef::Int4(m) = w {
+            // int4 weights always take int8 activations (as in decode): the integer GEMM for a
+            // prompt, the decode kernel streaming the weights once for a few tokens.
+            if batch < qgemm4::MIN_BATCH {
+                return self.matvec_batch(w, xs, ys, batch);
+            }
+            match self.path {
+                #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+                Path::Avx2(t) => qgemm4::qgemm4(qgemm4::Avx2Q4Micro(t), m, xs, ys, batch),
+                _ => qgemm4::qgemm4(qgemm4::ScalarQ4Micro, m, xs, ys, batch),
+            }
+            return Ok(());
         }
         if let (true, MatRef::Int8(m)) = (self.int8_activations, w) {
             if batch >= qgemm::MIN_BATCH && qgemm::supports(m) {

@@ -1,8 +1,9 @@
 //! Model-agnostic CPU kernels for torchless-rs, on plain slices.
 //!
-//! - Matrix products: [`matvec`] (`y = W x`, decode) and [`matmul`] (`Y = X Wᵀ`, prefill) for f32
-//!   and int8 weights ([`MatRef`]); int8 weights use the torchless file layout (groups of 64 with
-//!   one stored *inverse* scale each) and are dequantized on the fly, never copied out as f32.
+//! - Matrix products: [`matvec`] (`y = W x`, decode) and [`matmul`] (`Y = X Wᵀ`, prefill) for f32,
+//!   int8 and int4 weights ([`MatRef`]); int8 weights use the torchless file layout (groups of 64
+//!   with one stored *inverse* scale each) and are dequantized on the fly, never copied out as
+//!   f32; int4 weights (groups of 32, f16 scales) are multiplied in integers.
 //! - [`rmsnorm`], [`softmax`], [`silu_mul`], [`add`], RoPE ([`RopeTable`]) and the attention
 //!   inner loops ([`Kernels::attention`], [`KvCacheView`], [`RowsRef`]).
 //! - Run-time dispatch: [`SimdPath`] (scalar / `wide` / AVX2+FMA) detected once; [`cpu_path`]
@@ -21,8 +22,10 @@
 //! The tests hold every path to `|y − y_ref| ≤ 1e-5 · Σ|wᵢxᵢ| + 1e-6` against an f64 reference
 //! (element-wise kernels: relative 1e-5); RoPE matches the Hugging Face formula bit for bit.
 //! Our kernels' results never depend on the thread count (BLAS libraries give no such promise).
-//! The one exception to "exact f32" is opt-in: [`Kernels::with_int8_activations`] quantizes the
-//! activations of large int8 GEMMs to 7-bit integers (tested against its own f64 definition).
+//! Two exceptions to "exact f32": int4 weights ([`Int4Mat`]) always multiply int8 activations
+//! (per 32 values, `round(x · 127 / max|x|)`, in decode and prefill alike), and, opt-in,
+//! [`Kernels::with_int8_activations`] quantizes the activations of large int8 GEMMs to 7-bit
+//! integers; both are tested against their own f64 definitions.
 //!
 //! ```
 //! use torchless_kernels::{matvec, MatRef};
@@ -54,6 +57,7 @@ mod mat;
 mod parallel;
 mod probe;
 mod qgemm;
+mod qgemm4;
 pub mod reference;
 mod rope;
 mod scalar;

@@ -40,7 +40,7 @@ const ACT_OFFSET: i32 = 64;
 /// `u32` words per group and token (4 codes each).
 const WORDS_PER_GROUP: usize = GROUP_SIZE / 4;
 /// Depth of a packed weight panel (whole groups; 16 rows x 512 bytes = 8 KiB of codes).
-const KC: usize = 512;
+pub(crate) const KC: usize = 512;
 
 /// Quantizes one group of activations into codes `a + 64` and returns the scale `d`.
 pub(crate) fn quantize_group(x: &[f32], codes: &mut [u8]) -> f32 {
@@ -318,67 +318,120 @@ pub(crate) fn qgemm<M: QMicro>(m: M, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32], 
     }
     let acts = pack_acts(x, batch, k);
     crate::gemm::by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
-        qgemm_cols(m, w, &acts, batch, cols, c, ldc)
+        let mut panel = Int8Panel {
+            m,
+            w: *w,
+            acts: &acts,
+            packed: PackedPanel::new(),
+        };
+        run_panels(
+            &mut panel,
+            &crate::mat::MatRef::Int8(*w),
+            batch,
+            cols,
+            c,
+            ldc,
+        )
     });
     WORD_POOL.give([acts.words]);
     F32_POOL.give([acts.scales]);
 }
 
+/// One weight format's side of the integer GEMM (int8 here, int4 in `qgemm4.rs`): its packed
+/// panel, bound to the packed activations and the micro-kernel.
+pub(crate) trait QPanel {
+    /// Packs rows `n0..n0+nr`, depth `pc..pc+kc` of the weights into the panel.
+    fn pack(&mut self, n0: usize, nr: usize, pc: usize, kc: usize);
+    /// The address of row `r`'s scales for depth `pc` (prefetched for the next panel).
+    fn scale_line(&self, r: usize, pc: usize) -> *const u8;
+    /// Prefetches one address now.
+    fn prefetch(&self, p: *const u8);
+    /// Runs the micro-kernel on sliver `s` against the packed panel (depth `pc..pc+kc`) into
+    /// the `QMR x QNR` tile at `c` (row stride `ldc`), adding to it when `accumulate`.
+    fn tile(&self, s: usize, pc: usize, kc: usize, c: &mut [f32], ldc: usize, accumulate: bool);
+}
+
 /// Output columns `cols` into `c` (row stride `ldc`, column `cols.start` at offset 0): weight
 /// panels outermost, then depth blocks, then the batch's slivers, as in the f32 GEMM.
-fn qgemm_cols<M: QMicro>(
-    m: M,
-    w: &Int8Mat<'_>,
-    acts: &PackedActs,
+pub(crate) fn run_panels<P: QPanel>(
+    panel: &mut P,
+    w: &crate::mat::MatRef<'_>,
     batch: usize,
     cols: Range<usize>,
     c: &mut [f32],
     ldc: usize,
 ) {
     let k = w.cols();
-    let (quads, groups) = (k / 4, k / GROUP_SIZE);
     let calls = batch.div_ceil(QMR);
-    let mut panel = PackedPanel::new();
     let mut tile = [0.0f32; QMR * QNR];
-    let wref = crate::mat::MatRef::Int8(*w);
     for (jr, pc, next) in panels(cols.clone(), k, QNR, KC) {
         let nr = QNR.min(cols.end - jr);
         let kc = KC.min(k - pc);
-        panel.pack(m, w, jr, nr, pc, kc);
+        panel.pack(jr, nr, pc, kc);
         // The next panel's source lines, prefetched a few per sliver while this one runs.
-        let lines = next
-            .map(|(n0, p0)| PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0)));
-        let (g0, ng) = (pc / GROUP_SIZE, kc / GROUP_SIZE);
+        let lines =
+            next.map(|(n0, p0)| PanelLines::new(w, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0)));
         if let Some((n0, p0)) = next {
             // The next panel's scales: one line per row, read when it is packed.
             for r in n0..(n0 + QNR).min(cols.end) {
-                let g = r * groups + p0 / GROUP_SIZE;
-                m.prefetch(w.inv_scales()[g..].as_ptr().cast());
+                panel.prefetch(panel.scale_line(r, p0));
             }
         }
         for (s, ir) in (0..batch).step_by(QMR).enumerate() {
             if let Some(l) = &lines {
                 let len = l.len();
-                l.for_each(s * len / calls..(s + 1) * len / calls, |p| m.prefetch(p));
+                l.for_each(s * len / calls..(s + 1) * len / calls, |p| {
+                    panel.prefetch(p)
+                });
             }
-            let op = QOperands {
-                groups: ng,
-                a: &acts.words[(s * quads + pc / 4) * QMR..][..kc / 4 * QMR],
-                a_scales: &acts.scales[(s * groups + g0) * QMR..][..ng * QMR],
-                b: &panel.words,
-                b_scales: &panel.scales,
-                b_corr: &panel.corrections,
-            };
             let mr = QMR.min(batch - ir);
             let coff = ir * ldc + (jr - cols.start);
             let accumulate = pc > 0;
             if mr == QMR && nr == QNR {
-                m.kernel(&op, &mut c[coff..], ldc, accumulate);
+                panel.tile(s, pc, kc, &mut c[coff..], ldc, accumulate);
             } else {
-                m.kernel(&op, &mut tile, QNR, false);
+                panel.tile(s, pc, kc, &mut tile, QNR, false);
                 store_partial(&tile, QNR, mr, nr, &mut c[coff..], ldc, accumulate);
             }
         }
+    }
+}
+
+/// The int8 panel with its matrix, activations and micro-kernel.
+struct Int8Panel<'a, M> {
+    m: M,
+    w: Int8Mat<'a>,
+    acts: &'a PackedActs,
+    packed: PackedPanel,
+}
+
+impl<M: QMicro> QPanel for Int8Panel<'_, M> {
+    fn pack(&mut self, n0: usize, nr: usize, pc: usize, kc: usize) {
+        self.packed.pack(self.m, &self.w, n0, nr, pc, kc);
+    }
+
+    fn scale_line(&self, r: usize, pc: usize) -> *const u8 {
+        let g = r * (self.w.cols() / GROUP_SIZE) + pc / GROUP_SIZE;
+        self.w.inv_scales()[g..].as_ptr().cast()
+    }
+
+    fn prefetch(&self, p: *const u8) {
+        self.m.prefetch(p);
+    }
+
+    fn tile(&self, s: usize, pc: usize, kc: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+        let k = self.w.cols();
+        let (quads, groups) = (k / 4, k / GROUP_SIZE);
+        let (g0, ng) = (pc / GROUP_SIZE, kc / GROUP_SIZE);
+        let op = QOperands {
+            groups: ng,
+            a: &self.acts.words[(s * quads + pc / 4) * QMR..][..kc / 4 * QMR],
+            a_scales: &self.acts.scales[(s * groups + g0) * QMR..][..ng * QMR],
+            b: &self.packed.words,
+            b_scales: &self.packed.scales,
+            b_corr: &self.packed.corrections,
+        };
+        self.m.kernel(&op, c, ldc, accumulate);
     }
 }
 

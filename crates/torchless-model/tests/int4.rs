@@ -1,7 +1,7 @@
 //! int4 models: the forward pass over int4 weights (embedding and output matrix included) against
 //! the f32 forward pass over the same weights dequantized, which the golden tests hold to
-//! `transformers`. Prefill dequantizes exactly, so it must agree to f32 rounding; decode
-//! quantizes activations to int8 per 32 values, a stated tolerance.
+//! `transformers`. Prefill and decode both quantize activations to int8 per 32 values (a stated
+//! tolerance against f32), with the same arithmetic, so they agree with each other closely.
 
 mod common;
 
@@ -59,7 +59,12 @@ fn int4_forward_matches_the_dequantized_f32_forward() {
         let vocab = int4.config().vocab_size as u32;
         let prompt: Vec<u32> = (0..19).map(|i| (i * 37 + 11) % vocab).collect();
 
-        // Prefill: exact dequantization in the GEMM, so f32 rounding only.
+        // Prefill and decode both round activations to int8 per 32 values (relative error up
+        // to 1/254 per value) through every layer of these tiny 64-wide models; measured on AVX2
+        // (2026-12-04), max difference from the f32 forward / largest logit: prefill 3.3% (untied) and
+        // 2.6% (tied), decode 4.1% and 4.5%, greedy choice 19/19 and 24/24 on both. The bound is
+        // 10% and the greedy choice must agree at 80%. Prefill and decode differ only in the order
+        // of f32 additions (measured: below 1e-5 of the largest logit; bound 1e-3).
         let (mut a, mut b) = (Vec::new(), Vec::new());
         int4.session()
             .unwrap()
@@ -70,20 +75,32 @@ fn int4_forward_matches_the_dequantized_f32_forward() {
             .unwrap()
             .evaluate(&prompt, |_, row| b.extend_from_slice(row))
             .unwrap();
-        let scale = max_abs(&b);
-        let diff = a
-            .iter()
-            .zip(&b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff <= 1e-4 * scale, "{file} prefill: {diff} vs {scale}");
+        let vocab = vocab as usize;
+        let (mut worst_prefill, mut same_prefill) = (0.0f32, 0);
+        for (x, y) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)) {
+            let d = x
+                .iter()
+                .zip(y)
+                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+            worst_prefill = worst_prefill.max(d / max_abs(y));
+            assert!(
+                d <= 0.10 * max_abs(y),
+                "{file} prefill: {d} vs {}",
+                max_abs(y)
+            );
+            same_prefill += usize::from(
+                torchless_model::sampling::argmax(x) == torchless_model::sampling::argmax(y),
+            );
+        }
+        assert!(
+            same_prefill * 10 >= prompt.len() * 8,
+            "{file}: prefill argmax agreed on {same_prefill}/{}",
+            prompt.len()
+        );
 
-        // Decode: activations rounded to int8 per 32 values (relative error up to 1/254 per
-        // value), through every layer of these tiny 64-wide models; measured: max differences
-        // 4.1% (untied) and 4.5% (tied) of the largest logit, greedy choice 24/24 on both
-        // (AVX2, 2026-12-03). The bound is 10%, and the greedy choice must agree at 80%.
         let mut s4: Session<'_, _> = int4.session().unwrap();
         let mut sf = reference.session().unwrap();
-        let (mut worst, mut same) = (0.0f32, 0);
+        let (mut worst, mut same, mut worst_vs_prefill) = (0.0f32, 0, 0.0f32);
         let steps = 24;
         for (i, &t) in prompt.iter().chain(prompt.iter()).take(steps).enumerate() {
             let l4 = s4.step(t).unwrap().to_vec();
@@ -97,12 +114,28 @@ fn int4_forward_matches_the_dequantized_f32_forward() {
                 torchless_model::sampling::argmax(&l4) == torchless_model::sampling::argmax(lf),
             );
             assert!(d <= 0.10 * max_abs(lf), "{file} step {i}: {d}");
+            if let Some(p) = a.chunks_exact(vocab).nth(i) {
+                // The same arithmetic in another f32 order: prefill and decode agree closely.
+                let dp = l4
+                    .iter()
+                    .zip(p)
+                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                worst_vs_prefill = worst_vs_prefill.max(dp / max_abs(p));
+            }
         }
         assert!(
             same * 10 >= steps * 8,
             "{file}: argmax agreed on {same}/{steps}"
         );
-        eprintln!("{file}: decode max |diff| / max |logit| = {worst:.4}, argmax {same}/{steps}");
+        assert!(
+            worst_vs_prefill <= 1e-3,
+            "{file}: decode vs prefill {worst_vs_prefill}"
+        );
+        eprintln!(
+            "{file}: max |diff| / max |logit| prefill {worst_prefill:.4} (argmax {same_prefill}/{}), \
+             decode {worst:.4} (argmax {same}/{steps}), decode vs prefill {worst_vs_prefill:.5}",
+            prompt.len()
+        );
 
         // Batched decode is bit-identical to decoding alone.
         let mut one = int4.session().unwrap();
