@@ -572,7 +572,7 @@ const PF_INT4_BYTES: usize = 4096;
 ///
 /// # Safety
 /// AVX2, FMA and F16C must be available; each `packed[i]` must point to `groups * 16` bytes and
-/// each `scales[i]` to `groups` halves; each input must hold `groups.div_ceil(2)` pairs.
+/// each `scales[i]` to `groups` halves; each input must hold `groups.div_ceil(8)` blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn i4_rows_multi<const N: usize, const B: usize>(
@@ -581,52 +581,101 @@ unsafe fn i4_rows_multi<const N: usize, const B: usize>(
     groups: usize,
     inputs: [&Int4Input; B],
 ) -> [[f32; B]; N] {
-    // SAFETY: caller contract: every load below stays inside the rows' codes and scales and the
-    // inputs' pairs; the prefetch is a hint and never faults.
+    use crate::int4::BLOCK_GROUPS;
+    // SAFETY: caller contract: every load below stays inside the rows' codes and scales (a short
+    // last block is copied into zero-padded buffers first) and the inputs' blocks; the prefetch
+    // is a hint and never faults.
     unsafe {
-        let mask = _mm256_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
         let mut acc = [[_mm256_setzero_ps(); B]; N];
-        let pairs = groups.div_ceil(2);
-        for p in 0..pairs {
-            let whole = 2 * p + 1 < groups;
+        let full = groups / BLOCK_GROUPS;
+        for b in 0..full {
             for i in 0..N {
-                let (codes, d) = if whole {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        packed[i].wrapping_add(p * 32 + PF_INT4_BYTES).cast(),
-                    );
-                    let two = scales[i].add(2 * p).cast::<u32>().read_unaligned();
-                    (
-                        _mm256_loadu_si256(packed[i].add(p * 32).cast()),
-                        _mm256_cvtph_ps(_mm_cvtsi32_si128(two as i32)),
-                    )
-                } else {
-                    // An odd last group: the second half is a zero group with a zero scale.
-                    let one = u32::from(scales[i].add(2 * p).read());
-                    (
-                        _mm256_zextsi128_si256(_mm_loadu_si128(packed[i].add(p * 32).cast())),
-                        _mm256_cvtph_ps(_mm_cvtsi32_si128(one as i32)),
-                    )
-                };
-                let d = _mm256_permutevar8x32_ps(d, spread);
-                let lo = _mm256_and_si256(codes, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(codes), mask);
-                for (a, input) in acc[i].iter_mut().zip(inputs) {
-                    let x = input.xq.as_ptr().add(p * 64);
-                    let plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(x.cast()));
-                    let phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(x.add(32).cast()));
-                    let sum = _mm256_madd_epi16(_mm256_add_epi16(plo, phi), ones);
-                    let offsets = _mm256_loadu_si256(input.offsets.as_ptr().add(p * 8).cast());
-                    let sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, offsets));
-                    let scale = _mm256_mul_ps(d, _mm256_loadu_ps(input.steps.as_ptr().add(p * 8)));
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(sum, scale));
+                let codes = packed[i].add(b * BLOCK_GROUPS * 16);
+                for line in [0, 64] {
+                    _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PF_INT4_BYTES + line).cast());
                 }
+                i4_block(
+                    codes,
+                    scales[i].add(b * BLOCK_GROUPS),
+                    b,
+                    &mut acc[i],
+                    inputs,
+                );
+            }
+        }
+        let rest = groups - full * BLOCK_GROUPS;
+        if rest > 0 {
+            for i in 0..N {
+                let mut codes = [0u8; BLOCK_GROUPS * 16];
+                let mut halves = [0u16; BLOCK_GROUPS];
+                let first = full * BLOCK_GROUPS;
+                std::ptr::copy_nonoverlapping(
+                    packed[i].add(first * 16),
+                    codes.as_mut_ptr(),
+                    rest * 16,
+                );
+                std::ptr::copy_nonoverlapping(scales[i].add(first), halves.as_mut_ptr(), rest);
+                i4_block(codes.as_ptr(), halves.as_ptr(), full, &mut acc[i], inputs);
             }
         }
         acc.map(|row| row.map(|a| hsum(a)))
     }
 }
+
+/// Block `b` (8 groups: `codes` 128 bytes, `scales` 8 halves) of one row, added into the row's
+/// lane accumulators for each input (see `int4.rs` for the lane order and the arithmetic).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available; `codes` must point to 128 bytes, `scales` to 8 halves,
+/// and every input must hold block `b`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn i4_block<const B: usize>(
+    codes: *const u8,
+    scales: *const u16,
+    b: usize,
+    acc: &mut [__m256; B],
+    inputs: [&Int4Input; B],
+) {
+    // SAFETY: caller contract (extents above).
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        // The 8 scales in lane order: groups 0, 2, 4, 6, 1, 3, 5, 7.
+        let order = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+        let d = _mm256_cvtph_ps(_mm_shuffle_epi8(_mm_loadu_si128(scales.cast()), order));
+        let (mut lo, mut hi) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+        for q in 0..4 {
+            let c = _mm256_loadu_si256(codes.add(q * 32).cast());
+            lo[q] = _mm256_and_si256(c, mask);
+            hi[q] = _mm256_and_si256(_mm256_srli_epi16::<4>(c), mask);
+        }
+        for (a, input) in acc.iter_mut().zip(inputs) {
+            let x = input.xq.as_ptr().add(b * BLOCK_BYTES);
+            let mut sums = [_mm256_setzero_si256(); 4];
+            for q in 0..4 {
+                // Codes (u8) x activations (i8) in pairs: lanes 0..4 of a pair's sums belong to
+                // its first group, 4..8 to its second.
+                let plo = _mm256_maddubs_epi16(lo[q], _mm256_loadu_si256(x.add(q * 64).cast()));
+                let phi =
+                    _mm256_maddubs_epi16(hi[q], _mm256_loadu_si256(x.add(q * 64 + 32).cast()));
+                sums[q] = _mm256_madd_epi16(_mm256_add_epi16(plo, phi), ones);
+            }
+            // Three horizontal adds leave one sum per group, in lane order 0, 2, 4, 6, 1, 3, 5, 7.
+            let h = _mm256_hadd_epi32(
+                _mm256_hadd_epi32(sums[0], sums[1]),
+                _mm256_hadd_epi32(sums[2], sums[3]),
+            );
+            let offsets = _mm256_loadu_si256(input.offsets.as_ptr().add(b * 8).cast());
+            let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(h, offsets));
+            let scale = _mm256_mul_ps(d, _mm256_loadu_ps(input.steps.as_ptr().add(b * 8)));
+            *a = _mm256_fmadd_ps(v, scale, *a);
+        }
+    }
+}
+
+/// Activation bytes per block of 8 groups.
+const BLOCK_BYTES: usize = crate::int4::BLOCK_GROUPS * 32;
 
 /// `yt[i * batch + b]` = row `r0 + i` of `w` times input `b`, for every row of `yt / batch`:
 /// each weight row is read once for all inputs, each result bit-identical to `int4::row_dot`.
@@ -646,7 +695,9 @@ pub(crate) fn matvec_i4_multi(
             && r0 + out_rows <= w.rows()
             && w.packed().len() == w.rows() * groups * 16
             && w.scales().len() == w.rows() * groups
-            && inputs.iter().all(|x| x.pairs() == groups.div_ceil(2)),
+            && inputs
+                .iter()
+                .all(|x| x.blocks() == groups.div_ceil(crate::int4::BLOCK_GROUPS)),
         "int4 matvec shapes"
     );
     let (pp, sp) = (w.packed().as_ptr(), w.scales().as_ptr());

@@ -5,41 +5,50 @@
 //! exact integer arithmetic. The order of the f32 operations is fixed and shared by every path
 //! (scalar here, AVX2 in `avx2.rs`), so all paths give bit-identical results:
 //!
-//! - groups are taken in pairs; lane `m` of 8 holds, for group `2p + m / 4` and `k = m % 4`, the
-//!   integer sum over its values `4k..4k+4` and `16 + 4k..16 + 4k + 4` (what one 32-byte load of
-//!   two groups' codes gives, unpacked into low and high nibbles);
-//! - `acc[m] = acc[m] + f32(lane) · (d · dx)` (a product then a sum, no fused multiply-add);
+//! - groups are taken in blocks of 8 (a short last block is padded with zero groups); lane `m` of
+//!   8 holds group `8b + LANE_GROUP[m]` of block `b` (the order in which three `vphaddd` leave the
+//!   group sums of four 32-byte loads, each two groups' codes);
+//! - `acc[m] = fma(f32(Σ u · xq − 8 Σ xq), d · dx, acc[m])`, one fused multiply-add per group;
 //! - the row's result is `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`.
+//!
+//! Per 8 groups that is one conversion, one product of scales and one FMA for 8 lanes, where
+//! taking groups in pairs cost as many per 2 groups (the 1-thread decode kernel was bound by it).
 
 use crate::mat::{f16_to_f32, Int4Mat, INT4_GROUP_SIZE};
 
+/// Groups per block.
+pub(crate) const BLOCK_GROUPS: usize = 8;
+/// The group (within its block) whose sum lane `m` holds.
+pub(crate) const LANE_GROUP: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+
 /// One input vector quantized for the int4 kernels, laid out per pair of groups as the AVX2
-/// kernel loads it (an odd last group is padded with a zero group).
+/// kernel loads it, padded with zero groups to whole blocks of 8.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Int4Input {
     /// Per pair `p`, 64 bytes: the low-nibble halves (values 0..16) of groups `2p` and `2p + 1`,
     /// then their high-nibble halves (values 16..32).
     pub(crate) xq: Vec<i8>,
-    /// Per pair, 8 lanes: `8 · Σ xq` over the lane's 8 values (the `− 8` of the codes).
+    /// Per block, 8 lanes (in [`LANE_GROUP`] order): `8 · Σ xq` over the group (the `− 8` of
+    /// the codes).
     pub(crate) offsets: Vec<i32>,
-    /// Per pair, 8 lanes: the step `dx` of the lane's group.
+    /// Per block, 8 lanes: the group's step `dx`.
     pub(crate) steps: Vec<f32>,
 }
 
 impl Int4Input {
-    /// Number of group pairs.
-    pub(crate) fn pairs(&self) -> usize {
+    /// Number of blocks of 8 groups.
+    pub(crate) fn blocks(&self) -> usize {
         self.steps.len() / 8
     }
 
     /// Quantizes `x` (its length a multiple of 32).
     pub(crate) fn quantize(x: &[f32]) -> Self {
         let groups = x.len() / INT4_GROUP_SIZE;
-        let pairs = groups.div_ceil(2);
+        let blocks = groups.div_ceil(BLOCK_GROUPS);
         let mut input = Self {
-            xq: vec![0; pairs * 64],
-            offsets: vec![0; pairs * 8],
-            steps: vec![0.0; pairs * 8],
+            xq: vec![0; blocks * BLOCK_GROUPS * 32],
+            offsets: vec![0; blocks * 8],
+            steps: vec![0.0; blocks * 8],
         };
         let mut codes = [0i8; INT4_GROUP_SIZE];
         for (g, values) in x.chunks_exact(INT4_GROUP_SIZE).enumerate() {
@@ -47,17 +56,20 @@ impl Int4Input {
             let (p, half) = (g / 2, g % 2);
             for (i, &q) in codes.iter().enumerate() {
                 // Low halves at 0..32 of the pair (group 0 first), high halves at 32..64.
-                let at = p * 64 + (i / 16) * 32 + half * 16 + i % 16;
-                input.xq[at] = q;
-                let lane = half * 4 + (i % 16) / 4;
-                input.offsets[p * 8 + lane] += 8 * i32::from(q);
+                input.xq[p * 64 + (i / 16) * 32 + half * 16 + i % 16] = q;
             }
-            for lane in 0..4 {
-                input.steps[p * 8 + half * 4 + lane] = step;
-            }
+            let lane = lane_of(g % BLOCK_GROUPS);
+            let at = g / BLOCK_GROUPS * 8 + lane;
+            input.offsets[at] = 8 * codes.iter().map(|&q| i32::from(q)).sum::<i32>();
+            input.steps[at] = step;
         }
         input
     }
+}
+
+/// The lane that holds group `j` of a block (the inverse of [`LANE_GROUP`]).
+fn lane_of(j: usize) -> usize {
+    j / 2 + (j % 2) * 4
 }
 
 /// Quantizes one group of 32 activations to `round(x · 127 / max|x|)` (an all-zero group to
@@ -92,31 +104,24 @@ pub(crate) fn reduce_lanes(a: [f32; 8]) -> f32 {
 pub(crate) fn row_dot(packed: &[u8], scales: &[u16], input: &Int4Input) -> f32 {
     let groups = scales.len();
     let mut acc = [0.0f32; 8];
-    for p in 0..groups.div_ceil(2) {
-        let xq = &input.xq[p * 64..(p + 1) * 64];
-        for half in 0..2 {
-            let g = 2 * p + half;
-            if g >= groups {
-                // The padding group: lanes of 0 times a zero scale, as the AVX2 kernel computes.
-                for a in &mut acc[4..] {
-                    *a += 0.0 * 0.0;
-                }
-                continue;
+    for b in 0..groups.div_ceil(BLOCK_GROUPS) {
+        for (lane, &j) in LANE_GROUP.iter().enumerate() {
+            let g = b * BLOCK_GROUPS + j;
+            // Padding groups: zero codes and scale, as the AVX2 kernel computes them.
+            let (codes, d) = match (packed.get(g * 16..(g + 1) * 16), scales.get(g)) {
+                (Some(c), Some(&d)) => (c, f16_to_f32(d)),
+                _ => (&[0u8; 16][..], 0.0),
+            };
+            let (p, half) = (g / 2, g % 2);
+            let xq = &input.xq[p * 64..(p + 1) * 64];
+            let mut sum = 0i32;
+            for (i, &c) in codes.iter().enumerate() {
+                sum += i32::from(c & 0x0f) * i32::from(xq[half * 16 + i]);
+                sum += i32::from(c >> 4) * i32::from(xq[32 + half * 16 + i]);
             }
-            let codes = &packed[g * 16..(g + 1) * 16];
-            let d = f16_to_f32(scales[g]);
-            for k in 0..4 {
-                let lane = half * 4 + k;
-                let mut sum = 0i32;
-                for j in 4 * k..4 * k + 4 {
-                    let (lo, hi) = (codes[j] & 0x0f, codes[j] >> 4);
-                    sum += i32::from(lo) * i32::from(xq[half * 16 + j]);
-                    sum += i32::from(hi) * i32::from(xq[32 + half * 16 + j]);
-                }
-                sum -= input.offsets[p * 8 + lane];
-                let scale = d * input.steps[p * 8 + lane];
-                acc[lane] += sum as f32 * scale;
-            }
+            let at = b * 8 + lane;
+            let v = (sum - input.offsets[at]) as f32;
+            acc[lane] = v.mul_add(d * input.steps[at], acc[lane]);
         }
     }
     reduce_lanes(acc)
@@ -125,7 +130,7 @@ pub(crate) fn row_dot(packed: &[u8], scales: &[u16], input: &Int4Input) -> f32 {
 /// `y = W x` for int4 weights, portable.
 pub(crate) fn matvec(w: &Int4Mat<'_>, input: &Int4Input, y: &mut [f32]) {
     let groups = w.groups_per_row();
-    debug_assert_eq!(input.pairs(), groups.div_ceil(2));
+    debug_assert_eq!(input.blocks(), groups.div_ceil(BLOCK_GROUPS));
     for (r, yr) in y.iter_mut().enumerate() {
         *yr = row_dot(
             &w.packed()[r * groups * 16..(r + 1) * groups * 16],
