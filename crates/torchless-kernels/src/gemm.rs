@@ -363,11 +363,7 @@ fn n_tasks(n: usize, batch: usize, k: usize, nr: usize) -> usize {
 /// `y = x Wᵀ` with validated shapes: `x.len() == batch * w.cols()`, `y.len() == batch * w.rows()`.
 pub(crate) fn gemm<M: Micro>(m: M, w: &MatRef<'_>, x: &[f32], y: &mut [f32], batch: usize) {
     let (n, k) = (w.rows(), w.cols());
-    if n == 0 || batch == 0 {
-        return;
-    }
-    if k == 0 {
-        y.fill(0.0);
+    if is_trivial(n, k, batch, y) {
         return;
     }
     let mpad = batch.div_ceil(M::MR) * M::MR;
@@ -376,6 +372,19 @@ pub(crate) fn gemm<M: Micro>(m: M, w: &MatRef<'_>, x: &[f32], y: &mut [f32], bat
         gemm_cols(m, w, &apack, batch, mpad, k, cols, c, ldc)
     });
     F32_POOL.give([apack]);
+}
+
+/// Handles the products with nothing to compute (no rows, no tokens, or depth 0: all zeros);
+/// `true` when `y` is done.
+pub(crate) fn is_trivial(n: usize, k: usize, batch: usize, y: &mut [f32]) -> bool {
+    if n == 0 || batch == 0 {
+        return true;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return true;
+    }
+    false
 }
 
 /// Runs `compute(cols, c, ldc)` over the output columns of a `batch x n` product of depth `k`:

@@ -308,33 +308,32 @@ pub(crate) fn supports(w: &Int8Mat<'_>) -> bool {
 
 /// `Y = X Wᵀ` with quantized activations; shapes validated by the caller, `supports(w)`.
 pub(crate) fn qgemm<M: QMicro>(m: M, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32], batch: usize) {
-    let (n, k) = (w.rows(), w.cols());
-    if n == 0 || batch == 0 {
+    if crate::gemm::is_trivial(w.rows(), w.cols(), batch, y) {
         return;
     }
-    if k == 0 {
-        y.fill(0.0);
-        return;
-    }
-    let acts = pack_acts(x, batch, k);
-    crate::gemm::by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
-        let mut panel = Int8Panel {
-            m,
-            w: *w,
-            acts: &acts,
-            packed: PackedPanel::new(),
-        };
-        run_panels(
-            &mut panel,
-            &crate::mat::MatRef::Int8(*w),
-            batch,
-            cols,
-            c,
-            ldc,
-        )
-    });
+    let acts = pack_acts(x, batch, w.cols());
+    let panel = || Int8Panel {
+        m,
+        w: *w,
+        acts: &acts,
+        packed: PackedPanel::new(),
+    };
+    run_qgemm(&crate::mat::MatRef::Int8(*w), batch, y, panel);
     WORD_POOL.give([acts.words]);
     F32_POOL.give([acts.scales]);
+}
+
+/// The column tasks of an integer GEMM (`y`: `batch x w.rows()`), each with its own panel from
+/// `panel()`.
+pub(crate) fn run_qgemm<P: QPanel>(
+    w: &crate::mat::MatRef<'_>,
+    batch: usize,
+    y: &mut [f32],
+    panel: impl Fn() -> P + Sync,
+) {
+    crate::gemm::by_columns(w.rows(), QNR, batch, w.cols(), y, |cols, c, ldc| {
+        run_panels(&mut panel(), w, batch, cols, c, ldc)
+    });
 }
 
 /// One weight format's side of the integer GEMM (int8 here, int4 in `qgemm4.rs`): its packed

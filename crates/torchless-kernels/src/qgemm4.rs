@@ -22,7 +22,7 @@
 use crate::gemm::{Pool, F32_POOL};
 use crate::int4::quantize_group;
 use crate::mat::{f16_to_f32, Int4Mat, INT4_GROUP_SIZE};
-use crate::qgemm::{run_panels, QPanel, KC, QMR, QNR};
+use crate::qgemm::{run_qgemm, QPanel, KC, QMR, QNR};
 
 /// Smallest batch that takes the integer GEMM; smaller ones stream the weights once with the
 /// decode kernel (bit-identical to one matvec per token).
@@ -272,31 +272,17 @@ impl Q4Micro for Avx2Q4Micro {
 
 /// `Y = X Wᵀ` with int8 activations; shapes validated by the caller.
 pub(crate) fn qgemm4<M: Q4Micro>(m: M, w: &Int4Mat<'_>, x: &[f32], y: &mut [f32], batch: usize) {
-    let (n, k) = (w.rows(), w.cols());
-    if n == 0 || batch == 0 {
+    if crate::gemm::is_trivial(w.rows(), w.cols(), batch, y) {
         return;
     }
-    if k == 0 {
-        y.fill(0.0);
-        return;
-    }
-    let acts = pack_acts(x, batch, k);
-    crate::gemm::by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
-        let mut panel = Int4Panel {
-            m,
-            w: *w,
-            acts: &acts,
-            packed: PackedPanel::new(),
-        };
-        run_panels(
-            &mut panel,
-            &crate::mat::MatRef::Int4(*w),
-            batch,
-            cols,
-            c,
-            ldc,
-        )
-    });
+    let acts = pack_acts(x, batch, w.cols());
+    let panel = || Int4Panel {
+        m,
+        w: *w,
+        acts: &acts,
+        packed: PackedPanel::new(),
+    };
+    run_qgemm(&crate::mat::MatRef::Int4(*w), batch, y, panel);
     WORD_POOL.give([acts.words]);
     F32_POOL.give([acts.steps]);
     I32_POOL.give([acts.offsets]);
