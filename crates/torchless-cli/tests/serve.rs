@@ -468,12 +468,17 @@ fn load_of_64_requests_from_8_clients_gets_every_answer_complete_and_unmixed() {
         latencies[32],
         latencies[63]
     );
-    let logged = server
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains("POST /v1/completions 200"))
-        .count();
-    assert_eq!(logged, 64);
+    // A request's log line is written when its response has gone out, so the last ones may
+    // land just after their clients returned.
+    let logged = || {
+        server
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("POST /v1/completions 200"))
+            .count()
+    };
+    wait_until(Duration::from_secs(5), || logged() >= 64);
+    assert_eq!(logged(), 64);
 }
 
 /// Sends a raw HTTP request and returns the connection.
@@ -649,7 +654,12 @@ fn faults_get_clear_errors_and_the_server_keeps_serving() {
         "{all}"
     );
 
-    // Past the queue: one generating, one waiting, the rest 503 with Retry-After.
+    // Past the queue: one generating, one waiting, the rest 503 with Retry-After. The slow
+    // reader's slot is freed a step after its last event, so wait for an idle server first.
+    assert!(wait_until(Duration::from_secs(5), || {
+        let h = get(&health).1;
+        h["slots_processing"] == 0 && h["requests_waiting"] == 0
+    }));
     let mut running = raw_request(server.port, "/v1/completions", &long_stream, "");
     read_ok_head(&mut running);
     let queued_url = url.clone();

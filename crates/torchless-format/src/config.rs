@@ -191,13 +191,13 @@ impl Config {
     /// Checks relations between the sizes.
     pub fn validate(&self) -> Result<(), FormatErrorKind> {
         let invalid = |reason: String| Err(FormatErrorKind::InvalidConfig { reason });
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return invalid(format!(
                 "n_heads {} is not a multiple of n_kv_heads {}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return invalid(format!(
                 "head_dim {} is odd; rotary embeddings need pairs",
                 self.head_dim

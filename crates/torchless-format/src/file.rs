@@ -1073,7 +1073,7 @@ fn check_range(
     }
     // The mapping is page-aligned, so file offsets decide alignment in memory too.
     let absolute = payload_start + offset;
-    if absolute % align as u64 != 0 {
+    if !absolute.is_multiple_of(align as u64) {
         return Err(FormatErrorKind::Misaligned {
             tensor: tensor.into(),
             what,

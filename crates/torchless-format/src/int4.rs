@@ -159,7 +159,7 @@ pub fn code_at(group: &[u8], i: usize) -> i8 {
 /// per value (exact: a 4-bit integer times a half fits in f32). Returns `false` (and writes
 /// nothing) when the lengths disagree.
 pub fn dequantize_into(packed: &[u8], scales: &[u16], out: &mut [f32]) -> bool {
-    if out.len() % GROUP_SIZE != 0
+    if !out.len().is_multiple_of(GROUP_SIZE)
         || packed.len() * 2 != out.len()
         || scales.len() * GROUP_SIZE != out.len()
     {

@@ -49,7 +49,7 @@ impl<'a> RowsRef<'a> {
 
     /// Consecutive rows: `data.len()` must be a multiple of `dim`.
     pub fn contiguous(data: &'a [f32], dim: usize) -> Result<Self, KernelError> {
-        if dim == 0 || data.len() % dim != 0 {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(KernelError::Shape(format!(
                 "{} values are not whole rows of {dim}",
                 data.len()
@@ -304,7 +304,7 @@ pub(crate) fn check_heads(
     out_len: usize,
     slots: &[&SlotRanges],
 ) -> Result<usize, KernelError> {
-    if n_heads == 0 || n_heads % kv.n_kv_heads != 0 {
+    if n_heads == 0 || !n_heads.is_multiple_of(kv.n_kv_heads) {
         return Err(KernelError::Shape(format!(
             "{n_heads} query heads is not a multiple of {} KV heads",
             kv.n_kv_heads

@@ -6,8 +6,8 @@
 //! rely on, so no safe caller can make them read or write out of bounds.
 //!
 //! Intrinsics that take no pointer became safe to call inside `#[target_feature]` functions in Rust
-//! 1.87; the workspace's MSRV is older, so they stay inside `unsafe` blocks, which newer compilers
-//! report as unused.
+//! 1.87; this module was written for older compilers and keeps them inside `unsafe` blocks, which
+//! newer compilers report as unused (`avx512.rs`, written for the 1.89 MSRV, does not).
 #![allow(unused_unsafe)]
 
 use crate::int4::Int4Input;
@@ -655,10 +655,11 @@ unsafe fn i4_block<const B: usize>(
             let mut sums = [_mm256_setzero_si256(); 4];
             for q in 0..4 {
                 // Codes (u8) x activations (i8) in pairs: lanes 0..4 of a pair's sums belong to
-                // its first group, 4..8 to its second.
-                let plo = _mm256_maddubs_epi16(lo[q], _mm256_loadu_si256(x.add(q * 64).cast()));
-                let phi =
-                    _mm256_maddubs_epi16(hi[q], _mm256_loadu_si256(x.add(q * 64 + 32).cast()));
+                // its first group, 4..8 to its second. Pair q's activations are half of quad
+                // q / 2's low (values 0..16) and high (16..32) rows (see `Int4Input`).
+                let xa = x.add((q / 2) * 128 + (q % 2) * 32);
+                let plo = _mm256_maddubs_epi16(lo[q], _mm256_loadu_si256(xa.cast()));
+                let phi = _mm256_maddubs_epi16(hi[q], _mm256_loadu_si256(xa.add(64).cast()));
                 sums[q] = _mm256_madd_epi16(_mm256_add_epi16(plo, phi), ones);
             }
             // Three horizontal adds leave one sum per group, in lane order 0, 2, 4, 6, 1, 3, 5, 7.
@@ -988,7 +989,7 @@ pub(crate) fn matmul_i8_small(
     let groups = cols / GROUP_SIZE;
     let rows = yt.len() / batch.max(1);
     assert!(
-        w.is_row_aligned() && cols % GROUP_SIZE == 0,
+        w.is_row_aligned() && cols.is_multiple_of(GROUP_SIZE),
         "matmul_i8_small layout"
     );
     assert!(xs.len() == batch * cols && yt.len() == rows * batch && r0 + rows <= w.rows());
@@ -1362,7 +1363,10 @@ pub(crate) fn pack_b_i8(
     kc: usize,
     out: &mut [f32],
 ) {
-    assert!(kc % GROUP_SIZE == 0 && kc <= ldq, "kc must be whole groups");
+    assert!(
+        kc.is_multiple_of(GROUP_SIZE) && kc <= ldq,
+        "kc must be whole groups"
+    );
     assert!(q.len() >= (NR - 1) * ldq + kc, "weight rows out of bounds");
     assert!(
         inv.len() >= (NR - 1) * groups + kc / GROUP_SIZE,
@@ -1591,7 +1595,7 @@ pub(crate) fn qpack_b(
     corr: &mut [i32],
 ) {
     use crate::qgemm::QNR;
-    assert!(kc % 64 == 0, "whole groups");
+    assert!(kc.is_multiple_of(64), "whole groups");
     assert!(
         q.len() >= (QNR - 1) * row_stride + kc
             && words.len() >= kc / 4 * QNR

@@ -12,18 +12,27 @@ pub enum SimdPath {
     Wide,
     /// Hand-written AVX2 + FMA intrinsics, x86_64 only, chosen when the CPU has both.
     Avx2Fma,
+    /// AVX2 + FMA, plus AVX-512 (F/BW/VL) with VNNI for the int4 products, x86_64 only, chosen
+    /// when the CPU has all of them. The other kernels are the AVX2 ones.
+    Avx512Vnni,
 }
 
 impl SimdPath {
     /// Every path, slowest first.
-    pub const ALL: [SimdPath; 3] = [SimdPath::Scalar, SimdPath::Wide, SimdPath::Avx2Fma];
+    pub const ALL: [SimdPath; 4] = [
+        SimdPath::Scalar,
+        SimdPath::Wide,
+        SimdPath::Avx2Fma,
+        SimdPath::Avx512Vnni,
+    ];
 
-    /// A short name for logs, e.g. `"avx2+fma"`, `"wide(sse2)"`, `"scalar"`.
+    /// A short name for logs, e.g. `"avx512+vnni"`, `"avx2+fma"`, `"wide(sse2)"`, `"scalar"`.
     pub fn name(self) -> &'static str {
         match self {
             SimdPath::Scalar => "scalar",
             SimdPath::Wide => wide_name(),
             SimdPath::Avx2Fma => "avx2+fma",
+            SimdPath::Avx512Vnni => "avx512+vnni",
         }
     }
 
@@ -46,12 +55,13 @@ impl SimdPath {
             .unwrap_or(SimdPath::Scalar)
     }
 
-    /// Parses a [`SimdPath::name`] or one of `scalar`, `wide`, `avx2`.
+    /// Parses a [`SimdPath::name`] or one of `scalar`, `wide`, `avx2`, `avx512`.
     pub fn parse(s: &str) -> Option<SimdPath> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" => Some(SimdPath::Scalar),
             "wide" => Some(SimdPath::Wide),
             "avx2" | "avx2+fma" | "avx2fma" => Some(SimdPath::Avx2Fma),
+            "avx512" | "avx512+vnni" | "avx512vnni" => Some(SimdPath::Avx512Vnni),
             other if other.starts_with("wide(") => Some(SimdPath::Wide),
             _ => None,
         }
@@ -70,14 +80,15 @@ fn wide_name() -> &'static str {
     }
 }
 
-/// A path together with the proof that it may run (the AVX2 token).
+/// A path together with the proof that it may run: the AVX2 token, and the AVX-512 one when the
+/// int4 products take the AVX-512 VNNI kernels.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Path {
     Scalar,
     #[cfg(feature = "simd")]
     Wide,
     #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-    Avx2(crate::avx2::Token),
+    Avx2(crate::avx2::Token, Option<crate::avx512::Token>),
 }
 
 impl Path {
@@ -87,7 +98,11 @@ impl Path {
             #[cfg(feature = "simd")]
             SimdPath::Wide => Some(Path::Wide),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            SimdPath::Avx2Fma => avx2_token().map(Path::Avx2),
+            SimdPath::Avx2Fma => avx2_token().map(|t| Path::Avx2(t, None)),
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            SimdPath::Avx512Vnni => avx2_token()
+                .zip(avx512_token())
+                .map(|(t, v)| Path::Avx2(t, Some(v))),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -99,7 +114,9 @@ impl Path {
             #[cfg(feature = "simd")]
             Path::Wide => SimdPath::Wide,
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(_) => SimdPath::Avx2Fma,
+            Path::Avx2(_, None) => SimdPath::Avx2Fma,
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Path::Avx2(_, Some(_)) => SimdPath::Avx512Vnni,
         }
     }
 }
@@ -110,7 +127,13 @@ fn avx2_token() -> Option<crate::avx2::Token> {
     *TOKEN.get_or_init(crate::avx2::Token::detect)
 }
 
-/// Environment variable that overrides the automatic choice (`scalar`, `wide`, `avx2`); an
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+fn avx512_token() -> Option<crate::avx512::Token> {
+    static TOKEN: OnceLock<Option<crate::avx512::Token>> = OnceLock::new();
+    *TOKEN.get_or_init(crate::avx512::Token::detect)
+}
+
+/// Environment variable that overrides the automatic choice (`scalar`, `wide`, `avx2`, `avx512`); an
 /// unsupported or unknown value is ignored.
 pub const PATH_ENV: &str = "TORCHLESS_SIMD";
 
@@ -127,8 +150,8 @@ pub(crate) fn auto_path() -> Path {
     Path::new(p).unwrap_or(Path::Scalar)
 }
 
-/// The automatically chosen SIMD path's name, for `--debug` output: `"avx2+fma"`, `"wide(sse2)"`,
-/// `"wide(neon)"` or `"scalar"`.
+/// The automatically chosen SIMD path's name, for `--debug` output: `"avx512+vnni"`,
+/// `"avx2+fma"`, `"wide(sse2)"`, `"wide(neon)"` or `"scalar"`.
 pub fn cpu_path() -> &'static str {
     auto_path().simd_path().name()
 }

@@ -175,7 +175,7 @@ pub(crate) fn pack_b_generic(
             const G: usize = crate::mat::INT4_GROUP_SIZE;
             let groups = m.groups_per_row();
             for j in 0..nr {
-                if pc % G != 0 || kc % G != 0 {
+                if !pc.is_multiple_of(G) || !kc.is_multiple_of(G) {
                     for k in 0..kc {
                         out[k * nr_full + j] = m.value_at(n0 + j, pc + k);
                     }
@@ -584,7 +584,7 @@ impl Micro for Avx2Micro {
                     let src = &m.data()[n0 * cols + pc..];
                     return crate::avx2::pack_b_f32(self.0, src, cols, kc, out);
                 }
-                MatRef::Int8(m) if m.is_row_aligned() && kc % GROUP_SIZE == 0 => {
+                MatRef::Int8(m) if m.is_row_aligned() && kc.is_multiple_of(GROUP_SIZE) => {
                     let cols = m.cols();
                     let groups = cols / GROUP_SIZE;
                     let q = &m.q()[n0 * cols + pc..];
@@ -657,7 +657,7 @@ mod tests {
         for k in [1, 63, 64, 700, 768, 769, 1000, 4096, 14336] {
             let kcb = depth_block(k);
             assert!(
-                kcb % GROUP_SIZE == 0 && kcb <= KC_MAX.max(GROUP_SIZE),
+                kcb.is_multiple_of(GROUP_SIZE) && kcb <= KC_MAX.max(GROUP_SIZE),
                 "k {k}: {kcb}"
             );
             assert!(

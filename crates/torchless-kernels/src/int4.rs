@@ -13,6 +13,8 @@
 //!
 //! Per 8 groups that is one conversion, one product of scales and one FMA for 8 lanes, where
 //! taking groups in pairs cost as many per 2 groups (the 1-thread decode kernel was bound by it).
+//! The AVX-512 kernel (`avx512.rs`) sums the groups in another register layout but keeps every
+//! lane's sequence of f32 operations and the final reduction, so it is bit-identical too.
 
 use crate::mat::{f16_to_f32, Int4Mat, INT4_GROUP_SIZE};
 
@@ -21,18 +23,33 @@ pub(crate) const BLOCK_GROUPS: usize = 8;
 /// The group (within its block) whose sum lane `m` holds.
 pub(crate) const LANE_GROUP: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
-/// One input vector quantized for the int4 kernels, laid out per pair of groups as the AVX2
-/// kernel loads it, padded with zero groups to whole blocks of 8.
+/// One input vector quantized for the int4 kernels, padded with zero groups to whole blocks of 8.
+///
+/// The codes are laid out per quad of groups as the weights' nibbles line up with them: a quad's
+/// 64 code bytes hold the low nibbles (values 0..16) of its four groups, so one AVX-512 load of
+/// codes meets one load of activations, and the AVX2 kernel takes the same bytes in halves.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Int4Input {
-    /// Per pair `p`, 64 bytes: the low-nibble halves (values 0..16) of groups `2p` and `2p + 1`,
-    /// then their high-nibble halves (values 16..32).
+    /// Per quad `q` of groups, 128 bytes: values 0..16 of groups `4q .. 4q + 4` (16 bytes each),
+    /// then values 16..32 of the same groups.
     pub(crate) xq: Vec<i8>,
     /// Per block, 8 lanes (in [`LANE_GROUP`] order): `8 · Σ xq` over the group (the `− 8` of
     /// the codes).
     pub(crate) offsets: Vec<i32>,
     /// Per block, 8 lanes: the group's step `dx`.
     pub(crate) steps: Vec<f32>,
+    /// Per block, 16 lanes in the AVX-512 kernel's order (lane `4k + j` is group `k + 4 · (j % 2)`
+    /// of the block, see [`pair_lane_group`]): the group's `8 · Σ xq`.
+    pub(crate) offsets16: Vec<i32>,
+    /// Per block, 16 lanes in the same order: the group's step `dx`.
+    pub(crate) steps16: Vec<f32>,
+}
+
+/// The group (within its block of 8) whose sum lane `lane` of the AVX-512 kernel's 16 holds:
+/// the kernel takes two rows at once, lane `4k + j` being row `j / 2`'s group `k + 4 · (j % 2)`
+/// (the order in which its unpack-and-add reduction leaves the sums).
+pub(crate) fn pair_lane_group(lane: usize) -> usize {
+    lane / 4 + 4 * (lane % 2)
 }
 
 impl Int4Input {
@@ -49,22 +66,33 @@ impl Int4Input {
             xq: vec![0; blocks * BLOCK_GROUPS * 32],
             offsets: vec![0; blocks * 8],
             steps: vec![0.0; blocks * 8],
+            offsets16: vec![0; blocks * 16],
+            steps16: vec![0.0; blocks * 16],
         };
         let mut codes = [0i8; INT4_GROUP_SIZE];
         for (g, values) in x.chunks_exact(INT4_GROUP_SIZE).enumerate() {
             let step = quantize_group(values, &mut codes);
-            let (p, half) = (g / 2, g % 2);
             for (i, &q) in codes.iter().enumerate() {
-                // Low halves at 0..32 of the pair (group 0 first), high halves at 32..64.
-                input.xq[p * 64 + (i / 16) * 32 + half * 16 + i % 16] = q;
+                input.xq[code_index(g, i)] = q;
             }
-            let lane = lane_of(g % BLOCK_GROUPS);
-            let at = g / BLOCK_GROUPS * 8 + lane;
-            input.offsets[at] = 8 * codes.iter().map(|&q| i32::from(q)).sum::<i32>();
+            let offset = 8 * codes.iter().map(|&q| i32::from(q)).sum::<i32>();
+            let (b, j) = (g / BLOCK_GROUPS, g % BLOCK_GROUPS);
+            let at = b * 8 + lane_of(j);
+            input.offsets[at] = offset;
             input.steps[at] = step;
+            for lane in (0..16).filter(|&l| pair_lane_group(l) == j) {
+                input.offsets16[b * 16 + lane] = offset;
+                input.steps16[b * 16 + lane] = step;
+            }
         }
         input
     }
+}
+
+/// Where value `i` (0..32) of group `g` sits in [`Int4Input::xq`].
+#[inline]
+fn code_index(g: usize, i: usize) -> usize {
+    (g / 4) * 128 + (i / 16) * 64 + (g % 4) * 16 + i % 16
 }
 
 /// The lane that holds group `j` of a block (the inverse of [`LANE_GROUP`]).
@@ -112,12 +140,11 @@ pub(crate) fn row_dot(packed: &[u8], scales: &[u16], input: &Int4Input) -> f32 {
                 (Some(c), Some(&d)) => (c, f16_to_f32(d)),
                 _ => (&[0u8; 16][..], 0.0),
             };
-            let (p, half) = (g / 2, g % 2);
-            let xq = &input.xq[p * 64..(p + 1) * 64];
+            let xq = |i: usize| i32::from(input.xq[code_index(g, i)]);
             let mut sum = 0i32;
             for (i, &c) in codes.iter().enumerate() {
-                sum += i32::from(c & 0x0f) * i32::from(xq[half * 16 + i]);
-                sum += i32::from(c >> 4) * i32::from(xq[32 + half * 16 + i]);
+                sum += i32::from(c & 0x0f) * xq(i);
+                sum += i32::from(c >> 4) * xq(16 + i);
             }
             let at = b * 8 + lane;
             let v = (sum - input.offsets[at]) as f32;

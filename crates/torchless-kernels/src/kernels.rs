@@ -107,7 +107,7 @@ impl Kernels {
             #[cfg(feature = "simd")]
             Path::Wide => crate::wide_path::dot(a, b),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => crate::avx2::dot(t, a, b),
+            Path::Avx2(t, _) => crate::avx2::dot(t, a, b),
         }
     }
 
@@ -116,7 +116,7 @@ impl Kernels {
     fn dots_scaled(&self, q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {
         match self.path {
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => crate::avx2::dots(t, q, k, out),
+            Path::Avx2(t, _) => crate::avx2::dots(t, q, k, out),
             _ => {
                 for (o, qh) in out.iter_mut().zip(q.chunks_exact(k.len().max(1))) {
                     *o = self.dot_unchecked(qh, k);
@@ -132,7 +132,7 @@ impl Kernels {
     #[inline]
     fn prefetch(&self, row: &[f32]) {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        if let Path::Avx2(t) = self.path {
+        if let Path::Avx2(t, _) = self.path {
             for line in row.chunks(16) {
                 crate::avx2::prefetch(t, line.as_ptr().cast());
             }
@@ -146,7 +146,7 @@ impl Kernels {
             #[cfg(feature = "simd")]
             Path::Wide => crate::wide_path::axpy(a, v, out),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => crate::avx2::axpy(t, a, v, out),
+            Path::Avx2(t, _) => crate::avx2::axpy(t, a, v, out),
         }
     }
 
@@ -198,7 +198,7 @@ impl Kernels {
             #[cfg(feature = "simd")]
             Path::Wide => crate::wide_path::softmax(x),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => crate::avx2::softmax(t, x),
+            Path::Avx2(t, _) => crate::avx2::softmax(t, x),
         }
     }
 
@@ -211,7 +211,7 @@ impl Kernels {
             #[cfg(feature = "simd")]
             Path::Wide => crate::wide_path::silu_mul(gate, up, out),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => crate::avx2::silu_mul(t, gate, up, out),
+            Path::Avx2(t, _) => crate::avx2::silu_mul(t, gate, up, out),
         }
         Ok(())
     }
@@ -277,7 +277,9 @@ impl Kernels {
     fn int4_rows(&self, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, yt: &mut [f32]) {
         match self.path {
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => crate::avx2::matvec_i4_multi(t, w, inputs, r0, yt),
+            Path::Avx2(_, Some(v)) => crate::avx512::matvec_i4_multi(v, w, inputs, r0, yt),
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Path::Avx2(t, None) => crate::avx2::matvec_i4_multi(t, w, inputs, r0, yt),
             _ => {
                 let n = yt.len() / inputs.len().max(1);
                 if let Ok(sub) = w.rows_range(r0..r0 + n) {
@@ -304,9 +306,9 @@ impl Kernels {
             #[cfg(feature = "simd")]
             (Path::Wide, MatRef::Int8(m)) => crate::wide_path::matvec_i8(m, x, y),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            (Path::Avx2(t), MatRef::F32(m)) => crate::avx2::matvec_f32(t, m, x, y),
+            (Path::Avx2(t, _), MatRef::F32(m)) => crate::avx2::matvec_f32(t, m, x, y),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            (Path::Avx2(t), MatRef::Int8(m)) => crate::avx2::matvec_i8(t, m, x, y),
+            (Path::Avx2(t, _), MatRef::Int8(m)) => crate::avx2::matvec_i8(t, m, x, y),
         }
     }
 
@@ -343,7 +345,7 @@ impl Kernels {
             return Ok(());
         }
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        if let (Path::Avx2(t), false, true) = (self.path, self.uses_blas_for(w), batch > 1) {
+        if let (Path::Avx2(t, _), false, true) = (self.path, self.uses_blas_for(w), batch > 1) {
             // How rows are split among threads never changes a row's arithmetic.
             par_rows_transposed(ys, rows, cols, batch, |r0, yt| match w {
                 MatRef::F32(m) => crate::avx2::matvec_f32_multi(t, m, xs, batch, r0, yt),
@@ -385,6 +387,28 @@ impl Kernels {
         for (w, y) in ws.iter().zip(ys.iter()) {
             check_len("matvec input", w.cols(), x.len())?;
             check_len("matvec output", w.rows(), y.len())?;
+        }
+        let int4: Option<Vec<Int4Mat<'_>>> = ws
+            .iter()
+            .map(|w| match w {
+                MatRef::Int4(m) => Some(*m),
+                _ => None,
+            })
+            .collect();
+        if let Some(mats) = int4 {
+            // int4: the input quantized once, and every matrix's rows cut into chunks of one
+            // parallel job (one dispatch instead of one per matrix); each row's result is the
+            // one `matvec` gives.
+            let input = [Int4Input::quantize(x)];
+            let segments = mats
+                .iter()
+                .zip(ys.iter_mut())
+                .map(|(m, y)| (m, &mut **y))
+                .collect();
+            parallel::par_segments(segments, 4, x.len() / 4, |m, r0, c| {
+                self.int4_rows(m, &input, r0, c)
+            });
+            return Ok(());
         }
         #[cfg(feature = "parallel")]
         {
@@ -439,7 +463,11 @@ impl Kernels {
             }
             match self.path {
                 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-                Path::Avx2(t) => qgemm4::qgemm4(qgemm4::Avx2Q4Micro(t), m, xs, ys, batch),
+                Path::Avx2(t, Some(v)) => {
+                    qgemm4::qgemm4(qgemm4::Avx512Q4Micro(t, v), m, xs, ys, batch)
+                }
+                #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+                Path::Avx2(t, None) => qgemm4::qgemm4(qgemm4::Avx2Q4Micro(t), m, xs, ys, batch),
                 _ => qgemm4::qgemm4(qgemm4::ScalarQ4Micro, m, xs, ys, batch),
             }
             return Ok(());
@@ -448,14 +476,14 @@ impl Kernels {
             if batch >= qgemm::MIN_BATCH && qgemm::supports(m) {
                 match self.path {
                     #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-                    Path::Avx2(t) => qgemm::qgemm(qgemm::Avx2QMicro(t), m, xs, ys, batch),
+                    Path::Avx2(t, _) => qgemm::qgemm(qgemm::Avx2QMicro(t), m, xs, ys, batch),
                     _ => qgemm::qgemm(qgemm::ScalarQMicro, m, xs, ys, batch),
                 }
                 return Ok(());
             }
         }
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        if let (Path::Avx2(t), MatRef::Int8(m)) = (self.path, w) {
+        if let (Path::Avx2(t, _), MatRef::Int8(m)) = (self.path, w) {
             if batch <= SMALL_BATCH && m.is_row_aligned() && m.cols() % crate::mat::GROUP_SIZE == 0
             {
                 self.matmul_i8_small(t, m, xs, ys, batch);
@@ -467,7 +495,7 @@ impl Kernels {
             #[cfg(feature = "simd")]
             Path::Wide => gemm::gemm(gemm::WideDefault {}, w, xs, ys, batch),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => gemm::gemm(gemm::Avx2Micro(t), w, xs, ys, batch),
+            Path::Avx2(t, _) => gemm::gemm(gemm::Avx2Micro(t), w, xs, ys, batch),
         }
         Ok(())
     }
@@ -688,7 +716,7 @@ impl Kernels {
     {
         let hd = kv.head_dim();
         let row = n_heads * hd;
-        if row == 0 || qs.len() % row != 0 {
+        if row == 0 || !qs.len().is_multiple_of(row) {
             return Err(KernelError::Shape(format!(
                 "{} query values are not whole rows of {n_heads} heads x {hd}",
                 qs.len()
@@ -737,7 +765,7 @@ impl Kernels {
             #[cfg(feature = "simd")]
             Path::Wide => attend_block(gemm::WideDefault {}, block, softmax, outs),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(t) => attend_block(gemm::Avx2Micro(t), block, softmax, outs),
+            Path::Avx2(t, _) => attend_block(gemm::Avx2Micro(t), block, softmax, outs),
         }
     }
 

@@ -6,7 +6,7 @@
 //!   f32; int4 weights (groups of 32, f16 scales) are multiplied in integers.
 //! - [`rmsnorm`], [`softmax`], [`silu_mul`], [`add`], RoPE ([`RopeTable`]) and the attention
 //!   inner loops ([`Kernels::attention`], [`KvCacheView`], [`RowsRef`]).
-//! - Run-time dispatch: [`SimdPath`] (scalar / `wide` / AVX2+FMA) detected once; [`cpu_path`]
+//! - Run-time dispatch: [`SimdPath`] (scalar / `wide` / AVX2+FMA / AVX-512 VNNI) detected once; [`cpu_path`]
 //!   names the choice. Every kernel has a scalar version and a naive [`reference`](mod@reference) that the tests
 //!   hold the fast ones against.
 //! - Threads: kernels use the current rayon pool; [`thread_pool`] builds one of a given size.
@@ -42,6 +42,8 @@ mod attention;
 mod attention_gemm;
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 mod avx2;
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+mod avx512;
 #[cfg(any(
     feature = "openblas",
     feature = "blis",

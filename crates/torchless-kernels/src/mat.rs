@@ -129,7 +129,7 @@ impl<'a> Int8Mat<'a> {
     /// True when every row starts a group and spans whole groups: the fast kernels' layout (all
     /// Mistral shapes). Other layouts take a general, slower path.
     pub fn is_row_aligned(&self) -> bool {
-        self.phase == 0 && self.cols % GROUP_SIZE == 0
+        self.phase == 0 && self.cols.is_multiple_of(GROUP_SIZE)
     }
 
     /// The inverse scale of element (`r`, `c`) (no bounds check beyond slice indexing).
@@ -195,7 +195,7 @@ impl<'a> Int4Mat<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<Self, KernelError> {
-        if cols % INT4_GROUP_SIZE != 0 {
+        if !cols.is_multiple_of(INT4_GROUP_SIZE) {
             return Err(KernelError::Shape(format!(
                 "an int4 matrix needs whole groups of {INT4_GROUP_SIZE} per row, found {cols} columns"
             )));

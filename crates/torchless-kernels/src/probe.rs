@@ -12,7 +12,7 @@ pub(crate) fn sum(path: Path, x: &[f32]) -> f32 {
         #[cfg(feature = "simd")]
         Path::Wide => crate::wide_path::sum(x),
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        Path::Avx2(t) => crate::avx2::sum(t, x),
+        Path::Avx2(t, _) => crate::avx2::sum(t, x),
     }
 }
 
@@ -28,11 +28,17 @@ impl BandwidthProbe {
     /// Allocates `bytes` (rounded down to whole floats, at least 64 KiB) and writes every value, so
     /// page faults are not timed later. Use a buffer much larger than the last-level cache (e.g.
     /// 1 GiB) to measure DRAM rather than cache bandwidth.
+    ///
+    /// On Linux the buffer asks for transparent huge pages (`MADV_HUGEPAGE`), as the model
+    /// loader does for its file mapping, so both are read through the same page size: with
+    /// 4 KiB pages the probe measured 15-25% less on a 2-vCPU Xeon (TLB misses, prefetchers
+    /// stopping at page ends) than the weights' 2 MiB mapping streams.
     pub fn new(bytes: usize) -> Self {
         let n = (bytes / 4).max(16 * 1024);
-        Self {
-            buf: (0..n).map(|i| (i % 251) as f32).collect(),
-        }
+        let mut buf: Vec<f32> = Vec::with_capacity(n);
+        advise_huge_pages(&buf);
+        buf.extend((0..n).map(|i| (i % 251) as f32));
+        Self { buf }
     }
 
     /// Bytes read per pass.
@@ -89,6 +95,27 @@ impl BandwidthProbe {
     }
 }
 
+/// Asks for transparent huge pages over the 2 MiB-aligned part of `v`'s allocation (before its
+/// pages are first touched). A hint: failure (THP disabled, not Linux) changes nothing.
+fn advise_huge_pages(v: &Vec<f32>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let end = start + v.capacity() * std::mem::size_of::<f32>();
+        let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside the vector's own allocation; MADV_HUGEPAGE only
+            // changes how the kernel backs those pages, never their contents or validity.
+            unsafe {
+                libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
 /// Measures how fast `threads` threads can read memory, in GB/s (10⁹ bytes per second): a
 /// [`BandwidthProbe`] of `bytes`, median of 5 passes.
 pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
@@ -99,7 +126,7 @@ pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
 fn fma_chains(path: Path, n: usize) -> f32 {
     match path {
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        Path::Avx2(t) => crate::avx2::fma_chains(t, n),
+        Path::Avx2(t, _) => crate::avx2::fma_chains(t, n),
         #[cfg(feature = "simd")]
         Path::Wide => crate::wide_path::fma_chains(n),
         _ => {

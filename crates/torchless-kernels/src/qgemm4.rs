@@ -270,6 +270,30 @@ impl Q4Micro for Avx2Q4Micro {
     }
 }
 
+/// AVX-512 VNNI: the `vpdpbusd` 6x16 kernel; panels unpacked by the AVX2 packer.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512Q4Micro(
+    pub(crate) crate::avx2::Token,
+    pub(crate) crate::avx512::Token,
+);
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+impl Q4Micro for Avx512Q4Micro {
+    fn kernel(self, op: &Q4Operands<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+        crate::avx512::q4kernel_6x16(self.1, op, c, ldc, accumulate);
+    }
+
+    fn prefetch(self, p: *const u8) {
+        crate::avx2::prefetch(self.0, p);
+    }
+
+    fn pack(self, packed: &[u8], row_bytes: usize, groups: usize, words: &mut [u32]) -> bool {
+        crate::avx2::q4pack_b(self.0, packed, row_bytes, groups, words);
+        true
+    }
+}
+
 /// `Y = X Wᵀ` with int8 activations; shapes validated by the caller.
 pub(crate) fn qgemm4<M: Q4Micro>(m: M, w: &Int4Mat<'_>, x: &[f32], y: &mut [f32], batch: usize) {
     if crate::gemm::is_trivial(w.rows(), w.cols(), batch, y) {

@@ -42,7 +42,7 @@ pub fn rope_cos_sin(
 pub fn rope_apply(x: &mut [f32], cos: &[f32], sin: &[f32]) -> Result<(), KernelError> {
     let half = cos.len();
     check_len("rope sin", half, sin.len())?;
-    if half == 0 || x.len() % (2 * half) != 0 {
+    if half == 0 || !x.len().is_multiple_of(2 * half) {
         return Err(KernelError::Shape(format!(
             "{} values are not whole heads of {}",
             x.len(),
@@ -73,7 +73,7 @@ impl RopeTable {
     /// Tables for `head_dim` (even, > 0), base `theta`, positions `0..max_positions`
     /// (`head_dim * max_positions` floats in all).
     pub fn new(head_dim: usize, theta: f64, max_positions: usize) -> Result<Self, KernelError> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(KernelError::Shape(format!(
                 "RoPE head_dim {head_dim} must be even and > 0"
             )));
@@ -154,7 +154,7 @@ impl RopeTable {
         row_len: usize,
         start_pos: usize,
     ) -> Result<(), KernelError> {
-        if row_len == 0 || xs.len() % row_len != 0 {
+        if row_len == 0 || !xs.len().is_multiple_of(row_len) {
             return Err(KernelError::Shape(format!(
                 "{} values are not whole rows of {row_len}",
                 xs.len()

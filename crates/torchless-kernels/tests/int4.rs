@@ -137,6 +137,59 @@ fn int4_gemm_bound(m: &MatRef<'_>, xq: &[f64], r: usize) -> f64 {
 }
 
 #[test]
+fn int4_matvec_many_is_one_job_with_the_results_of_separate_matvecs() {
+    // q/k/v-like shapes large enough to be cut into chunks at 2 and 3 threads (the rows of all
+    // three form one job, chunk starts fall inside matrices), an odd row count, a depth whose
+    // groups end mid block: every output bit for bit the scalar path's separate `matvec`, which
+    // the first test holds to the f64 definition.
+    let mut rng = Rng(0xabc);
+    let cols = 2080;
+    let shapes = [301usize, 77, 77];
+    let mats: Vec<(Vec<u8>, Vec<u16>)> =
+        shapes.iter().map(|&r| matrix(&mut rng, r, cols)).collect();
+    let ms: Vec<MatRef<'_>> = mats
+        .iter()
+        .zip(shapes)
+        .map(|((p, s), r)| MatRef::int4(p, s, r, cols).unwrap())
+        .collect();
+    let x: Vec<f32> = (0..cols).map(|_| rng.f32() * 2.0).collect();
+    let scalar = Kernels::with_path(SimdPath::Scalar).unwrap();
+    let want: Vec<Vec<f32>> = ms
+        .iter()
+        .map(|m| {
+            let mut y = vec![0.0; m.rows()];
+            scalar.matvec(m, &x, &mut y).unwrap();
+            y
+        })
+        .collect();
+    for threads in 1..=3 {
+        for k in paths() {
+            let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&r| vec![f32::NAN; r]).collect();
+            let [a, b, c] = &mut ys[..] else {
+                unreachable!()
+            };
+            let mut outs = [&mut a[..], &mut b[..], &mut c[..]];
+            #[cfg(feature = "parallel")]
+            torchless_kernels::thread_pool(threads)
+                .unwrap()
+                .install(|| k.matvec_many(&ms, &x, &mut outs))
+                .unwrap();
+            #[cfg(not(feature = "parallel"))]
+            k.matvec_many(&ms, &x, &mut outs).unwrap();
+            for (i, (got, want)) in ys.iter().zip(&want).enumerate() {
+                assert!(
+                    got.iter()
+                        .zip(want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "matrix {i}, {threads} thread(s), {}",
+                    k.simd_path().name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn int4_batch_rows_are_bit_identical_to_matvec() {
     let mut rng = Rng(7);
     for &(rows, cols) in &[(37usize, 96usize), (64, 576), (20, 4096)] {

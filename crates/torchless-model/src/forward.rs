@@ -190,6 +190,18 @@ pub(crate) fn forward<R: Residency>(
         }
     };
     let project = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32]| project_rows(w, xs, ys, n);
+    // Projections of one input (q/k/v, gate/up): for a single token one parallel job, which
+    // quantizes the input once for int4 weights; results as from `project`.
+    let project_many = |ws: &[&MatRef<'_>], xs: &[f32], ys: &mut [&mut [f32]]| {
+        if n == 1 {
+            let ws: Vec<MatRef<'_>> = ws.iter().map(|w| **w).collect();
+            return kernels.matvec_many(&ws, xs, ys);
+        }
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            project(w, xs, y)?;
+        }
+        Ok(())
+    };
     let Scratch {
         x,
         normed,
@@ -229,9 +241,11 @@ pub(crate) fn forward<R: Residency>(
 
         // Attention block.
         rmsnorm_rows(&kernels, x, w.input_norm, eps, normed, hidden)?;
-        project(&w.q_proj, normed, q)?;
-        project(&w.k_proj, normed, k)?;
-        project(&w.v_proj, normed, v)?;
+        project_many(
+            &[&w.q_proj, &w.k_proj, &w.v_proj],
+            normed,
+            &mut [&mut *q, &mut *k, &mut *v],
+        )?;
         for sequence in pass.sequences.iter_mut() {
             let SequenceRows {
                 kv_cache,
@@ -260,8 +274,11 @@ pub(crate) fn forward<R: Residency>(
 
         // MLP block (SwiGLU).
         rmsnorm_rows(&kernels, x, w.post_attention_norm, eps, normed, hidden)?;
-        project(&w.gate_proj, normed, gate)?;
-        project(&w.up_proj, normed, up)?;
+        project_many(
+            &[&w.gate_proj, &w.up_proj],
+            normed,
+            &mut [&mut *gate, &mut *up],
+        )?;
         kernels.silu_mul_inplace(gate, up)?;
         project(&w.down_proj, gate, delta)?;
         kernels.add(x, delta)?;

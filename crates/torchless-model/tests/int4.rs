@@ -15,7 +15,7 @@ use torchless_model::{Mistral, Session};
 fn rewrite(source: &ModelFile, dtype: DType, dequantize_from: Option<&ModelFile>) -> Vec<u8> {
     let metadata: Vec<(String, String)> = source.metadata().clone().into_iter().collect();
     let quantizable = |t: &torchless_model::format::TensorInfo| {
-        t.shape.len() == 2 && t.shape[1] % GROUP_SIZE == 0
+        t.shape.len() == 2 && t.shape[1].is_multiple_of(GROUP_SIZE)
     };
     let specs: Vec<TensorSpec> = source
         .tensors()

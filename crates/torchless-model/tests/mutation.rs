@@ -226,7 +226,7 @@ impl Fixture {
 
 /// `[u64 LE length][JSON, NUL-padded so the payload starts 64-aligned][payload]`.
 fn assemble(mut json: Vec<u8>, payload: &[u8]) -> Vec<u8> {
-    while (8 + json.len()) % 64 != 0 {
+    while !(8 + json.len()).is_multiple_of(64) {
         json.push(0);
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();
@@ -1303,7 +1303,7 @@ fn a_lazy_model_shared_by_threads_gives_bit_identical_logits() {
         .map(|k| (0..24).map(|i| 1 + (i * 37 + k * 101) % 1000).collect())
         .collect();
     // Batch 1 for half the threads: many more release/re-fault cycles per prompt.
-    let batch = |k: usize| if k % 2 == 0 { 1 } else { 128 };
+    let batch = |k: usize| if k.is_multiple_of(2) { 1 } else { 128 };
     let sequential: Vec<Vec<Vec<f32>>> = prompts
         .iter()
         .enumerate()

@@ -536,7 +536,7 @@ impl<'a> Parser<'a> {
         let data_len = file_len - data_start;
         for t in &tensors {
             let end = t.offset.checked_add(t.byte_size);
-            if !end.is_some_and(|e| e <= data_len) {
+            if end.is_none_or(|e| e > data_len) {
                 return Err(GgufErrorKind::OutOfBounds {
                     tensor: t.name.clone(),
                     start: t.offset,

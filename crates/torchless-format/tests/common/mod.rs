@@ -45,7 +45,7 @@ pub fn split(bytes: &[u8]) -> (serde_json::Value, Vec<u8>) {
 /// Reassembles a file from a (possibly edited) header and a payload, padding to 64 bytes.
 pub fn join(header: &serde_json::Value, payload: &[u8]) -> Vec<u8> {
     let mut json = serde_json::to_vec(header).unwrap();
-    while (8 + json.len()) % 64 != 0 {
+    while !(8 + json.len()).is_multiple_of(64) {
         json.push(0);
     }
     let mut out = (json.len() as u64).to_le_bytes().to_vec();

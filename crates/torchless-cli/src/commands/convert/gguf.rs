@@ -191,7 +191,7 @@ fn copy_q4_0(
     let n_rows = info.n_rows() as usize;
     let row_len = info.row_len() as usize;
     let row_bytes = row_len / int4::GROUP_SIZE * Q4_0_BLOCK;
-    if row_len % int4::GROUP_SIZE != 0 || bytes.len() != n_rows * row_bytes {
+    if !row_len.is_multiple_of(int4::GROUP_SIZE) || bytes.len() != n_rows * row_bytes {
         bail!(
             "{what}: Q4_0 tensor {} has {} bytes for {n_rows} rows of {row_len} (expected {})",
             m.gguf_name,
@@ -522,7 +522,9 @@ fn map_tensors(gguf: &GgufFile, config: &Config, what: &str) -> anyhow::Result<V
             );
         }
         if let Some(heads) = unpermute_heads {
-            if info.n_rows() as usize % heads != 0 || (info.n_rows() as usize / heads) % 2 != 0 {
+            if !(info.n_rows() as usize).is_multiple_of(heads)
+                || !(info.n_rows() as usize / heads).is_multiple_of(2)
+            {
                 bail!(
                     "{what}: tensor {gguf_name} has {} rows, not whole heads of even size",
                     info.n_rows()

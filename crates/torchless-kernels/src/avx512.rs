@@ -1,0 +1,365 @@
+//! AVX-512 kernels with VNNI (`vpdpbusd`), selected at run time, for the int4 products: decode
+//! (`matvec_i4_multi`) and the prefill micro-kernel (`q4kernel`). Every other kernel runs the
+//! AVX2 code on these CPUs (all of them have AVX2, FMA and F16C; detection checks it).
+//!
+//! The results are bit-identical to the portable and AVX2 int4 kernels: the integer sums are
+//! exact whatever their order, and every f32 operation after them (conversion, `d · dx`, one
+//! FMA per group into its lane, the final reduction) is the one `int4.rs` / `qgemm4.rs` define.
+//!
+//! As in `avx2.rs`, [`Token`] is the proof that the CPU has the features, which makes calling
+//! the `#[target_feature]` functions sound, and the safe wrappers check every extent the raw
+//! loops rely on.
+
+use crate::int4::{Int4Input, BLOCK_GROUPS};
+use crate::mat::Int4Mat;
+use core::arch::x86_64::*;
+
+/// Proof that the running CPU has AVX-512 F/BW/VL and VNNI, and AVX2, FMA and F16C.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Token(());
+
+impl Token {
+    /// `Some` only when every feature the kernels enable is available.
+    pub(crate) fn detect() -> Option<Self> {
+        (std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        .then_some(Token(()))
+    }
+}
+
+/// Prefetch distance along each row stream, in bytes of codes. Measured on a 2-vCPU Xeon with
+/// AVX-512 (7B shapes, weights in a 2 MiB-page file mapping, 2 threads): 1 KiB 29-31 GB/s,
+/// 4 KiB 27-30, none 23-25; prefetching into L2 only, or the scales too, measured no better.
+const PF_INT4_BYTES: usize = 1024;
+/// Code bytes per block of 8 groups.
+const BLOCK_CODE_BYTES: usize = BLOCK_GROUPS * 16;
+/// Activation bytes per block of 8 groups.
+const BLOCK_X_BYTES: usize = BLOCK_GROUPS * 32;
+/// Inputs taken together per pass over a row pair (the rest in smaller passes).
+const MULTI_B: usize = 4;
+
+/// Two rows' block `b` (8 groups each: `codes[r]` 128 bytes, `scales[r]` 8 halves), added into
+/// the pair's 16-lane accumulator of each input: lane `4k + j` holds row `j / 2`'s group
+/// `k + 4 · (j % 2)` (`int4::pair_lane_group`).
+///
+/// # Safety
+/// The token's features must be available; `codes[r]` must point to 128 bytes, `scales[r]` to 8
+/// halves, and every input must hold block `b`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn i4_pair_block<const B: usize>(
+    codes: [*const u8; 2],
+    scales: [*const u16; 2],
+    b: usize,
+    acc: &mut [__m512; B],
+    inputs: [&Int4Input; B],
+) {
+    let mask = _mm512_set1_epi8(0x0f);
+    // [lo of groups 0-3, hi of 0-3, lo of 4-7, hi of 4-7] for each row: a 64-byte load holds
+    // four groups, group k's 16 bytes in 128-bit lane k; low nibbles are values 0..16.
+    let mut nib = [[_mm512_setzero_si512(); 4]; 2];
+    for (r, n) in nib.iter_mut().enumerate() {
+        for half in 0..2 {
+            // SAFETY: caller contract: 128 code bytes per row.
+            let c = unsafe { _mm512_loadu_si512(codes[r].add(half * 64).cast()) };
+            n[2 * half] = _mm512_and_si512(c, mask);
+            n[2 * half + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(c), mask);
+        }
+    }
+    // The 16 scales in lane order: lane 4k + j takes half k + 4 (j % 2) + 8 (j / 2) of
+    // [row 0's 8, row 1's 8].
+    // SAFETY: caller contract: 8 halves per row.
+    let halves = unsafe { _mm256_loadu2_m128i(scales[1].cast(), scales[0].cast()) };
+    let order = _mm256_setr_epi16(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let d = _mm512_cvtph_ps(_mm256_permutexvar_epi16(order, halves));
+    for (a, input) in acc.iter_mut().zip(inputs) {
+        // SAFETY: caller contract: the input holds block b (256 activation bytes, 16 lanes).
+        let (x, offsets, steps) = unsafe {
+            (
+                input.xq.as_ptr().add(b * BLOCK_X_BYTES),
+                _mm512_loadu_si512(input.offsets16.as_ptr().add(b * 16).cast()),
+                _mm512_loadu_ps(input.steps16.as_ptr().add(b * 16)),
+            )
+        };
+        // Per row and quad of groups: codes (u8) x activations (i8), four products per i32 lane
+        // (vpdpbusd), lane k's four i32 all belonging to group k of the quad.
+        let mut sums = [_mm512_setzero_si512(); 4];
+        for (r, n) in nib.iter().enumerate() {
+            for quad in 0..2 {
+                // SAFETY: caller contract (see above): quad's 128 bytes are in block b.
+                let (xlo, xhi) = unsafe {
+                    (
+                        _mm512_loadu_si512(x.add(quad * 128).cast()),
+                        _mm512_loadu_si512(x.add(quad * 128 + 64).cast()),
+                    )
+                };
+                let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), n[2 * quad], xlo);
+                sums[2 * r + quad] = _mm512_dpbusd_epi32(s, n[2 * quad + 1], xhi);
+            }
+        }
+        // [A, B, C, D] = row 0 groups 0-3, row 0 groups 4-7, row 1 groups 0-3, row 1 groups
+        // 4-7, each 128-bit lane k holding four partial sums of group k (of the quad). Two
+        // rounds of unpack-and-add leave [A_k, B_k, C_k, D_k] in lane k: the order above.
+        let [a0, b0, c0, d0] = sums;
+        let ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, b0), _mm512_unpackhi_epi32(a0, b0));
+        let cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c0, d0), _mm512_unpackhi_epi32(c0, d0));
+        let h = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(h, offsets));
+        *a = _mm512_fmadd_ps(v, _mm512_mul_ps(d, steps), *a);
+    }
+}
+
+/// Rows `rows[0]` and `rows[1]` (their codes and scales at `packed[r]`, `scales[r]`) with `B`
+/// inputs; each (row, input) result bit-identical to `int4::row_dot`.
+///
+/// # Safety
+/// The token's features must be available; each `packed[r]` must point to `groups * 16` bytes
+/// and each `scales[r]` to `groups` halves; each input must hold `groups.div_ceil(8)` blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn i4_pair_multi<const B: usize>(
+    packed: [*const u8; 2],
+    scales: [*const u16; 2],
+    groups: usize,
+    inputs: [&Int4Input; B],
+) -> [[f32; B]; 2] {
+    let mut acc = [_mm512_setzero_ps(); B];
+    let full = groups / BLOCK_GROUPS;
+    for b in 0..full {
+        let codes = packed.map(|p| p.wrapping_add(b * BLOCK_CODE_BYTES));
+        for c in codes {
+            for line in [0, 64] {
+                // A prefetch is a hint: it never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PF_INT4_BYTES + line).cast());
+            }
+        }
+        // SAFETY: caller contract: block b < full lies inside both rows and every input.
+        unsafe {
+            i4_pair_block(
+                codes,
+                scales.map(|s| s.add(b * BLOCK_GROUPS)),
+                b,
+                &mut acc,
+                inputs,
+            )
+        };
+    }
+    let rest = groups - full * BLOCK_GROUPS;
+    if rest > 0 {
+        // A short last block: zero-padded copies (zero codes and scales, as `int4::row_dot`).
+        let first = full * BLOCK_GROUPS;
+        let mut codes = [[0u8; BLOCK_CODE_BYTES]; 2];
+        let mut halves = [[0u16; BLOCK_GROUPS]; 2];
+        for r in 0..2 {
+            // SAFETY: caller contract: the rows hold `groups` groups, so `rest` more from `first`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    packed[r].add(first * 16),
+                    codes[r].as_mut_ptr(),
+                    rest * 16,
+                );
+                std::ptr::copy_nonoverlapping(scales[r].add(first), halves[r].as_mut_ptr(), rest);
+            }
+        }
+        // SAFETY: the padded copies hold a whole block; every input holds block `full`.
+        unsafe {
+            i4_pair_block(
+                [codes[0].as_ptr(), codes[1].as_ptr()],
+                [halves[0].as_ptr(), halves[1].as_ptr()],
+                full,
+                &mut acc,
+                inputs,
+            )
+        };
+    }
+    // Each row's 8 lanes into the canonical lane order (`int4::LANE_GROUP`), then the fixed
+    // reduction.
+    let mut out = [[0.0f32; B]; 2];
+    for (i, a) in acc.iter().enumerate() {
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: `lanes` holds 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+        for (r, row) in out.iter_mut().enumerate() {
+            let canonical: [f32; 8] = std::array::from_fn(|m| {
+                let g = crate::int4::LANE_GROUP[m];
+                lanes[4 * (g % 4) + (g / 4) + 2 * r]
+            });
+            row[i] = crate::int4::reduce_lanes(canonical);
+        }
+    }
+    out
+}
+
+/// `yt[i * batch + b]` = row `r0 + i` of `w` times input `b`, for every row of `yt / batch`:
+/// rows taken in pairs (`i` and `i + n/2`, two memory streams), each weight row read once for
+/// all inputs, each result bit-identical to `int4::row_dot`.
+pub(crate) fn matvec_i4_multi(
+    _t: Token,
+    w: &Int4Mat<'_>,
+    inputs: &[Int4Input],
+    r0: usize,
+    yt: &mut [f32],
+) {
+    let batch = inputs.len();
+    let groups = w.groups_per_row();
+    let out_rows = yt.len() / batch.max(1);
+    assert!(
+        batch > 0
+            && yt.len() == out_rows * batch
+            && r0 + out_rows <= w.rows()
+            && w.packed().len() == w.rows() * groups * 16
+            && w.scales().len() == w.rows() * groups
+            && inputs
+                .iter()
+                .all(|x| x.blocks() == groups.div_ceil(BLOCK_GROUPS)
+                    && x.xq.len() == x.blocks() * BLOCK_X_BYTES
+                    && x.offsets16.len() == x.blocks() * 16
+                    && x.steps16.len() == x.blocks() * 16),
+        "int4 matvec shapes"
+    );
+    let (pp, sp) = (w.packed().as_ptr(), w.scales().as_ptr());
+    let stride = out_rows.div_ceil(2);
+    for i in 0..stride {
+        let (ia, ib) = (i, i + stride);
+        // An odd last row is paired with itself (its second result is dropped).
+        let pair = [r0 + ia, r0 + ib.min(out_rows - 1)];
+        let mut b0 = 0;
+        while b0 < batch {
+            let run = |out: &mut [f32], v: &[f32]| out.copy_from_slice(v);
+            macro_rules! pass {
+                ($B:expr) => {{
+                    // SAFETY: token ⇒ the features; both rows < r0 + out_rows <= w.rows(), so
+                    // their `groups * 16` code bytes and `groups` scales are in bounds, and every
+                    // input holds the blocks (asserted above).
+                    let v = unsafe {
+                        i4_pair_multi::<{ $B }>(
+                            pair.map(|r| pp.add(r * groups * 16)),
+                            pair.map(|r| sp.add(r * groups)),
+                            groups,
+                            std::array::from_fn(|j| &inputs[b0 + j]),
+                        )
+                    };
+                    run(&mut yt[ia * batch + b0..ia * batch + b0 + $B], &v[0]);
+                    if ib < out_rows {
+                        let at = ib * batch + b0;
+                        run(&mut yt[at..at + $B], &v[1]);
+                    }
+                    b0 += $B;
+                }};
+            }
+            match batch - b0 {
+                1 => pass!(1),
+                2 => pass!(2),
+                3 => pass!(3),
+                _ => pass!(MULTI_B),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// int4 integer GEMM micro-kernel (the driver is `qgemm4.rs`; panels are packed by the AVX2 code).
+
+/// The 6 x 16 tile of `qgemm4.rs` with `vpdpbusd`: per depth quad, one load of 16 rows' codes
+/// and one instruction per token for 64 multiply-adds (4 per row), each group's sum started at
+/// `− 8 · Σ xq` so the codes' offset costs no instruction; then per group and token the
+/// conversion and one FMA by `d · dx`, the operations of `ScalarQ4Micro` in the same order.
+///
+/// # Safety
+/// The token's features must be available; `a` must hold `groups * 8 * 6` words, `a_steps` and
+/// `a_offsets` `groups * 6` values, `b` `groups * 8 * 16` words, `b_scales` `groups * 16` values,
+/// and `c` rows `i * ldc .. i * ldc + 16` for `i < 6`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn q4kernel_6x16_raw(
+    groups: usize,
+    a: *const u32,
+    a_steps: *const f32,
+    a_offsets: *const i32,
+    b: *const u32,
+    b_scales: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use crate::qgemm::{QMR, QNR};
+    use crate::qgemm4::WORDS_PER_GROUP;
+    // SAFETY: (whole body) every pointer offset below stays inside the extents of the caller
+    // contract: word `kq * QMR + i` of `a` and `kq * QNR ..+16` of `b` for kq < groups * 8,
+    // entries `g * QMR + i` / `g * QNR ..+16` of the per-group arrays for g < groups.
+    unsafe {
+        let mut out = [_mm512_setzero_ps(); QMR];
+        if accumulate {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = _mm512_loadu_ps(c.add(i * ldc));
+            }
+        }
+        let (mut a, mut b) = (a, b);
+        for g in 0..groups {
+            let mut acc: [__m512i; QMR] =
+                std::array::from_fn(|i| _mm512_set1_epi32(-*a_offsets.add(g * QMR + i)));
+            for _ in 0..WORDS_PER_GROUP {
+                let bw = _mm512_loadu_si512(b.cast());
+                for (i, ac) in acc.iter_mut().enumerate() {
+                    // Codes (u8, <= 15) x the token's four activations (i8), summed per row.
+                    *ac = _mm512_dpbusd_epi32(*ac, bw, _mm512_set1_epi32(*a.add(i) as i32));
+                }
+                a = a.add(QMR);
+                b = b.add(QNR);
+            }
+            let ws = _mm512_loadu_ps(b_scales.add(g * QNR));
+            for (i, (o, ac)) in out.iter_mut().zip(&acc).enumerate() {
+                let step = _mm512_set1_ps(*a_steps.add(g * QMR + i));
+                *o = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*ac), _mm512_mul_ps(ws, step), *o);
+            }
+        }
+        for (i, o) in out.iter().enumerate() {
+            _mm512_storeu_ps(c.add(i * ldc), *o);
+        }
+    }
+}
+
+/// The int4 integer 6 x 16 micro-kernel with VNNI (see `qgemm4.rs` for the layouts and the
+/// arithmetic); bit-identical to the portable and AVX2 kernels.
+pub(crate) fn q4kernel_6x16(
+    _t: Token,
+    op: &crate::qgemm4::Q4Operands<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    use crate::qgemm::{QMR, QNR};
+    let groups = op.groups;
+    let words = groups * crate::qgemm4::WORDS_PER_GROUP;
+    assert!(
+        op.a.len() >= words * QMR
+            && op.a_steps.len() >= groups * QMR
+            && op.a_offsets.len() >= groups * QMR
+            && op.b.len() >= words * QNR
+            && op.b_scales.len() >= groups * QNR,
+        "packed int4 panels too short"
+    );
+    assert!(
+        ldc >= QNR && c.len() >= (QMR - 1) * ldc + QNR,
+        "C tile out of bounds"
+    );
+    // SAFETY: the token proves the features; all extents were asserted above.
+    unsafe {
+        q4kernel_6x16_raw(
+            groups,
+            op.a.as_ptr(),
+            op.a_steps.as_ptr(),
+            op.a_offsets.as_ptr(),
+            op.b.as_ptr(),
+            op.b_scales.as_ptr(),
+            c.as_mut_ptr(),
+            ldc,
+            accumulate,
+        )
+    }
+}
