@@ -39,6 +39,8 @@ CLEAN=0
 WARMUP=1
 PREPARE_ONLY=0
 PROBE_MIB=1024
+NO_AMX=auto
+WITH_NO_MMAP=0
 
 usage() {
     cat <<EOF
@@ -60,6 +62,8 @@ Measurement:
       --q4_0             also run llama.cpp Q4_0 on the 7B shape (reference only)
       --int4-output Q    shape 7b-q4: storage of the torchless int4 file's output matrix and
                          embedding: int4, int8 or f32                          [$INT4_OUTPUT]
+      --no-mmap          also run every torchless model with --no-mmap (the file read into
+                         memory instead of mapped; llama.cpp's repacked weights are such a copy)
       --int8-activations also run torchless with --int8-activations on the 7B shape
                          (the optional, inexact integer prefill path)
   -b, --batch-size N     torchless prompt batch size (llama-bench's n_ubatch is 512)
@@ -74,6 +78,11 @@ Files and builds:
                          [\${TORCHLESS_BENCH_CACHE:-\$HOME/.cache/torchless-bench}]
       --models DIR       where the (large) model files go                      [CACHE/models]
       --llama-version V  llama-cpp-python sdist version, or "latest"         [$LLAMA_VERSION]
+      --llama-no-amx W   also run a llama.cpp built without AMX (GGML_NATIVE=OFF, this CPU's
+                         other x86 extensions on), as the engine "llama.cpp (no AMX)":
+                         auto (when the CPU has AMX), yes, no                  [$NO_AMX]
+                         (llama.cpp's AMX backend takes its Q4_0/Q8_0 products on such
+                         CPUs; each build is measured, whichever is faster per test counts)
       --llama-bench BIN  use this llama-bench instead of building one
       --torchless BIN    use this torchless binary instead of building one
       --skip-build       build nothing: use the llama-bench already in the cache and the
@@ -103,6 +112,7 @@ while [[ $# -gt 0 ]]; do
         --q4_0|--q4) WITH_Q4=1; shift ;;
         --int4-output) INT4_OUTPUT=$2; shift 2 ;;
         --int8-activations) WITH_INT8_ACT=1; shift ;;
+        --no-mmap) WITH_NO_MMAP=1; shift ;;
         -b|--batch-size) TL_BATCH=$2; shift 2 ;;
         --no-warmup) WARMUP=0; shift ;;
         --probe-mib) PROBE_MIB=$2; shift 2 ;;
@@ -110,6 +120,7 @@ while [[ $# -gt 0 ]]; do
         --models) MODELS=$2; shift 2 ;;
         --llama-version) LLAMA_VERSION=$2; shift 2 ;;
         --llama-bench) LLAMA_BENCH_BIN=$2; shift 2 ;;
+        --llama-no-amx) NO_AMX=$2; shift 2 ;;
         --torchless) TORCHLESS_BIN=$2; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
         --torchless-7b) TL_7B=$2; shift 2 ;;
@@ -129,6 +140,10 @@ done
 [[ -z $TL_BATCH || $TL_BATCH =~ ^[1-9][0-9]*$ ]] || die "--batch-size must be a positive integer, not '$TL_BATCH'"
 [[ $N_PROMPT -ge 1 || $N_GEN -ge 1 ]] || die "nothing to measure (-p 0 and -n 0)"
 [[ $INT4_OUTPUT =~ ^(int4|int8|f32)$ ]] || die "--int4-output must be int4, int8 or f32, not '$INT4_OUTPUT'"
+[[ $NO_AMX =~ ^(auto|yes|no)$ ]] || die "--llama-no-amx must be auto, yes or no, not '$NO_AMX'"
+if [[ $NO_AMX == auto ]]; then
+    if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then NO_AMX=yes; else NO_AMX=no; fi
+fi
 
 want_7b=0; want_1b=0
 IFS=, read -r -a shape_list <<< "$SHAPES"
@@ -232,6 +247,37 @@ build_llama_bench() {
     cmake --build "$src_root/build" --config Release --target "${LLAMA_TARGETS[@]}" -j "$(nproc)" \
         > "$src_root/build.log" 2>&1 || { tail -n 30 "$src_root/build.log" >&2; die "llama-bench build failed (log: $src_root/build.log)"; }
     [[ -x $LLAMA_BENCH_BIN ]] || die "the build did not produce $LLAMA_BENCH_BIN"
+}
+
+# The same sources built without AMX: GGML_NATIVE=OFF with every other x86 extension this CPU
+# has (what -march=native gives ggml, minus its AMX backend). Sets LLAMA_BENCH_NOAMX.
+LLAMA_BENCH_NOAMX=
+build_llama_bench_noamx() {
+    local src_root build flags=() f
+    src_root=$(cd "$(dirname "$LLAMA_BENCH_BIN")/../.." && pwd)
+    build=$src_root/build-noamx
+    LLAMA_BENCH_NOAMX=$build/bin/llama-bench
+    if [[ -x $LLAMA_BENCH_NOAMX ]]; then
+        log "llama-bench without AMX: $LLAMA_BENCH_NOAMX (already built)"
+        return
+    fi
+    [[ -f $src_root/vendor/llama.cpp/CMakeLists.txt ]] \
+        || die "--llama-no-amx needs the llama.cpp sources beside $LLAMA_BENCH_BIN (in $src_root/vendor/llama.cpp)"
+    [[ $SKIP_BUILD == 0 ]] || die "--skip-build, but there is no $LLAMA_BENCH_NOAMX"
+    for f in sse4_2:SSE42 f16c:F16C fma:FMA bmi2:BMI2 avx:AVX avx2:AVX2 avx_vnni:AVX_VNNI avx512f:AVX512 \
+             avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+        if grep -qw "${f%%:*}" /proc/cpuinfo; then flags+=("-DGGML_${f#*:}=ON"); else flags+=("-DGGML_${f#*:}=OFF"); fi
+    done
+    log "building llama-bench without AMX in $build (${flags[*]})"
+    cmake -S "$src_root/vendor/llama.cpp" -B "$build" \
+        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF "${flags[@]}" -DBUILD_SHARED_LIBS=OFF \
+        -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
+        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
+        > "$build.configure.log" 2>&1 || { tail -n 30 "$build.configure.log" >&2; die "cmake configure (no AMX) failed"; }
+    cmake --build "$build" --config Release --target llama-bench -j "$(nproc)" \
+        > "$build.build.log" 2>&1 || { tail -n 30 "$build.build.log" >&2; die "llama-bench build (no AMX) failed"; }
+    [[ -x $LLAMA_BENCH_NOAMX ]] || die "the build did not produce $LLAMA_BENCH_NOAMX"
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -349,6 +395,7 @@ ensure_llama_quantized_q4_0() {
 
 [[ $want_1b == 1 || $want_7b == 1 || $WITH_INT4 == 1 ]] || die "no shapes selected"
 build_llama_bench
+[[ $NO_AMX == no ]] || build_llama_bench_noamx
 build_torchless
 log "llama-bench: $LLAMA_BENCH_BIN"
 log "torchless:   $TORCHLESS_BIN"
@@ -380,6 +427,25 @@ if [[ $want_1b == 1 ]]; then
     RUNS+=("1B|llama.cpp|F32|$f32" "1B|torchless|f32|$tl")
 fi
 
+if [[ $WITH_NO_MMAP == 1 ]]; then
+    with_copy=()
+    for r in "${RUNS[@]}"; do
+        with_copy+=("$r")
+        IFS='|' read -r label engine weights file <<< "$r"
+        [[ $engine != torchless ]] || with_copy+=("$label|torchless|$weights, --no-mmap|$file")
+    done
+    RUNS=("${with_copy[@]}")
+fi
+if [[ $NO_AMX == yes ]]; then
+    with_noamx=()
+    for r in "${RUNS[@]}"; do
+        with_noamx+=("$r")
+        IFS='|' read -r label engine weights file <<< "$r"
+        [[ $engine != llama.cpp ]] || with_noamx+=("$label|llama.cpp (no AMX)|$weights|$file")
+    done
+    RUNS=("${with_noamx[@]}")
+fi
+
 if [[ $PREPARE_ONLY == 1 ]]; then
     log "prepared; model files:"
     for r in "${RUNS[@]}"; do log "  ${r##*|}"; done
@@ -399,27 +465,45 @@ RESULTS=$RUN_DIR/results.jsonl
 : > "$RESULTS"
 log "raw results and logs: $RUN_DIR"
 
-run_llama() { # round label weights file
-    local out=$RUN_DIR/llama-$2-$3-r$1.json args=()
+run_llama() { # round label weights file engine
+    local bin=$LLAMA_BENCH_BIN tag=llama test n_p n_g out log status args=() parts=()
+    if [[ $5 != llama.cpp ]]; then bin=$LLAMA_BENCH_NOAMX; tag=llama-noamx; fi
     [[ $WARMUP == 1 ]] || args+=(--no-warmup)
-    "$LLAMA_BENCH_BIN" -m "$4" -p "$N_PROMPT" -n "$N_GEN" -t "$THREADS" -r 1 -o json "${args[@]}" \
-        > "$out" 2> "$RUN_DIR/llama-$2-$3-r$1.log" \
-        || { tail -n 20 "$RUN_DIR/llama-$2-$3-r$1.log" >&2; die "llama-bench failed on $4"; }
-    python3 - "$out" "$1" "$2" "$3" "$4" >> "$RESULTS" <<'EOF'
+    # pp and tg in separate processes, so that a crash in one (llama.cpp's AMX path has crashed on
+    # prompt batches) is recorded for that test and the other is still measured.
+    for test in pp tg; do
+        if [[ $test == pp ]]; then n_p=$N_PROMPT; n_g=0; else n_p=0; n_g=$N_GEN; fi
+        (( n_p + n_g > 0 )) || continue
+        out=$RUN_DIR/$tag-$2-$3-$test-r$1.json
+        log=$RUN_DIR/$tag-$2-$3-$test-r$1.log
+        status=0
+        "$bin" -m "$4" -p "$n_p" -n "$n_g" -t "$THREADS" -r 1 -o json "${args[@]}" > "$out" 2> "$log" || status=$?
+        if (( status != 0 )); then
+            local why="exit status $status"
+            (( status <= 128 )) || why="signal $(kill -l $((status - 128)) 2>/dev/null || echo $((status - 128)))"
+            log "WARNING: $5 $test failed on $(basename "$4") ($why); log: $log"
+            printf '[{"failed": "%s", "status": %d}]\n' "$test" "$status" > "$out"
+        fi
+        parts+=("$out")
+    done
+    python3 - "$1" "$2" "$3" "$4" "$5" "${parts[@]}" >> "$RESULTS" <<'EOF'
 import json, sys
-path, rnd, label, weights, model = sys.argv[1:]
-rows = json.load(open(path))
-rec = {"round": int(rnd), "shape": label, "engine": "llama.cpp", "weights": weights, "model": model}
-for row in rows:
-    if row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0:
-        rec["pp"] = row["avg_ts"]
-    elif row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0:
-        rec["tg"] = row["avg_ts"]
-first = rows[0] if rows else {}
-for key in ("build_commit", "build_number", "cpu_info", "backends", "model_size", "model_type", "n_threads",
-            "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
-    if key in first:
-        rec[key] = first[key]
+rnd, label, weights, model, engine, *paths = sys.argv[1:]
+rec = {"round": int(rnd), "shape": label, "engine": engine, "weights": weights, "model": model}
+for path in paths:
+    rows = json.load(open(path))
+    for row in rows:
+        if "failed" in row:
+            rec[row["failed"] + "_failed"] = row["status"]
+        elif row.get("n_prompt", 0) > 0 and row.get("n_gen", 0) == 0:
+            rec["pp"] = row["avg_ts"]
+        elif row.get("n_gen", 0) > 0 and row.get("n_prompt", 0) == 0:
+            rec["tg"] = row["avg_ts"]
+    first = rows[0] if rows and "failed" not in rows[0] else {}
+    for key in ("build_commit", "build_number", "cpu_info", "backends", "model_size", "model_type", "n_threads",
+                "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
+        if key in first:
+            rec[key] = first[key]
 print(json.dumps(rec))
 EOF
 }
@@ -429,6 +513,7 @@ run_torchless() { # round label weights file
     local out=$RUN_DIR/torchless-$2-$tag-r$1.json reps=1 extra=()
     [[ $WARMUP == 0 ]] || reps=2
     [[ $3 != *"int8 activations"* ]] || extra+=(--int8-activations)
+    [[ $3 != *"--no-mmap"* ]] || extra+=(--no-mmap)
     [[ -z $TL_BATCH ]] || extra+=(-b "$TL_BATCH")
     "$TORCHLESS_BIN" bench "$4" -p "$N_PROMPT" -n "$N_GEN" -r "$reps" -t "$THREADS" --batch-threads "$THREADS" \
         "${extra[@]}" --probe-mib "$PROBE_MIB" --json > "$out" 2> "$RUN_DIR/torchless-$2-$tag-r$1.log" \
@@ -463,8 +548,8 @@ for ((round = 1; round <= REPS; round++)); do
     for i in "${order[@]}"; do
         IFS='|' read -r label engine weights file <<< "${RUNS[$i]}"
         log "round $round/$REPS: $label $engine $weights"
-        if [[ $engine == llama.cpp ]]; then
-            run_llama "$round" "$label" "$weights" "$file"
+        if [[ $engine == llama.cpp* ]]; then
+            run_llama "$round" "$label" "$weights" "$file" "$engine"
         else
             run_torchless "$round" "$label" "$weights" "$file"
         fi
@@ -528,13 +613,14 @@ for k in keys:
     rows = [r for r in recs if (r["shape"], r["engine"], r["weights"]) == k]
     pp = [r["pp"] for r in rows if "pp" in r]
     tg = [r["tg"] for r in rows if "tg" in r]
+    failed = {t: sum(1 for r in rows if f"{t}_failed" in r) for t in ("pp", "tg")}
     if k[1] == "torchless":
         bpt = rows[0].get("bytes_per_token")
     else:
         bpt = gbytes.get(rows[0]["model"])
-    stats[k] = (pp, tg, bpt, rows[0])
+    stats[k] = (pp, tg, bpt, rows[0], failed)
 
-first_llama = next((s[3] for k, s in stats.items() if k[1] == "llama.cpp"), {})
+first_llama = next((s[3] for k, s in stats.items() if k[1].startswith("llama.cpp") and "build_number" in s[3]), {})
 first_tl = next((s[3] for k, s in stats.items() if k[1] == "torchless"), {})
 fa = first_llama.get("flash_attn", "?")
 fa = {-1: "auto", 0: "off", 1: "on", False: "off", True: "on"}.get(fa, fa)
@@ -555,22 +641,36 @@ print()
 pp_h, tg_h = f"pp{n_prompt} tok/s", f"tg{n_gen} tok/s"
 print(f"| shape | engine | weights | {pp_h} | {tg_h} | GB read/token | tg GB/s |")
 print("|---|---|---|---|---|---|---|")
-for k, (pp, tg, bpt, _) in stats.items():
+def cell(values, digits, failures):
+    text = fmt(values, digits)
+    if failures:
+        text = (f"crashed in {failures} of {reps}" if text == "-" else f"{text}, crashed in {failures}")
+    return text
+
+for k, (pp, tg, bpt, _, failed) in stats.items():
     gbs = f"{bpt * med(tg) / 1e9:.2f}" if bpt and tg else "-"
     gbt = f"{bpt / 1e9:.3f}" if bpt else "-"
-    print(f"| {k[0]} | {k[1]} | {k[2]} | {fmt(pp, 2)} | {fmt(tg, 3)} | {gbt} | {gbs} |")
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {cell(pp, 2, failed['pp'])} | {cell(tg, 3, failed['tg'])} | {gbt} | {gbs} |")
 print()
 print(f"| shape | ratio | {pp_h} | {tg_h} |")
 print("|---|---|---|---|")
-for k, (pp, tg, _, _) in stats.items():
+for k, (pp, tg, _, _, _) in stats.items():
     if k[1] != "torchless":
         continue
-    for k2, (pp2, tg2, _, _) in stats.items():
-        if k2[0] != k[0] or k2[1] != "llama.cpp":
+    best = {}
+    for k2, (pp2, tg2, _, _, _) in stats.items():
+        if k2[0] != k[0] or not k2[1].startswith("llama.cpp"):
             continue
         rp = f"{med(pp) / med(pp2):.2f}×" if pp and pp2 else "-"
         rt = f"{med(tg) / med(tg2):.2f}×" if tg and tg2 else "-"
-        print(f"| {k[0]} | torchless {k[2]} / llama.cpp {k2[2]} | {rp} | {rt} |")
+        print(f"| {k[0]} | torchless {k[2]} / {k2[1]} {k2[2]} | {rp} | {rt} |")
+        for t, v in (("pp", pp2), ("tg", tg2)):
+            if v and (t not in best or med(v) > med(best[t])):
+                best[t] = v
+    if len([k2 for k2 in stats if k2[0] == k[0] and k2[1].startswith("llama.cpp")]) > 1:
+        rp = f"{med(pp) / med(best['pp']):.2f}×" if pp and "pp" in best else "-"
+        rt = f"{med(tg) / med(best['tg']):.2f}×" if tg and "tg" in best else "-"
+        print(f"| {k[0]} | torchless {k[2]} / the faster llama.cpp build per test | {rp} | {rt} |")
 EOF
 
 if [[ $CLEAN == 1 ]]; then

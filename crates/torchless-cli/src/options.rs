@@ -14,6 +14,11 @@ pub struct ModelArgs {
     /// instead of the whole file; a little slower).
     #[arg(long)]
     pub lazy: bool,
+    /// Read the whole model file into memory instead of mapping it (as llama.cpp's --no-mmap):
+    /// slower to start; decode can be faster where the page cache streams slower than fresh
+    /// memory (some virtual machines).
+    #[arg(long = "no-mmap", conflicts_with = "lazy")]
+    pub no_mmap: bool,
     /// Threads for generation [default: one per core].
     #[arg(short = 't', long, value_name = "N")]
     pub threads: Option<usize>,

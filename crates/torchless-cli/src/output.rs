@@ -66,14 +66,34 @@ pub fn progress_bar(total: u64, message: &str, bytes: bool) -> ProgressBar {
     bar
 }
 
-/// A load-progress callback that drives a spinner-like bar (validation, tokenizer, done).
+/// A load-progress callback that drives a bar: bytes while the file is read into memory
+/// (`--no-mmap`), then the steps validation, tokenizer, done.
 pub fn load_progress() -> (ProgressBar, impl FnMut(LoadProgress)) {
     let bar = progress_bar(3, "loading", false);
     let handle = bar.clone();
+    let mut reading = false;
     let callback = move |p: LoadProgress| match p {
-        LoadProgress::Validated { .. } => handle.set_position(1),
+        LoadProgress::Reading { done, total } => {
+            if !reading {
+                reading = true;
+                let bytes = progress_bar(total, "reading", true);
+                handle.set_style(bytes.style());
+                handle.set_message("reading");
+                handle.set_length(total);
+            }
+            handle.set_position(done);
+        }
+        LoadProgress::Validated { .. } => {
+            if reading {
+                handle.set_style(progress_bar(3, "loading", false).style());
+                handle.set_message("loading");
+                handle.set_length(3);
+            }
+            handle.set_position(1);
+        }
         LoadProgress::TokenizerReady => handle.set_position(2),
         LoadProgress::Done => handle.finish_and_clear(),
+        _ => {}
     };
     (bar, callback)
 }

@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{check_greedy_cli, check_perplexity_cli, fixtures, goldens, model, run, torchless};
+use common::{
+    check_greedy_cli, check_greedy_cli_with, check_perplexity_cli, fixtures, goldens, model, run,
+    torchless,
+};
 use serde_json::Value;
 
 #[test]
@@ -25,6 +28,22 @@ fn lazy_mode_gives_the_same_answers() {
         &model("small-gqa-goldens-int8.json"),
         true,
     );
+}
+
+#[test]
+fn a_model_read_into_memory_gives_the_same_answers() {
+    check_greedy_cli_with(
+        &model("small-gqa-int8.bin"),
+        &model("small-gqa-goldens-int8.json"),
+        &["--no-mmap"],
+        2e-3,
+    );
+    // Reading everything into memory and keeping one layer resident exclude each other.
+    let out = run(torchless()
+        .arg(model("small-gqa-int8.bin"))
+        .args(["--no-mmap", "--lazy", "hi"]));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--no-mmap") && out.stderr.contains("--lazy"));
 }
 
 #[test]

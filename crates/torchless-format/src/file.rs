@@ -327,6 +327,8 @@ pub struct ModelFile {
     source_name: String,
     path: Option<PathBuf>,
     mmap: Mmap,
+    /// The bytes live in anonymous memory (a copy), not in a mapping of the file.
+    in_memory: bool,
     payload_start: usize,
     metadata: BTreeMap<String, String>,
     config: Config,
@@ -403,6 +405,49 @@ impl ModelFile {
         Ok(model)
     }
 
+    /// Opens the file at `path` like [`open`](Self::open), then reads all of it into anonymous
+    /// memory (asking for 2 MiB pages on Linux) and drops the mapping: what llama.cpp calls
+    /// `--no-mmap`. Slower to start (the whole file is read before the first token) and the copy
+    /// is private to this process, but reads need no page cache: on a virtual machine measured
+    /// here, streaming the weights from such memory ran 11-15% faster than from the file's
+    /// page-cache mapping. `progress(done, total)` is called as bytes are read.
+    ///
+    /// The file is validated before anything is allocated, and again after reading (it must not
+    /// change in between). Allocates the file's size.
+    pub fn read_into_memory(
+        path: impl AsRef<Path>,
+        mut progress: Option<&mut dyn FnMut(u64, u64)>,
+    ) -> Result<Self, FormatError> {
+        let path = path.as_ref();
+        let mapped = Self::open(path)?;
+        let err = |kind| FormatError::new(mapped.source_name.clone(), kind);
+        let total = mapped.mmap.len();
+        let mut buffer = MmapMut::map_anon(total).map_err(|e| err(e.into()))?;
+        #[cfg(target_os = "linux")]
+        let _ = buffer.advise(Advice::HugePage);
+        let mut file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
+        const CHUNK: usize = 64 << 20;
+        for (i, chunk) in buffer.chunks_mut(CHUNK).enumerate() {
+            std::io::Read::read_exact(&mut file, chunk).map_err(|e| err(FormatErrorKind::Io(e)))?;
+            if let Some(cb) = progress.as_mut() {
+                cb((i * CHUNK + chunk.len()) as u64, total as u64);
+            }
+        }
+        let mmap = buffer.make_read_only().map_err(|e| err(e.into()))?;
+        let source_name = mapped.source_name.clone();
+        drop(mapped);
+        let mut model = Self::from_mmap(mmap, source_name)?;
+        model.path = Some(path.to_path_buf());
+        model.in_memory = true;
+        Ok(model)
+    }
+
+    /// Whether the bytes were copied into this process's memory ([`from_bytes`](Self::from_bytes),
+    /// [`read_into_memory`](Self::read_into_memory)) rather than mapped from the file.
+    pub fn is_in_memory(&self) -> bool {
+        self.in_memory
+    }
+
     /// Validates a model held in memory (copied once into a page-aligned buffer).
     ///
     /// Used by tests and tools that build or mutate files in memory; errors name `<memory>`.
@@ -417,7 +462,9 @@ impl ModelFile {
         let mut buffer = MmapMut::map_anon(bytes.len()).map_err(|e| err(e.into()))?;
         buffer.copy_from_slice(bytes);
         let mmap = buffer.make_read_only().map_err(|e| err(e.into()))?;
-        Self::from_mmap(mmap, source_name)
+        let mut model = Self::from_mmap(mmap, source_name)?;
+        model.in_memory = true;
+        Ok(model)
     }
 
     fn from_mmap(mmap: Mmap, source_name: String) -> Result<Self, FormatError> {
@@ -485,6 +532,7 @@ impl ModelFile {
         Ok(Self {
             source_name,
             path: None,
+            in_memory: false,
             mmap,
             payload_start,
             metadata,
@@ -859,16 +907,16 @@ impl ModelFile {
     /// Applies `residency` to `len` bytes of the map at `offset` (inside the map: the callers
     /// pass tensor spans, bounds-checked at open, or spans clipped to the map's length).
     fn advise(&self, residency: Residency, offset: usize, len: usize) -> Result<(), FormatError> {
-        // A model from `from_bytes` (the only one without a path) lives in anonymous memory, where
-        // MADV_DONTNEED would zero the pages (including neighbouring tensors sharing a page) under
-        // live shared references: there is no file to fault them back in from, so keep them.
-        if residency == Residency::DontNeed && self.path.is_none() {
+        // A model copied into memory (`from_bytes`, `read_into_memory`) lives in anonymous memory,
+        // where MADV_DONTNEED would zero the pages (including neighbouring tensors sharing a page)
+        // under live shared references: there is no file to fault them back in from, so keep them.
+        if residency == Residency::DontNeed && self.in_memory {
             return Ok(());
         }
         let result = match residency {
             Residency::WillNeed => self.mmap.advise_range(Advice::WillNeed, offset, len),
             Residency::Populate => populate(&self.mmap, offset, len),
-            // SAFETY: the map is read-only and file-backed (anonymous maps returned above), so
+            // SAFETY: the map is read-only and file-backed (in-memory copies returned above), so
             // MADV_DONTNEED cannot lose data: the pages (the range rounded out to whole pages) are
             // dropped from this process and fault back in with the same file contents.
             // No reference into the range is invalidated; reads after this just page-fault.

@@ -277,3 +277,54 @@ fn non_finite_weights_are_reported() {
         vec![("model.norm.weight".to_string(), 2)]
     );
 }
+
+#[test]
+fn a_file_read_into_memory_holds_the_checkpoint_and_survives_dont_need() {
+    // The copy is the file's bytes: f32 tensors bit-identical to the Hugging Face checkpoint,
+    // as from the mapping. Giving pages back (what a lazy model does) must not touch anonymous
+    // memory, where MADV_DONTNEED would zero them.
+    let path = fixtures().join("small-gqa-f32.bin");
+    let total = std::fs::metadata(&path).unwrap().len();
+    let mut calls = Vec::new();
+    let mut progress = |done: u64, of: u64| calls.push((done, of));
+    let model = ModelFile::read_into_memory(&path, Some(&mut progress)).unwrap();
+    assert!(model.is_in_memory() && !ModelFile::open(&path).unwrap().is_in_memory());
+    assert_eq!(model.path(), Some(path.as_path()));
+    assert_eq!(calls.last(), Some(&(total, total)));
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0));
+    let checkpoint = read_safetensors(&fixtures().join("small-gqa-hf/model.safetensors"));
+    for name in checkpoint.keys() {
+        model.set_residency(name, Residency::DontNeed).unwrap();
+    }
+    for (name, (_, values)) in &checkpoint {
+        let data = model.tensor(name).unwrap().as_f32().unwrap().to_vec();
+        let same = data.len() == values.len()
+            && data
+                .iter()
+                .zip(values)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{name} differs after reading into memory");
+    }
+}
+
+#[test]
+fn reading_into_memory_reports_bad_files_like_open() {
+    let missing = fixtures().join("no-such-model.bin");
+    let e = ModelFile::read_into_memory(&missing, None).unwrap_err();
+    assert!(e.to_string().contains("no-such-model.bin"), "{e}");
+    // A truncated file is refused by the validation that runs before anything is allocated.
+    let dir =
+        std::env::temp_dir().join(format!("torchless-read-into-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(fixtures().join("small-gqa-int8.bin")).unwrap();
+    let cut = dir.join("cut.bin");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let (from_open, from_read) = (
+        ModelFile::open(&cut).unwrap_err().to_string(),
+        ModelFile::read_into_memory(&cut, None)
+            .unwrap_err()
+            .to_string(),
+    );
+    assert_eq!(from_open, from_read);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -345,7 +345,7 @@ impl Kernels {
             return Ok(());
         }
         #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        if let (Path::Avx2(t, _), false, true) = (self.path, self.uses_blas_for(w), batch > 1) {
+        if let (Path::Avx2(t, _), false, true) = (self.path, self.blas_matvec(w), batch > 1) {
             // How rows are split among threads never changes a row's arithmetic.
             par_rows_transposed(ys, rows, cols, batch, |r0, yt| match w {
                 MatRef::F32(m) => crate::avx2::matvec_f32_multi(t, m, xs, batch, r0, yt),
@@ -361,9 +361,8 @@ impl Kernels {
     }
 
     /// Whether [`matvec`](Self::matvec) hands `w` to BLAS.
-    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
     #[allow(unused_variables)]
-    fn uses_blas_for(&self, w: &MatRef<'_>) -> bool {
+    fn blas_matvec(&self, w: &MatRef<'_>) -> bool {
         #[cfg(any(
             feature = "openblas",
             feature = "blis",
@@ -388,25 +387,29 @@ impl Kernels {
             check_len("matvec input", w.cols(), x.len())?;
             check_len("matvec output", w.rows(), y.len())?;
         }
-        let int4: Option<Vec<Int4Mat<'_>>> = ws
-            .iter()
-            .map(|w| match w {
-                MatRef::Int4(m) => Some(*m),
-                _ => None,
-            })
-            .collect();
-        if let Some(mats) = int4 {
-            // int4: the input quantized once, and every matrix's rows cut into chunks of one
-            // parallel job (one dispatch instead of one per matrix); each row's result is the
-            // one `matvec` gives.
-            let input = [Int4Input::quantize(x)];
-            let segments = mats
+        if !ws.iter().any(|w| self.blas_matvec(w)) {
+            // One parallel job over every matrix's rows (one dispatch instead of one per
+            // matrix), an int4 input quantized once; each row's result is the one `matvec`
+            // gives, however the rows are cut.
+            let input = ws
+                .iter()
+                .any(|w| matches!(w, MatRef::Int4(_)))
+                .then(|| [Int4Input::quantize(x)]);
+            let all_int4 = ws.iter().all(|w| matches!(w, MatRef::Int4(_)));
+            let work_per_row = if all_int4 { x.len() / 4 } else { x.len() };
+            let segments = ws
                 .iter()
                 .zip(ys.iter_mut())
-                .map(|(m, y)| (m, &mut **y))
+                .map(|(w, y)| (w, &mut **y))
                 .collect();
-            parallel::par_segments(segments, 4, x.len() / 4, |m, r0, c| {
-                self.int4_rows(m, &input, r0, c)
+            parallel::par_segments(segments, 4, work_per_row, |w, r0, c| match (w, &input) {
+                (MatRef::Int4(m), Some(input)) => self.int4_rows(m, input, r0, c),
+                _ => {
+                    // In bounds: the chunk's rows lie inside the matrix by construction.
+                    if let Ok(sub) = w.rows_range(r0..r0 + c.len()) {
+                        self.matvec_serial(&sub, x, c);
+                    }
+                }
             });
             return Ok(());
         }

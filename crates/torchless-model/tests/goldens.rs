@@ -5,7 +5,7 @@
 mod common;
 
 use common::{check_model, check_model_with, fixtures, read_goldens};
-use torchless_model::{LazyMistral, Mistral, SessionOptions};
+use torchless_model::{LazyMistral, LoadOptions, Mistral, SessionOptions};
 
 fn check(name: &str, quant: &str) {
     let model = Mistral::load(fixtures().join(format!("{name}-{quant}.bin"))).unwrap();
@@ -77,4 +77,31 @@ fn lazy_model_gives_bit_identical_logits() {
             );
         }
     }
+}
+
+#[test]
+fn a_model_read_into_memory_gives_bit_identical_logits_and_lazy_refuses_it() {
+    let path = fixtures().join("small-gqa-int8.bin");
+    let options = || LoadOptions {
+        read_into_memory: true,
+        ..LoadOptions::default()
+    };
+    let mapped = Mistral::load(&path).unwrap();
+    let copied = Mistral::load_with(&path, options()).unwrap();
+    assert_eq!(
+        (mapped.residency(), copied.residency()),
+        ("resident", "resident (read into memory)")
+    );
+    let ids: Vec<u32> = (0..60).map(|i| (i * 29 + 5) % 1024).collect();
+    let (a, b) = (
+        common::all_logits(&mapped, &ids),
+        common::all_logits(&copied, &ids),
+    );
+    assert!(a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .all(|(p, q)| p.to_bits() == q.to_bits()));
+    let err = LazyMistral::load_with(&path, options()).unwrap_err();
+    assert!(err.to_string().contains("read_into_memory"), "{err}");
 }

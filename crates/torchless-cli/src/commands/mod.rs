@@ -24,6 +24,7 @@ pub fn load_model<R: Residency>(args: &ModelArgs) -> anyhow::Result<Model<R>> {
         LoadOptions {
             progress: Some(&mut progress),
             tokenizer: None,
+            read_into_memory: args.no_mmap,
         },
     );
     bar.finish_and_clear();

@@ -66,6 +66,17 @@ pub fn check_greedy_cli_within(
     lazy: bool,
     abs_tol: f64,
 ) -> f64 {
+    let flags: &[&str] = if lazy { &["--lazy"] } else { &[] };
+    check_greedy_cli_with(model_path, goldens_path, flags, abs_tol)
+}
+
+/// [`check_greedy_cli_within`] with these extra command-line flags (e.g. a loading mode).
+pub fn check_greedy_cli_with(
+    model_path: &Path,
+    goldens_path: &Path,
+    flags: &[&str],
+    abs_tol: f64,
+) -> f64 {
     let mut worst = 0.0f64;
     let g = goldens(goldens_path);
     for prompt in g["prompts"].as_array().unwrap() {
@@ -88,9 +99,7 @@ pub fn check_greedy_cli_within(
                 "--ignore-eos",
             ])
             .args(["--json", "--logprobs", "5"]);
-        if lazy {
-            cmd.arg("--lazy");
-        }
+        cmd.args(flags);
         let out = run(&mut cmd);
         assert_eq!(out.code, 0, "{}", out.stderr);
         let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();

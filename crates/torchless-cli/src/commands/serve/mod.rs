@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Low-memory mode: keep only the layer being computed resident.
     #[arg(long)]
     pub lazy: bool,
+    /// Read the whole model file into memory instead of mapping it (as llama.cpp's --no-mmap).
+    #[arg(long = "no-mmap", conflicts_with = "lazy")]
+    pub no_mmap: bool,
     /// Request logs on stderr as one JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +88,7 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
     let model_args = ModelArgs {
         model: args.model.clone(),
         lazy: args.lazy,
+        no_mmap: args.no_mmap,
         threads: args.threads,
         batch_threads: None,
         ctx_size: None,
