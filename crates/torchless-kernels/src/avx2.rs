@@ -1147,6 +1147,71 @@ pub(crate) fn axpy(_t: Token, a: f32, v: &[f32], out: &mut [f32]) {
     unsafe { axpy_raw(a, v.as_ptr(), out.as_mut_ptr(), n) }
 }
 
+/// Rows ahead whose first lines `weighted_rows` prefetches (rows of a slot-major KV cache are
+/// a page apart, where the hardware prefetcher does not follow).
+const PF_ROWS: usize = 4;
+
+/// `out += Σ_j weights[j] · rows[j]`, the rows taken in order, each output element accumulated
+/// exactly as repeated `axpy` calls would (one FMA per row, in row order), but 64 elements at a
+/// time held in registers across all the rows instead of loaded and stored once per row.
+///
+/// # Safety
+/// AVX2 and FMA must be available; every row must hold at least `n` values, `out` `n`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_rows_raw(rows: &[&[f32]], weights: &[f32], o: *mut f32, n: usize) {
+    // SAFETY: caller contract: each row pointer is valid for `n` reads and `o` for `n` reads and
+    // writes; the prefetches are hints and never fault.
+    unsafe {
+        let mut c = 0;
+        while c + 64 <= n {
+            let mut acc: [__m256; 8] = std::array::from_fn(|k| _mm256_loadu_ps(o.add(c + 8 * k)));
+            for (j, (row, &w)) in rows.iter().zip(weights).enumerate() {
+                if let Some(ahead) = rows.get(j + PF_ROWS) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().wrapping_add(c).cast());
+                }
+                let wv = _mm256_set1_ps(w);
+                let r = row.as_ptr().add(c);
+                for (k, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(r.add(8 * k)), *a);
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.add(c + 8 * k), *a);
+            }
+            c += 64;
+        }
+        while c + 8 <= n {
+            let mut a = _mm256_loadu_ps(o.add(c));
+            for (row, &w) in rows.iter().zip(weights) {
+                a = _mm256_fmadd_ps(_mm256_set1_ps(w), _mm256_loadu_ps(row.as_ptr().add(c)), a);
+            }
+            _mm256_storeu_ps(o.add(c), a);
+            c += 8;
+        }
+        while c < n {
+            // As `axpy_raw`'s tail: a product, then a sum.
+            for (row, &w) in rows.iter().zip(weights) {
+                *o.add(c) += w * *row.as_ptr().add(c);
+            }
+            c += 1;
+        }
+    }
+}
+
+/// `out += Σ_j weights[j] · rows[j]` over the first `out.len()` values of each row (see
+/// `weighted_rows_raw`); extra weights or rows are ignored.
+pub(crate) fn weighted_rows(_t: Token, rows: &[&[f32]], weights: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    let m = rows.len().min(weights.len());
+    assert!(
+        rows[..m].iter().all(|r| r.len() >= n),
+        "weighted_rows: short row"
+    );
+    // SAFETY: the token proves AVX2+FMA; the first `m` rows hold at least `n` values (asserted)
+    // and `out` holds `n`.
+    unsafe { weighted_rows_raw(&rows[..m], &weights[..m], out.as_mut_ptr(), n) }
+}
+
 // ---------------------------------------------------------------------------------------------
 // GEMM pieces (the driver is `gemm.rs`).
 

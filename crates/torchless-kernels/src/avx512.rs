@@ -1,5 +1,5 @@
 //! AVX-512 kernels with VNNI (`vpdpbusd`), selected at run time, for the int4 products: decode
-//! (`matvec_i4_multi`) and the prefill micro-kernel (`q4kernel`). Every other kernel runs the
+//! (`matvec_i4_multi`) and the prefill micro-kernel (`q4kernel_6x16`). Every other kernel runs the
 //! AVX2 code on these CPUs (all of them have AVX2, FMA and F16C; detection checks it).
 //!
 //! The results are bit-identical to the portable and AVX2 int4 kernels: the integer sums are
@@ -230,7 +230,6 @@ pub(crate) fn matvec_i4_multi(
         let pair = [r0 + ia, r0 + ib.min(out_rows - 1)];
         let mut b0 = 0;
         while b0 < batch {
-            let run = |out: &mut [f32], v: &[f32]| out.copy_from_slice(v);
             macro_rules! pass {
                 ($B:expr) => {{
                     // SAFETY: token ⇒ the features; both rows < r0 + out_rows <= w.rows(), so
@@ -244,10 +243,9 @@ pub(crate) fn matvec_i4_multi(
                             std::array::from_fn(|j| &inputs[b0 + j]),
                         )
                     };
-                    run(&mut yt[ia * batch + b0..ia * batch + b0 + $B], &v[0]);
+                    yt[ia * batch + b0..][..$B].copy_from_slice(&v[0]);
                     if ib < out_rows {
-                        let at = ib * batch + b0;
-                        run(&mut yt[at..at + $B], &v[1]);
+                        yt[ib * batch + b0..][..$B].copy_from_slice(&v[1]);
                     }
                     b0 += $B;
                 }};

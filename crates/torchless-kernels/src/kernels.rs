@@ -150,6 +150,19 @@ impl Kernels {
         }
     }
 
+    /// `out += Σ_j weights[j] · rows[j]`, as one `axpy` per row in order would compute it.
+    fn weighted_rows(&self, rows: &[&[f32]], weights: &[f32], out: &mut [f32]) {
+        match self.path {
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            Path::Avx2(t, _) => crate::avx2::weighted_rows(t, rows, weights, out),
+            _ => {
+                for (row, &w) in rows.iter().zip(weights) {
+                    self.axpy_unchecked(w, row, out);
+                }
+            }
+        }
+    }
+
     /// RMSNorm with Hugging Face semantics, in f32: `out = weight * (x * rsqrt(mean(x²) + eps))`.
     pub fn rmsnorm(
         &self,
@@ -670,26 +683,23 @@ impl Kernels {
                 self.softmax(p);
             }
             let probs = &*probs;
-            // Weighted values: one partial output per block, then summed in block order.
+            // Weighted values: one partial output per block, then summed in block order. Per KV
+            // head and query head, the block's value rows are summed with the output in
+            // registers (the same FMAs, in slot order, as one axpy per slot).
             parallel::for_each_chunk_mut(partial, n_heads * hd, |b, part| {
                 part.fill(0.0);
-                let end = ((b + 1) * SLOT_BLOCK).min(n);
-                for j in b * SLOT_BLOCK..end {
-                    let slot = slots.slot(j);
-                    let ahead = (j + PF_SLOTS < n).then(|| slots.slot(j + PF_SLOTS));
-                    for kvh in 0..n_kv {
-                        if let Some(a) = ahead {
-                            self.prefetch(kv.value_row(a, kvh));
-                        }
-                        let v = kv.value_row(slot, kvh);
-                        for g in 0..group {
-                            let h = kvh * group + g;
-                            self.axpy_unchecked(
-                                probs[h * n + j],
-                                v,
-                                &mut part[h * hd..(h + 1) * hd],
-                            );
-                        }
+                let (start, end) = (b * SLOT_BLOCK, ((b + 1) * SLOT_BLOCK).min(n));
+                let mut rows: Vec<&[f32]> = Vec::with_capacity(end - start);
+                for kvh in 0..n_kv {
+                    rows.clear();
+                    rows.extend((start..end).map(|j| kv.value_row(slots.slot(j), kvh)));
+                    for g in 0..group {
+                        let h = kvh * group + g;
+                        self.weighted_rows(
+                            &rows,
+                            &probs[h * n + start..h * n + end],
+                            &mut part[h * hd..(h + 1) * hd],
+                        );
                     }
                 }
             });
@@ -807,17 +817,17 @@ impl Kernels {
             for s in scores.chunks_exact_mut(n.max(1)) {
                 self.softmax(s);
             }
+            // Weighted values, per query head with the output in registers across all slots
+            // (the same FMAs, in slot order, as one axpy per slot).
             out.fill(0.0);
-            let mut at = 0;
+            let mut rows: Vec<&[f32]> = Vec::with_capacity(n);
             for r in slots.iter() {
                 if let Ok(values) = kv.values(kv_head, r) {
-                    for v in values.iter() {
-                        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
-                            self.axpy_unchecked(scores[h * n + at], v, o);
-                        }
-                        at += 1;
-                    }
+                    rows.extend(values.iter());
                 }
+            }
+            for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+                self.weighted_rows(&rows, &scores[h * n..(h + 1) * n], o);
             }
         });
     }
