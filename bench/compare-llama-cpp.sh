@@ -541,7 +541,7 @@ for path in paths:
         rec["tg"] = data["tg_runs"][-1]
     for key in ("bytes_per_token", "read_bandwidth_gb_per_s", "kernels", "threads", "residency", "load_s",
                 "batch_size"):
-        if data.get(key) is not None:
+        if data.get(key) is not None and key not in rec:
             rec[key] = data[key]
 print(json.dumps(rec))
 EOF
