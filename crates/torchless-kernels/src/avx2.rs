@@ -687,20 +687,7 @@ pub(crate) fn matvec_i4_multi(
     r0: usize,
     yt: &mut [f32],
 ) {
-    let batch = inputs.len();
-    let groups = w.groups_per_row();
-    let out_rows = yt.len() / batch.max(1);
-    assert!(
-        batch > 0
-            && yt.len() == out_rows * batch
-            && r0 + out_rows <= w.rows()
-            && w.packed().len() == w.rows() * groups * 16
-            && w.scales().len() == w.rows() * groups
-            && inputs
-                .iter()
-                .all(|x| x.blocks() == groups.div_ceil(crate::int4::BLOCK_GROUPS)),
-        "int4 matvec shapes"
-    );
+    let (batch, groups, out_rows) = crate::int4::assert_row_shapes(w, inputs, r0, yt);
     let (pp, sp) = (w.packed().as_ptr(), w.scales().as_ptr());
     if batch == 1 {
         // One input (decode): rows i and i + out_rows/2 go together, two memory streams per
@@ -1682,21 +1669,21 @@ pub(crate) fn qpack_b(
 // ---------------------------------------------------------------------------------------------
 // int4 integer GEMM kernel (the driver is `qgemm4.rs`).
 
-#[allow(clippy::too_many_arguments)]
+/// The AVX2 6 x 16 int4 tile (see `q4kernel_6x16`).
+///
+/// # Safety
+/// AVX2 and FMA must be available, and `op` and `c`, `ldc` must pass
+/// `Q4Operands::assert_tile` (`c` pointing to the tile's first value).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn q4kernel_6x16_raw(
-    groups: usize,
-    a: *const u32,
-    a_steps: *const f32,
-    a_offsets: *const i32,
-    b: *const u32,
-    b_scales: *const f32,
+    op: &crate::qgemm4::Q4Operands<'_>,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
 ) {
     use crate::qgemm::{QMR, QNR};
     use crate::qgemm4::WORDS_PER_GROUP;
+    let (groups, a, a_steps, a_offsets, b, b_scales) = op.pointers();
     // SAFETY: caller contract: `a` holds groups*8*6 words, `a_steps`/`a_offsets` groups*6
     // values, `b` groups*8*16 words, `b_scales` groups*16 values, `c` rows i*ldc..i*ldc+16, i < 6.
     unsafe {
@@ -1751,35 +1738,10 @@ pub(crate) fn q4kernel_6x16(
     ldc: usize,
     accumulate: bool,
 ) {
-    use crate::qgemm::{QMR, QNR};
-    let groups = op.groups;
-    let words = groups * crate::qgemm4::WORDS_PER_GROUP;
-    assert!(
-        op.a.len() >= words * QMR
-            && op.a_steps.len() >= groups * QMR
-            && op.a_offsets.len() >= groups * QMR
-            && op.b.len() >= words * QNR
-            && op.b_scales.len() >= groups * QNR,
-        "packed int4 panels too short"
-    );
-    assert!(
-        ldc >= QNR && c.len() >= (QMR - 1) * ldc + QNR,
-        "C tile out of bounds"
-    );
-    // SAFETY: the token proves AVX2+FMA; all extents were asserted above.
-    unsafe {
-        q4kernel_6x16_raw(
-            groups,
-            op.a.as_ptr(),
-            op.a_steps.as_ptr(),
-            op.a_offsets.as_ptr(),
-            op.b.as_ptr(),
-            op.b_scales.as_ptr(),
-            c.as_mut_ptr(),
-            ldc,
-            accumulate,
-        )
-    }
+    op.assert_tile(c, ldc);
+    // SAFETY: the token proves AVX2+FMA; the operands' and the tile's extents were
+    // asserted by `assert_tile`.
+    unsafe { q4kernel_6x16_raw(op, c.as_mut_ptr(), ldc, accumulate) }
 }
 
 #[target_feature(enable = "avx2,fma")]

@@ -205,23 +205,7 @@ pub(crate) fn matvec_i4_multi(
     r0: usize,
     yt: &mut [f32],
 ) {
-    let batch = inputs.len();
-    let groups = w.groups_per_row();
-    let out_rows = yt.len() / batch.max(1);
-    assert!(
-        batch > 0
-            && yt.len() == out_rows * batch
-            && r0 + out_rows <= w.rows()
-            && w.packed().len() == w.rows() * groups * 16
-            && w.scales().len() == w.rows() * groups
-            && inputs
-                .iter()
-                .all(|x| x.blocks() == groups.div_ceil(BLOCK_GROUPS)
-                    && x.xq.len() == x.blocks() * BLOCK_X_BYTES
-                    && x.offsets16.len() == x.blocks() * 16
-                    && x.steps16.len() == x.blocks() * 16),
-        "int4 matvec shapes"
-    );
+    let (batch, groups, out_rows) = crate::int4::assert_row_shapes(w, inputs, r0, yt);
     let (pp, sp) = (w.packed().as_ptr(), w.scales().as_ptr());
     let stride = out_rows.div_ceil(2);
     for i in 0..stride {
@@ -269,24 +253,18 @@ pub(crate) fn matvec_i4_multi(
 /// conversion and one FMA by `d · dx`, the operations of `ScalarQ4Micro` in the same order.
 ///
 /// # Safety
-/// The token's features must be available; `a` must hold `groups * 8 * 6` words, `a_steps` and
-/// `a_offsets` `groups * 6` values, `b` `groups * 8 * 16` words, `b_scales` `groups * 16` values,
-/// and `c` rows `i * ldc .. i * ldc + 16` for `i < 6`.
-#[allow(clippy::too_many_arguments)]
+/// The token's features must be available, and `op` and `c`, `ldc` must pass
+/// `Q4Operands::assert_tile` (`c` pointing to the tile's first value).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4kernel_6x16_raw(
-    groups: usize,
-    a: *const u32,
-    a_steps: *const f32,
-    a_offsets: *const i32,
-    b: *const u32,
-    b_scales: *const f32,
+    op: &crate::qgemm4::Q4Operands<'_>,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
 ) {
     use crate::qgemm::{QMR, QNR};
     use crate::qgemm4::WORDS_PER_GROUP;
+    let (groups, a, a_steps, a_offsets, b, b_scales) = op.pointers();
     // SAFETY: (whole body) every pointer offset below stays inside the extents of the caller
     // contract: word `kq * QMR + i` of `a` and `kq * QNR ..+16` of `b` for kq < groups * 8,
     // entries `g * QMR + i` / `g * QNR ..+16` of the per-group arrays for g < groups.
@@ -331,33 +309,8 @@ pub(crate) fn q4kernel_6x16(
     ldc: usize,
     accumulate: bool,
 ) {
-    use crate::qgemm::{QMR, QNR};
-    let groups = op.groups;
-    let words = groups * crate::qgemm4::WORDS_PER_GROUP;
-    assert!(
-        op.a.len() >= words * QMR
-            && op.a_steps.len() >= groups * QMR
-            && op.a_offsets.len() >= groups * QMR
-            && op.b.len() >= words * QNR
-            && op.b_scales.len() >= groups * QNR,
-        "packed int4 panels too short"
-    );
-    assert!(
-        ldc >= QNR && c.len() >= (QMR - 1) * ldc + QNR,
-        "C tile out of bounds"
-    );
-    // SAFETY: the token proves the features; all extents were asserted above.
-    unsafe {
-        q4kernel_6x16_raw(
-            groups,
-            op.a.as_ptr(),
-            op.a_steps.as_ptr(),
-            op.a_offsets.as_ptr(),
-            op.b.as_ptr(),
-            op.b_scales.as_ptr(),
-            c.as_mut_ptr(),
-            ldc,
-            accumulate,
-        )
-    }
+    op.assert_tile(c, ldc);
+    // SAFETY: the token proves the features; the operands' and the tile's extents were
+    // asserted by `assert_tile`.
+    unsafe { q4kernel_6x16_raw(op, c.as_mut_ptr(), ldc, accumulate) }
 }

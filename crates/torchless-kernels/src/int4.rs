@@ -95,6 +95,37 @@ fn code_index(g: usize, i: usize) -> usize {
     (g / 4) * 128 + (i / 16) * 64 + (g % 4) * 16 + i % 16
 }
 
+/// Asserts what the SIMD int4 row kernels rely on for rows `r0..` of `w` with `inputs`, the
+/// results in `yt` (`rows x inputs.len()`, transposed): every row inside `w`, `w`'s arrays whole,
+/// every input holding the blocks of a row. Returns `(batch, groups per row, output rows)`.
+pub(crate) fn assert_row_shapes(
+    w: &Int4Mat<'_>,
+    inputs: &[Int4Input],
+    r0: usize,
+    yt: &[f32],
+) -> (usize, usize, usize) {
+    let batch = inputs.len();
+    let groups = w.groups_per_row();
+    let out_rows = yt.len() / batch.max(1);
+    let blocks = groups.div_ceil(BLOCK_GROUPS);
+    assert!(
+        batch > 0
+            && yt.len() == out_rows * batch
+            && r0 + out_rows <= w.rows()
+            && w.packed().len() == w.rows() * groups * 16
+            && w.scales().len() == w.rows() * groups
+            && inputs.iter().all(|x| {
+                x.blocks() == blocks
+                    && x.xq.len() == blocks * BLOCK_GROUPS * 32
+                    && x.offsets.len() == blocks * 8
+                    && x.offsets16.len() == blocks * 16
+                    && x.steps16.len() == blocks * 16
+            }),
+        "int4 matvec shapes"
+    );
+    (batch, groups, out_rows)
+}
+
 /// The lane that holds group `j` of a block (the inverse of [`LANE_GROUP`]).
 fn lane_of(j: usize) -> usize {
     j / 2 + (j % 2) * 4

@@ -184,6 +184,48 @@ pub(crate) struct Q4Operands<'a> {
     pub(crate) b_scales: &'a [f32],
 }
 
+/// Raw pointers to a `Q4Operands`' arrays: `(groups, a, a_steps, a_offsets, b, b_scales)`.
+pub(crate) type Q4Pointers = (
+    usize,
+    *const u32,
+    *const f32,
+    *const i32,
+    *const u32,
+    *const f32,
+);
+
+impl Q4Operands<'_> {
+    /// The group count and the arrays' first elements, for the SIMD kernels' raw loops.
+    pub(crate) fn pointers(&self) -> Q4Pointers {
+        (
+            self.groups,
+            self.a.as_ptr(),
+            self.a_steps.as_ptr(),
+            self.a_offsets.as_ptr(),
+            self.b.as_ptr(),
+            self.b_scales.as_ptr(),
+        )
+    }
+
+    /// Asserts every extent a `QMR x QNR` micro-kernel reads (`groups` whole groups of the
+    /// sliver and the panel) and writes (the tile's rows in `c`, `ldc` apart).
+    pub(crate) fn assert_tile(&self, c: &[f32], ldc: usize) {
+        let words = self.groups * WORDS_PER_GROUP;
+        assert!(
+            self.a.len() >= words * QMR
+                && self.a_steps.len() >= self.groups * QMR
+                && self.a_offsets.len() >= self.groups * QMR
+                && self.b.len() >= words * QNR
+                && self.b_scales.len() >= self.groups * QNR,
+            "packed int4 panels too short"
+        );
+        assert!(
+            ldc >= QNR && c.len() >= (QMR - 1) * ldc + QNR,
+            "C tile out of bounds"
+        );
+    }
+}
+
 /// One SIMD path's int4 micro-kernel (`QMR x QNR` tile).
 pub(crate) trait Q4Micro: Copy + Send + Sync {
     /// Adds the products of `op` into the tile `c[i*ldc + j]` (or overwrites it when
