@@ -651,7 +651,7 @@ unsafe fn i4_block<const B: usize>(
             hi[q] = _mm256_and_si256(_mm256_srli_epi16::<4>(c), mask);
         }
         for (a, input) in acc.iter_mut().zip(inputs) {
-            let x = input.xq.as_ptr().add(b * BLOCK_BYTES);
+            let x = input.xq.as_ptr().add(b * crate::int4::BLOCK_X_BYTES);
             let mut sums = [_mm256_setzero_si256(); 4];
             for q in 0..4 {
                 // Codes (u8) x activations (i8) in pairs: lanes 0..4 of a pair's sums belong to
@@ -674,9 +674,6 @@ unsafe fn i4_block<const B: usize>(
         }
     }
 }
-
-/// Activation bytes per block of 8 groups.
-const BLOCK_BYTES: usize = crate::int4::BLOCK_GROUPS * 32;
 
 /// `yt[i * batch + b]` = row `r0 + i` of `w` times input `b`, for every row of `yt / batch`:
 /// each weight row is read once for all inputs, each result bit-identical to `int4::row_dot`.

@@ -10,7 +10,7 @@
 //! the `#[target_feature]` functions sound, and the safe wrappers check every extent the raw
 //! loops rely on.
 
-use crate::int4::{Int4Input, BLOCK_GROUPS};
+use crate::int4::{Int4Input, BLOCK_GROUPS, BLOCK_X_BYTES};
 use crate::mat::Int4Mat;
 use core::arch::x86_64::*;
 
@@ -38,14 +38,12 @@ impl Token {
 const PF_INT4_BYTES: usize = 1024;
 /// Code bytes per block of 8 groups.
 const BLOCK_CODE_BYTES: usize = BLOCK_GROUPS * 16;
-/// Activation bytes per block of 8 groups.
-const BLOCK_X_BYTES: usize = BLOCK_GROUPS * 32;
 /// Inputs taken together per pass over a row pair (the rest in smaller passes).
 const MULTI_B: usize = 4;
 
 /// Two rows' block `b` (8 groups each: `codes[r]` 128 bytes, `scales[r]` 8 halves), added into
 /// the pair's 16-lane accumulator of each input: lane `4k + j` holds row `j / 2`'s group
-/// `k + 4 · (j % 2)` (`int4::pair_lane_group`).
+/// `k + 4 · (j % 2)` (`int4::pair_lane`).
 ///
 /// # Safety
 /// The token's features must be available; `codes[r]` must point to 128 bytes, `scales[r]` to 8
@@ -187,7 +185,7 @@ unsafe fn i4_pair_multi<const B: usize>(
         for (r, row) in out.iter_mut().enumerate() {
             let canonical: [f32; 8] = std::array::from_fn(|m| {
                 let g = crate::int4::LANE_GROUP[m];
-                lanes[4 * (g % 4) + (g / 4) + 2 * r]
+                lanes[crate::int4::pair_lane(g, r)]
             });
             row[i] = crate::int4::reduce_lanes(canonical);
         }

@@ -20,6 +20,8 @@ use crate::mat::{f16_to_f32, Int4Mat, INT4_GROUP_SIZE};
 
 /// Groups per block.
 pub(crate) const BLOCK_GROUPS: usize = 8;
+/// Quantized activation bytes per block ([`Int4Input::xq`]).
+pub(crate) const BLOCK_X_BYTES: usize = BLOCK_GROUPS * 32;
 /// The group (within its block) whose sum lane `m` holds.
 pub(crate) const LANE_GROUP: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
@@ -39,17 +41,17 @@ pub(crate) struct Int4Input {
     /// Per block, 8 lanes: the group's step `dx`.
     pub(crate) steps: Vec<f32>,
     /// Per block, 16 lanes in the AVX-512 kernel's order (lane `4k + j` is group `k + 4 · (j % 2)`
-    /// of the block, see [`pair_lane_group`]): the group's `8 · Σ xq`.
+    /// of the block, see [`pair_lane`]): the group's `8 · Σ xq`.
     pub(crate) offsets16: Vec<i32>,
     /// Per block, 16 lanes in the same order: the group's step `dx`.
     pub(crate) steps16: Vec<f32>,
 }
 
-/// The group (within its block of 8) whose sum lane `lane` of the AVX-512 kernel's 16 holds:
-/// the kernel takes two rows at once, lane `4k + j` being row `j / 2`'s group `k + 4 · (j % 2)`
-/// (the order in which its unpack-and-add reduction leaves the sums).
-pub(crate) fn pair_lane_group(lane: usize) -> usize {
-    lane / 4 + 4 * (lane % 2)
+/// The lane of the AVX-512 kernel's 16 that holds group `group` (within its block of 8) of row
+/// `row` (0 or 1) of the pair it takes together: lane `4k + j` holds row `j / 2`'s group
+/// `k + 4 · (j % 2)`, the order in which its unpack-and-add reduction leaves the sums.
+pub(crate) fn pair_lane(group: usize, row: usize) -> usize {
+    4 * (group % 4) + group / 4 + 2 * row
 }
 
 impl Int4Input {
@@ -63,7 +65,7 @@ impl Int4Input {
         let groups = x.len() / INT4_GROUP_SIZE;
         let blocks = groups.div_ceil(BLOCK_GROUPS);
         let mut input = Self {
-            xq: vec![0; blocks * BLOCK_GROUPS * 32],
+            xq: vec![0; blocks * BLOCK_X_BYTES],
             offsets: vec![0; blocks * 8],
             steps: vec![0.0; blocks * 8],
             offsets16: vec![0; blocks * 16],
@@ -80,9 +82,10 @@ impl Int4Input {
             let at = b * 8 + lane_of(j);
             input.offsets[at] = offset;
             input.steps[at] = step;
-            for lane in (0..16).filter(|&l| pair_lane_group(l) == j) {
-                input.offsets16[b * 16 + lane] = offset;
-                input.steps16[b * 16 + lane] = step;
+            // Group j sits in two of the 16 lanes, one per row of the pair.
+            for l in [pair_lane(j, 0), pair_lane(j, 1)] {
+                input.offsets16[b * 16 + l] = offset;
+                input.steps16[b * 16 + l] = step;
             }
         }
         input
@@ -116,7 +119,7 @@ pub(crate) fn assert_row_shapes(
             && w.scales().len() == w.rows() * groups
             && inputs.iter().all(|x| {
                 x.blocks() == blocks
-                    && x.xq.len() == blocks * BLOCK_GROUPS * 32
+                    && x.xq.len() == blocks * BLOCK_X_BYTES
                     && x.offsets.len() == blocks * 8
                     && x.offsets16.len() == blocks * 16
                     && x.steps16.len() == blocks * 16

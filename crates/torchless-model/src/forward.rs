@@ -192,10 +192,9 @@ pub(crate) fn forward<R: Residency>(
     let project = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32]| project_rows(w, xs, ys, n);
     // Projections of one input (q/k/v, gate/up): for a single token one parallel job, which
     // quantizes the input once for int4 weights; results as from `project`.
-    let project_many = |ws: &[&MatRef<'_>], xs: &[f32], ys: &mut [&mut [f32]]| {
+    let project_many = |ws: &[MatRef<'_>], xs: &[f32], ys: &mut [&mut [f32]]| {
         if n == 1 {
-            let ws: Vec<MatRef<'_>> = ws.iter().map(|w| **w).collect();
-            return kernels.matvec_many(&ws, xs, ys);
+            return kernels.matvec_many(ws, xs, ys);
         }
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             project(w, xs, y)?;
@@ -242,7 +241,7 @@ pub(crate) fn forward<R: Residency>(
         // Attention block.
         rmsnorm_rows(&kernels, x, w.input_norm, eps, normed, hidden)?;
         project_many(
-            &[&w.q_proj, &w.k_proj, &w.v_proj],
+            &[w.q_proj, w.k_proj, w.v_proj],
             normed,
             &mut [&mut *q, &mut *k, &mut *v],
         )?;
@@ -275,7 +274,7 @@ pub(crate) fn forward<R: Residency>(
         // MLP block (SwiGLU).
         rmsnorm_rows(&kernels, x, w.post_attention_norm, eps, normed, hidden)?;
         project_many(
-            &[&w.gate_proj, &w.up_proj],
+            &[w.gate_proj, w.up_proj],
             normed,
             &mut [&mut *gate, &mut *up],
         )?;
