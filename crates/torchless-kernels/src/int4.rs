@@ -101,6 +101,8 @@ fn code_index(g: usize, i: usize) -> usize {
 /// Asserts what the SIMD int4 row kernels rely on for rows `r0..` of `w` with `inputs`, the
 /// results in `yt` (`rows x inputs.len()`, transposed): every row inside `w`, `w`'s arrays whole,
 /// every input holding the blocks of a row. Returns `(batch, groups per row, output rows)`.
+// Used by the x86 SIMD kernels only.
+#[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
 pub(crate) fn assert_row_shapes(
     w: &Int4Mat<'_>,
     inputs: &[Int4Input],

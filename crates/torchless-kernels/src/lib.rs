@@ -9,7 +9,9 @@
 //! - Run-time dispatch: [`SimdPath`] (scalar / `wide` / AVX2+FMA / AVX-512 VNNI) detected once; [`cpu_path`]
 //!   names the choice. Every kernel has a scalar version and a naive [`reference`](mod@reference) that the tests
 //!   hold the fast ones against.
-//! - Threads: kernels use the current rayon pool; [`thread_pool`] builds one of a given size.
+//! - Threads: kernels use the current rayon pool; [`thread_pool`] builds one of a given size, and
+//!   [`with_spinning_workers`] keeps its threads spinning between the jobs of a burst of short
+//!   products (one decode step), instead of waking them through rayon for each.
 //! - Features: `simd`, `parallel` (default), `openblas`, `blis`, `accelerate` (macOS) for f32
 //!   GEMM/GEMV through BLAS.
 //!
@@ -63,6 +65,8 @@ mod qgemm4;
 pub mod reference;
 mod rope;
 mod scalar;
+#[cfg(feature = "parallel")]
+mod team;
 #[cfg(feature = "simd")]
 mod wide_path;
 
@@ -76,6 +80,8 @@ pub use parallel::thread_pool;
 pub use parallel::{current_num_threads, for_each_chunk_mut};
 pub use probe::{measure_fma_peak, measure_read_bandwidth, BandwidthProbe};
 pub use rope::{rope_apply, rope_cos_sin, rope_inv_freq, RopeTable};
+#[cfg(feature = "parallel")]
+pub use team::with_spinning_workers;
 
 /// `y = W x` on the automatically chosen path; see [`Kernels::matvec`].
 pub fn matvec(w: &MatRef<'_>, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {

@@ -41,6 +41,29 @@ where
     {
         use rayon::prelude::*;
         if rayon::current_num_threads() > 1 && data.len() > chunk {
+            if crate::team::in_team() {
+                // Chunks taken in order from a shared counter by the team's threads.
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                use std::sync::Mutex;
+                let jobs: Vec<Mutex<Option<&mut [T]>>> = data
+                    .chunks_mut(chunk)
+                    .map(|c| Mutex::new(Some(c)))
+                    .collect();
+                let next = AtomicUsize::new(0);
+                let work = || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = jobs.get(i) else { break };
+                        // Each chunk is taken once; a poisoned lock only means another panicked.
+                        let taken = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some(c) = taken {
+                            f(i, c);
+                        }
+                    }
+                };
+                crate::team::run_on_team(&work);
+                return;
+            }
             data.par_chunks_mut(chunk)
                 .enumerate()
                 .for_each(|(i, c)| f(i, c));
@@ -124,12 +147,14 @@ pub(crate) fn par_segments<C, F>(
                 }
             }
         };
-        rayon::scope(|s| {
-            for _ in 1..threads {
-                s.spawn(|_| work());
-            }
-            work();
-        });
+        if !crate::team::run_on_team(&work) {
+            rayon::scope(|s| {
+                for _ in 1..threads {
+                    s.spawn(|_| work());
+                }
+                work();
+            });
+        }
     }
     #[cfg(not(feature = "parallel"))]
     let _ = align;

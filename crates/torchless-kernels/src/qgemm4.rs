@@ -185,6 +185,8 @@ pub(crate) struct Q4Operands<'a> {
 }
 
 /// Raw pointers to a `Q4Operands`' arrays: `(groups, a, a_steps, a_offsets, b, b_scales)`.
+// Used by the x86 SIMD kernels only.
+#[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
 pub(crate) type Q4Pointers = (
     usize,
     *const u32,
@@ -194,6 +196,8 @@ pub(crate) type Q4Pointers = (
     *const f32,
 );
 
+// Used by the x86 SIMD kernels only.
+#[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
 impl Q4Operands<'_> {
     /// The group count and the arrays' first elements, for the SIMD kernels' raw loops.
     pub(crate) fn pointers(&self) -> Q4Pointers {
