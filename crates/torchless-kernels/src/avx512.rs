@@ -35,8 +35,8 @@ impl Token {
 /// Prefetch distance along each row stream, in bytes of codes. Measured on a 2-vCPU Xeon with
 /// AVX-512 (7B int4 decode, weights in 2 MiB pages, 2 threads, alternated runs): 1.5-3 KiB
 /// within the noise of each other and 1-3% above 1 KiB; 512 bytes 2-7% below 1 KiB; none
-/// 20-25% below. (A lone 14336 x 4096 matrix streamed in 1 MiB chunks preferred 512 bytes: the whole
-/// model is what counts.)
+/// 20-25% below. (A lone 14336 x 4096 matrix streamed in 1 MiB chunks preferred 512 bytes:
+/// the whole model is what counts.)
 const PF_INT4_BYTES: usize = 2048;
 /// Code bytes per block of 8 groups.
 const BLOCK_CODE_BYTES: usize = BLOCK_GROUPS * 16;
@@ -51,8 +51,9 @@ const MULTI_B: usize = 4;
 /// ones on the Xeon this was written on: a plain read with 512-bit adds reached 30 GB/s where
 /// the same loads with 256-bit adds reached 37 (the core slows down while 512-bit arithmetic
 /// runs; the loads' width made no difference), and 7B decode runs 2-3% faster with this form
-/// than with the 512-bit one (7.81-7.91 against 7.61-7.70 tok/s, alternated). `vpdpbusd` on 256 bits needs AVX-512 VL + VNNI (or AVX-VNNI). The prefill
-/// micro-kernel below, bound by arithmetic, keeps 512 bits.
+/// than with the 512-bit one (7.81-7.91 against 7.61-7.70 tok/s, alternated). `vpdpbusd` on
+/// 256 bits needs AVX-512 VL + VNNI (or AVX-VNNI). The prefill micro-kernel below, bound by
+/// arithmetic, keeps 512 bits.
 ///
 /// # Safety
 /// The token's features must be available; `codes[r]` must point to 128 bytes, `scales[r]` to 8

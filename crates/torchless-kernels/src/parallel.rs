@@ -42,26 +42,8 @@ where
         use rayon::prelude::*;
         if rayon::current_num_threads() > 1 && data.len() > chunk {
             if crate::team::in_team() {
-                // Chunks taken in order from a shared counter by the team's threads.
-                use std::sync::atomic::{AtomicUsize, Ordering};
-                use std::sync::Mutex;
-                let jobs: Vec<Mutex<Option<&mut [T]>>> = data
-                    .chunks_mut(chunk)
-                    .map(|c| Mutex::new(Some(c)))
-                    .collect();
-                let next = AtomicUsize::new(0);
-                let work = || {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(i) else { break };
-                        // Each chunk is taken once; a poisoned lock only means another panicked.
-                        let taken = job.lock().unwrap_or_else(|e| e.into_inner()).take();
-                        if let Some(c) = taken {
-                            f(i, c);
-                        }
-                    }
-                };
-                crate::team::run_on_team(&work);
+                let chunks = data.chunks_mut(chunk).enumerate().collect();
+                run_in_order(chunks, rayon::current_num_threads(), |(i, c)| f(i, c));
                 return;
             }
             data.par_chunks_mut(chunk)
@@ -116,8 +98,6 @@ pub(crate) fn par_segments<C, F>(
     }
     #[cfg(feature = "parallel")]
     {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Mutex;
         let align = align.max(1);
         let min_rows = MIN_WORK
             .div_ceil(work_per_row.max(1))
@@ -133,29 +113,39 @@ pub(crate) fn par_segments<C, F>(
                     .max(min_rows)
                     .min(rest.len());
                 let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(len);
-                jobs.push(Mutex::new(Some((c, r0, chunk))));
+                jobs.push((c, r0, chunk));
                 (r0, rest, remaining) = (r0 + len, tail, remaining - len);
             }
         }
-        let next = AtomicUsize::new(0);
-        let work = || {
-            while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                // Each job is taken once; a poisoned lock only means another chunk panicked.
-                let taken = job.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some((c, r0, chunk)) = taken {
-                    f(c, r0, chunk);
-                }
-            }
-        };
-        if !crate::team::run_on_team(&work) {
-            rayon::scope(|s| {
-                for _ in 1..threads {
-                    s.spawn(|_| work());
-                }
-                work();
-            });
-        }
+        run_in_order(jobs, threads, |(c, r0, chunk)| f(c, r0, chunk));
     }
     #[cfg(not(feature = "parallel"))]
     let _ = align;
+}
+
+/// Runs `f` once on each of `jobs`, taken in order from a shared counter by `threads` threads:
+/// this thread's spinning team if it has one (`team.rs`), rayon tasks otherwise.
+#[cfg(feature = "parallel")]
+fn run_in_order<J: Send>(jobs: Vec<J>, threads: usize, f: impl Fn(J) + Sync) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let jobs: Vec<Mutex<Option<J>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+            // Each job is taken once; a poisoned lock only means another job panicked.
+            let taken = job.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(j) = taken {
+                f(j);
+            }
+        }
+    };
+    if !crate::team::run_on_team(&work) {
+        rayon::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(|_| work());
+            }
+            work();
+        });
+    }
 }

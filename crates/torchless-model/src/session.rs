@@ -481,18 +481,20 @@ impl<'m, R: Residency> Session<'m, R> {
             } else {
                 self.decode_pool.clone()
             };
-            if batch.len() == 1 {
-                // One token: a burst of short parallel products.
-                let run = || spinning::<R, _>(|| self.forward_batch(batch, logit_rows));
-                return match pool {
-                    Some(pool) => pool.install(run),
-                    None => run(),
-                };
-            }
-            if let Some(pool) = pool {
-                return pool.install(|| self.forward_batch(batch, logit_rows));
+            let run = || {
+                if batch.len() == 1 {
+                    // One token: a burst of short parallel products.
+                    spinning::<R, _>(|| self.forward_batch(batch, logit_rows))
+                } else {
+                    self.forward_batch(batch, logit_rows)
+                }
+            };
+            match pool {
+                Some(pool) => pool.install(run),
+                None => run(),
             }
         }
+        #[cfg(not(feature = "parallel"))]
         self.forward_batch(batch, logit_rows)
     }
 }
@@ -502,9 +504,11 @@ impl<'m, R: Residency> Session<'m, R> {
 /// int4 token on a 2-vCPU VM). Not for weights paged in lazily: there a step waits on page
 /// faults, and spinning threads would only take CPU from the paging helper.
 fn spinning<R: Residency, T>(f: impl FnOnce() -> T) -> T {
-    #[cfg(feature = "parallel")]
-    if !R::RELEASE_AFTER_USE {
-        return torchless_kernels::with_spinning_workers(f);
+    if R::RELEASE_AFTER_USE {
+        return f();
     }
+    #[cfg(feature = "parallel")]
+    return torchless_kernels::with_spinning_workers(f);
+    #[cfg(not(feature = "parallel"))]
     f()
 }
