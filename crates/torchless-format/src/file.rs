@@ -21,6 +21,10 @@ pub const MAX_HEADER_LEN: u64 = 1 << 30;
 /// Alignment of the payload and of every tensor, as the exporter writes them.
 pub const ALIGNMENT: usize = 64;
 
+/// Page size: in-memory copies put the payload on a page boundary, and the writer aligns the
+/// payload and every int4 tensor to it in files that hold int4 tensors.
+pub(crate) const PAGE: usize = 4096;
+
 /// Storage type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -327,6 +331,9 @@ pub struct ModelFile {
     source_name: String,
     path: Option<PathBuf>,
     mmap: Mmap,
+    /// Where the file's first byte is in `mmap` (non-zero only for in-memory copies, which put
+    /// the payload on a page boundary).
+    lead: usize,
     /// The bytes live in anonymous memory (a copy), not in a mapping of the file.
     in_memory: bool,
     payload_start: usize,
@@ -400,7 +407,7 @@ impl ModelFile {
         // mapping or dropping a layer costs one page-table entry per 2 MiB instead of 512.
         #[cfg(target_os = "linux")]
         let _ = mmap.advise(Advice::HugePage);
-        let mut model = Self::from_mmap(mmap, source_name)?;
+        let mut model = Self::from_mmap(mmap, 0, source_name)?;
         model.path = Some(path.to_path_buf());
         Ok(model)
     }
@@ -421,13 +428,19 @@ impl ModelFile {
         let path = path.as_ref();
         let mapped = Self::open(path)?;
         let err = |kind| FormatError::new(mapped.source_name.clone(), kind);
-        let total = mapped.mmap.len();
-        let mut buffer = MmapMut::map_anon(total).map_err(|e| err(e.into()))?;
+        let total = mapped.file_len();
+        // The copy starts `lead` bytes into a page-aligned buffer so that the payload starts on a
+        // page boundary, and with it every tensor at a page-multiple offset (all of a 7B
+        // model's large ones). Files only align to 64 bytes: copied as they were, a 7B int4
+        // model's weights sat 64 bytes off every 128, and its 32 layers streamed 2-4% slower
+        // than the same weights page-aligned (2-vCPU Xeon, kernels alone).
+        let lead = (PAGE - mapped.payload_start % PAGE) % PAGE;
+        let mut buffer = MmapMut::map_anon(lead + total).map_err(|e| err(e.into()))?;
         #[cfg(target_os = "linux")]
         let _ = buffer.advise(Advice::HugePage);
         let mut file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
         const CHUNK: usize = 64 << 20;
-        for (i, chunk) in buffer.chunks_mut(CHUNK).enumerate() {
+        for (i, chunk) in buffer[lead..].chunks_mut(CHUNK).enumerate() {
             std::io::Read::read_exact(&mut file, chunk).map_err(|e| err(FormatErrorKind::Io(e)))?;
             if let Some(cb) = progress.as_mut() {
                 cb((i * CHUNK + chunk.len()) as u64, total as u64);
@@ -436,7 +449,7 @@ impl ModelFile {
         let mmap = buffer.make_read_only().map_err(|e| err(e.into()))?;
         let source_name = mapped.source_name.clone();
         drop(mapped);
-        let mut model = Self::from_mmap(mmap, source_name)?;
+        let mut model = Self::from_mmap(mmap, lead, source_name)?;
         model.path = Some(path.to_path_buf());
         model.in_memory = true;
         Ok(model)
@@ -462,14 +475,15 @@ impl ModelFile {
         let mut buffer = MmapMut::map_anon(bytes.len()).map_err(|e| err(e.into()))?;
         buffer.copy_from_slice(bytes);
         let mmap = buffer.make_read_only().map_err(|e| err(e.into()))?;
-        let mut model = Self::from_mmap(mmap, source_name)?;
+        let mut model = Self::from_mmap(mmap, 0, source_name)?;
         model.in_memory = true;
         Ok(model)
     }
 
-    fn from_mmap(mmap: Mmap, source_name: String) -> Result<Self, FormatError> {
+    /// Validates the file whose bytes are `mmap[lead..]`.
+    fn from_mmap(mmap: Mmap, lead: usize, source_name: String) -> Result<Self, FormatError> {
         let err = |kind| FormatError::new(source_name.clone(), kind);
-        let bytes: &[u8] = &mmap;
+        let bytes: &[u8] = mmap.get(lead..).unwrap_or_default();
         let file_len = bytes.len() as u64;
         let Some(prefix) = bytes.get(..8) else {
             return Err(err(FormatErrorKind::TooShort { len: file_len }));
@@ -534,6 +548,7 @@ impl ModelFile {
             path: None,
             in_memory: false,
             mmap,
+            lead,
             payload_start,
             metadata,
             config,
@@ -558,7 +573,12 @@ impl ModelFile {
 
     /// Total file size in bytes.
     pub fn file_len(&self) -> usize {
-        self.mmap.len()
+        self.bytes().len()
+    }
+
+    /// The file's bytes.
+    fn bytes(&self) -> &[u8] {
+        &self.mmap[self.lead..]
     }
 
     /// Byte offset of the payload (8 + header length).
@@ -599,12 +619,12 @@ impl ModelFile {
     pub fn tensor(&self, name: &str) -> Result<TensorRef<'_>, FormatError> {
         let info = self.tensor_info(name)?;
         let data_start = self.payload_start + info.offset;
-        let data = &self.mmap[data_start..data_start + info.data_len()];
+        let data = &self.bytes()[data_start..data_start + info.data_len()];
         let data = match (info.dtype, info.scales) {
             (DType::F32, _) => TensorData::F32(self.cast_f32(info, data)?),
             (DType::Int8, Some(scales)) => {
                 let start = self.payload_start + scales.offset;
-                let scale_bytes = &self.mmap[start..start + scales.count * 4];
+                let scale_bytes = &self.bytes()[start..start + scales.count * 4];
                 TensorData::Int8(Int8View {
                     values: bytemuck::cast_slice(data),
                     inv_scales: self.cast_f32(info, scale_bytes)?,
@@ -612,7 +632,7 @@ impl ModelFile {
             }
             (DType::Int4, Some(scales)) => {
                 let start = self.payload_start + scales.offset;
-                let scale_bytes = &self.mmap[start..start + scales.count * 2];
+                let scale_bytes = &self.bytes()[start..start + scales.count * 2];
                 TensorData::Int4(Int4View {
                     packed: data,
                     scales: bytemuck::try_cast_slice(scale_bytes).map_err(|_| {
@@ -691,7 +711,8 @@ impl ModelFile {
             .tokenizer_range
             .ok_or_else(|| bad("the header has no `tokenizer` entry".into()))?;
         // The range was cut from a validated UTF-8 string at open.
-        let text = std::str::from_utf8(&self.mmap[start..end]).map_err(|e| bad(e.to_string()))?;
+        let text =
+            std::str::from_utf8(&self.bytes()[start..end]).map_err(|e| bad(e.to_string()))?;
         let raw: RawTokenizer = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         let vocab = raw.vocab.0;
         let mut seen = vec![false; self.config.vocab_size];
@@ -881,7 +902,7 @@ impl ModelFile {
             Residency::DontNeed => (start.next_multiple_of(HUGE), end / HUGE * HUGE),
             _ => (
                 start / HUGE * HUGE,
-                end.next_multiple_of(HUGE).min(self.mmap.len()),
+                end.next_multiple_of(HUGE).min(self.file_len()),
             ),
         };
         if start >= end {
@@ -913,6 +934,7 @@ impl ModelFile {
         if residency == Residency::DontNeed && self.in_memory {
             return Ok(());
         }
+        let offset = self.lead + offset;
         let result = match residency {
             Residency::WillNeed => self.mmap.advise_range(Advice::WillNeed, offset, len),
             Residency::Populate => populate(&self.mmap, offset, len),

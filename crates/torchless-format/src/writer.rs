@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::error::{FormatError, FormatErrorKind};
-use crate::file::{DType, TokenizerData, ALIGNMENT};
+use crate::file::{DType, TokenizerData, ALIGNMENT, PAGE};
 use crate::int4::{self, Int4Method};
 use crate::quant::{quantize_group, GROUP_SIZE};
 
@@ -113,6 +113,12 @@ impl<W: Write> ModelWriter<W> {
         let err = |reason: String| {
             FormatError::new(source_name.clone(), FormatErrorKind::Writer { reason })
         };
+        // int4 is this project's own dtype, so its files need not match the original exporter
+        // byte for byte: their payload and int4 tensors start on page boundaries, where the
+        // decode kernels' 128-byte blocks of codes stream fastest (a 7B model's weights 64 bytes
+        // off every 128 streamed 2-4% slower on a 2-vCPU Xeon). f32 and int8 files keep the
+        // exporter's 64-byte alignment.
+        let has_int4 = tensors.iter().any(|spec| spec.dtype == DType::Int4);
         let mut plan = Vec::with_capacity(tensors.len());
         let mut position = 0u64;
         for spec in tensors {
@@ -137,8 +143,11 @@ impl<W: Write> ModelWriter<W> {
                     int4::GROUP_SIZE
                 )));
             }
-            let offset = position;
-            position = align_up(position + spec.dtype.data_len(n_elements) as u64);
+            let offset = match spec.dtype {
+                DType::Int4 => position.next_multiple_of(PAGE as u64),
+                _ => position,
+            };
+            position = align_up(offset + spec.dtype.data_len(n_elements) as u64);
             let scale_offset = position;
             if let Some(group) = spec.dtype.group_size() {
                 let count = n_elements.div_ceil(group);
@@ -153,7 +162,8 @@ impl<W: Write> ModelWriter<W> {
         }
 
         let mut header = header_json(metadata, &plan, tokenizer);
-        let padded = align_up(8 + header.len() as u64) - 8;
+        let payload_alignment = if has_int4 { PAGE } else { ALIGNMENT } as u64;
+        let padded = (8 + header.len() as u64).next_multiple_of(payload_alignment) - 8;
         header.resize(padded as usize, 0);
         out.write_all(&(header.len() as u64).to_le_bytes())
             .and_then(|()| out.write_all(&header))

@@ -292,6 +292,15 @@ fn a_file_read_into_memory_holds_the_checkpoint_and_survives_dont_need() {
     assert_eq!(model.path(), Some(path.as_path()));
     assert_eq!(calls.last(), Some(&(total, total)));
     assert!(calls.windows(2).all(|w| w[0].0 < w[1].0));
+    // The file aligns its payload to 64 bytes only; the copy puts it on a page boundary, so a
+    // tensor's address is its payload offset modulo the page size.
+    let mapped = ModelFile::open(&path).unwrap();
+    assert_ne!(mapped.payload_start() % 4096, 0);
+    for info in model.tensors() {
+        let tensor = model.tensor(&info.name).unwrap();
+        let address = tensor.as_f32().unwrap().as_ptr() as usize;
+        assert_eq!(address % 4096, info.offset % 4096, "{}", info.name);
+    }
     let checkpoint = read_safetensors(&fixtures().join("small-gqa-hf/model.safetensors"));
     for name in checkpoint.keys() {
         model.set_residency(name, Residency::DontNeed).unwrap();

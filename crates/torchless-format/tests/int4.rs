@@ -91,6 +91,33 @@ fn int4_tensors_round_trip_within_one_step() {
 }
 
 #[test]
+fn int4_files_put_the_payload_and_every_int4_tensor_on_a_page() {
+    // In the written bytes: the payload starts at 8 + the header length, stored first.
+    let (source, bytes) = rewrite(Int4Method::RoundToNearest);
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(
+        (8 + header_len) % 4096,
+        0,
+        "payload start {}",
+        8 + header_len
+    );
+    let model = ModelFile::from_bytes(&bytes).unwrap();
+    assert_eq!(model.payload_start(), 8 + header_len);
+    let mut n_int4 = 0;
+    for info in model.tensors() {
+        if info.dtype == DType::Int4 {
+            n_int4 += 1;
+            assert_eq!(info.offset % 4096, 0, "{} at {}", info.name, info.offset);
+        } else {
+            assert_eq!(info.offset % 64, 0, "{} at {}", info.name, info.offset);
+        }
+    }
+    assert!(n_int4 > 0);
+    // The f32 source keeps the exporter's 64-byte alignment (not a page).
+    assert_ne!(source.payload_start() % 4096, 0);
+}
+
+#[test]
 fn search_lowers_the_squared_error() {
     let error = |method| {
         let (source, bytes) = rewrite(method);
