@@ -18,7 +18,8 @@ use crate::quant::GROUP_SIZE;
 /// Headers larger than this are refused before anything is read into memory.
 pub const MAX_HEADER_LEN: u64 = 1 << 30;
 
-/// Alignment of the payload and of every tensor, as the exporter writes them.
+/// Alignment of the payload and of every tensor, as the exporter writes them and readers
+/// require (files with int4 tensors align their payload and int4 tensors to 4096 bytes).
 pub const ALIGNMENT: usize = 64;
 
 /// Page size: in-memory copies put the payload on a page boundary, and the writer aligns the
@@ -413,7 +414,8 @@ impl ModelFile {
     }
 
     /// Opens the file at `path` like [`open`](Self::open), then reads all of it into anonymous
-    /// memory (asking for 2 MiB pages on Linux) and drops the mapping: what llama.cpp calls
+    /// memory (asking for 2 MiB pages on Linux, the payload on a page boundary whatever the
+    /// file's own alignment) and drops the mapping: what llama.cpp calls
     /// `--no-mmap`. Slower to start (the whole file is read before the first token) and the copy
     /// is private to this process, but reads need no page cache: on a virtual machine measured
     /// here, streaming the weights from such memory ran 11-15% faster than from the file's
