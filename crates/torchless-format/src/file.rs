@@ -415,11 +415,11 @@ impl ModelFile {
 
     /// Opens the file at `path` like [`open`](Self::open), then reads all of it into anonymous
     /// memory (asking for 2 MiB pages on Linux, the payload on a page boundary whatever the
-    /// file's own alignment) and drops the mapping: what llama.cpp calls
-    /// `--no-mmap`. Slower to start (the whole file is read before the first token) and the copy
-    /// is private to this process, but reads need no page cache: on a virtual machine measured
-    /// here, streaming the weights from such memory ran 11-15% faster than from the file's
-    /// page-cache mapping. `progress(done, total)` is called as bytes are read.
+    /// file's own alignment) and drops the mapping: what llama.cpp calls `--no-mmap`. Slower to
+    /// start (the whole file is read before the first token) and the copy is private to this
+    /// process, but reads need no page cache: on a virtual machine measured here, streaming the
+    /// weights from such memory ran 3-17% faster than from the file's page-cache mapping,
+    /// depending on the run. `progress(done, total)` is called as bytes are read.
     ///
     /// The file is validated before anything is allocated, and again after reading (it must not
     /// change in between). Allocates the file's size.
