@@ -333,7 +333,7 @@ pub struct ModelFile {
     path: Option<PathBuf>,
     mmap: Mmap,
     /// Where the file's first byte is in `mmap` (non-zero only for in-memory copies, which put
-    /// the payload on a page boundary).
+    /// the payload on a page boundary: see `copy_in`).
     lead: usize,
     /// The bytes live in anonymous memory (a copy), not in a mapping of the file.
     in_memory: bool,
@@ -431,29 +431,25 @@ impl ModelFile {
         let mapped = Self::open(path)?;
         let err = |kind| FormatError::new(mapped.source_name.clone(), kind);
         let total = mapped.file_len();
-        // The copy starts `lead` bytes into a page-aligned buffer so that the payload starts on a
-        // page boundary, and with it every tensor at a page-multiple offset (all of a 7B
-        // model's large ones). Files only align to 64 bytes: copied as they were, a 7B int4
-        // model's weights sat 64 bytes off every 128, and its 32 layers streamed 2-4% slower
-        // than the same weights page-aligned (2-vCPU Xeon, kernels alone).
-        let lead = (PAGE - mapped.payload_start % PAGE) % PAGE;
-        let mut buffer = MmapMut::map_anon(lead + total).map_err(|e| err(e.into()))?;
-        #[cfg(target_os = "linux")]
-        let _ = buffer.advise(Advice::HugePage);
         let mut file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
-        const CHUNK: usize = 64 << 20;
-        for (i, chunk) in buffer[lead..].chunks_mut(CHUNK).enumerate() {
-            std::io::Read::read_exact(&mut file, chunk).map_err(|e| err(FormatErrorKind::Io(e)))?;
-            if let Some(cb) = progress.as_mut() {
-                cb((i * CHUNK + chunk.len()) as u64, total as u64);
+        let fill = |buffer: &mut [u8]| {
+            const CHUNK: usize = 64 << 20;
+            for (i, chunk) in buffer.chunks_mut(CHUNK).enumerate() {
+                std::io::Read::read_exact(&mut file, chunk)
+                    .map_err(|e| err(FormatErrorKind::Io(e)))?;
+                if let Some(cb) = progress.as_mut() {
+                    cb((i * CHUNK + chunk.len()) as u64, total as u64);
+                }
             }
-        }
-        let mmap = buffer.make_read_only().map_err(|e| err(e.into()))?;
-        let source_name = mapped.source_name.clone();
-        drop(mapped);
-        let mut model = Self::from_mmap(mmap, lead, source_name)?;
+            Ok(())
+        };
+        let mut model = Self::copy_in(
+            mapped.source_name.clone(),
+            total,
+            mapped.payload_start,
+            fill,
+        )?;
         model.path = Some(path.to_path_buf());
-        model.in_memory = true;
         Ok(model)
     }
 
@@ -463,7 +459,8 @@ impl ModelFile {
         self.in_memory
     }
 
-    /// Validates a model held in memory (copied once into a page-aligned buffer).
+    /// Validates a model held in memory (copied once into anonymous memory, the payload on a page
+    /// boundary, as [`read_into_memory`](Self::read_into_memory) does).
     ///
     /// Used by tests and tools that build or mutate files in memory; errors name `<memory>`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
@@ -474,10 +471,36 @@ impl ModelFile {
                 len: bytes.len() as u64,
             }));
         }
-        let mut buffer = MmapMut::map_anon(bytes.len()).map_err(|e| err(e.into()))?;
-        buffer.copy_from_slice(bytes);
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&bytes[..8]);
+        // Only where the payload would start matters here (validation follows in `copy_in`).
+        let payload_start = (u64::from_le_bytes(prefix) % PAGE as u64) as usize + 8;
+        Self::copy_in(source_name, bytes.len(), payload_start, |buffer| {
+            buffer.copy_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    /// Validates a file that `fill` writes (all `len` bytes) into anonymous memory, asking for
+    /// 2 MiB pages on Linux. The copy starts `lead` bytes into its page-aligned buffer so that
+    /// the payload starts on a page boundary, and with it every tensor at a page-multiple offset
+    /// (all of a 7B model's large ones). Files only align to 64 bytes: copied as they were, a 7B
+    /// int4 model's weights sat 64 bytes off every 128, and its 32 layers streamed 2-4% slower
+    /// than the same weights page-aligned (2-vCPU Xeon, kernels alone).
+    fn copy_in(
+        source_name: String,
+        len: usize,
+        payload_start: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), FormatError>,
+    ) -> Result<Self, FormatError> {
+        let err = |kind| FormatError::new(source_name.clone(), kind);
+        let lead = (PAGE - payload_start % PAGE) % PAGE;
+        let mut buffer = MmapMut::map_anon(lead + len).map_err(|e| err(e.into()))?;
+        #[cfg(target_os = "linux")]
+        let _ = buffer.advise(Advice::HugePage);
+        fill(&mut buffer[lead..])?;
         let mmap = buffer.make_read_only().map_err(|e| err(e.into()))?;
-        let mut model = Self::from_mmap(mmap, 0, source_name)?;
+        let mut model = Self::from_mmap(mmap, lead, source_name)?;
         model.in_memory = true;
         Ok(model)
     }

@@ -108,6 +108,11 @@ fn int4_files_put_the_payload_and_every_int4_tensor_on_a_page() {
         if info.dtype == DType::Int4 {
             n_int4 += 1;
             assert_eq!(info.offset % 4096, 0, "{} at {}", info.name, info.offset);
+            // The in-memory copy keeps them on a page.
+            let TensorData::Int4(view) = model.tensor(&info.name).unwrap().data else {
+                panic!("{} is not int4", info.name);
+            };
+            assert_eq!(view.packed.as_ptr() as usize % 4096, 0, "{}", info.name);
         } else {
             assert_eq!(info.offset % 64, 0, "{} at {}", info.name, info.offset);
         }
