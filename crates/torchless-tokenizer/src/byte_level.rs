@@ -18,9 +18,9 @@ use fancy_regex::Regex;
 use crate::encode::{merge, PairTable, Scratch};
 use crate::error::TokenizerError;
 use crate::hash::PairBuildHasher;
+use crate::options::{AddedToken, ByteLevelBpe, Pretokenizer};
 use crate::special::SpecialMatcher;
 use crate::vocab::{merge_display, place_pieces, split_merge, PieceIds, TokenKind, NONE};
-use crate::{AddedToken, ByteLevelBpe, Pretokenizer};
 
 /// GPT-2's split: contractions, letters, numbers, other symbols, each optionally after one
 /// space; whitespace runs keep their last space for the next word.

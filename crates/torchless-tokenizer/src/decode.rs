@@ -14,8 +14,8 @@
 //! Ids outside the vocabulary are ignored, as if absent.
 
 use crate::byte_level::ByteVocab;
+use crate::options::DecodeOptions;
 use crate::vocab::{TokenKind, Vocab};
-use crate::DecodeOptions;
 
 /// SentencePiece's default surface for `<unk>`.
 pub(crate) const UNK_SURFACE: &str = " \u{2047} ";

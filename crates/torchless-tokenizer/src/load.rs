@@ -12,8 +12,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::TokenizerError;
+use crate::options::{AddedToken, ByteLevelBpe, Pretokenizer};
 use crate::vocab::{MergeSpec, PrependScheme, VocabSpec};
-use crate::{AddedToken, ByteLevelBpe, Pretokenizer};
 
 fn field_error(field: &str, problem: impl Into<String>) -> TokenizerError {
     TokenizerError::Field {
