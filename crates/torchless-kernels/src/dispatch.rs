@@ -151,7 +151,8 @@ macro_rules! on_isa {
 }
 pub(crate) use on_isa;
 
-// The table: which implementation each path runs for each family of kernels.
+// The table: which implementation each path runs for each family of kernels (a family another
+// instruction set implements is made from the path's token by the `From` impls below).
 
 /// Plain Rust for everything.
 impl Isa for Scalar {
@@ -163,26 +164,8 @@ impl Isa for Scalar {
     type QMicro = Scalar;
     type Q4Micro = Scalar;
 
-    fn elementwise(self) -> Scalar {
-        self
-    }
-    fn matvec(self) -> Scalar {
-        self
-    }
-    fn int4_matvec(self) -> Scalar {
-        self
-    }
     fn matvec_many(self) -> Option<NoKernel> {
         None
-    }
-    fn micro(self) -> Scalar {
-        self
-    }
-    fn qmicro(self) -> Scalar {
-        self
-    }
-    fn q4micro(self) -> Scalar {
-        self
     }
 }
 
@@ -197,26 +180,8 @@ impl Isa for Wide {
     type QMicro = Scalar;
     type Q4Micro = Scalar;
 
-    fn elementwise(self) -> Wide {
-        self
-    }
-    fn matvec(self) -> Wide {
-        self
-    }
-    fn int4_matvec(self) -> Scalar {
-        Scalar
-    }
     fn matvec_many(self) -> Option<NoKernel> {
         None
-    }
-    fn micro(self) -> WideTile {
-        WideTile {}
-    }
-    fn qmicro(self) -> Scalar {
-        Scalar
-    }
-    fn q4micro(self) -> Scalar {
-        Scalar
     }
 }
 
@@ -231,26 +196,8 @@ impl Isa for Avx2 {
     type QMicro = Avx2;
     type Q4Micro = Avx2;
 
-    fn elementwise(self) -> Avx2 {
-        self
-    }
-    fn matvec(self) -> Avx2 {
-        self
-    }
-    fn int4_matvec(self) -> Avx2 {
-        self
-    }
     fn matvec_many(self) -> Option<Avx2> {
         Some(self)
-    }
-    fn micro(self) -> Avx2 {
-        self
-    }
-    fn qmicro(self) -> Avx2 {
-        self
-    }
-    fn q4micro(self) -> Avx2 {
-        self
     }
 }
 
@@ -265,26 +212,31 @@ impl Isa for Avx512 {
     type QMicro = Avx2;
     type Q4Micro = Avx512;
 
-    fn elementwise(self) -> Avx2 {
-        self.avx2()
-    }
-    fn matvec(self) -> Avx2 {
-        self.avx2()
-    }
-    fn int4_matvec(self) -> Avx512 {
-        self
-    }
     fn matvec_many(self) -> Option<Avx2> {
         Some(self.avx2())
     }
-    fn micro(self) -> Avx2 {
-        self.avx2()
+}
+
+/// The scalar kernels run wherever the `wide` ones do.
+#[cfg(feature = "simd")]
+impl From<Wide> for Scalar {
+    fn from(_: Wide) -> Scalar {
+        Scalar
     }
-    fn qmicro(self) -> Avx2 {
-        self.avx2()
+}
+
+#[cfg(feature = "simd")]
+impl From<Wide> for WideTile {
+    fn from(_: Wide) -> WideTile {
+        WideTile {}
     }
-    fn q4micro(self) -> Avx512 {
-        self
+}
+
+/// A CPU with the AVX-512 features has the AVX2 ones (`Avx512::detect` checks both).
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+impl From<Avx512> for Avx2 {
+    fn from(t: Avx512) -> Avx2 {
+        t.avx2()
     }
 }
 

@@ -35,12 +35,7 @@ pub(crate) fn qgemm4<M: Q4Micro>(m: M, w: &Int4Mat<'_>, x: &[f32], y: &mut [f32]
         return;
     }
     let acts = PackedActs::new::<INT4_GROUP_SIZE>(x, batch, w.cols(), true, 0, quantize);
-    let panel = || Int4Panel {
-        m,
-        w: *w,
-        acts: &acts,
-        packed: PackedPanel::new(),
-    };
+    let panel = || Int4Panel::new(m, *w, &acts);
     run_qgemm(&MatRef::Int4(*w), batch, y, panel);
     acts.recycle();
 }
@@ -54,8 +49,12 @@ fn quantize(x: &[f32], codes: &mut [u8; INT4_GROUP_SIZE]) -> (f32, i32) {
     (step, 8 * q.iter().map(|&v| i32::from(v)).sum::<i32>())
 }
 
-/// One weight panel: rows `n0..n0+nr` of a depth block, unpacked for the kernel.
-struct PackedPanel {
+/// A column task's side of the int4 GEMM: the matrix, the activations, the micro-kernel, and
+/// one packed weight panel (rows `n0..n0+nr` of a depth block).
+struct Int4Panel<'a, M> {
+    m: M,
+    w: Int4Mat<'a>,
+    acts: &'a PackedActs,
     /// For depth quad `kq` and row `j`: the row's 4 codes (bytes `0..16`) at `kq * QNR + j`
     /// (0 past `nr`).
     words: Vec<u32>,
@@ -63,25 +62,22 @@ struct PackedPanel {
     scales: Vec<f32>,
 }
 
-impl PackedPanel {
-    fn new() -> Self {
+impl<'a, M> Int4Panel<'a, M> {
+    fn new(m: M, w: Int4Mat<'a>, acts: &'a PackedActs) -> Self {
         Self {
+            m,
+            w,
+            acts,
             words: vec![0; KC / 4 * QNR],
             scales: vec![0.0; KC / INT4_GROUP_SIZE * QNR],
         }
     }
+}
 
-    /// Unpacks rows `n0..n0+nr`, depth `pc..pc+kc` (full panels through the micro-kernel's
-    /// packer, if it has one).
-    fn pack<M: Q4Micro>(
-        &mut self,
-        m: M,
-        w: &Int4Mat<'_>,
-        n0: usize,
-        nr: usize,
-        pc: usize,
-        kc: usize,
-    ) {
+impl<M: Q4Micro> QPanel for Int4Panel<'_, M> {
+    /// Full panels through the micro-kernel's packer, if it has one.
+    fn pack(&mut self, n0: usize, nr: usize, pc: usize, kc: usize) {
+        let (m, w) = (self.m, self.w);
         let gpr = w.groups_per_row();
         let (g0, groups) = (pc / INT4_GROUP_SIZE, kc / INT4_GROUP_SIZE);
         if nr < QNR {
@@ -115,20 +111,6 @@ impl PackedPanel {
             }
         }
     }
-}
-
-/// The int4 panel with its matrix, activations and micro-kernel.
-struct Int4Panel<'a, M> {
-    m: M,
-    w: Int4Mat<'a>,
-    acts: &'a PackedActs,
-    packed: PackedPanel,
-}
-
-impl<M: Q4Micro> QPanel for Int4Panel<'_, M> {
-    fn pack(&mut self, n0: usize, nr: usize, pc: usize, kc: usize) {
-        self.packed.pack(self.m, &self.w, n0, nr, pc, kc);
-    }
 
     fn scale_line(&self, r: usize, pc: usize) -> *const u8 {
         let g = r * self.w.groups_per_row() + pc / INT4_GROUP_SIZE;
@@ -146,8 +128,8 @@ impl<M: Q4Micro> QPanel for Int4Panel<'_, M> {
             a: self.acts.words(s, pc, kc),
             a_steps: self.acts.scales(s, g0, ng),
             a_offsets: self.acts.offsets(s, g0, ng),
-            b: &self.packed.words,
-            b_scales: &self.packed.scales,
+            b: &self.words,
+            b_scales: &self.scales,
         };
         self.m.kernel(&op, c, ldc, accumulate);
     }

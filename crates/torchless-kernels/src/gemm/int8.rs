@@ -74,46 +74,42 @@ pub(crate) fn qgemm<M: QMicro>(m: M, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32], 
     let acts = PackedActs::new::<GROUP_SIZE>(x, batch, w.cols(), false, pad, |xg, codes| {
         (quantize_group(xg, codes), 0)
     });
-    let panel = || Int8Panel {
-        m,
-        w: *w,
-        acts: &acts,
-        packed: PackedPanel::new(),
-    };
+    let panel = || Int8Panel::new(m, *w, &acts);
     run_qgemm(&MatRef::Int8(*w), batch, y, panel);
     acts.recycle();
 }
 
-/// One weight panel: rows `n0..n0+nr` of a depth block, packed for the kernel.
-struct PackedPanel {
+/// A column task's side of the int8 GEMM: the matrix, the activations, the micro-kernel, and
+/// one packed weight panel (rows `n0..n0+nr` of a depth block).
+struct Int8Panel<'a, M> {
+    m: M,
+    w: Int8Mat<'a>,
+    acts: &'a PackedActs,
     /// For depth quad `kq` and row `j`: the row's 4 int8 values at `kq * QNR + j` (0 past `nr`).
     words: Vec<u32>,
     /// Group `g` of the block, row `j`: `1 / inv_scale` at `g * QNR + j`.
     scales: Vec<f32>,
-    /// Group `g`, row `j`: `-64 · Σ q`, the start value that cancels the activation offset.
+    /// Group `g`, row `j`: `-ACT_OFFSET · Σ q`, the start value that cancels the activation offset.
     corrections: Vec<i32>,
 }
 
-impl PackedPanel {
-    fn new() -> Self {
+impl<'a, M> Int8Panel<'a, M> {
+    fn new(m: M, w: Int8Mat<'a>, acts: &'a PackedActs) -> Self {
         Self {
+            m,
+            w,
+            acts,
             words: vec![0; KC / 4 * QNR],
             scales: vec![0.0; KC / GROUP_SIZE * QNR],
             corrections: vec![0; KC / GROUP_SIZE * QNR],
         }
     }
+}
 
-    /// Packs rows `n0..n0+nr`, depth `pc..pc+kc` of a row-aligned matrix (full panels through
-    /// the micro-kernel's packer, if it has one).
-    fn pack<M: QMicro>(
-        &mut self,
-        m: M,
-        w: &Int8Mat<'_>,
-        n0: usize,
-        nr: usize,
-        pc: usize,
-        kc: usize,
-    ) {
+impl<M: QMicro> QPanel for Int8Panel<'_, M> {
+    /// Full panels through the micro-kernel's packer, if it has one.
+    fn pack(&mut self, n0: usize, nr: usize, pc: usize, kc: usize) {
+        let (m, w) = (self.m, self.w);
         let cols = w.cols();
         let groups_per_row = cols / GROUP_SIZE;
         let (quads, groups) = (kc / 4, kc / GROUP_SIZE);
@@ -143,20 +139,6 @@ impl PackedPanel {
             }
         }
     }
-}
-
-/// The int8 panel with its matrix, activations and micro-kernel.
-struct Int8Panel<'a, M> {
-    m: M,
-    w: Int8Mat<'a>,
-    acts: &'a PackedActs,
-    packed: PackedPanel,
-}
-
-impl<M: QMicro> QPanel for Int8Panel<'_, M> {
-    fn pack(&mut self, n0: usize, nr: usize, pc: usize, kc: usize) {
-        self.packed.pack(self.m, &self.w, n0, nr, pc, kc);
-    }
 
     fn scale_line(&self, r: usize, pc: usize) -> *const u8 {
         let g = r * (self.w.cols() / GROUP_SIZE) + pc / GROUP_SIZE;
@@ -173,9 +155,9 @@ impl<M: QMicro> QPanel for Int8Panel<'_, M> {
             groups: ng,
             a: self.acts.words(s, pc, kc),
             a_scales: self.acts.scales(s, g0, ng),
-            b: &self.packed.words,
-            b_scales: &self.packed.scales,
-            b_corr: &self.packed.corrections,
+            b: &self.words,
+            b_scales: &self.scales,
+            b_corr: &self.corrections,
         };
         self.m.kernel(&op, c, ldc, accumulate);
     }

@@ -10,39 +10,52 @@ use crate::int4::Int4Input;
 use crate::mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
 
 /// One SIMD path: the implementation it runs for each family of kernels (`dispatch` holds the
-/// table). A family may be another instruction set's: the AVX-512 path runs the AVX2
-/// element-wise kernels, the `wide` path the scalar integer ones.
+/// table). A family may be another instruction set's, made from this path's token by `From`: the
+/// AVX-512 path runs the AVX2 element-wise kernels, the `wide` path the scalar integer ones.
 pub(crate) trait Isa: Copy + Send + Sync {
     /// Element-wise ops and reductions.
-    type Elementwise: Elementwise;
+    type Elementwise: Elementwise + From<Self>;
     /// f32 and int8 decode rows.
-    type Matvec: Matvec;
+    type Matvec: Matvec + From<Self>;
     /// int4 decode rows.
-    type Int4Matvec: Int4Matvec;
+    type Int4Matvec: Int4Matvec + From<Self>;
     /// Decode rows of several inputs at once ([`NoKernel`] where the path has none).
     type MatvecMany: MatvecMany;
     /// The f32 GEMM tile.
-    type Micro: Micro;
+    type Micro: Micro + From<Self>;
     /// The int8 integer-GEMM tile.
-    type QMicro: QMicro;
+    type QMicro: QMicro + From<Self>;
     /// The int4 integer-GEMM tile.
-    type Q4Micro: Q4Micro;
+    type Q4Micro: Q4Micro + From<Self>;
 
-    /// The element-wise kernels.
-    fn elementwise(self) -> Self::Elementwise;
-    /// The f32 and int8 decode kernels.
-    fn matvec(self) -> Self::Matvec;
-    /// The int4 decode kernels.
-    fn int4_matvec(self) -> Self::Int4Matvec;
     /// The multi-input decode kernels; `None` where the path has none (callers then run one
     /// matvec per input).
     fn matvec_many(self) -> Option<Self::MatvecMany>;
+
+    /// The element-wise kernels.
+    fn elementwise(self) -> Self::Elementwise {
+        self.into()
+    }
+    /// The f32 and int8 decode kernels.
+    fn matvec(self) -> Self::Matvec {
+        self.into()
+    }
+    /// The int4 decode kernels.
+    fn int4_matvec(self) -> Self::Int4Matvec {
+        self.into()
+    }
     /// The f32 GEMM micro-kernel.
-    fn micro(self) -> Self::Micro;
+    fn micro(self) -> Self::Micro {
+        self.into()
+    }
     /// The int8 integer-GEMM micro-kernel.
-    fn qmicro(self) -> Self::QMicro;
+    fn qmicro(self) -> Self::QMicro {
+        self.into()
+    }
     /// The int4 integer-GEMM micro-kernel.
-    fn q4micro(self) -> Self::Q4Micro;
+    fn q4micro(self) -> Self::Q4Micro {
+        self.into()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -50,6 +63,37 @@ pub(crate) trait Isa: Copy + Send + Sync {
 
 /// Below this `e^x` would be subnormal: the vector exps (`wide`, AVX2) return 0 there.
 pub(crate) const EXP_LO: f32 = -87.336_54;
+
+/// Holds a vector `e^x` (`exp8`: 8 lanes) to its contract: within 3e-7 of the f64 value from
+/// [`EXP_LO`] to 88 (checked every 0.01 and at the edges), exactly 0 below, NaN for NaN.
+#[cfg(test)]
+pub(crate) fn check_vector_exp(exp8: impl Fn([f32; 8]) -> [f32; 8]) {
+    let mut xs: Vec<f32> = (-8800..=8800).map(|i| i as f32 / 100.0).collect();
+    xs.extend([
+        -87.3,
+        -87.33,
+        -87.4,
+        -100.0,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-8,
+    ]);
+    for c in xs.chunks(8) {
+        let mut a = [0.0f32; 8];
+        a[..c.len()].copy_from_slice(c);
+        for (&x, &y) in c.iter().zip(&exp8(a)) {
+            let want = f64::from(x).exp();
+            if x < EXP_LO {
+                assert_eq!(y, 0.0, "exp({x})");
+            } else {
+                let rel = (f64::from(y) - want).abs() / want;
+                assert!(rel < 3e-7, "exp({x}) = {y}, want {want}, rel {rel:e}");
+            }
+        }
+    }
+    assert!(exp8([f32::NAN; 8])[0].is_nan());
+}
 
 /// Element-wise kernels and reductions on f32 slices.
 pub(crate) trait Elementwise: Copy + Send + Sync {

@@ -4,27 +4,9 @@
 use super::Scalar;
 use crate::isa::traits::{Q4Micro, Q4Operands, QMicro, QOperands, QMR, QNR};
 
-/// The tile's starting values: `c`'s (row stride `ldc`) when accumulating, else zeros.
-fn load_tile(c: &[f32], ldc: usize, accumulate: bool) -> [[f32; QNR]; QMR] {
-    let mut out = [[0.0f32; QNR]; QMR];
-    if accumulate {
-        for (i, row) in out.iter_mut().enumerate() {
-            row.copy_from_slice(&c[i * ldc..i * ldc + QNR]);
-        }
-    }
-    out
-}
-
-/// Writes the tile into `c` (row stride `ldc`).
-fn store_tile(out: &[[f32; QNR]; QMR], c: &mut [f32], ldc: usize) {
-    for (i, row) in out.iter().enumerate() {
-        c[i * ldc..i * ldc + QNR].copy_from_slice(row);
-    }
-}
-
 impl QMicro for Scalar {
     fn kernel(self, op: &QOperands<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
-        const WORDS: usize = QOperands::WORDS_PER_GROUP;
+        const WORDS_PER_GROUP: usize = QOperands::WORDS_PER_GROUP;
         let QOperands {
             groups,
             a,
@@ -33,14 +15,19 @@ impl QMicro for Scalar {
             b_scales,
             b_corr,
         } = *op;
-        let mut out = load_tile(c, ldc, accumulate);
+        let mut out = [[0.0f32; QNR]; QMR];
+        if accumulate {
+            for (i, row) in out.iter_mut().enumerate() {
+                row.copy_from_slice(&c[i * ldc..i * ldc + QNR]);
+            }
+        }
         for g in 0..groups {
             let corr = &b_corr[g * QNR..(g + 1) * QNR];
             let mut acc = [[0i32; QNR]; QMR];
             for row in acc.iter_mut() {
                 row.copy_from_slice(corr);
             }
-            for kq in g * WORDS..(g + 1) * WORDS {
+            for kq in g * WORDS_PER_GROUP..(g + 1) * WORDS_PER_GROUP {
                 let bw = &b[kq * QNR..(kq + 1) * QNR];
                 for (i, acc_row) in acc.iter_mut().enumerate() {
                     let aw = a[kq * QMR + i].to_le_bytes();
@@ -60,13 +47,15 @@ impl QMicro for Scalar {
                 }
             }
         }
-        store_tile(&out, c, ldc);
+        for (i, row) in out.iter().enumerate() {
+            c[i * ldc..i * ldc + QNR].copy_from_slice(row);
+        }
     }
 }
 
 impl Q4Micro for Scalar {
     fn kernel(self, op: &Q4Operands<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
-        const WORDS: usize = Q4Operands::WORDS_PER_GROUP;
+        const WORDS_PER_GROUP: usize = Q4Operands::WORDS_PER_GROUP;
         let Q4Operands {
             groups,
             a,
@@ -75,10 +64,15 @@ impl Q4Micro for Scalar {
             b,
             b_scales,
         } = *op;
-        let mut out = load_tile(c, ldc, accumulate);
+        let mut out = [[0.0f32; QNR]; QMR];
+        if accumulate {
+            for (i, row) in out.iter_mut().enumerate() {
+                row.copy_from_slice(&c[i * ldc..i * ldc + QNR]);
+            }
+        }
         for g in 0..groups {
             let mut acc = [[0i32; QNR]; QMR];
-            for kq in g * WORDS..(g + 1) * WORDS {
+            for kq in g * WORDS_PER_GROUP..(g + 1) * WORDS_PER_GROUP {
                 let bw = &b[kq * QNR..(kq + 1) * QNR];
                 for (i, acc_row) in acc.iter_mut().enumerate() {
                     let aw = a[kq * QMR + i].to_le_bytes();
@@ -98,6 +92,8 @@ impl Q4Micro for Scalar {
                 }
             }
         }
-        store_tile(&out, c, ldc);
+        for (i, row) in out.iter().enumerate() {
+            c[i * ldc..i * ldc + QNR].copy_from_slice(row);
+        }
     }
 }

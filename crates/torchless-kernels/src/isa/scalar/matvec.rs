@@ -1,48 +1,11 @@
 //! Decode rows in plain Rust: f32, int8, and the int4 kernel that defines the operation order of
 //! every int4 path (see `int4.rs`).
 
-use super::elementwise::{dot, hsum8};
+use super::elementwise::dot;
 use super::Scalar;
 use crate::int4::{code_index, reduce_lanes, Int4Input, BLOCK_GROUPS, LANE_GROUP};
 use crate::isa::traits::{Int4Matvec, Matvec};
 use crate::mat::{f16_to_f32, F32Mat, Int4Mat, Int8Mat};
-
-/// `Σ q[i] x[i]` with the int8 values converted to f32.
-fn dot_i8(q: &[i8], x: &[f32]) -> f32 {
-    let n = q.len().min(x.len());
-    let (q, x) = (&q[..n], &x[..n]);
-    let mut acc = [0.0f32; 8];
-    let mut cq = q.chunks_exact(8);
-    let mut cx = x.chunks_exact(8);
-    for (a, b) in (&mut cq).zip(&mut cx) {
-        for i in 0..8 {
-            acc[i] += f32::from(a[i]) * b[i];
-        }
-    }
-    let mut s = hsum8(&acc);
-    for (a, b) in cq.remainder().iter().zip(cx.remainder()) {
-        s += f32::from(*a) * b;
-    }
-    s
-}
-
-/// `y = W x` for f32 weights (`y.len() == w.rows()`, `x.len() == w.cols()`).
-fn matvec_f32(w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
-    let cols = w.cols();
-    for (yr, row) in y.iter_mut().zip(w.data().chunks_exact(cols.max(1))) {
-        *yr = dot(row, x);
-    }
-    if cols == 0 {
-        y.fill(0.0);
-    }
-}
-
-/// `y = W x` for int8 weights.
-fn matvec_i8(w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
-    for (r, yr) in y.iter_mut().enumerate() {
-        *yr = w.row_dot_by_groups(r, x, dot_i8);
-    }
-}
 
 /// One int4 row (`packed`: its `groups * 16` code bytes, `scales`: its `groups` scales) with
 /// `input`: the definition every int4 kernel reproduces bit for bit.
@@ -86,11 +49,19 @@ fn matvec_i4(w: &Int4Mat<'_>, input: &Int4Input, y: &mut [f32]) {
 
 impl Matvec for Scalar {
     fn matvec_f32(self, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_f32(w, x, y);
+        let cols = w.cols();
+        for (yr, row) in y.iter_mut().zip(w.data().chunks_exact(cols.max(1))) {
+            *yr = dot(row, x);
+        }
+        if cols == 0 {
+            y.fill(0.0);
+        }
     }
 
     fn matvec_i8(self, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_i8(w, x, y);
+        for (r, yr) in y.iter_mut().enumerate() {
+            *yr = w.row_dot_by_groups(r, x, dot::<i8>);
+        }
     }
 }
 

@@ -4,8 +4,7 @@ use super::{ld, st};
 use crate::isa::traits::{Micro, Operands};
 use wide::f32x8;
 
-/// The GEMM micro-kernel (see `gemm::float`): `c[i][j] (+)= Σ_k a[k][i] b[k][j]` for an `MR x NR` tile,
-/// `NR = 8 * NV`.
+/// The micro-kernel: `c[i][j] (+)= Σ_k a[k][i] b[k][j]` for an `MR x NR` tile, `NR = 8 * NV`.
 fn gemm_kernel<const MR: usize, const NV: usize>(
     kc: usize,
     a: &[f32],

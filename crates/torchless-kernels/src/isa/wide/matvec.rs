@@ -23,29 +23,6 @@ fn dot_i8(q: &[i8], x: &[f32]) -> f32 {
     s
 }
 
-/// `y = W x` for f32 weights, four rows at a time so each load of `x` is shared. Every row gets the
-/// same sequence of operations whichever block it falls in, so results do not depend on how rows
-/// are split (threads, sub-views).
-fn matvec_f32(w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
-    let cols = w.cols();
-    if cols == 0 {
-        y.fill(0.0);
-        return;
-    }
-    let mut rows = w.data().chunks_exact(4 * cols);
-    let mut ys = y.chunks_exact_mut(4);
-    for (block, yb) in (&mut rows).zip(&mut ys) {
-        f32_rows::<4>(block, cols, x, yb);
-    }
-    for (row, yr) in rows
-        .remainder()
-        .chunks_exact(cols)
-        .zip(ys.into_remainder().chunks_exact_mut(1))
-    {
-        f32_rows::<1>(row, cols, x, yr);
-    }
-}
-
 #[inline(always)]
 fn f32_rows<const R: usize>(block: &[f32], cols: usize, x: &[f32], y: &mut [f32]) {
     let c8 = cols / 8 * 8;
@@ -60,26 +37,6 @@ fn f32_rows<const R: usize>(block: &[f32], cols: usize, x: &[f32], y: &mut [f32]
     for i in 0..R {
         let tail: f32 = r[i][c8..].iter().zip(&x[c8..]).map(|(a, b)| a * b).sum();
         y[i] = acc[i].reduce_add() + tail;
-    }
-}
-
-/// `y = W x` for int8 weights: four rows at a time for row-aligned groups (same per-row arithmetic
-/// in every block), the general group-splitting loop otherwise.
-fn matvec_i8(w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
-    if !w.is_row_aligned() || w.cols() == 0 {
-        for (r, yr) in y.iter_mut().enumerate() {
-            *yr = w.row_dot_by_groups(r, x, dot_i8);
-        }
-        return;
-    }
-    let cols = w.cols();
-    let groups = cols / GROUP_SIZE;
-    let full = w.rows() / 4 * 4;
-    for r0 in (0..full).step_by(4) {
-        i8_rows::<4>(w, r0, groups, x, &mut y[r0..r0 + 4]);
-    }
-    for r in full..w.rows() {
-        i8_rows::<1>(w, r, groups, x, &mut y[r..r + 1]);
     }
 }
 
@@ -108,11 +65,45 @@ fn i8_rows<const R: usize>(w: &Int8Mat<'_>, r0: usize, groups: usize, x: &[f32],
 }
 
 impl Matvec for Wide {
+    /// Four rows at a time so each load of `x` is shared. Every row gets the same sequence of
+    /// operations whichever block it falls in.
     fn matvec_f32(self, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_f32(w, x, y);
+        let cols = w.cols();
+        if cols == 0 {
+            y.fill(0.0);
+            return;
+        }
+        let mut rows = w.data().chunks_exact(4 * cols);
+        let mut ys = y.chunks_exact_mut(4);
+        for (block, yb) in (&mut rows).zip(&mut ys) {
+            f32_rows::<4>(block, cols, x, yb);
+        }
+        for (row, yr) in rows
+            .remainder()
+            .chunks_exact(cols)
+            .zip(ys.into_remainder().chunks_exact_mut(1))
+        {
+            f32_rows::<1>(row, cols, x, yr);
+        }
     }
 
+    /// Four rows at a time for row-aligned groups (same per-row arithmetic in every block), the
+    /// general group-splitting loop otherwise.
     fn matvec_i8(self, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_i8(w, x, y);
+        if !w.is_row_aligned() || w.cols() == 0 {
+            for (r, yr) in y.iter_mut().enumerate() {
+                *yr = w.row_dot_by_groups(r, x, dot_i8);
+            }
+            return;
+        }
+        let cols = w.cols();
+        let groups = cols / GROUP_SIZE;
+        let full = w.rows() / 4 * 4;
+        for r0 in (0..full).step_by(4) {
+            i8_rows::<4>(w, r0, groups, x, &mut y[r0..r0 + 4]);
+        }
+        for r in full..w.rows() {
+            i8_rows::<1>(w, r, groups, x, &mut y[r..r + 1]);
+        }
     }
 }

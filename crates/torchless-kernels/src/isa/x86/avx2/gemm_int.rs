@@ -134,8 +134,8 @@ unsafe fn qpack_b_raw(q: *const i8, row_stride: usize, kc: usize, words: *mut u3
 }
 
 /// Packs a full 16-row int8 panel for the integer kernel: `words[kq*16 + j]` = row `j`'s bytes
-/// `4kq..4kq+4`, `corr[g*16 + j] = -ACT_OFFSET · Σ` of row `j`'s group `g`. `q` starts at row 0's first
-/// byte; rows are `row_stride` apart; `kc % 64 == 0`.
+/// `4kq..4kq+4`, `corr[g*16 + j] = -ACT_OFFSET · Σ` of row `j`'s group `g`. `q` starts at row 0's
+/// first byte; rows are `row_stride` apart; `kc % 64 == 0`.
 fn qpack_b(_t: Avx2, q: &[i8], row_stride: usize, kc: usize, words: &mut [u32], corr: &mut [i32]) {
     assert!(kc.is_multiple_of(64), "whole groups");
     assert!(
