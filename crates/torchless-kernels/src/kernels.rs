@@ -13,9 +13,9 @@ use crate::blas;
 use crate::dispatch::{auto_path, blas_backend, on_isa, require, Path, SimdPath};
 use crate::error::{check_len, checked_mul, KernelError};
 use crate::gemm::{float, int4, int8};
+use crate::gemv;
 use crate::isa::traits::{Elementwise, Isa};
 use crate::mat::{F32Mat, MatRef};
-use crate::matvec;
 
 /// The kernels on one SIMD path. `Kernels::auto()` is what the free functions use; build one with
 /// [`Kernels::with_path`] to force a path (tests, benchmarks, `--debug` comparisons).
@@ -205,7 +205,7 @@ impl Kernels {
                 return Ok(());
             }
         }
-        on_isa!(self.path, |isa| matvec::matvec(isa, w, x, y));
+        on_isa!(self.path, |isa| gemv::matvec(isa, w, x, y));
         Ok(())
     }
 
@@ -228,7 +228,7 @@ impl Kernels {
             batch,
         )?;
         let blas = self.blas_f32(w).is_some();
-        if on_isa!(self.path, |isa| matvec::batch(isa, w, xs, ys, batch, blas)) {
+        if on_isa!(self.path, |isa| gemv::batch(isa, w, xs, ys, batch, blas)) {
             return Ok(());
         }
         let (rows, cols) = (w.rows(), w.cols());
@@ -260,7 +260,7 @@ impl Kernels {
             check_len("matvec output", w.rows(), y.len())?;
         }
         if !ws.iter().any(|w| self.blas_f32(w).is_some()) {
-            on_isa!(self.path, |isa| matvec::many(isa, ws, x, ys));
+            on_isa!(self.path, |isa| gemv::many(isa, ws, x, ys));
             return Ok(());
         }
         #[cfg(feature = "parallel")]
@@ -326,7 +326,7 @@ impl Kernels {
         }
         on_isa!(self.path, |isa| match (isa.matvec_many(), w) {
             (Some(many), MatRef::Int8(m)) if batch <= SMALL_BATCH && m.is_row_aligned() => {
-                matvec::matmul_i8_small(many, m, xs, ys, batch)
+                gemv::matmul_i8_small(many, m, xs, ys, batch)
             }
             _ => float::gemm(isa.micro(), w, xs, ys, batch),
         });

@@ -42,11 +42,11 @@
 
 // The crate's modules, from the leaves up (a module imports only modules listed before it):
 //
-// - data and helpers: `error`, `mat` (weight views), `int4` (the int4 input layout), `parallel`
-//   and `team` (threads), `rope`, `reference`;
+// - data and helpers: `error`, `mat` (weight views), `int4` (the int4 input layout), `team`
+//   and `parallel` (threads), `rope`, `reference`;
 // - `isa::traits`: what drivers ask of an instruction set (families of kernels, tile sizes,
 //   operands); `isa::{scalar, wide, x86}`: one folder per instruction set implementing them;
-// - drivers, generic over those traits and naming no instruction set: `matvec`, `gemm::{float,
+// - drivers, generic over those traits and naming no instruction set: `gemv`, `gemm::{float,
 //   int, int8, int4}`, `attention::{decode, prefill}`; `blas`;
 // - `dispatch`: the paths, the table of what each runs, and the one `match` on a path (`on_isa!`);
 // - `kernels` (the public `Kernels`) and `probe`, which choose a driver and dispatch to it.
@@ -60,11 +60,11 @@ mod blas;
 mod dispatch;
 mod error;
 mod gemm;
+mod gemv;
 mod int4;
 mod isa;
 mod kernels;
 mod mat;
-mod matvec;
 mod parallel;
 #[cfg(test)]
 mod path_tests;

@@ -1,7 +1,7 @@
 //! Unit tests that run each instruction set's kernels through the drivers (tests that need both
 //! sides, which no module of either side imports).
 
-use crate::gemm::float::{gemm, pack_b_generic};
+use crate::gemm::float::gemm;
 use crate::isa::traits::Micro;
 use crate::mat::MatRef;
 
@@ -78,6 +78,7 @@ fn avx2_micro_kernel_and_packers() {
     };
     check(t);
     // The vectorized packers produce exactly what the generic packer does.
+    use crate::gemm::float::pack_b_generic;
     let (n, k) = (32, 512);
     let mut s = 3u64;
     let w: Vec<f32> = (0..n * k).map(|_| rng(&mut s)).collect();

@@ -62,11 +62,12 @@ pub(crate) trait Isa: Copy + Send + Sync {
 // Element-wise ops.
 
 /// Below this `e^x` would be subnormal: the vector exps (`wide`, AVX2) return 0 there.
+#[cfg(feature = "simd")]
 pub(crate) const EXP_LO: f32 = -87.336_54;
 
 /// Holds a vector `e^x` (`exp8`: 8 lanes) to its contract: within 3e-7 of the f64 value from
 /// [`EXP_LO`] to 88 (checked every 0.01 and at the edges), exactly 0 below, NaN for NaN.
-#[cfg(test)]
+#[cfg(all(test, feature = "simd"))]
 pub(crate) fn check_vector_exp(exp8: impl Fn([f32; 8]) -> [f32; 8]) {
     let mut xs: Vec<f32> = (-8800..=8800).map(|i| i as f32 / 100.0).collect();
     xs.extend([
@@ -201,6 +202,8 @@ pub(crate) struct Operands<'a> {
     pub(crate) kc: usize,
     pub(crate) a: &'a [f32],
     pub(crate) b: &'a [f32],
+    // Read by the x86 SIMD kernel only.
+    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
     pub(crate) pf: &'a [*const u8],
 }
 
