@@ -1,6 +1,13 @@
-//! Run-time selection of the SIMD path, detected once.
+//! Run-time selection of the SIMD path, detected once, and the one place that maps a path to the
+//! kernels it runs: the table of `Isa` implementations and the [`on_isa!`] macro.
 
 use crate::error::KernelError;
+use crate::isa::scalar::Scalar;
+use crate::isa::traits::{Isa, NoKernel};
+#[cfg(feature = "simd")]
+use crate::isa::wide::{Wide, WideTile};
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+use crate::isa::x86::{Avx2, Avx512};
 use std::sync::OnceLock;
 
 /// The implementations a kernel can run on.
@@ -80,15 +87,16 @@ fn wide_name() -> &'static str {
     }
 }
 
-/// A path together with the proof that it may run: the AVX2 token, and the AVX-512 one when the
-/// int4 products take the AVX-512 VNNI kernels.
+/// A path together with the proof that it may run (the tokens of its instruction sets).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Path {
     Scalar,
     #[cfg(feature = "simd")]
     Wide,
     #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-    Avx2(crate::avx2::Token, Option<crate::avx512::Token>),
+    Avx2(Avx2),
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    Avx512(Avx512),
 }
 
 impl Path {
@@ -98,11 +106,9 @@ impl Path {
             #[cfg(feature = "simd")]
             SimdPath::Wide => Some(Path::Wide),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            SimdPath::Avx2Fma => avx2_token().map(|t| Path::Avx2(t, None)),
+            SimdPath::Avx2Fma => avx2_token().map(Path::Avx2),
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            SimdPath::Avx512Vnni => avx2_token()
-                .zip(avx512_token())
-                .map(|(t, v)| Path::Avx2(t, Some(v))),
+            SimdPath::Avx512Vnni => avx512_token().map(Path::Avx512),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -114,23 +120,136 @@ impl Path {
             #[cfg(feature = "simd")]
             Path::Wide => SimdPath::Wide,
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(_, None) => SimdPath::Avx2Fma,
+            Path::Avx2(_) => SimdPath::Avx2Fma,
             #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-            Path::Avx2(_, Some(_)) => SimdPath::Avx512Vnni,
+            Path::Avx512(_) => SimdPath::Avx512Vnni,
         }
     }
 }
 
+/// Evaluates `$body` with `$isa` bound to the instruction set of `$path` (a value implementing
+/// [`Isa`]), monomorphized once per path: the one `match` on a path in the crate. One dispatch per
+/// call: kernels inside `$body` are called statically.
+macro_rules! on_isa {
+    ($path:expr, |$isa:ident| $body:expr) => {
+        match $path {
+            $crate::dispatch::Path::Scalar => {
+                let $isa = $crate::isa::scalar::Scalar;
+                $body
+            }
+            #[cfg(feature = "simd")]
+            $crate::dispatch::Path::Wide => {
+                let $isa = $crate::isa::wide::Wide;
+                $body
+            }
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            $crate::dispatch::Path::Avx2($isa) => $body,
+            #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+            $crate::dispatch::Path::Avx512($isa) => $body,
+        }
+    };
+}
+pub(crate) use on_isa;
+
+// The table: which implementation each path runs for each family of kernels (a family another
+// instruction set implements is made from the path's token by the `From` impls below).
+
+/// Plain Rust for everything.
+impl Isa for Scalar {
+    type Elementwise = Scalar;
+    type Matvec = Scalar;
+    type Int4Matvec = Scalar;
+    type MatvecMany = NoKernel;
+    type Micro = Scalar;
+    type QMicro = Scalar;
+    type Q4Micro = Scalar;
+
+    fn matvec_many(self) -> Option<NoKernel> {
+        None
+    }
+}
+
+/// `wide` vectors for the f32 work; the integer kernels are the scalar ones.
+#[cfg(feature = "simd")]
+impl Isa for Wide {
+    type Elementwise = Wide;
+    type Matvec = Wide;
+    type Int4Matvec = Scalar;
+    type MatvecMany = NoKernel;
+    type Micro = WideTile;
+    type QMicro = Scalar;
+    type Q4Micro = Scalar;
+
+    fn matvec_many(self) -> Option<NoKernel> {
+        None
+    }
+}
+
+/// AVX2 + FMA for everything.
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-fn avx2_token() -> Option<crate::avx2::Token> {
-    static TOKEN: OnceLock<Option<crate::avx2::Token>> = OnceLock::new();
-    *TOKEN.get_or_init(crate::avx2::Token::detect)
+impl Isa for Avx2 {
+    type Elementwise = Avx2;
+    type Matvec = Avx2;
+    type Int4Matvec = Avx2;
+    type MatvecMany = Avx2;
+    type Micro = Avx2;
+    type QMicro = Avx2;
+    type Q4Micro = Avx2;
+
+    fn matvec_many(self) -> Option<Avx2> {
+        Some(self)
+    }
+}
+
+/// The AVX2 path with the AVX-512 VNNI int4 kernels.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+impl Isa for Avx512 {
+    type Elementwise = Avx2;
+    type Matvec = Avx2;
+    type Int4Matvec = Avx512;
+    type MatvecMany = Avx2;
+    type Micro = Avx2;
+    type QMicro = Avx2;
+    type Q4Micro = Avx512;
+
+    fn matvec_many(self) -> Option<Avx2> {
+        Some(self.avx2())
+    }
+}
+
+/// The scalar kernels run wherever the `wide` ones do.
+#[cfg(feature = "simd")]
+impl From<Wide> for Scalar {
+    fn from(_: Wide) -> Scalar {
+        Scalar
+    }
+}
+
+#[cfg(feature = "simd")]
+impl From<Wide> for WideTile {
+    fn from(_: Wide) -> WideTile {
+        WideTile {}
+    }
+}
+
+/// A CPU with the AVX-512 features has the AVX2 ones (`Avx512::detect` checks both).
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+impl From<Avx512> for Avx2 {
+    fn from(t: Avx512) -> Avx2 {
+        t.avx2()
+    }
 }
 
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-fn avx512_token() -> Option<crate::avx512::Token> {
-    static TOKEN: OnceLock<Option<crate::avx512::Token>> = OnceLock::new();
-    *TOKEN.get_or_init(crate::avx512::Token::detect)
+fn avx2_token() -> Option<Avx2> {
+    static TOKEN: OnceLock<Option<Avx2>> = OnceLock::new();
+    *TOKEN.get_or_init(Avx2::detect)
+}
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+fn avx512_token() -> Option<Avx512> {
+    static TOKEN: OnceLock<Option<Avx512>> = OnceLock::new();
+    *TOKEN.get_or_init(Avx512::detect)
 }
 
 /// Environment variable that overrides the automatic choice (`scalar`, `wide`, `avx2`, `avx512`); an

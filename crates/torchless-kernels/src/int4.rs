@@ -1,9 +1,11 @@
-//! int4 decode: integer dot products of 4-bit weights with int8-quantized activations.
+//! The int4 kernels' input: activations quantized per group of 32 and laid out for the decode
+//! kernels, and the order of f32 operations every path shares.
 //!
 //! Per token, the input is quantized once per group of 32 (`xq = round(x · 127 / max|x|)`, step
 //! `dx = max|x| / 127`), so a weight group's contribution is `d · dx · Σ (u − 8) · xq`, the sum in
 //! exact integer arithmetic. The order of the f32 operations is fixed and shared by every path
-//! (scalar here, AVX2 in `avx2.rs`), so all paths give bit-identical results:
+//! (the scalar kernel in `isa/scalar/matvec.rs` is its definition), so all paths give
+//! bit-identical results:
 //!
 //! - groups are taken in blocks of 8 (a short last block is padded with zero groups); lane `m` of
 //!   8 holds group `8b + LANE_GROUP[m]` of block `b` (the order in which three `vphaddd` leave the
@@ -11,12 +13,12 @@
 //! - `acc[m] = fma(f32(Σ u · xq − 8 Σ xq), d · dx, acc[m])`, one fused multiply-add per group;
 //! - the row's result is `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`.
 //!
-//! Per 8 groups that is one conversion, one product of scales and one FMA for 8 lanes, where
-//! taking groups in pairs cost as many per 2 groups (the 1-thread decode kernel was bound by it).
-//! The AVX-512 kernel (`avx512.rs`) sums the groups in another register layout but keeps every
-//! lane's sequence of f32 operations and the final reduction, so it is bit-identical too.
+//! Per 8 groups that is one conversion, one product of scales and one FMA for 8 lanes (taking
+//! groups in pairs cost as many per 2 groups). The AVX-512 kernel sums the groups in another
+//! register layout but keeps every lane's sequence of f32 operations and the final reduction, so
+//! it is bit-identical too.
 
-use crate::mat::{f16_to_f32, Int4Mat, INT4_GROUP_SIZE};
+use crate::mat::{Int4Mat, INT4_GROUP_SIZE};
 
 /// Groups per block.
 pub(crate) const BLOCK_GROUPS: usize = 8;
@@ -94,7 +96,7 @@ impl Int4Input {
 
 /// Where value `i` (0..32) of group `g` sits in [`Int4Input::xq`].
 #[inline]
-fn code_index(g: usize, i: usize) -> usize {
+pub(crate) fn code_index(g: usize, i: usize) -> usize {
     (g / 4) * 128 + (i / 16) * 64 + (g % 4) * 16 + i % 16
 }
 
@@ -162,43 +164,4 @@ fn round_half_even(v: f32) -> f32 {
 #[inline]
 pub(crate) fn reduce_lanes(a: [f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
-}
-
-/// One row (`packed`: its `groups * 16` code bytes, `scales`: its `groups` scales) with `input`.
-pub(crate) fn row_dot(packed: &[u8], scales: &[u16], input: &Int4Input) -> f32 {
-    let groups = scales.len();
-    let mut acc = [0.0f32; 8];
-    for b in 0..groups.div_ceil(BLOCK_GROUPS) {
-        for (lane, &j) in LANE_GROUP.iter().enumerate() {
-            let g = b * BLOCK_GROUPS + j;
-            // Padding groups: zero codes and scale, as the AVX2 kernel computes them.
-            let (codes, d) = match (packed.get(g * 16..(g + 1) * 16), scales.get(g)) {
-                (Some(c), Some(&d)) => (c, f16_to_f32(d)),
-                _ => (&[0u8; 16][..], 0.0),
-            };
-            let xq = |i: usize| i32::from(input.xq[code_index(g, i)]);
-            let mut sum = 0i32;
-            for (i, &c) in codes.iter().enumerate() {
-                sum += i32::from(c & 0x0f) * xq(i);
-                sum += i32::from(c >> 4) * xq(16 + i);
-            }
-            let at = b * 8 + lane;
-            let v = (sum - input.offsets[at]) as f32;
-            acc[lane] = v.mul_add(d * input.steps[at], acc[lane]);
-        }
-    }
-    reduce_lanes(acc)
-}
-
-/// `y = W x` for int4 weights, portable.
-pub(crate) fn matvec(w: &Int4Mat<'_>, input: &Int4Input, y: &mut [f32]) {
-    let groups = w.groups_per_row();
-    debug_assert_eq!(input.blocks(), groups.div_ceil(BLOCK_GROUPS));
-    for (r, yr) in y.iter_mut().enumerate() {
-        *yr = row_dot(
-            &w.packed()[r * groups * 16..(r + 1) * groups * 16],
-            &w.scales()[r * groups..(r + 1) * groups],
-            input,
-        );
-    }
 }

@@ -40,12 +40,17 @@
 //! ```
 #![warn(missing_docs)]
 
+// The crate's modules, from the leaves up (a module imports only modules listed before it):
+//
+// - data and helpers: `error`, `mat` (weight views), `int4` (the int4 input layout), `team`
+//   and `parallel` (threads), `rope`, `reference`;
+// - `isa::traits`: what drivers ask of an instruction set (families of kernels, tile sizes,
+//   operands); `isa::{scalar, wide, x86}`: one folder per instruction set implementing them;
+// - drivers, generic over those traits and naming no instruction set: `gemv`, `gemm::{float,
+//   int, int8, int4}`, `attention::{decode, prefill}`; `blas`;
+// - `dispatch`: the paths, the table of what each runs, and the one `match` on a path (`on_isa!`);
+// - `kernels` (the public `Kernels`) and `probe`, which choose a driver and dispatch to it.
 mod attention;
-mod attention_gemm;
-#[cfg(all(feature = "simd", target_arch = "x86_64"))]
-mod avx2;
-#[cfg(all(feature = "simd", target_arch = "x86_64"))]
-mod avx512;
 #[cfg(any(
     feature = "openblas",
     feature = "blis",
@@ -55,20 +60,19 @@ mod blas;
 mod dispatch;
 mod error;
 mod gemm;
+mod gemv;
 mod int4;
+mod isa;
 mod kernels;
 mod mat;
 mod parallel;
+#[cfg(test)]
+mod path_tests;
 mod probe;
-mod qgemm;
-mod qgemm4;
 pub mod reference;
 mod rope;
-mod scalar;
 #[cfg(feature = "parallel")]
 mod team;
-#[cfg(feature = "simd")]
-mod wide_path;
 
 pub use attention::{KvCacheView, RowsRef, SlotRanges};
 pub use dispatch::{blas_backend, cpu_path, SimdPath, PATH_ENV};

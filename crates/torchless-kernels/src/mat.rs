@@ -138,6 +138,30 @@ impl<'a> Int8Mat<'a> {
         self.inv_scales[(self.phase + r * self.cols + c) / GROUP_SIZE]
     }
 
+    /// Row `r` times `x` for any layout: the row is cut where groups change, and each piece's
+    /// integer-weight dot product (`dot`, an instruction set's) is divided by its group's inverse
+    /// scale, the pieces summed in order.
+    #[inline]
+    pub(crate) fn row_dot_by_groups(
+        &self,
+        r: usize,
+        x: &[f32],
+        dot: impl Fn(&[i8], &[f32]) -> f32,
+    ) -> f32 {
+        let cols = self.cols;
+        let q = &self.q[r * cols..(r + 1) * cols];
+        let first = self.phase + r * cols;
+        let mut sum = 0.0f32;
+        let mut c = 0;
+        while c < cols {
+            let g = (first + c) / GROUP_SIZE;
+            let end = ((g + 1) * GROUP_SIZE - first).min(cols);
+            sum += dot(&q[c..end], &x[c..end]) / self.inv_scales[g];
+            c = end;
+        }
+        sum
+    }
+
     /// Dequantizes row `r` into `out` as `q / inv_scale` (the reference's exact f32 dequantization).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), KernelError> {
         check_row_range(&(r..r + 1), self.rows)?;

@@ -76,9 +76,8 @@ where
 /// The threads take chunks in order from a shared counter, and the chunks shrink as the work
 /// runs out (each a `1 / (2 · threads)` share of what is left, at least `MIN_WORK` weight
 /// elements): the first ones are long runs through memory, the last ones are small, so the
-/// threads finish together. Rayon's halving of equal chunks left one thread idle for up to a
-/// chunk at the end of every product (8% of the threads' time in a 7B int4 decode). Where the
-/// rows are cut never changes a row's result.
+/// threads finish together (rayon's halving of equal chunks leaves one thread idle for up to a
+/// chunk at the end of every product). Where the rows are cut never changes a row's result.
 pub(crate) fn par_segments<C, F>(
     mut segments: Vec<(C, &mut [f32])>,
     align: usize,

@@ -1,19 +1,64 @@
 //! Machine probes the kernels are judged against: a STREAM-like read bandwidth (decode is
 //! bandwidth-bound) and the FMA peak (prefill is compute-bound).
 
-use crate::dispatch::{auto_path, Path};
+use crate::dispatch::{auto_path, on_isa, Path};
+use crate::isa::traits::{Elementwise, Isa};
 use std::sync::Barrier;
 use std::time::Instant;
 
-/// Sum of `x` on the given path (the probe's per-thread work).
-pub(crate) fn sum(path: Path, x: &[f32]) -> f32 {
-    match path {
-        Path::Scalar => crate::scalar::sum(x),
-        #[cfg(feature = "simd")]
-        Path::Wide => crate::wide_path::sum(x),
-        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        Path::Avx2(t, _) => crate::avx2::sum(t, x),
-    }
+/// Sum of `x` on the given path (the bandwidth probe's per-thread work).
+fn sum(path: Path, x: &[f32]) -> f32 {
+    on_isa!(path, |isa| isa.elementwise().sum(x))
+}
+
+/// `n` steps of 12 independent 8-lane FMA chains on the given path (the FMA probe's per-thread
+/// work).
+fn fma_chains(path: Path, n: usize) -> f32 {
+    on_isa!(path, |isa| isa.elementwise().fma_chains(n))
+}
+
+/// Runs `warm_up(input)` then `passes` times `pass(input)` on one scoped thread per input, every
+/// pass started together (a barrier) and timed from the first start to the last finish; returns
+/// the median pass in seconds, `None` if no pass completed.
+fn median_pass<T: Sync>(
+    inputs: &[T],
+    passes: usize,
+    warm_up: impl Fn(&T) + Sync,
+    pass: impl Fn(&T) + Sync,
+) -> Option<f64> {
+    let barrier = Barrier::new(inputs.len());
+    let spans: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|input| {
+                let (barrier, warm_up, pass) = (&barrier, &warm_up, &pass);
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(passes);
+                    warm_up(input);
+                    for _ in 0..passes {
+                        barrier.wait();
+                        let t0 = Instant::now();
+                        pass(input);
+                        out.push((t0, Instant::now()));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut secs: Vec<f64> = (0..passes)
+        .filter_map(|p| {
+            let start = spans.iter().filter_map(|s| s.get(p)).map(|s| s.0).min()?;
+            let end = spans.iter().filter_map(|s| s.get(p)).map(|s| s.1).max()?;
+            Some(end.duration_since(start).as_secs_f64())
+        })
+        .collect();
+    secs.sort_by(f64::total_cmp);
+    secs.get(secs.len() / 2).copied()
 }
 
 /// A STREAM-like read-bandwidth probe over a buffer allocated and written once, so it can be
@@ -30,9 +75,9 @@ impl BandwidthProbe {
     /// 1 GiB) to measure DRAM rather than cache bandwidth.
     ///
     /// On Linux the buffer asks for transparent huge pages (`MADV_HUGEPAGE`), as the model
-    /// loader does for its file mapping, so both are read through the same page size: with
-    /// 4 KiB pages the probe measured 15-25% less on a 2-vCPU Xeon (TLB misses, prefetchers
-    /// stopping at page ends) than the weights' 2 MiB mapping streams.
+    /// loader does for its file mapping, so both are read through the same page size (with 4 KiB
+    /// pages, TLB misses and prefetchers stopping at page ends make the probe read less than the
+    /// weights' 2 MiB mapping streams).
     pub fn new(bytes: usize) -> Self {
         let n = (bytes / 4).max(16 * 1024);
         let mut buf: Vec<f32> = Vec::with_capacity(n);
@@ -54,44 +99,16 @@ impl BandwidthProbe {
         let n = self.buf.len();
         let path = auto_path();
         let per = n.div_ceil(threads.max(1));
-        let barrier = Barrier::new(n.div_ceil(per));
-        let spans: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .buf
-                .chunks(per)
-                .map(|part| {
-                    let barrier = &barrier;
-                    s.spawn(move || {
-                        let mut out = Vec::with_capacity(passes);
-                        let mut acc = 0.0f32;
-                        for _ in 0..passes {
-                            barrier.wait();
-                            let t0 = Instant::now();
-                            acc += sum(path, std::hint::black_box(part));
-                            out.push((t0, Instant::now()));
-                        }
-                        std::hint::black_box(acc);
-                        out
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        let mut secs: Vec<f64> = (0..passes)
-            .filter_map(|p| {
-                let start = spans.iter().filter_map(|s| s.get(p)).map(|s| s.0).min()?;
-                let end = spans.iter().filter_map(|s| s.get(p)).map(|s| s.1).max()?;
-                Some(end.duration_since(start).as_secs_f64())
-            })
-            .collect();
-        if secs.is_empty() {
-            return 0.0;
-        }
-        secs.sort_by(f64::total_cmp);
-        (n * 4) as f64 / secs[secs.len() / 2].max(1e-9) / 1e9
+        let parts: Vec<&[f32]> = self.buf.chunks(per).collect();
+        let secs = median_pass(
+            &parts,
+            passes,
+            |_| {},
+            |part| {
+                std::hint::black_box(sum(path, std::hint::black_box(part)));
+            },
+        );
+        secs.map_or(0.0, |s| (n * 4) as f64 / s.max(1e-9) / 1e9)
     }
 }
 
@@ -122,31 +139,6 @@ pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
     BandwidthProbe::new(bytes).measure(threads, 5)
 }
 
-/// Floating-point work of one probe call per thread: `n` steps of 12 independent 8-lane FMAs.
-fn fma_chains(path: Path, n: usize) -> f32 {
-    match path {
-        #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-        Path::Avx2(t, _) => crate::avx2::fma_chains(t, n),
-        #[cfg(feature = "simd")]
-        Path::Wide => crate::wide_path::fma_chains(n),
-        _ => {
-            let mut acc = [[0.0f32; 8]; 12];
-            let (a, b) = (
-                std::hint::black_box(0.999_999f32),
-                std::hint::black_box(1e-7f32),
-            );
-            for _ in 0..n {
-                for row in acc.iter_mut() {
-                    for v in row.iter_mut() {
-                        *v = *v * a + b;
-                    }
-                }
-            }
-            acc.iter().flatten().sum()
-        }
-    }
-}
-
 /// Measures the f32 multiply-add peak of `threads` threads in GFLOP/s (an FMA counts 2 flops), with
 /// the fastest available SIMD path: each thread runs 12 independent 8-lane FMA chains (enough to
 /// cover FMA latency on 2 FMA pipes), the median of 5 passes of ~20 ms is returned. On AVX2 this
@@ -156,40 +148,16 @@ pub fn measure_fma_peak(threads: usize) -> f64 {
     const STEPS: usize = 2_000_000;
     let threads = threads.max(1);
     let path = auto_path();
-    let barrier = Barrier::new(threads);
-    let spans: Vec<Vec<(Instant, Instant)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    let mut out = Vec::with_capacity(PASSES);
-                    std::hint::black_box(fma_chains(path, STEPS / 10));
-                    for _ in 0..PASSES {
-                        barrier.wait();
-                        let t0 = Instant::now();
-                        std::hint::black_box(fma_chains(path, std::hint::black_box(STEPS)));
-                        out.push((t0, Instant::now()));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let mut secs: Vec<f64> = (0..PASSES)
-        .filter_map(|p| {
-            let start = spans.iter().filter_map(|s| s.get(p)).map(|s| s.0).min()?;
-            let end = spans.iter().filter_map(|s| s.get(p)).map(|s| s.1).max()?;
-            Some(end.duration_since(start).as_secs_f64())
-        })
-        .collect();
-    if secs.is_empty() {
-        return 0.0;
-    }
-    secs.sort_by(f64::total_cmp);
+    let secs = median_pass(
+        &vec![(); threads],
+        PASSES,
+        |_| {
+            std::hint::black_box(fma_chains(path, STEPS / 10));
+        },
+        |_| {
+            std::hint::black_box(fma_chains(path, std::hint::black_box(STEPS)));
+        },
+    );
     let flops = (threads * STEPS * 12 * 8 * 2) as f64;
-    flops / secs[secs.len() / 2].max(1e-9) / 1e9
+    secs.map_or(0.0, |s| flops / s.max(1e-9) / 1e9)
 }

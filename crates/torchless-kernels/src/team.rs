@@ -2,9 +2,7 @@
 //!
 //! A single-token decode step is a few hundred parallel products of 1-70 MB each, with a little
 //! serial work between them. Handing each one to rayon costs a wake-up of the other threads,
-//! and under a hypervisor that is tens of microseconds: on a 2-vCPU Xeon the decode threads were
-//! busy 191% of 200%, and a stream of 8 MB jobs through `rayon::join` read 8% slower (2 MB
-//! jobs: 20-45% slower) than the same jobs handed to threads that spin between them.
+//! and under a hypervisor that is tens of microseconds, a sizeable share of a job of a few MB.
 //!
 //! [`with_spinning_workers`] keeps the pool's other threads in a loop that waits for the next
 //! job by spinning (and lets rayon run any other pending work meanwhile), for as long as a

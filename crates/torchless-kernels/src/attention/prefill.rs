@@ -1,4 +1,5 @@
-//! Prefill attention for a block of tokens as two small matrix products on the GEMM micro-kernel.
+//! Prefill attention: many query tokens, in blocks of tokens as two small matrix products on the
+//! GEMM micro-kernel (or one task per token and KV head when blocks do not pay).
 //!
 //! For the query heads of one KV head in a block of consecutive tokens (`rows` = tokens x heads
 //! per KV head), with `K`, `V` the cache rows of the block's slots `lo..hi`:
@@ -9,36 +10,88 @@
 //! O = P V                       rows x head_dim (micro-kernel, depth n)
 //! ```
 //!
-//! One query row at a time (`Kernels::attention`) spends its time in short dot products and in
-//! `o += p · v` updates that load and store the output for every slot: in a 512-token prefill of a
-//! 1B-shape model that was ~10% of the time, for ~2% of the flops. Here the outputs stay in the
-//! micro-kernel's registers and every key and value row is read once per block.
+//! One query row at a time (the decode loop) spends its time in short dot products and in
+//! `o += p · v` updates that load and store the output for every slot, a large share of a
+//! prefill's time for a small share of its flops. Here the outputs stay in the micro-kernel's
+//! registers and every key and value row is read once per block.
 
-use crate::attention::KvCacheView;
-use crate::gemm::{Micro, F32_POOL};
+use super::decode::heads_in_cache;
+use super::views::{KvCacheView, SlotRanges};
+use crate::gemm::F32_POOL;
+use crate::isa::traits::{Elementwise, Isa, Micro, Operands};
+use crate::parallel;
 use std::ops::Range;
+
+/// Most tokens whose attention one task computes together.
+const TOKEN_BLOCK: usize = 12;
+
+/// Tokens per block in batched attention: up to `TOKEN_BLOCK`, but small enough to leave about
+/// four blocks per thread; 1 means one task per (token, KV head) instead.
+fn token_block(n_tokens: usize) -> usize {
+    (n_tokens / (4 * parallel::current_num_threads())).clamp(1, TOKEN_BLOCK)
+}
+
+/// Many query tokens (see `Kernels::attention_batch`): `qs` and `outs` hold one row of
+/// `row = n_heads * head_dim` per token, token `t` attends to `slots[t]`; shapes were checked by
+/// the caller, `group` query heads per KV head.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_batch<I: Isa>(
+    isa: I,
+    qs: &[f32],
+    kv: &KvCacheView<'_>,
+    n_heads: usize,
+    scale: f32,
+    slots: &[SlotRanges],
+    group: usize,
+    outs: &mut [f32],
+) {
+    let hd = kv.head_dim();
+    let row = n_heads * hd;
+    let block = token_block(slots.len());
+    let runs: Option<Vec<Range<usize>>> = slots.iter().map(SlotRanges::single_run).collect();
+    if let (true, Some(runs)) = (block > 1, runs) {
+        // Blocks of tokens, each reading every key and value row once for the whole block.
+        parallel::for_each_chunk_mut(outs, block * row, |b, o| {
+            let tokens = b * block..b * block + o.len() / row;
+            let qs = &qs[tokens.start * row..tokens.end * row];
+            for kv_head in 0..kv.n_kv_heads() {
+                let block = TokenBlock {
+                    qs,
+                    kv,
+                    kv_head,
+                    group,
+                    runs: &runs[tokens.clone()],
+                    scale,
+                };
+                attend_block(isa.micro(), isa.elementwise(), &block, o);
+            }
+        });
+        return;
+    }
+    // Tokens already give parallelism: always keep a KV head's query heads together.
+    let tasks_per_token = n_heads / group;
+    parallel::for_each_chunk_mut(outs, group * hd, |i, o| {
+        let (t, kvh) = (i / tasks_per_token, i % tasks_per_token);
+        let q = &qs[t * row + kvh * group * hd..t * row + (kvh + 1) * group * hd];
+        heads_in_cache(isa.elementwise(), q, kv, kvh, &slots[t], scale, o);
+    });
+}
 
 /// The query heads of one KV head in a block of consecutive tokens: token `t` has one row of
 /// `qs.len() / runs.len()` values in `qs` (all heads; those of `kv_head` start at
 /// `kv_head * group * head_dim`) and attends to the cache slots `runs[t]`.
-pub(crate) struct TokenBlock<'a> {
-    pub(crate) qs: &'a [f32],
-    pub(crate) kv: &'a KvCacheView<'a>,
-    pub(crate) kv_head: usize,
-    pub(crate) group: usize,
-    pub(crate) runs: &'a [Range<usize>],
-    pub(crate) scale: f32,
+struct TokenBlock<'a> {
+    qs: &'a [f32],
+    kv: &'a KvCacheView<'a>,
+    kv_head: usize,
+    group: usize,
+    runs: &'a [Range<usize>],
+    scale: f32,
 }
 
 /// Writes the attention outputs of `block` into `outs` (laid out like `block.qs`; other heads'
-/// values are left alone). Shapes were checked by the caller; `softmax` is the caller's (SIMD)
-/// softmax.
-pub(crate) fn attend_block<M: Micro>(
-    m: M,
-    block: &TokenBlock<'_>,
-    softmax: impl Fn(&mut [f32]),
-    outs: &mut [f32],
-) {
+/// values are left alone). Shapes were checked by the caller.
+fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, outs: &mut [f32]) {
     let TokenBlock {
         qs,
         kv,
@@ -118,7 +171,7 @@ pub(crate) fn attend_block<M: Micro>(
         if a < b {
             let own = &mut srow[a..b];
             own.iter_mut().for_each(|v| *v *= scale);
-            softmax(own);
+            e.softmax(own);
         }
     }
     pack_slivers(p_pack, mr, npad, |r, k| scores[r * npad + k]);
@@ -153,15 +206,13 @@ fn slivers_by_panel<M: Micro>(
     ldc: usize,
 ) {
     for (s, sliver) in a.chunks_exact(M::MR * depth).enumerate() {
-        m.kernel(
-            depth,
-            sliver,
-            panel,
-            &mut c[s * M::MR * ldc..],
-            ldc,
-            false,
-            &[],
-        );
+        let op = Operands {
+            kc: depth,
+            a: sliver,
+            b: panel,
+            pf: &[],
+        };
+        m.kernel(&op, &mut c[s * M::MR * ldc..], ldc, false);
     }
 }
 

@@ -1,42 +1,15 @@
-//! AVX-512 kernels with VNNI (`vpdpbusd`), selected at run time, for the int4 products: decode
-//! (`matvec_i4_multi`) and the prefill micro-kernel (`q4kernel_6x16`). Every other kernel runs the
-//! AVX2 code on these CPUs (all of them have AVX2, FMA and F16C; detection checks it).
-//!
-//! The results are bit-identical to the portable and AVX2 int4 kernels: the integer sums are
-//! exact whatever their order, and every f32 operation after them (conversion, `d · dx`, one
-//! FMA per group into its lane, the final reduction) is the one `int4.rs` / `qgemm4.rs` define.
-//!
-//! As in `avx2.rs`, [`Token`] is the proof that the CPU has the features, which makes calling
-//! the `#[target_feature]` functions sound, and the safe wrappers check every extent the raw
-//! loops rely on.
+//! int4 decode rows with `vpdpbusd` on 256-bit vectors.
 
-use crate::int4::{Int4Input, BLOCK_GROUPS, BLOCK_X_BYTES};
+use super::Avx512;
+use crate::int4::{
+    assert_row_shapes, pair_lane, reduce_lanes, Int4Input, BLOCK_GROUPS, BLOCK_X_BYTES, LANE_GROUP,
+};
+use crate::isa::traits::Int4Matvec;
 use crate::mat::Int4Mat;
 use core::arch::x86_64::*;
 
-/// Proof that the running CPU has AVX-512 F/BW/VL and VNNI, and AVX2, FMA and F16C.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Token(());
-
-impl Token {
-    /// `Some` only when every feature the kernels enable is available.
-    pub(crate) fn detect() -> Option<Self> {
-        (std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c"))
-        .then_some(Token(()))
-    }
-}
-
-/// Prefetch distance along each row stream, in bytes of codes. Measured on a 2-vCPU Xeon with
-/// AVX-512 (7B int4 decode, weights in 2 MiB pages, 2 threads, alternated runs): 1.5-3 KiB
-/// within the noise of each other and 1-3% above 1 KiB; 512 bytes 2-7% below 1 KiB; none
-/// 20-25% below. (A lone 14336 x 4096 matrix streamed in 1 MiB chunks preferred 512 bytes:
-/// the whole model is what counts.)
+/// Prefetch distance along each row stream, in bytes of codes: far enough ahead for the whole
+/// model's decode to stream at full speed (a lone matrix prefers less; the model is what counts).
 const PF_INT4_BYTES: usize = 2048;
 /// Code bytes per block of 8 groups.
 const BLOCK_CODE_BYTES: usize = BLOCK_GROUPS * 16;
@@ -47,13 +20,9 @@ const MULTI_B: usize = 4;
 /// the pair's 16 lanes of each input (`acc[i][0]` lanes 0-7, `acc[i][1]` lanes 8-15): lane
 /// `4k + j` holds row `j / 2`'s group `k + 4 · (j % 2)` (`int4::pair_lane`).
 ///
-/// Decode streams weights from memory, and 256-bit vectors stream them faster than 512-bit
-/// ones on the Xeon this was written on: a plain read with 512-bit adds reached 30 GB/s where
-/// the same loads with 256-bit adds reached 37 (the core slows down while 512-bit arithmetic
-/// runs; the loads' width made no difference), and 7B decode runs 2-3% faster with this form
-/// than with the 512-bit one (7.81-7.91 against 7.61-7.70 tok/s, alternated). `vpdpbusd` on
-/// 256 bits needs AVX-512 VL + VNNI (or AVX-VNNI). The prefill micro-kernel below, bound by
-/// arithmetic, keeps 512 bits.
+/// 256-bit vectors: decode streams weights from memory, and the core slows down while 512-bit
+/// arithmetic runs, so 256-bit adds stream faster. `vpdpbusd` on 256 bits needs AVX-512 VL + VNNI
+/// (or AVX-VNNI). The prefill micro-kernel, bound by arithmetic, keeps 512 bits.
 ///
 /// # Safety
 /// The token's features must be available; `codes[r]` must point to 128 bytes, `scales[r]` to 8
@@ -133,7 +102,7 @@ unsafe fn i4_pair_block<const B: usize>(
 }
 
 /// Rows `rows[0]` and `rows[1]` (their codes and scales at `packed[r]`, `scales[r]`) with `B`
-/// inputs; each (row, input) result bit-identical to `int4::row_dot`.
+/// inputs; each (row, input) result bit-identical to the scalar `row_dot`.
 ///
 /// # Safety
 /// The token's features must be available; each `packed[r]` must point to `groups * 16` bytes
@@ -169,7 +138,7 @@ unsafe fn i4_pair_multi<const B: usize>(
     }
     let rest = groups - full * BLOCK_GROUPS;
     if rest > 0 {
-        // A short last block: zero-padded copies (zero codes and scales, as `int4::row_dot`).
+        // A short last block: zero-padded copies (zero codes and scales, as the scalar `row_dot`).
         let first = full * BLOCK_GROUPS;
         let mut codes = [[0u8; BLOCK_CODE_BYTES]; 2];
         let mut halves = [[0u16; BLOCK_GROUPS]; 2];
@@ -207,10 +176,10 @@ unsafe fn i4_pair_multi<const B: usize>(
         }
         for (r, row) in out.iter_mut().enumerate() {
             let canonical: [f32; 8] = std::array::from_fn(|m| {
-                let g = crate::int4::LANE_GROUP[m];
-                lanes[crate::int4::pair_lane(g, r)]
+                let g = LANE_GROUP[m];
+                lanes[pair_lane(g, r)]
             });
-            row[i] = crate::int4::reduce_lanes(canonical);
+            row[i] = reduce_lanes(canonical);
         }
     }
     out
@@ -218,15 +187,9 @@ unsafe fn i4_pair_multi<const B: usize>(
 
 /// `yt[i * batch + b]` = row `r0 + i` of `w` times input `b`, for every row of `yt / batch`:
 /// rows taken in pairs (`i` and `i + n/2`, two memory streams), each weight row read once for
-/// all inputs, each result bit-identical to `int4::row_dot`.
-pub(crate) fn matvec_i4_multi(
-    _t: Token,
-    w: &Int4Mat<'_>,
-    inputs: &[Int4Input],
-    r0: usize,
-    yt: &mut [f32],
-) {
-    let (batch, groups, out_rows) = crate::int4::assert_row_shapes(w, inputs, r0, yt);
+/// all inputs, each result bit-identical to the scalar `row_dot`.
+fn matvec_i4_multi(_t: Avx512, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, yt: &mut [f32]) {
+    let (batch, groups, out_rows) = assert_row_shapes(w, inputs, r0, yt);
     let (pp, sp) = (w.packed().as_ptr(), w.scales().as_ptr());
     let stride = out_rows.div_ceil(2);
     for i in 0..stride {
@@ -265,73 +228,8 @@ pub(crate) fn matvec_i4_multi(
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// int4 integer GEMM micro-kernel (the driver is `qgemm4.rs`; panels are packed by the AVX2 code).
-
-/// The 6 x 16 tile of `qgemm4.rs` with `vpdpbusd`: per depth quad, one load of 16 rows' codes
-/// and one instruction per token for 64 multiply-adds (4 per row), each group's sum started at
-/// `− 8 · Σ xq` so the codes' offset costs no instruction; then per group and token the
-/// conversion and one FMA by `d · dx`, the operations of `ScalarQ4Micro` in the same order.
-///
-/// # Safety
-/// The token's features must be available, and `op` and `c`, `ldc` must pass
-/// `Q4Operands::assert_tile` (`c` pointing to the tile's first value).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4kernel_6x16_raw(
-    op: &crate::qgemm4::Q4Operands<'_>,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    use crate::qgemm::{QMR, QNR};
-    use crate::qgemm4::WORDS_PER_GROUP;
-    let (groups, a, a_steps, a_offsets, b, b_scales) = op.pointers();
-    // SAFETY: (whole body) every pointer offset below stays inside the extents of the caller
-    // contract: word `kq * QMR + i` of `a` and `kq * QNR ..+16` of `b` for kq < groups * 8,
-    // entries `g * QMR + i` / `g * QNR ..+16` of the per-group arrays for g < groups.
-    unsafe {
-        let mut out = [_mm512_setzero_ps(); QMR];
-        if accumulate {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = _mm512_loadu_ps(c.add(i * ldc));
-            }
-        }
-        let (mut a, mut b) = (a, b);
-        for g in 0..groups {
-            let mut acc: [__m512i; QMR] =
-                std::array::from_fn(|i| _mm512_set1_epi32(-*a_offsets.add(g * QMR + i)));
-            for _ in 0..WORDS_PER_GROUP {
-                let bw = _mm512_loadu_si512(b.cast());
-                for (i, ac) in acc.iter_mut().enumerate() {
-                    // Codes (u8, <= 15) x the token's four activations (i8), summed per row.
-                    *ac = _mm512_dpbusd_epi32(*ac, bw, _mm512_set1_epi32(*a.add(i) as i32));
-                }
-                a = a.add(QMR);
-                b = b.add(QNR);
-            }
-            let ws = _mm512_loadu_ps(b_scales.add(g * QNR));
-            for (i, (o, ac)) in out.iter_mut().zip(&acc).enumerate() {
-                let step = _mm512_set1_ps(*a_steps.add(g * QMR + i));
-                *o = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*ac), _mm512_mul_ps(ws, step), *o);
-            }
-        }
-        for (i, o) in out.iter().enumerate() {
-            _mm512_storeu_ps(c.add(i * ldc), *o);
-        }
+impl Int4Matvec for Avx512 {
+    fn rows(self, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, yt: &mut [f32]) {
+        matvec_i4_multi(self, w, inputs, r0, yt);
     }
-}
-
-/// The int4 integer 6 x 16 micro-kernel with VNNI (see `qgemm4.rs` for the layouts and the
-/// arithmetic); bit-identical to the portable and AVX2 kernels.
-pub(crate) fn q4kernel_6x16(
-    _t: Token,
-    op: &crate::qgemm4::Q4Operands<'_>,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-) {
-    op.assert_tile(c, ldc);
-    // SAFETY: the token proves the features; the operands' and the tile's extents were
-    // asserted by `assert_tile`.
-    unsafe { q4kernel_6x16_raw(op, c.as_mut_ptr(), ldc, accumulate) }
 }

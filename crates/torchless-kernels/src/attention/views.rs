@@ -1,4 +1,4 @@
-//! Views over a KV cache for the attention inner loops: keys/values are rows with a stride, so a
+//! Views over a KV cache for the attention loops: keys/values are rows with a stride, so a
 //! model's cache (e.g. `[slot][kv_head][head_dim]`, or a rolling ring buffer) is read in place.
 
 use crate::error::{check_len, KernelError};

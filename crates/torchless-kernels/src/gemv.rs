@@ -1,0 +1,126 @@
+//! Decode products on one instruction set: `y = W x` for every weight type split over the threads
+//! in row chunks, several inputs at once, several matrices in one parallel job. Where rows are cut
+//! never changes a row's result.
+
+use crate::int4::Int4Input;
+use crate::isa::traits::{Int4Matvec, Isa, Matvec, MatvecMany};
+use crate::mat::{Int8Mat, MatRef};
+use crate::parallel;
+
+/// `y = W x`; shapes validated by the caller. Rows are split over the current pool in large
+/// chunks; an int4 input is quantized once.
+pub(crate) fn matvec<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32]) {
+    let cols = w.cols();
+    if let MatRef::Int4(m) = w {
+        let input = [Int4Input::quantize(x)];
+        parallel::par_rows(y, 4, cols / 4, |r0, yc| {
+            isa.int4_matvec().rows(m, &input, r0, yc)
+        });
+        return;
+    }
+    parallel::par_rows(y, 4, cols, |r0, yc| {
+        // In bounds: the chunk's rows lie inside 0..rows by construction.
+        if let Ok(sub) = w.rows_range(r0..r0 + yc.len()) {
+            rows(isa, &sub, x, yc);
+        }
+    });
+}
+
+/// `y = W x` on this thread.
+fn rows<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32]) {
+    match w {
+        MatRef::F32(m) => isa.matvec().matvec_f32(m, x, y),
+        MatRef::Int8(m) => isa.matvec().matvec_i8(m, x, y),
+        // Not reached (`matvec` quantizes the input first); kept total for safety.
+        MatRef::Int4(m) => isa.int4_matvec().rows(m, &[Int4Input::quantize(x)], 0, y),
+    }
+}
+
+/// The products of `Kernels::matvec_batch` that read the weights once for all `batch` inputs:
+/// int4 always, f32 and int8 when the path has multi-input kernels and BLAS does not take `w`.
+/// Returns `false`, without computing, for the others (one matvec per input).
+pub(crate) fn batch<I: Isa>(
+    isa: I,
+    w: &MatRef<'_>,
+    xs: &[f32],
+    ys: &mut [f32],
+    batch: usize,
+    blas: bool,
+) -> bool {
+    let (rows, cols) = (w.rows(), w.cols());
+    if let MatRef::Int4(m) = w {
+        let inputs: Vec<Int4Input> = xs.chunks_exact(cols).map(Int4Input::quantize).collect();
+        par_rows_transposed(ys, rows, cols / 4, batch, |r0, yt| {
+            isa.int4_matvec().rows(m, &inputs, r0, yt)
+        });
+        return true;
+    }
+    if let (Some(many), false, true) = (isa.matvec_many(), blas, batch > 1) {
+        par_rows_transposed(ys, rows, cols, batch, |r0, yt| match w {
+            MatRef::F32(m) => many.matvec_f32(m, xs, batch, r0, yt),
+            MatRef::Int8(m) => many.matvec_i8(m, xs, batch, r0, yt),
+            MatRef::Int4(_) => {}
+        });
+        return true;
+    }
+    false
+}
+
+/// `ys[i] = ws[i] x` as one parallel job over every matrix's rows (one dispatch instead of one
+/// per matrix), an int4 input quantized once; shapes validated by the caller.
+pub(crate) fn many<I: Isa>(isa: I, ws: &[MatRef<'_>], x: &[f32], ys: &mut [&mut [f32]]) {
+    let input = ws
+        .iter()
+        .any(|w| matches!(w, MatRef::Int4(_)))
+        .then(|| [Int4Input::quantize(x)]);
+    let all_int4 = ws.iter().all(|w| matches!(w, MatRef::Int4(_)));
+    let work_per_row = if all_int4 { x.len() / 4 } else { x.len() };
+    let segments = ws
+        .iter()
+        .zip(ys.iter_mut())
+        .map(|(w, y)| (w, &mut **y))
+        .collect();
+    parallel::par_segments(segments, 4, work_per_row, |w, r0, c| match (w, &input) {
+        (MatRef::Int4(m), Some(input)) => isa.int4_matvec().rows(m, input, r0, c),
+        _ => {
+            // In bounds: the chunk's rows lie inside the matrix by construction.
+            if let Ok(sub) = w.rows_range(r0..r0 + c.len()) {
+                rows(isa, &sub, x, c);
+            }
+        }
+    });
+}
+
+/// Small int8 batches (`Y = X Wᵀ`, row-aligned groups): the weights are streamed once (as in a
+/// matvec) and each row is dotted with every input; dequantizing whole panels for a GEMM would
+/// cost more than it saves.
+pub(crate) fn matmul_i8_small<M: MatvecMany>(
+    many: M,
+    w: &Int8Mat<'_>,
+    xs: &[f32],
+    ys: &mut [f32],
+    batch: usize,
+) {
+    par_rows_transposed(ys, w.rows(), w.cols(), batch, |r0, yt| {
+        many.matmul_i8_small(w, xs, batch, r0, yt)
+    });
+}
+
+/// Products of `batch` inputs computed transposed, row-major over the `rows` weight rows, so
+/// threads split weight rows: `f(r0, yt)` fills `yt[i * batch + b]` for rows `r0..`, in chunks of
+/// whole rows (`work_per_row` weight elements each); the result is then scattered into `ys`
+/// (`batch x rows`).
+fn par_rows_transposed<F>(ys: &mut [f32], rows: usize, work_per_row: usize, batch: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    let mut yt = vec![0.0f32; rows * batch];
+    parallel::par_rows(&mut yt, 4 * batch, work_per_row, |e0, chunk| {
+        f(e0 / batch, chunk)
+    });
+    for (r, row) in yt.chunks_exact(batch).enumerate() {
+        for (b, &v) in row.iter().enumerate() {
+            ys[b * rows + r] = v;
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! What the drivers ask of an instruction set, and the shapes both sides agree on: one trait per
+//! family of kernels ([`Elementwise`], [`Matvec`], [`Int4Matvec`], [`MatvecMany`], and the GEMM
+//! micro-kernels [`Micro`], [`QMicro`], [`Q4Micro`] with their operands and tile sizes), and
+//! [`Isa`], which names one implementation of each family for a SIMD path.
+//!
+//! The leaf of the crate's kernel modules: it imports only the matrix views and the int4 input
+//! layout. Drivers and instruction sets both depend on it, never it on them.
+
+use crate::int4::Int4Input;
+use crate::mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
+
+/// One SIMD path: the implementation it runs for each family of kernels (`dispatch` holds the
+/// table). A family may be another instruction set's, made from this path's token by `From`: the
+/// AVX-512 path runs the AVX2 element-wise kernels, the `wide` path the scalar integer ones.
+pub(crate) trait Isa: Copy + Send + Sync {
+    /// Element-wise ops and reductions.
+    type Elementwise: Elementwise + From<Self>;
+    /// f32 and int8 decode rows.
+    type Matvec: Matvec + From<Self>;
+    /// int4 decode rows.
+    type Int4Matvec: Int4Matvec + From<Self>;
+    /// Decode rows of several inputs at once ([`NoKernel`] where the path has none).
+    type MatvecMany: MatvecMany;
+    /// The f32 GEMM tile.
+    type Micro: Micro + From<Self>;
+    /// The int8 integer-GEMM tile.
+    type QMicro: QMicro + From<Self>;
+    /// The int4 integer-GEMM tile.
+    type Q4Micro: Q4Micro + From<Self>;
+
+    /// The multi-input decode kernels; `None` where the path has none (callers then run one
+    /// matvec per input).
+    fn matvec_many(self) -> Option<Self::MatvecMany>;
+
+    /// The element-wise kernels.
+    fn elementwise(self) -> Self::Elementwise {
+        self.into()
+    }
+    /// The f32 and int8 decode kernels.
+    fn matvec(self) -> Self::Matvec {
+        self.into()
+    }
+    /// The int4 decode kernels.
+    fn int4_matvec(self) -> Self::Int4Matvec {
+        self.into()
+    }
+    /// The f32 GEMM micro-kernel.
+    fn micro(self) -> Self::Micro {
+        self.into()
+    }
+    /// The int8 integer-GEMM micro-kernel.
+    fn qmicro(self) -> Self::QMicro {
+        self.into()
+    }
+    /// The int4 integer-GEMM micro-kernel.
+    fn q4micro(self) -> Self::Q4Micro {
+        self.into()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise ops.
+
+/// Below this `e^x` would be subnormal: the vector exps (`wide`, AVX2) return 0 there.
+#[cfg(feature = "simd")]
+pub(crate) const EXP_LO: f32 = -87.336_54;
+
+/// Holds a vector `e^x` (`exp8`: 8 lanes) to its contract: within 3e-7 of the f64 value from
+/// [`EXP_LO`] to 88 (checked every 0.01 and at the edges), exactly 0 below, NaN for NaN.
+#[cfg(all(test, feature = "simd"))]
+pub(crate) fn check_vector_exp(exp8: impl Fn([f32; 8]) -> [f32; 8]) {
+    let mut xs: Vec<f32> = (-8800..=8800).map(|i| i as f32 / 100.0).collect();
+    xs.extend([
+        -87.3,
+        -87.33,
+        -87.4,
+        -100.0,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-8,
+    ]);
+    for c in xs.chunks(8) {
+        let mut a = [0.0f32; 8];
+        a[..c.len()].copy_from_slice(c);
+        for (&x, &y) in c.iter().zip(&exp8(a)) {
+            let want = f64::from(x).exp();
+            if x < EXP_LO {
+                assert_eq!(y, 0.0, "exp({x})");
+            } else {
+                let rel = (f64::from(y) - want).abs() / want;
+                assert!(rel < 3e-7, "exp({x}) = {y}, want {want}, rel {rel:e}");
+            }
+        }
+    }
+    assert!(exp8([f32::NAN; 8])[0].is_nan());
+}
+
+/// Element-wise kernels and reductions on f32 slices.
+pub(crate) trait Elementwise: Copy + Send + Sync {
+    /// `Σ a[i] b[i]` over the common length.
+    fn dot(self, a: &[f32], b: &[f32]) -> f32;
+
+    /// `out[h] = q[h] · k` for the `out.len()` rows of `k.len()` values stored one after
+    /// another in `q` (query heads against one key). Default: one [`Elementwise::dot`] per row.
+    fn dots(self, q: &[f32], k: &[f32], out: &mut [f32]) {
+        for (o, qh) in out.iter_mut().zip(q.chunks_exact(k.len().max(1))) {
+            *o = self.dot(qh, k);
+        }
+    }
+
+    /// `out += a * v` over the common length.
+    fn axpy(self, a: f32, v: &[f32], out: &mut [f32]);
+
+    /// `out += Σ_j weights[j] · rows[j]`, each output element as one [`Elementwise::axpy`] per
+    /// row in order would compute it. Default: exactly those `axpy` calls.
+    fn weighted_rows(self, rows: &[&[f32]], weights: &[f32], out: &mut [f32]) {
+        for (row, &w) in rows.iter().zip(weights) {
+            self.axpy(w, row, out);
+        }
+    }
+
+    /// In-place numerically stable softmax (`exp(x - max) / Σ`).
+    fn softmax(self, x: &mut [f32]);
+
+    /// `out = silu(gate) * up` with `silu(g) = g / (1 + e^-g)` (equal lengths).
+    fn silu_mul(self, gate: &[f32], up: &[f32], out: &mut [f32]);
+
+    /// Prefetches the cache line holding `p` (a hint: any address). Default: nothing.
+    #[inline]
+    fn prefetch(self, _p: *const u8) {}
+
+    /// Sum of all values (the read-bandwidth probe's work).
+    fn sum(self, x: &[f32]) -> f32;
+
+    /// `n` steps of 12 independent 8-lane multiply-add chains (the FMA-peak probe's work).
+    fn fma_chains(self, n: usize) -> f32;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode products.
+
+/// `y = W x` for f32 and int8 weights (`x.len() == w.cols()`, `y.len() == w.rows()`). Every row
+/// gets the same operations whichever rows it is computed with, so results do not depend on how
+/// the rows are split (threads, sub-views).
+pub(crate) trait Matvec: Copy + Send + Sync {
+    /// f32 weights.
+    fn matvec_f32(self, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]);
+    /// int8 weights: per 64-group, `Σ q·x` in f32, then one division by the inverse scale.
+    fn matvec_i8(self, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]);
+}
+
+/// int4 decode rows with quantized inputs (`int4.rs` defines the arithmetic; every path is
+/// bit-identical to it).
+pub(crate) trait Int4Matvec: Copy + Send + Sync {
+    /// `yt[i * inputs.len() + b]` = row `r0 + i` of `w` times input `b`, for every row of
+    /// `yt.len() / inputs.len()`.
+    fn rows(self, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, yt: &mut [f32]);
+}
+
+/// Decode rows of `batch` inputs at once (`xs` row-major `batch x w.cols()`), each weight row read
+/// from memory once for all of them, written transposed: `yt[i * batch + b]` = row `r0 + i` times
+/// input `b`, for every row of `yt.len() / batch`.
+pub(crate) trait MatvecMany: Copy + Send + Sync {
+    /// f32 weights, each row bit-identical to [`Matvec::matvec_f32`]'s.
+    fn matvec_f32(self, w: &F32Mat<'_>, xs: &[f32], batch: usize, r0: usize, yt: &mut [f32]);
+    /// int8 weights, each row bit-identical to [`Matvec::matvec_i8`]'s.
+    fn matvec_i8(self, w: &Int8Mat<'_>, xs: &[f32], batch: usize, r0: usize, yt: &mut [f32]);
+    /// A small batch of a row-aligned int8 product (prefill of a few tokens): weights scaled by
+    /// `1 / inv_scale` (within an ulp of the exact division), several rows per pass.
+    fn matmul_i8_small(self, w: &Int8Mat<'_>, xs: &[f32], batch: usize, r0: usize, yt: &mut [f32]);
+}
+
+/// The family a path does not have: no value of it exists, so [`Isa::matvec_many`] can only
+/// return `None`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum NoKernel {}
+
+impl MatvecMany for NoKernel {
+    fn matvec_f32(self, _: &F32Mat<'_>, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
+        match self {}
+    }
+
+    fn matvec_i8(self, _: &Int8Mat<'_>, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
+        match self {}
+    }
+
+    fn matmul_i8_small(self, _: &Int8Mat<'_>, _: &[f32], _: usize, _: usize, _: &mut [f32]) {
+        match self {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The f32 GEMM tile (the driver is `gemm::float`).
+
+/// What one f32 micro-kernel call multiplies: `kc` depths of an `MR`-row sliver of packed
+/// activations (`a[k*MR + i]`) and of a packed `NR`-row weight panel (`b[k*NR + j]`), with
+/// addresses to prefetch along the way (`pf`: the next panel's lines; kernels without
+/// prefetching ignore them).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Operands<'a> {
+    pub(crate) kc: usize,
+    pub(crate) a: &'a [f32],
+    pub(crate) b: &'a [f32],
+    // Read by the x86 SIMD kernel only.
+    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
+    pub(crate) pf: &'a [*const u8],
+}
+
+/// One instruction set's f32 micro-kernel (`MR x NR` tile) and weight packer.
+pub(crate) trait Micro: Copy + Send + Sync {
+    /// Batch rows per micro-tile.
+    const MR: usize;
+    /// Weight rows (output columns) per micro-tile.
+    const NR: usize;
+    /// Whether the kernel uses its `pf` addresses (otherwise the driver does not collect them).
+    const PREFETCH: bool = false;
+
+    /// `c[i*ldc + j] (+)= Σ_k a[k*MR + i] b[k*NR + j]` for the full `MR x NR` tile (overwriting it
+    /// when `!accumulate`).
+    fn kernel(self, op: &Operands<'_>, c: &mut [f32], ldc: usize, accumulate: bool);
+
+    /// Packs weight rows `n0..n0+nr` (`nr <= NR`), columns `pc..pc+kc` as `out[k*NR + j]`,
+    /// dequantized, when this instruction set has a faster packer for the case; `false` leaves it
+    /// to the driver's portable packer. Default: `false`.
+    fn pack_b(
+        self,
+        _w: &MatRef<'_>,
+        _n0: usize,
+        _nr: usize,
+        _pc: usize,
+        _kc: usize,
+        _out: &mut [f32],
+    ) -> bool {
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The integer GEMM tiles (the drivers are `gemm::int8` and `gemm::int4`).
+
+/// Tokens per integer micro-tile.
+pub(crate) const QMR: usize = 6;
+/// Weight rows (output columns) per integer micro-tile.
+pub(crate) const QNR: usize = 16;
+/// What int8 activation codes are stored plus (`a + 64`, unsigned for `vpmaddubsw`); each group's
+/// integer sum starts at `-ACT_OFFSET · Σ q` to cancel it.
+pub(crate) const ACT_OFFSET: i32 = 64;
+
+/// What one int8 micro-kernel call multiplies: `groups` whole 64-groups of a sliver (`a`: per
+/// depth quad, `QMR` words of 4 activation codes; `a_scales`: per group, `QMR` scales) and of a
+/// packed panel (`b`: per depth quad, `QNR` words of 4 weight bytes; `b_scales`, `b_corr`: per
+/// group, `QNR` scales and `-ACT_OFFSET · Σ q`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QOperands<'a> {
+    pub(crate) groups: usize,
+    pub(crate) a: &'a [u32],
+    pub(crate) a_scales: &'a [f32],
+    pub(crate) b: &'a [u32],
+    pub(crate) b_scales: &'a [f32],
+    pub(crate) b_corr: &'a [i32],
+}
+
+impl QOperands<'_> {
+    /// `u32` words (4 depths each) per 64-group.
+    pub(crate) const WORDS_PER_GROUP: usize = GROUP_SIZE / 4;
+
+    /// Asserts every extent a `QMR x QNR` micro-kernel reads (`groups` whole groups of the
+    /// sliver and the panel) and writes (the tile's rows in `c`, `ldc` apart).
+    // Used by the x86 SIMD kernels only.
+    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
+    pub(crate) fn assert_tile(&self, c: &[f32], ldc: usize) {
+        let words = self.groups * Self::WORDS_PER_GROUP;
+        assert!(
+            self.a.len() >= words * QMR
+                && self.a_scales.len() >= self.groups * QMR
+                && self.b.len() >= words * QNR
+                && self.b_scales.len() >= self.groups * QNR
+                && self.b_corr.len() >= self.groups * QNR,
+            "packed panels too short"
+        );
+        assert_c_tile(c, ldc);
+    }
+}
+
+/// One instruction set's int8 integer micro-kernel (`QMR x QNR` tile).
+pub(crate) trait QMicro: Copy + Send + Sync {
+    /// Adds the products of `op` into the tile `c[i*ldc + j]` (or overwrites it when
+    /// `!accumulate`).
+    fn kernel(self, op: &QOperands<'_>, c: &mut [f32], ldc: usize, accumulate: bool);
+
+    /// Prefetches one address now. Default: nothing.
+    #[inline]
+    fn prefetch(self, _p: *const u8) {}
+
+    /// Packs a full `QNR`-row panel's words and corrections (`q` from row 0's first byte, rows
+    /// `row_stride` apart, `kc` whole groups); `false` leaves it to the driver's portable packer.
+    /// Default: `false`.
+    fn pack(
+        self,
+        _q: &[i8],
+        _row_stride: usize,
+        _kc: usize,
+        _w: &mut [u32],
+        _c: &mut [i32],
+    ) -> bool {
+        false
+    }
+}
+
+/// What one int4 micro-kernel call multiplies: `groups` whole 32-groups of a sliver (`a`: per
+/// depth quad, `QMR` words of 4 activation codes; `a_steps`, `a_offsets`: per group, `QMR` steps
+/// and `8 · Σ xq`) and of an unpacked panel (`b`: per depth quad, `QNR` words of 4 codes;
+/// `b_scales`: per group, `QNR` scales).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q4Operands<'a> {
+    pub(crate) groups: usize,
+    pub(crate) a: &'a [u32],
+    pub(crate) a_steps: &'a [f32],
+    pub(crate) a_offsets: &'a [i32],
+    pub(crate) b: &'a [u32],
+    pub(crate) b_scales: &'a [f32],
+}
+
+/// Raw pointers to a [`Q4Operands`]' arrays: `(groups, a, a_steps, a_offsets, b, b_scales)`.
+// Used by the x86 SIMD kernels only.
+#[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
+pub(crate) type Q4Pointers = (
+    usize,
+    *const u32,
+    *const f32,
+    *const i32,
+    *const u32,
+    *const f32,
+);
+
+impl Q4Operands<'_> {
+    /// `u32` words (4 depths each) per 32-group.
+    pub(crate) const WORDS_PER_GROUP: usize = INT4_GROUP_SIZE / 4;
+
+    /// The group count and the arrays' first elements, for the SIMD kernels' raw loops.
+    // Used by the x86 SIMD kernels only.
+    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
+    pub(crate) fn pointers(&self) -> Q4Pointers {
+        (
+            self.groups,
+            self.a.as_ptr(),
+            self.a_steps.as_ptr(),
+            self.a_offsets.as_ptr(),
+            self.b.as_ptr(),
+            self.b_scales.as_ptr(),
+        )
+    }
+
+    /// Asserts every extent a `QMR x QNR` micro-kernel reads (`groups` whole groups of the
+    /// sliver and the panel) and writes (the tile's rows in `c`, `ldc` apart).
+    // Used by the x86 SIMD kernels only.
+    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
+    pub(crate) fn assert_tile(&self, c: &[f32], ldc: usize) {
+        let words = self.groups * Self::WORDS_PER_GROUP;
+        assert!(
+            self.a.len() >= words * QMR
+                && self.a_steps.len() >= self.groups * QMR
+                && self.a_offsets.len() >= self.groups * QMR
+                && self.b.len() >= words * QNR
+                && self.b_scales.len() >= self.groups * QNR,
+            "packed int4 panels too short"
+        );
+        assert_c_tile(c, ldc);
+    }
+}
+
+/// Asserts that `c` holds a `QMR x QNR` tile with rows `ldc` apart.
+#[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
+fn assert_c_tile(c: &[f32], ldc: usize) {
+    assert!(
+        ldc >= QNR && c.len() >= (QMR - 1) * ldc + QNR,
+        "C tile out of bounds"
+    );
+}
+
+/// One instruction set's int4 integer micro-kernel (`QMR x QNR` tile).
+pub(crate) trait Q4Micro: Copy + Send + Sync {
+    /// Adds the products of `op` into the tile `c[i*ldc + j]` (or overwrites it when
+    /// `!accumulate`).
+    fn kernel(self, op: &Q4Operands<'_>, c: &mut [f32], ldc: usize, accumulate: bool);
+
+    /// Prefetches one address now. Default: nothing.
+    #[inline]
+    fn prefetch(self, _p: *const u8) {}
+
+    /// Unpacks a full `QNR`-row panel of `groups` groups (`packed` from row 0's first group,
+    /// rows `row_bytes` apart) into `words`; `false` leaves it to the driver's portable packer.
+    /// Default: `false`.
+    fn pack(self, _packed: &[u8], _row_bytes: usize, _groups: usize, _words: &mut [u32]) -> bool {
+        false
+    }
+}
