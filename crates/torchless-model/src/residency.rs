@@ -8,7 +8,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use torchless_format::{Config, ModelFile, Residency as Advice};
+use torchless_format::{Config, FormatError, FormatErrorKind, ModelFile, Residency as Advice};
 
 use crate::error::Result;
 use crate::weights::{layer_tensor_names, EMBEDDING};
@@ -134,10 +134,15 @@ impl PagingPlan {
             let finished = Finished(&pager.progress);
             let result = f(Some(&pager));
             drop(finished);
-            (result, helper.join().unwrap_or(0))
+            (result, helper.join())
         });
-        for step in helper..self.steps() {
+        let released = helper.as_ref().map_or(0, |&released| released);
+        for step in released..self.steps() {
             pager.advise(step, Advice::DontNeed);
+        }
+        if let Err(panic) = helper {
+            // A bug in the helper: report it where the pass was asked for, pages given back.
+            std::panic::resume_unwind(panic);
         }
         result
     }
@@ -155,9 +160,10 @@ pub(crate) struct Pager<'a> {
 impl Pager<'_> {
     /// The pass has read its rows of the embedding: give them back.
     pub(crate) fn embedding_read(&self) {
-        let _ = self
-            .file
-            .set_group_residency(&[EMBEDDING], Advice::DontNeed);
+        best_effort(
+            self.file
+                .set_group_residency(&[EMBEDDING], Advice::DontNeed),
+        );
     }
 
     /// The pass starts step `step`: layer `step`, then output chunk `step - n_layers`.
@@ -189,21 +195,35 @@ impl Pager<'_> {
         }
     }
 
-    /// Brings step `step`'s pages in or gives them back. Advice is best effort: a failure only
-    /// costs speed or memory, never correctness.
+    /// Brings step `step`'s pages in or gives them back.
     fn advise(&self, step: usize, advice: Advice) {
         let plan = self.plan;
-        let _ = match plan.layers.get(step) {
+        let result = match plan.layers.get(step) {
             Some(names) => self
                 .file
                 .set_group_residency(&names.each_ref().map(String::as_str), advice),
-            None => match plan.output_chunks.get(step - plan.layers.len()) {
-                Some(rows) => self
-                    .file
-                    .set_rows_residency(plan.output, rows.clone(), advice),
-                None => Ok(()),
-            },
+            None => {
+                let chunk = step - plan.layers.len();
+                debug_assert!(chunk < plan.output_chunks.len(), "no lazy step {step}");
+                let Some(rows) = plan.output_chunks.get(chunk) else {
+                    return;
+                };
+                self.file
+                    .set_rows_residency(plan.output, rows.clone(), advice)
+            }
         };
+        best_effort(result);
+    }
+}
+
+/// Advice is best effort: the system refusing it costs speed or memory, never correctness. Any
+/// other failure (a tensor or rows the file does not have) is a bug in the plan.
+fn best_effort(result: std::result::Result<(), FormatError>) {
+    if let Err(e) = result {
+        debug_assert!(
+            matches!(e.kind(), FormatErrorKind::Io(_)),
+            "lazy paging: {e}"
+        );
     }
 }
 
@@ -222,5 +242,22 @@ mod tests {
         assert_eq!(split_rows(10, 100, 1000), vec![0..10]);
         assert_eq!(split_rows(3, 100, 1), vec![0..1, 1..2, 2..3]);
         assert_eq!(split_rows(0, 0, 64), vec![0..0]);
+    }
+
+    /// Advice naming a tensor the file does not have is a bug in the plan: it must surface as a
+    /// panic in the pass, whichever thread gave the advice, not be skipped like a refusal of
+    /// the system's.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "lazy paging")]
+    fn paging_a_tensor_the_file_lacks_is_a_bug() {
+        let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models");
+        let file = ModelFile::open(format!("{models}/small-gqa-f32.bin")).unwrap();
+        let plan = PagingPlan {
+            layers: vec![layer_tensor_names(file.config().n_layers)],
+            output: "lm_head.weight",
+            output_chunks: Vec::new(),
+        };
+        plan.run::<Lazy, ()>(&file, |_| Ok(())).unwrap();
     }
 }

@@ -336,11 +336,11 @@ impl<'m, R: Residency> Session<'m, R> {
     /// The forward pass of [`step_batch`](Self::step_batch) (inputs validated), in the first
     /// session's decode pool and with its weights and scratch buffers.
     fn forward_sessions(sessions: &mut [&mut Session<'m, R>], tokens: &[u32]) -> Result<()> {
-        let vocab = sessions[0].model.config().vocab_size;
-        let (first, rest) = sessions
-            .split_first_mut()
-            .ok_or(ModelError::EmptyInput("no sessions"))?;
+        let [first, rest @ ..] = sessions else {
+            return Ok(());
+        };
         let model = first.model;
+        let vocab = model.config().vocab_size;
         #[cfg(feature = "parallel")]
         let pool = first.decode_pool.clone();
         let mut batch_logits = std::mem::take(first.scratch.batch_logits());
@@ -376,6 +376,11 @@ impl<'m, R: Residency> Session<'m, R> {
         let result = run();
         drop(sequences);
         if result.is_ok() {
+            debug_assert_eq!(
+                batch_logits.len(),
+                sessions.len() * vocab,
+                "a row per session"
+            );
             for (session, row) in sessions.iter_mut().zip(batch_logits.chunks_exact(vocab)) {
                 session.position += 1;
                 session.logits.clear();
