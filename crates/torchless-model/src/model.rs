@@ -56,8 +56,8 @@ pub struct LoadOptions<'a> {
     pub tokenizer: Option<Tokenizer>,
     /// Read the whole file into this process's memory instead of mapping it (llama.cpp's
     /// `--no-mmap`; see [`ModelFile::read_into_memory`]): slower to load, and decode can be
-    /// faster where page-cache memory streams slower than fresh memory (measured on a virtual
-    /// machine: 11-15%). Only for resident models: a [`LazyMistral`] refuses it.
+    /// faster where page-cache memory streams slower than fresh memory (as on some virtual
+    /// machines). Only for resident models: a [`LazyMistral`] refuses it.
     pub read_into_memory: bool,
 }
 

@@ -534,9 +534,10 @@ impl<'m, R: Residency> Session<'m, R> {
 }
 
 /// Runs `f`, one decode step, with the pool's threads spinning between its parallel products
-/// (`torchless_kernels::with_spinning_workers`: a rayon hand-off per product cost 4-5% of a 7B
-/// int4 token on a 2-vCPU VM). Not for weights paged in lazily: there a step waits on page
-/// faults, and spinning threads would only take CPU from the paging helper.
+/// (`torchless_kernels::with_spinning_workers`): handed to rayon one by one, every product
+/// would wake the other threads, and under a hypervisor a wake-up takes tens of microseconds.
+/// Not for weights paged in lazily: there a step waits on page faults, and spinning threads
+/// would only take CPU from the paging helper.
 fn spinning<R: Residency, T>(f: impl FnOnce() -> T) -> T {
     if R::RELEASE_AFTER_USE {
         return f();
