@@ -41,6 +41,34 @@ pub enum ModelError {
     /// Nothing to run: an empty token sequence where at least one token is needed.
     #[error("{0}")]
     EmptyInput(&'static str),
+    /// A tensor's shape is not the one the configuration implies.
+    #[error("tensor {tensor}: expected shape {expected:?}, found {found:?}")]
+    TensorShape {
+        /// The tensor's name.
+        tensor: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype the model cannot use for it (norms must be f32).
+    #[error("tensor {tensor}: expected dtype {expected}, found {found}")]
+    TensorDtype {
+        /// The tensor's name.
+        tensor: String,
+        /// The dtype the model needs there.
+        expected: &'static str,
+        /// The dtype in the file.
+        found: String,
+    },
+    /// The tokenizer has pieces the model has no embedding row for.
+    #[error("invalid tokenizer: it has {pieces} pieces but the model only {embedding_rows} embedding rows")]
+    VocabularyMismatch {
+        /// Pieces of the tokenizer.
+        pieces: usize,
+        /// The model's `vocab_size`.
+        embedding_rows: usize,
+    },
     /// An option is out of range.
     #[error("invalid {option}: {message}")]
     InvalidOption {

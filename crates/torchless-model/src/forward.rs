@@ -19,16 +19,14 @@
 //! ```
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use torchless_kernels::MatRef;
-
-use torchless_kernels::Kernels;
+use torchless_format::Config;
+use torchless_kernels::{Kernels, MatRef, RopeTable};
 
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
-use crate::model::{Model, Residency};
-use crate::session::Session;
+use crate::residency::Pager;
+use crate::weights::{LayerWeights, Weights};
 
 /// Activations for up to `batch` tokens, allocated once per session.
 #[derive(Debug, Default)]
@@ -53,13 +51,9 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    pub(crate) fn new(
-        batch: usize,
-        hidden: usize,
-        q_dim: usize,
-        kv_dim: usize,
-        inter: usize,
-    ) -> Self {
+    /// Buffers for batches of up to `batch` tokens of a model with `config`.
+    pub(crate) fn new(batch: usize, config: &Config) -> Self {
+        let (hidden, q_dim, kv_dim, inter) = dims(config);
         Self {
             x: vec![0.0; batch * hidden],
             normed: vec![0.0; batch * hidden.max(q_dim)],
@@ -74,6 +68,52 @@ impl Scratch {
             batch_logits: Vec::new(),
         }
     }
+
+    /// The buffer a several-session decode step collects its logits in.
+    pub(crate) fn batch_logits(&mut self) -> &mut Vec<f32> {
+        &mut self.batch_logits
+    }
+
+    /// The buffers cut to `n` rows.
+    fn rows(&mut self, n: usize, config: &Config) -> Activations<'_> {
+        let (hidden, q_dim, kv_dim, inter) = dims(config);
+        Activations {
+            x: &mut self.x[..n * hidden],
+            normed: &mut self.normed[..n * hidden],
+            q: &mut self.q[..n * q_dim],
+            k: &mut self.k[..n * kv_dim],
+            v: &mut self.v[..n * kv_dim],
+            attn: &mut self.attn[..n * q_dim],
+            delta: &mut self.delta[..n * hidden],
+            gate: &mut self.gate[..n * inter],
+            up: &mut self.up[..n * inter],
+            logit_chunk: &mut self.logit_chunk,
+        }
+    }
+}
+
+/// Row lengths: hidden, query, key/value, intermediate.
+fn dims(config: &Config) -> (usize, usize, usize, usize) {
+    (
+        config.hidden_size,
+        config.q_dim(),
+        config.kv_dim(),
+        config.intermediate_size,
+    )
+}
+
+/// The [`Scratch`] buffers of one pass, `n` rows each (see [`Scratch`] for what they hold).
+struct Activations<'s> {
+    x: &'s mut [f32],
+    normed: &'s mut [f32],
+    q: &'s mut [f32],
+    k: &'s mut [f32],
+    v: &'s mut [f32],
+    attn: &'s mut [f32],
+    delta: &'s mut [f32],
+    gate: &'s mut [f32],
+    up: &'s mut [f32],
+    logit_chunk: &'s mut Vec<f32>,
 }
 
 /// The rows of a forward batch that belong to one sequence: they run at positions `start..`
@@ -84,9 +124,8 @@ pub(crate) struct SequenceRows<'a> {
     pub(crate) rows: Range<usize>,
 }
 
-/// Everything one forward pass works on besides the model.
+/// Everything one forward pass works on besides the weights.
 pub(crate) struct Pass<'a, 'c> {
-    pub(crate) kernels: Kernels,
     pub(crate) scratch: &'a mut Scratch,
     pub(crate) tokens: &'a [u32],
     /// The sequences, covering `0..tokens.len()` in order. More than one: a decode step of
@@ -98,229 +137,221 @@ pub(crate) struct Pass<'a, 'c> {
     pub(crate) logits: &'a mut Vec<f32>,
 }
 
-/// Runs `f` with lazy mode's paging helper beside it when the model pages its weights (a helper
-/// thread maps the next step, layer or `lm_head` chunk, and releases the previous one while this
-/// one is computed), or directly otherwise.
-pub(crate) fn with_paging<R: Residency, T>(
-    model: &Model<R>,
-    f: impl FnOnce(Option<&AtomicUsize>) -> Result<T>,
-) -> Result<T> {
-    if !R::RELEASE_AFTER_USE {
-        return f(None);
-    }
-    let progress = AtomicUsize::new(0);
-    let (result, released) = std::thread::scope(|scope| {
-        let helper = scope.spawn(|| model.page_ahead(&progress));
-        // Tells the helper to stop however this pass ends (result, error or unwinding).
-        struct Finished<'a>(&'a AtomicUsize);
-        impl Drop for Finished<'_> {
-            fn drop(&mut self) {
-                self.0.store(usize::MAX, Ordering::Release);
-            }
+/// The model as the forward pass reads it, and the kernels it runs on.
+pub(crate) struct Forward<'a> {
+    config: &'a Config,
+    rope: &'a RopeTable,
+    weights: &'a Weights<'a>,
+    kernels: Kernels,
+    eps: f32,
+    attention_scale: f32,
+}
+
+impl<'a> Forward<'a> {
+    pub(crate) fn new(
+        config: &'a Config,
+        rope: &'a RopeTable,
+        weights: &'a Weights<'a>,
+        kernels: Kernels,
+    ) -> Self {
+        Self {
+            config,
+            rope,
+            weights,
+            kernels,
+            eps: config.norm_eps as f32,
+            attention_scale: 1.0 / (config.head_dim as f32).sqrt(),
         }
-        let finished = Finished(&progress);
-        let result = f(Some(&progress));
-        drop(finished);
-        (result, helper.join().unwrap_or(0))
-    });
-    for step in released..model.lazy_steps() {
-        model.release_step(step);
     }
-    result
-}
 
-impl Scratch {
-    /// The buffer a several-session decode step collects its logits in.
-    pub(crate) fn batch_logits(&mut self) -> &mut Vec<f32> {
-        &mut self.batch_logits
-    }
-}
-
-impl<R: Residency> Session<'_, R> {
-    /// Runs `tokens` (at most one batch, already validated) at positions `self.position..`, stores
-    /// their keys and values, and leaves the logits of the batch rows `logit_rows` in
-    /// `self.logits` (row-major, `logit_rows.len() x vocab`).
-    pub(crate) fn forward_batch(&mut self, tokens: &[u32], logit_rows: Range<usize>) -> Result<()> {
-        let model = self.model;
-        let mut sequences = [SequenceRows {
-            kv_cache: &mut self.kv_cache,
-            start: self.position,
-            rows: 0..tokens.len(),
-        }];
-        let mut pass = Pass {
+    /// The forward pass over `pass.tokens`; positions are left to the caller to advance. With a
+    /// `pager` (lazy weights), tells it which layer or output chunk is being computed.
+    pub(crate) fn run(&self, pass: &mut Pass<'_, '_>, pager: Option<&Pager<'_>>) -> Result<()> {
+        let n = pass.tokens.len();
+        let products = Products {
             kernels: self.kernels,
-            scratch: &mut self.scratch,
-            tokens,
-            sequences: &mut sequences,
-            logit_rows,
-            logits: &mut self.logits,
+            rows: n,
+            independent_rows: pass.sequences.len() > 1,
         };
-        with_paging(model, |progress| forward(model, &mut pass, progress))?;
-        self.position += tokens.len();
-        Ok(())
+        let mut act = pass.scratch.rows(n, self.config);
+        let hidden = self.config.hidden_size;
+        for (row, &token) in act.x.chunks_exact_mut(hidden).zip(pass.tokens) {
+            embed(&self.weights.embedding, token, row)?;
+        }
+        if let Some(pager) = pager {
+            pager.embedding_read();
+        }
+        for (layer, w) in self.weights.layers.iter().enumerate() {
+            if let Some(pager) = pager {
+                pager.enter(layer);
+            }
+            self.attention(layer, w, &products, &mut act, pass.sequences)?;
+            self.mlp(w, &products, &mut act)?;
+        }
+        self.output(
+            &products,
+            &mut act,
+            pass.logit_rows.clone(),
+            pass.logits,
+            pager,
+        )
     }
-}
 
-/// The forward pass over `pass.tokens`; positions are left to the caller to advance.
-pub(crate) fn forward<R: Residency>(
-    model: &Model<R>,
-    pass: &mut Pass<'_, '_>,
-    progress: Option<&AtomicUsize>,
-) -> Result<()> {
-    let config = model.config();
-    let kernels = pass.kernels;
-    let n = pass.tokens.len();
-    let (hidden, q_dim, kv_dim, inter) = (
-        config.hidden_size,
-        config.q_dim(),
-        config.kv_dim(),
-        config.intermediate_size,
-    );
-    let eps = config.norm_eps as f32;
-    let attention_scale = 1.0 / (config.head_dim as f32).sqrt();
-    let rope = model.rope();
-    let independent_rows = pass.sequences.len() > 1;
-    // `Y = X Wᵀ` over `rows` rows: a GEMM for one sequence's consecutive tokens; one matvec per
-    // row, streaming the weights once, for several sequences.
-    let project_rows = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], rows: usize| {
-        if independent_rows {
-            kernels.matvec_batch(w, xs, ys, rows)
-        } else {
-            kernels.matmul(w, xs, ys, rows)
-        }
-    };
-    let project = |w: &MatRef<'_>, xs: &[f32], ys: &mut [f32]| project_rows(w, xs, ys, n);
-    // Projections of one input (q/k/v, gate/up): for a single token one parallel job, which
-    // quantizes the input once for int4 weights; results as from `project`.
-    let project_many = |ws: &[MatRef<'_>], xs: &[f32], ys: &mut [&mut [f32]]| {
-        if n == 1 {
-            return kernels.matvec_many(ws, xs, ys);
-        }
-        for (w, y) in ws.iter().zip(ys.iter_mut()) {
-            project(w, xs, y)?;
-        }
-        Ok(())
-    };
-    let Scratch {
-        x,
-        normed,
-        q,
-        k,
-        v,
-        attn,
-        delta,
-        gate,
-        up,
-        logit_chunk,
-        batch_logits: _,
-    } = &mut *pass.scratch;
-    let (x, normed, q, k, v, attn, delta, gate, up) = (
-        &mut x[..n * hidden],
-        &mut normed[..n * hidden],
-        &mut q[..n * q_dim],
-        &mut k[..n * kv_dim],
-        &mut v[..n * kv_dim],
-        &mut attn[..n * q_dim],
-        &mut delta[..n * hidden],
-        &mut gate[..n * inter],
-        &mut up[..n * inter],
-    );
-
-    let embedding = model.embedding()?;
-    for (row, &token) in x.chunks_exact_mut(hidden).zip(pass.tokens) {
-        embed(&embedding, token, row)?;
-    }
-    model.release_embedding();
-
-    for layer in 0..config.n_layers {
-        if let Some(progress) = progress {
-            progress.store(layer, Ordering::Release);
-        }
-        let w = model.layer(layer)?;
-
-        // Attention block.
-        rmsnorm_rows(&kernels, x, w.input_norm, eps, normed, hidden)?;
-        project_many(
-            &[w.q_proj, w.k_proj, w.v_proj],
-            normed,
-            &mut [&mut *q, &mut *k, &mut *v],
+    /// `x += attention(rope(rmsnorm(x) Wq/Wk/Wv)) Wo`, storing the keys and values of `layer`.
+    fn attention(
+        &self,
+        layer: usize,
+        w: &LayerWeights<'_>,
+        products: &Products,
+        act: &mut Activations<'_>,
+        sequences: &mut [SequenceRows<'_>],
+    ) -> Result<()> {
+        let (hidden, q_dim, kv_dim, _) = dims(self.config);
+        let kernels = &self.kernels;
+        rmsnorm_rows(kernels, act.x, w.attn_norm, self.eps, act.normed, hidden)?;
+        products.many(
+            &[w.wq, w.wk, w.wv],
+            act.normed,
+            &mut [&mut *act.q, &mut *act.k, &mut *act.v],
         )?;
-        for sequence in pass.sequences.iter_mut() {
-            let SequenceRows {
-                kv_cache,
-                start,
-                rows,
-            } = sequence;
+        for SequenceRows {
+            kv_cache,
+            start,
+            rows,
+        } in sequences.iter_mut()
+        {
             let start = *start;
-            let q = &mut q[rows.start * q_dim..rows.end * q_dim];
-            let k = &mut k[rows.start * kv_dim..rows.end * kv_dim];
-            let v = &v[rows.start * kv_dim..rows.end * kv_dim];
-            rope.apply_batch(q, q_dim, start)?;
-            rope.apply_batch(k, kv_dim, start)?;
+            let q = &mut act.q[rows.start * q_dim..rows.end * q_dim];
+            let k = &mut act.k[rows.start * kv_dim..rows.end * kv_dim];
+            let v = &act.v[rows.start * kv_dim..rows.end * kv_dim];
+            self.rope.apply_batch(q, q_dim, start)?;
+            self.rope.apply_batch(k, kv_dim, start)?;
             kv_cache.store(layer, start, k, v)?;
             let cache = &**kv_cache;
             kernels.attention_batch(
                 q,
                 &cache.view(layer)?,
-                config.n_heads,
-                attention_scale,
+                self.config.n_heads,
+                self.attention_scale,
                 |t| cache.slots(cache.attended_positions(start + t)),
-                &mut attn[rows.start * q_dim..rows.end * q_dim],
+                &mut act.attn[rows.start * q_dim..rows.end * q_dim],
             )?;
         }
-        project(&w.o_proj, attn, delta)?;
-        kernels.add(x, delta)?;
-
-        // MLP block (SwiGLU).
-        rmsnorm_rows(&kernels, x, w.post_attention_norm, eps, normed, hidden)?;
-        project_many(
-            &[w.gate_proj, w.up_proj],
-            normed,
-            &mut [&mut *gate, &mut *up],
-        )?;
-        kernels.silu_mul_inplace(gate, up)?;
-        project(&w.down_proj, gate, delta)?;
-        kernels.add(x, delta)?;
+        products.one(&w.wo, act.attn, act.delta)?;
+        Ok(kernels.add(act.x, act.delta)?)
     }
 
-    // Output: final norm and lm_head, only for the rows whose logits are wanted.
-    let logit_rows = pass.logit_rows.clone();
-    let rows = logit_rows.len();
-    let vocab = config.vocab_size;
-    let logits = &mut *pass.logits;
-    logits.resize(rows * vocab, 0.0);
-    if rows > 0 {
-        let x = &x[logit_rows.start * hidden..logit_rows.end * hidden];
-        let normed = &mut normed[..rows * hidden];
-        rmsnorm_rows(&kernels, x, model.final_norm()?, eps, normed, hidden)?;
-        let lm_head = model.lm_head()?;
-        match progress {
-            None => project_rows(&lm_head, normed, logits, rows)?,
-            // Lazy mode: lm_head a chunk of rows (of logit columns) at a time.
-            Some(progress) => {
-                for (c, chunk) in model.output_chunks().iter().enumerate() {
-                    progress.store(config.n_layers + c, Ordering::Release);
-                    if chunk.is_empty() {
-                        continue;
-                    }
-                    let part = lm_head.rows_range(chunk.clone())?;
-                    logit_chunk.resize(rows * chunk.len(), 0.0);
-                    project_rows(&part, normed, logit_chunk, rows)?;
-                    for (logits, part) in logits
-                        .chunks_exact_mut(vocab)
-                        .zip(logit_chunk.chunks_exact(chunk.len()))
-                    {
-                        logits[chunk.clone()].copy_from_slice(part);
-                    }
-                }
+    /// `x += (silu(rmsnorm(x) Wgate) ⊙ rmsnorm(x) Wup) Wdown` (SwiGLU).
+    fn mlp(
+        &self,
+        w: &LayerWeights<'_>,
+        products: &Products,
+        act: &mut Activations<'_>,
+    ) -> Result<()> {
+        let kernels = &self.kernels;
+        let hidden = self.config.hidden_size;
+        rmsnorm_rows(kernels, act.x, w.ffn_norm, self.eps, act.normed, hidden)?;
+        products.many(
+            &[w.w_gate, w.w_up],
+            act.normed,
+            &mut [&mut *act.gate, &mut *act.up],
+        )?;
+        kernels.silu_mul_inplace(act.gate, act.up)?;
+        products.one(&w.w_down, act.gate, act.delta)?;
+        Ok(kernels.add(act.x, act.delta)?)
+    }
+
+    /// `logits = rmsnorm(x) · norm · outputᵀ`, only for `logit_rows`; with a `pager`, the
+    /// output matrix a chunk of rows (of logit columns) at a time.
+    fn output(
+        &self,
+        products: &Products,
+        act: &mut Activations<'_>,
+        logit_rows: Range<usize>,
+        logits: &mut Vec<f32>,
+        pager: Option<&Pager<'_>>,
+    ) -> Result<()> {
+        let rows = logit_rows.len();
+        let (hidden, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        logits.resize(rows * vocab, 0.0);
+        if rows == 0 {
+            return Ok(());
+        }
+        let x = &act.x[logit_rows.start * hidden..logit_rows.end * hidden];
+        let normed = &mut act.normed[..rows * hidden];
+        let weights = self.weights;
+        rmsnorm_rows(
+            &self.kernels,
+            x,
+            weights.final_norm,
+            self.eps,
+            normed,
+            hidden,
+        )?;
+        let Some(pager) = pager else {
+            return products.rows(&weights.output, normed, logits, rows);
+        };
+        let layers = weights.layers.len();
+        for (c, (chunk, part)) in weights.output_chunks.iter().enumerate() {
+            pager.enter(layers + c);
+            if chunk.is_empty() {
+                continue;
+            }
+            let logit_chunk = &mut *act.logit_chunk;
+            logit_chunk.resize(rows * chunk.len(), 0.0);
+            products.rows(part, normed, logit_chunk, rows)?;
+            for (logits, part) in logits
+                .chunks_exact_mut(vocab)
+                .zip(logit_chunk.chunks_exact(chunk.len()))
+            {
+                logits[chunk.clone()].copy_from_slice(part);
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The matrix products of one pass, `Y = X Wᵀ` over its rows.
+struct Products {
+    kernels: Kernels,
+    /// Rows of the pass (tokens).
+    rows: usize,
+    /// The rows belong to different sequences (a several-session decode step).
+    independent_rows: bool,
+}
+
+impl Products {
+    /// `Y = X Wᵀ` over `rows` rows: a GEMM for one sequence's consecutive tokens; one matvec
+    /// per row, streaming the weights once, for several sequences.
+    fn rows(&self, w: &MatRef<'_>, xs: &[f32], ys: &mut [f32], rows: usize) -> Result<()> {
+        if self.independent_rows {
+            self.kernels.matvec_batch(w, xs, ys, rows)?;
+        } else {
+            self.kernels.matmul(w, xs, ys, rows)?;
+        }
+        Ok(())
+    }
+
+    /// `Y = X Wᵀ` over every row of the pass.
+    fn one(&self, w: &MatRef<'_>, xs: &[f32], ys: &mut [f32]) -> Result<()> {
+        self.rows(w, xs, ys, self.rows)
+    }
+
+    /// Products of one input (q/k/v, gate/up): for a single token one parallel job, which
+    /// quantizes the input once for int4 weights; results as from [`one`](Self::one).
+    fn many(&self, ws: &[MatRef<'_>], xs: &[f32], ys: &mut [&mut [f32]]) -> Result<()> {
+        if self.rows == 1 {
+            return Ok(self.kernels.matvec_many(ws, xs, ys)?);
+        }
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            self.one(w, xs, y)?;
+        }
+        Ok(())
+    }
 }
 
 fn rmsnorm_rows(
-    kernels: &torchless_kernels::Kernels,
+    kernels: &Kernels,
     x: &[f32],
     weight: &[f32],
     eps: f32,

@@ -97,7 +97,15 @@ impl KvCache {
         values: &[f32],
     ) -> Result<()> {
         let row = self.row_len();
+        debug_assert!(
+            keys.len() == values.len() && keys.len().is_multiple_of(row),
+            "whole rows of keys and values"
+        );
         let n = keys.len() / row;
+        debug_assert!(
+            n <= self.max_batch_at(),
+            "no slot overwritten within a batch"
+        );
         let slots_needed = (start + n).min(self.capacity);
         for buffer in [&mut self.keys[layer], &mut self.values[layer]] {
             grow(buffer, slots_needed * row, self.capacity * row)?;
@@ -138,6 +146,10 @@ impl KvCache {
     /// The cache slots holding `positions` (all of which must still be cached), oldest first.
     pub(crate) fn slots(&self, positions: Range<usize>) -> SlotRanges {
         let len = positions.len();
+        debug_assert!(
+            len <= self.capacity,
+            "positions {positions:?} are not all cached"
+        );
         if len == 0 {
             return SlotRanges::single(0..0);
         }

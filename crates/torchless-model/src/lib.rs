@@ -26,8 +26,10 @@ mod generate;
 mod kv_cache;
 mod model;
 mod perplexity;
+mod residency;
 pub mod sampling;
 mod session;
+mod weights;
 
 pub use chat::{Chat, ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};

@@ -1,58 +1,22 @@
-//! The loaded model: immutable weights (memory-mapped), configuration, tokenizer and RoPE tables.
+//! The loaded model: the file (mapped or read into memory), configuration, tokenizer and RoPE
+//! tables, every weight checked against the configuration at load.
 //!
 //! [`Mistral`] keeps every weight resident; [`LazyMistral`] brings each layer's pages in just
 //! before the layer runs and gives them back right after. Both run the one forward pass in
 //! `forward.rs`; the [`Residency`] type parameter only decides what happens around each layer.
 
 use std::marker::PhantomData;
-use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use torchless_format::{
-    layer_tensor_name, Config, ModelFile, Residency as Advice, TensorData, TokenizerData,
-    TokenizerKind,
-};
-use torchless_kernels::{MatRef, RopeTable};
+use torchless_format::{Config, ModelFile, TokenizerData, TokenizerKind};
+use torchless_kernels::RopeTable;
 use torchless_tokenizer::{AddedToken, ByteLevelBpe, Pretokenizer, Tokenizer};
 
 use crate::error::{ModelError, Result};
-use crate::session::{Session, SessionOptions};
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Resident {}
-    impl Sealed for super::Lazy {}
-}
-
-/// How a model's weights stay in memory. Implemented by [`Resident`] and [`Lazy`] only.
-pub trait Residency: sealed::Sealed + Send + Sync + 'static {
-    /// Short name for logs (`"resident"` or `"lazy"`).
-    const NAME: &'static str;
-    /// Whether pages are given back after each layer (and after the output projection).
-    const RELEASE_AFTER_USE: bool;
-}
-
-/// Weight pages are mapped as they are first used and stay mapped: the fastest mode; after the
-/// first token, resident memory is about the file size.
-#[derive(Debug, Clone, Copy)]
-pub struct Resident;
-
-impl Residency for Resident {
-    const NAME: &'static str = "resident";
-    const RELEASE_AFTER_USE: bool = false;
-}
-
-/// Only the layer being computed is resident: its pages are requested just before it runs and
-/// released right after, so resident memory stays around one layer plus the output matrix.
-#[derive(Debug, Clone, Copy)]
-pub struct Lazy;
-
-impl Residency for Lazy {
-    const NAME: &'static str = "lazy";
-    const RELEASE_AFTER_USE: bool = true;
-}
+pub use crate::residency::{Lazy, Residency, Resident};
+use crate::residency::{Pager, PagingPlan};
+use crate::weights::{Weights, EMBEDDING};
 
 /// A Mistral model whose weights are all resident in memory.
 pub type Mistral = Model<Resident>;
@@ -92,8 +56,8 @@ pub struct LoadOptions<'a> {
     pub tokenizer: Option<Tokenizer>,
     /// Read the whole file into this process's memory instead of mapping it (llama.cpp's
     /// `--no-mmap`; see [`ModelFile::read_into_memory`]): slower to load, and decode can be
-    /// faster where page-cache memory streams slower than fresh memory (measured on a virtual
-    /// machine: 11-15%). Only for resident models: a [`LazyMistral`] refuses it.
+    /// faster where page-cache memory streams slower than fresh memory (as on some virtual
+    /// machines). Only for resident models: a [`LazyMistral`] refuses it.
     pub read_into_memory: bool,
 }
 
@@ -106,67 +70,6 @@ impl std::fmt::Debug for LoadOptions<'_> {
             .finish()
     }
 }
-
-/// Names of one transformer block's tensors (Hugging Face names).
-#[derive(Debug, Clone)]
-pub(crate) struct LayerNames {
-    pub input_norm: String,
-    pub q_proj: String,
-    pub k_proj: String,
-    pub v_proj: String,
-    pub o_proj: String,
-    pub post_attention_norm: String,
-    pub gate_proj: String,
-    pub up_proj: String,
-    pub down_proj: String,
-}
-
-impl LayerNames {
-    fn new(layer: usize) -> Self {
-        let name = |suffix: &str| layer_tensor_name(layer, suffix);
-        Self {
-            input_norm: name("input_layernorm.weight"),
-            q_proj: name("self_attn.q_proj.weight"),
-            k_proj: name("self_attn.k_proj.weight"),
-            v_proj: name("self_attn.v_proj.weight"),
-            o_proj: name("self_attn.o_proj.weight"),
-            post_attention_norm: name("post_attention_layernorm.weight"),
-            gate_proj: name("mlp.gate_proj.weight"),
-            up_proj: name("mlp.up_proj.weight"),
-            down_proj: name("mlp.down_proj.weight"),
-        }
-    }
-
-    pub fn all(&self) -> [&str; 9] {
-        [
-            &self.input_norm,
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.o_proj,
-            &self.post_attention_norm,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
-    }
-}
-
-/// Zero-copy views of one transformer block's weights.
-pub(crate) struct LayerWeights<'a> {
-    pub input_norm: &'a [f32],
-    pub q_proj: MatRef<'a>,
-    pub k_proj: MatRef<'a>,
-    pub v_proj: MatRef<'a>,
-    pub o_proj: MatRef<'a>,
-    pub post_attention_norm: &'a [f32],
-    pub gate_proj: MatRef<'a>,
-    pub up_proj: MatRef<'a>,
-    pub down_proj: MatRef<'a>,
-}
-
-pub(crate) const EMBED: &str = "model.embed_tokens.weight";
-pub(crate) const FINAL_NORM: &str = "model.norm.weight";
 
 /// Builds the tokenizer a model file describes: SentencePiece from the vocabulary and merges,
 /// or byte-level BPE with its pre-tokenizer, added tokens, BOS/EOS and BOS rule from the
@@ -204,26 +107,8 @@ pub fn tokenizer_from_data(data: TokenizerData) -> Result<Tokenizer> {
     })
 }
 
-/// Most bytes of `lm_head` that lazy mode maps at once. It is the largest matrix (524 MB as f32
-/// for 7B); mapped whole next to the last layers, it set the peak resident set.
-const OUTPUT_CHUNK_BYTES: usize = 64 << 20;
-
-/// Splits `rows` rows totalling `bytes` into consecutive ranges of at most about `max_bytes`
-/// each (at least one row per range; one empty range for no rows).
-fn split_rows(rows: usize, bytes: usize, max_bytes: usize) -> Vec<Range<usize>> {
-    let chunks = bytes.div_ceil(max_bytes.max(1)).clamp(1, rows.max(1));
-    let per_chunk = rows.div_ceil(chunks).max(1);
-    let mut ranges: Vec<Range<usize>> = (0..rows)
-        .step_by(per_chunk)
-        .map(|start| start..(start + per_chunk).min(rows))
-        .collect();
-    if ranges.is_empty() {
-        ranges.push(0..0);
-    }
-    ranges
-}
-
-/// A loaded Mistral model: immutable, `Send + Sync`, shared by any number of [`Session`]s.
+/// A loaded Mistral model: immutable, `Send + Sync`, shared by any number of sessions
+/// ([`session`](Self::session)).
 ///
 /// Use the aliases [`Mistral`] (resident weights) and [`LazyMistral`] (low memory).
 pub struct Model<R: Residency = Resident> {
@@ -231,9 +116,9 @@ pub struct Model<R: Residency = Resident> {
     config: Config,
     tokenizer: Tokenizer,
     rope: RopeTable,
-    layers: Vec<LayerNames>,
-    /// Row ranges of `lm_head` that lazy mode maps one at a time.
-    output_chunks: Vec<Range<usize>>,
+    /// What lazy mode pages, step by step (also how the output matrix is cut for it).
+    paging: PagingPlan,
+    bytes_per_token: u64,
     load_time: Duration,
     _residency: PhantomData<R>,
 }
@@ -304,13 +189,9 @@ impl<R: Residency> Model<R> {
             None => tokenizer_from_data(file.tokenizer_data()?)?,
         };
         if tokenizer.vocab_size() > config.vocab_size {
-            return Err(ModelError::InvalidOption {
-                option: "tokenizer".into(),
-                message: format!(
-                    "it has {} pieces but the model only {} embedding rows",
-                    tokenizer.vocab_size(),
-                    config.vocab_size
-                ),
+            return Err(ModelError::VocabularyMismatch {
+                pieces: tokenizer.vocab_size(),
+                embedding_rows: config.vocab_size,
             });
         }
         report(LoadProgress::TokenizerReady);
@@ -320,16 +201,17 @@ impl<R: Residency> Model<R> {
             config.rope_theta,
             config.max_position_embeddings,
         )?;
-        let layers = (0..config.n_layers).map(LayerNames::new).collect();
-        let lm_head_bytes = file.tensor_info(config.output_tensor_name())?.bytes_read();
-        let output_chunks = split_rows(config.vocab_size, lm_head_bytes, OUTPUT_CHUNK_BYTES);
+        let paging = PagingPlan::new(&file, &config)?;
+        // Every tensor's shape and dtype, checked here once: sessions resolve the same views.
+        Weights::resolve(&file, &config, paging.output_chunks())?;
+        let bytes_per_token = weight_bytes_per_token(&file, &config)?;
         let model = Self {
             file,
             config,
             tokenizer,
             rope,
-            layers,
-            output_chunks,
+            paging,
+            bytes_per_token,
             load_time: Duration::ZERO,
             _residency: PhantomData,
         };
@@ -371,160 +253,39 @@ impl<R: Residency> Model<R> {
     /// Bytes of weights one decode step reads: every layer, the final norm and the output matrix
     /// (plus one embedding row, unless the embedding is the output matrix and read whole anyway).
     pub fn bytes_per_token(&self) -> u64 {
-        if self.config.tie_word_embeddings {
-            return self.file.tensors().map(|t| t.bytes_read() as u64).sum();
-        }
-        let embed_row = self
-            .file
-            .tensor_info(EMBED)
-            .map(|t| (t.bytes_read() / self.config.vocab_size.max(1)) as u64)
-            .unwrap_or(0);
-        let weights: u64 = self
-            .file
-            .tensors()
-            .filter(|t| t.name != EMBED)
-            .map(|t| t.bytes_read() as u64)
-            .sum();
-        weights + embed_row
-    }
-
-    /// A new inference session with default options (full context, all threads).
-    pub fn session(&self) -> Result<Session<'_, R>> {
-        Session::new(self, SessionOptions::default())
-    }
-
-    /// A new inference session.
-    pub fn session_with(&self, options: SessionOptions) -> Result<Session<'_, R>> {
-        Session::new(self, options)
+        self.bytes_per_token
     }
 
     pub(crate) fn rope(&self) -> &RopeTable {
         &self.rope
     }
 
-    pub(crate) fn layer(&self, layer: usize) -> Result<LayerWeights<'_>> {
-        let names = &self.layers[layer];
-        let h = self.config.hidden_size;
-        Ok(LayerWeights {
-            input_norm: self.vector(&names.input_norm, h)?,
-            q_proj: self.matrix(&names.q_proj)?,
-            k_proj: self.matrix(&names.k_proj)?,
-            v_proj: self.matrix(&names.v_proj)?,
-            o_proj: self.matrix(&names.o_proj)?,
-            post_attention_norm: self.vector(&names.post_attention_norm, h)?,
-            gate_proj: self.matrix(&names.gate_proj)?,
-            up_proj: self.matrix(&names.up_proj)?,
-            down_proj: self.matrix(&names.down_proj)?,
-        })
+    /// Typed views of every weight (checked at load, so this fails only if load would have).
+    pub(crate) fn weights(&self) -> Result<Weights<'_>> {
+        Weights::resolve(&self.file, &self.config, self.paging.output_chunks())
     }
 
-    pub(crate) fn final_norm(&self) -> Result<&[f32]> {
-        self.vector(FINAL_NORM, self.config.hidden_size)
+    /// Runs `f`, one forward pass, with this model's paging around it (a [`Pager`] for lazy
+    /// models, nothing for resident ones).
+    pub(crate) fn paged<T>(&self, f: impl FnOnce(Option<&Pager<'_>>) -> Result<T>) -> Result<T> {
+        self.paging.run::<R, T>(&self.file, f)
     }
 
-    pub(crate) fn lm_head(&self) -> Result<MatRef<'_>> {
-        self.matrix(self.config.output_tensor_name())
+    #[cfg(test)]
+    pub(crate) fn paging_mut(&mut self) -> &mut PagingPlan {
+        &mut self.paging
     }
+}
 
-    pub(crate) fn embedding(&self) -> Result<MatRef<'_>> {
-        self.matrix(EMBED)
+/// See [`Model::bytes_per_token`].
+fn weight_bytes_per_token(file: &ModelFile, config: &Config) -> Result<u64> {
+    let all: u64 = file.tensors().map(|t| t.bytes_read() as u64).sum();
+    if config.tie_word_embeddings {
+        return Ok(all);
     }
-
-    /// Row ranges of `lm_head` that lazy mode computes one at a time.
-    pub(crate) fn output_chunks(&self) -> &[Range<usize>] {
-        &self.output_chunks
-    }
-
-    /// Lazy mode's steps of a forward pass, in order: the layers, then the `lm_head` chunks.
-    pub(crate) fn lazy_steps(&self) -> usize {
-        self.layers.len() + self.output_chunks.len()
-    }
-
-    /// Lazy mode's paging helper, run on its own thread during a forward pass: maps step `s + 1`
-    /// and gives back step `s - 1` while the forward pass computes step `s` (see
-    /// [`lazy_steps`](Self::lazy_steps)), so the page-table work (kernel time on one core)
-    /// overlaps the bandwidth-bound step instead of stalling both compute threads. `progress`
-    /// holds the step being computed, or `usize::MAX` once the pass is over; the helper never
-    /// runs more than one step ahead, which bounds the resident set to about three layers.
-    /// Returns the first step it has not given back (the caller releases the rest).
-    pub(crate) fn page_ahead(&self, progress: &AtomicUsize) -> usize {
-        let steps = self.lazy_steps();
-        let (mut released, mut next) = (0, 0);
-        loop {
-            let at = progress.load(Ordering::Acquire);
-            if at == usize::MAX {
-                return released;
-            }
-            while released < at.min(steps) {
-                self.release_step(released);
-                released += 1;
-            }
-            if next < steps && at + 1 >= next {
-                self.set_step_residency(next, Advice::Populate);
-                next += 1;
-            } else {
-                std::thread::sleep(std::time::Duration::from_micros(50));
-            }
-        }
-    }
-
-    /// After a lazy step ran: give its pages back.
-    pub(crate) fn release_step(&self, step: usize) {
-        if R::RELEASE_AFTER_USE {
-            self.set_step_residency(step, Advice::DontNeed);
-        }
-    }
-
-    /// Advice is best effort: a failure only costs speed or memory, never correctness.
-    fn set_step_residency(&self, step: usize, advice: Advice) {
-        let _ = match self.layers.get(step) {
-            Some(names) => self.file.set_group_residency(&names.all(), advice),
-            None => match self.output_chunks.get(step - self.layers.len()) {
-                Some(rows) => self.file.set_rows_residency(
-                    self.config.output_tensor_name(),
-                    rows.clone(),
-                    advice,
-                ),
-                None => Ok(()),
-            },
-        };
-    }
-
-    /// After the embedding lookup (lazy mode): give the rows read back.
-    pub(crate) fn release_embedding(&self) {
-        if R::RELEASE_AFTER_USE {
-            let _ = self.file.set_group_residency(&[EMBED], Advice::DontNeed);
-        }
-    }
-
-    fn vector(&self, name: &str, len: usize) -> Result<&[f32]> {
-        let tensor = self.file.tensor(name)?;
-        match tensor.data {
-            TensorData::F32(values) if values.len() == len => Ok(values),
-            _ => Err(ModelError::InvalidOption {
-                option: name.to_string(),
-                message: format!("expected {len} float32 values"),
-            }),
-        }
-    }
-
-    fn matrix(&self, name: &str) -> Result<MatRef<'_>> {
-        let tensor = self.file.tensor(name)?;
-        let (rows, cols) = match tensor.info.shape.as_slice() {
-            &[rows, cols] => (rows, cols),
-            shape => {
-                return Err(ModelError::InvalidOption {
-                    option: name.to_string(),
-                    message: format!("expected a matrix, found shape {shape:?}"),
-                })
-            }
-        };
-        Ok(match tensor.data {
-            TensorData::F32(values) => MatRef::f32(values, rows, cols)?,
-            TensorData::Int8(view) => MatRef::int8(view.values, view.inv_scales, rows, cols)?,
-            TensorData::Int4(view) => MatRef::int4(view.packed, view.scales, rows, cols)?,
-        })
-    }
+    let embedding = file.tensor_info(EMBEDDING)?.bytes_read();
+    let embedding_row = embedding / config.vocab_size.max(1);
+    Ok(all - embedding as u64 + embedding_row as u64)
 }
 
 #[cfg(test)]
@@ -532,51 +293,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_split_into_chunks_of_bounded_size() {
-        assert_eq!(split_rows(32000, 524 << 20, 64 << 20), {
-            // 524 MiB in 64 MiB pieces: 9 chunks of 3556 rows, the last one shorter.
-            let mut v: Vec<_> = (0..8).map(|c| c * 3556..(c + 1) * 3556).collect();
-            v.push(28448..32000);
-            v
-        });
-        assert_eq!(split_rows(10, 100, 1000), vec![0..10]);
-        assert_eq!(split_rows(3, 100, 1), vec![0..1, 1..2, 2..3]);
-        assert_eq!(split_rows(0, 0, 64), vec![0..0]);
-    }
-
-    /// Every logit of evaluating `ids`, then of one decode step.
-    fn all_logits<R: Residency>(session: &mut Session<'_, R>, ids: &[u32], out: &mut Vec<f32>) {
-        session
-            .evaluate(ids, |_, row| out.extend_from_slice(row))
-            .unwrap();
-        out.extend_from_slice(session.step(3).unwrap());
-    }
-
-    /// Lazy mode computes the logits a chunk of `lm_head` rows at a time: with chunks that cut
-    /// the vocabulary unevenly, every logit (one row in decode, all rows in evaluation) must be
-    /// bit-identical to the resident model's single product.
-    #[test]
-    fn chunked_output_gives_the_same_logits() {
-        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models");
-        for file in ["small-gqa-int8.bin", "small-mha-f32.bin"] {
-            let path = Path::new(fixtures).join(file);
-            let eager = Mistral::load(&path).unwrap();
-            let mut lazy = LazyMistral::load(&path).unwrap();
-            let vocab = lazy.config.vocab_size;
-            lazy.output_chunks = split_rows(vocab, vocab, vocab.div_ceil(7));
-            assert_eq!(lazy.output_chunks.len(), 7);
-            let ids: Vec<u32> = (0..23).map(|i| (i * 131 + 7) % vocab as u32).collect();
-            let options = SessionOptions {
-                batch_size: 5,
-                ..Default::default()
-            };
-            let (mut expected, mut found) = (Vec::new(), Vec::new());
-            let mut session = eager.session_with(options.clone()).unwrap();
-            all_logits(&mut session, &ids, &mut expected);
-            let mut session = lazy.session_with(options).unwrap();
-            all_logits(&mut session, &ids, &mut found);
-            assert_eq!(expected.len(), (ids.len() + 1) * vocab, "{file}");
-            assert!(expected == found, "{file}");
-        }
+    fn a_tokenizer_with_more_pieces_than_embedding_rows_is_refused() {
+        let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models");
+        let larger = Mistral::load(format!("{models}/small-gqa-f32.bin")).unwrap();
+        let pieces = larger.tokenizer().vocab_size();
+        let options = LoadOptions {
+            tokenizer: Some(larger.tokenizer().clone()),
+            ..Default::default()
+        };
+        let e = Mistral::load_with(format!("{models}/llama-tied-f32.bin"), options).unwrap_err();
+        let ModelError::VocabularyMismatch {
+            pieces: found,
+            embedding_rows,
+        } = e
+        else {
+            panic!("{e}");
+        };
+        assert_eq!(found, pieces);
+        assert!(embedding_rows < pieces, "{embedding_rows} rows");
+        assert_eq!(
+            e.to_string(),
+            format!("invalid tokenizer: it has {pieces} pieces but the model only {embedding_rows} embedding rows")
+        );
     }
 }

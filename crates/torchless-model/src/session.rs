@@ -1,15 +1,18 @@
 //! An inference session: the mutable state of one conversation (KV cache, position, scratch
 //! buffers) over a shared, immutable model.
 
+use std::ops::Range;
 #[cfg(feature = "parallel")]
 use std::sync::Arc;
 
 use torchless_kernels::Kernels;
 
 use crate::error::{ModelError, Result};
-use crate::forward::{Pass, Scratch, SequenceRows};
+use crate::forward::{Forward, Pass, Scratch, SequenceRows};
 use crate::kv_cache::KvCache;
-use crate::model::{Model, Residency};
+use crate::model::Model;
+use crate::residency::Residency;
+use crate::weights::Weights;
 
 /// Options for a [`Session`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +53,16 @@ impl Default for SessionOptions {
 /// A session owns its KV cache and scratch buffers (allocated once); the model is only borrowed,
 /// so several sessions can run on one model, in parallel threads if wanted.
 pub struct Session<'m, R: Residency> {
-    pub(crate) model: &'m Model<R>,
-    pub(crate) kernels: Kernels,
-    pub(crate) kv_cache: KvCache,
-    pub(crate) scratch: Scratch,
+    model: &'m Model<R>,
+    /// The model's weights, resolved once for the session's life.
+    weights: Weights<'m>,
+    kernels: Kernels,
+    kv_cache: KvCache,
+    scratch: Scratch,
     /// Logits of the rows asked for in the last forward call.
-    pub(crate) logits: Vec<f32>,
+    logits: Vec<f32>,
     /// Positions stored in the KV cache.
-    pub(crate) position: usize,
+    position: usize,
     /// Every token fed to the model so far, then a token generated but not yet fed, if any.
     tokens: Vec<u32>,
     pending: Option<u32>,
@@ -77,6 +82,18 @@ impl<R: Residency> std::fmt::Debug for Session<'_, R> {
             .field("cache_capacity", &self.kv_cache.capacity())
             .field("pending", &self.pending)
             .finish()
+    }
+}
+
+impl<R: Residency> Model<R> {
+    /// A new inference session with default options (full context, all threads).
+    pub fn session(&self) -> Result<Session<'_, R>> {
+        Session::new(self, SessionOptions::default())
+    }
+
+    /// A new inference session.
+    pub fn session_with(&self, options: SessionOptions) -> Result<Session<'_, R>> {
+        Session::new(self, options)
     }
 }
 
@@ -115,13 +132,7 @@ impl<'m, R: Residency> Session<'m, R> {
             .batch_size
             .min(kv_cache.max_batch_at())
             .min(context_len);
-        let scratch = Scratch::new(
-            batch_size,
-            config.hidden_size,
-            config.q_dim(),
-            config.kv_dim(),
-            config.intermediate_size,
-        );
+        let scratch = Scratch::new(batch_size, config);
         #[cfg(feature = "parallel")]
         let (decode_pool, batch_pool) = {
             let pool = |n: usize| -> Result<Option<Arc<rayon::ThreadPool>>> {
@@ -140,6 +151,7 @@ impl<'m, R: Residency> Session<'m, R> {
         };
         Ok(Self {
             model,
+            weights: model.weights()?,
             kernels: Kernels::auto().with_int8_activations(options.int8_activations),
             kv_cache,
             scratch,
@@ -289,7 +301,6 @@ impl<'m, R: Residency> Session<'m, R> {
             return Ok(());
         };
         let model = first.model;
-        let vocab_size = model.config().vocab_size;
         if sessions.len() > first.batch_size {
             return Err(invalid(format!(
                 "{} sessions, more than the first session's batch size {}",
@@ -304,19 +315,8 @@ impl<'m, R: Residency> Session<'m, R> {
             if session.pending.is_some() {
                 return Err(invalid(format!("session {i} has a pending token")));
             }
-            if token as usize >= vocab_size {
-                return Err(ModelError::InvalidToken {
-                    id: token,
-                    vocab_size,
-                });
-            }
-            if session.position + 1 > session.context_len {
-                return Err(ModelError::ContextOverflow {
-                    needed: session.position + 1,
-                    context_len: session.context_len,
-                    max_positions: model.config().max_position_embeddings,
-                });
-            }
+            session.check_tokens(&[token])?;
+            session.check_room(session.position + 1)?;
         }
         if let [session] = sessions {
             return session.step(tokens[0]).map(|_| ());
@@ -334,14 +334,13 @@ impl<'m, R: Residency> Session<'m, R> {
     }
 
     /// The forward pass of [`step_batch`](Self::step_batch) (inputs validated), in the first
-    /// session's decode pool and with its scratch buffers.
+    /// session's decode pool and with its weights and scratch buffers.
     fn forward_sessions(sessions: &mut [&mut Session<'m, R>], tokens: &[u32]) -> Result<()> {
-        let vocab = sessions[0].model.config().vocab_size;
-        let (first, rest) = sessions
-            .split_first_mut()
-            .ok_or(ModelError::EmptyInput("no sessions"))?;
+        let [first, rest @ ..] = sessions else {
+            return Ok(());
+        };
         let model = first.model;
-        let kernels = first.kernels;
+        let vocab = model.config().vocab_size;
         #[cfg(feature = "parallel")]
         let pool = first.decode_pool.clone();
         let mut batch_logits = std::mem::take(first.scratch.batch_logits());
@@ -358,8 +357,8 @@ impl<'m, R: Residency> Session<'m, R> {
                 rows: i + 1..i + 2,
             });
         }
+        let forward = Forward::new(model.config(), model.rope(), &first.weights, first.kernels);
         let mut pass = Pass {
-            kernels,
             scratch: &mut first.scratch,
             tokens,
             sequences: &mut sequences,
@@ -367,11 +366,7 @@ impl<'m, R: Residency> Session<'m, R> {
             logits: &mut batch_logits,
         };
         // One token per sequence: a burst of short parallel products.
-        let mut run = || {
-            crate::forward::with_paging(model, |progress| {
-                spinning::<R, _>(|| crate::forward::forward(model, &mut pass, progress))
-            })
-        };
+        let mut run = || model.paged(|pager| spinning::<R, _>(|| forward.run(&mut pass, pager)));
         #[cfg(feature = "parallel")]
         let result = match pool {
             Some(pool) => pool.install(run),
@@ -381,6 +376,11 @@ impl<'m, R: Residency> Session<'m, R> {
         let result = run();
         drop(sequences);
         if result.is_ok() {
+            debug_assert_eq!(
+                batch_logits.len(),
+                sessions.len() * vocab,
+                "a row per session"
+            );
             for (session, row) in sessions.iter_mut().zip(batch_logits.chunks_exact(vocab)) {
                 session.position += 1;
                 session.logits.clear();
@@ -389,6 +389,29 @@ impl<'m, R: Residency> Session<'m, R> {
         }
         *sessions[0].scratch.batch_logits() = batch_logits;
         result
+    }
+
+    /// Runs `tokens` (at most one batch, already validated) at positions `self.position..`,
+    /// stores their keys and values, and leaves the logits of the batch rows `logit_rows` in
+    /// `self.logits` (row-major, `logit_rows.len() x vocab`).
+    fn forward_batch(&mut self, tokens: &[u32], logit_rows: Range<usize>) -> Result<()> {
+        let model = self.model;
+        let forward = Forward::new(model.config(), model.rope(), &self.weights, self.kernels);
+        let mut sequences = [SequenceRows {
+            kv_cache: &mut self.kv_cache,
+            start: self.position,
+            rows: 0..tokens.len(),
+        }];
+        let mut pass = Pass {
+            scratch: &mut self.scratch,
+            tokens,
+            sequences: &mut sequences,
+            logit_rows,
+            logits: &mut self.logits,
+        };
+        model.paged(|pager| forward.run(&mut pass, pager))?;
+        self.position += tokens.len();
+        Ok(())
     }
 
     /// Runs `tokens` and calls `on_logits(i, logits)` for every one of them (teacher forcing, e.g.
@@ -415,14 +438,27 @@ impl<'m, R: Residency> Session<'m, R> {
     /// Checks `tokens` and prepends a pending token; records them in the history. Input that is
     /// refused here leaves the session unchanged.
     fn take_input(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
-        let vocab_size = self.model.config().vocab_size;
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(ModelError::InvalidToken { id, vocab_size });
-        }
+        self.check_tokens(tokens)?;
         let mut input = Vec::with_capacity(tokens.len() + 1);
         input.extend(self.pending);
         input.extend_from_slice(tokens);
-        let needed = self.position + input.len();
+        self.check_room(self.position + input.len())?;
+        self.pending = None;
+        self.tokens.extend_from_slice(tokens);
+        Ok(input)
+    }
+
+    /// Fails on the first id of `tokens` outside the vocabulary.
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab_size = self.model.config().vocab_size;
+        match tokens.iter().find(|&&id| id as usize >= vocab_size) {
+            Some(&id) => Err(ModelError::InvalidToken { id, vocab_size }),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails unless `needed` positions fit in the session's context.
+    fn check_room(&self, needed: usize) -> Result<()> {
         if needed > self.context_len {
             return Err(ModelError::ContextOverflow {
                 needed,
@@ -430,9 +466,7 @@ impl<'m, R: Residency> Session<'m, R> {
                 max_positions: self.model.config().max_position_embeddings,
             });
         }
-        self.pending = None;
-        self.tokens.extend_from_slice(tokens);
-        Ok(input)
+        Ok(())
     }
 
     /// Feeds `input` batch by batch; logits are computed for the positions in `wanted` (indices
@@ -443,7 +477,7 @@ impl<'m, R: Residency> Session<'m, R> {
         &mut self,
         input: &[u32],
         on_logits: impl FnMut(usize, &[f32]),
-        wanted: std::ops::Range<usize>,
+        wanted: Range<usize>,
     ) -> Result<()> {
         let result = self.run_batches(input, on_logits, wanted);
         if result.is_err() {
@@ -456,7 +490,7 @@ impl<'m, R: Residency> Session<'m, R> {
         &mut self,
         input: &[u32],
         mut on_logits: impl FnMut(usize, &[f32]),
-        wanted: std::ops::Range<usize>,
+        wanted: Range<usize>,
     ) -> Result<()> {
         let vocab = self.model.config().vocab_size;
         let mut done = 0;
@@ -473,7 +507,7 @@ impl<'m, R: Residency> Session<'m, R> {
         Ok(())
     }
 
-    fn forward_in_pool(&mut self, batch: &[u32], logit_rows: std::ops::Range<usize>) -> Result<()> {
+    fn forward_in_pool(&mut self, batch: &[u32], logit_rows: Range<usize>) -> Result<()> {
         #[cfg(feature = "parallel")]
         {
             let pool = if batch.len() > 1 {
@@ -500,9 +534,10 @@ impl<'m, R: Residency> Session<'m, R> {
 }
 
 /// Runs `f`, one decode step, with the pool's threads spinning between its parallel products
-/// (`torchless_kernels::with_spinning_workers`: a rayon hand-off per product cost 4-5% of a 7B
-/// int4 token on a 2-vCPU VM). Not for weights paged in lazily: there a step waits on page
-/// faults, and spinning threads would only take CPU from the paging helper.
+/// (`torchless_kernels::with_spinning_workers`): handed to rayon one by one, every product
+/// would wake the other threads, and under a hypervisor a wake-up takes tens of microseconds.
+/// Not for weights paged in lazily: there a step waits on page faults, and spinning threads
+/// would only take CPU from the paging helper.
 fn spinning<R: Residency, T>(f: impl FnOnce() -> T) -> T {
     if R::RELEASE_AFTER_USE {
         return f();
@@ -511,4 +546,50 @@ fn spinning<R: Residency, T>(f: impl FnOnce() -> T) -> T {
     return torchless_kernels::with_spinning_workers(f);
     #[cfg(not(feature = "parallel"))]
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::{LazyMistral, Mistral};
+    use crate::residency::split_rows;
+
+    /// Every logit of evaluating `ids`, then of one decode step.
+    fn all_logits<R: Residency>(session: &mut Session<'_, R>, ids: &[u32], out: &mut Vec<f32>) {
+        session
+            .evaluate(ids, |_, row| out.extend_from_slice(row))
+            .unwrap();
+        out.extend_from_slice(session.step(3).unwrap());
+    }
+
+    /// Lazy mode computes the logits a chunk of `lm_head` rows at a time: with chunks that cut
+    /// the vocabulary unevenly, every logit (one row in decode, all rows in evaluation) must be
+    /// bit-identical to the resident model's single product.
+    #[test]
+    fn chunked_output_gives_the_same_logits() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models");
+        for file in ["small-gqa-int8.bin", "small-mha-f32.bin"] {
+            let path = Path::new(fixtures).join(file);
+            let eager = Mistral::load(&path).unwrap();
+            let mut lazy = LazyMistral::load(&path).unwrap();
+            let vocab = lazy.config().vocab_size;
+            let paging = lazy.paging_mut();
+            paging.set_output_chunks(split_rows(vocab, vocab, vocab.div_ceil(7)));
+            assert_eq!(paging.output_chunks().len(), 7);
+            let ids: Vec<u32> = (0..23).map(|i| (i * 131 + 7) % vocab as u32).collect();
+            let options = SessionOptions {
+                batch_size: 5,
+                ..Default::default()
+            };
+            let (mut expected, mut found) = (Vec::new(), Vec::new());
+            let mut session = eager.session_with(options.clone()).unwrap();
+            all_logits(&mut session, &ids, &mut expected);
+            let mut session = lazy.session_with(options).unwrap();
+            all_logits(&mut session, &ids, &mut found);
+            assert_eq!(expected.len(), (ids.len() + 1) * vocab, "{file}");
+            assert!(expected == found, "{file}");
+        }
+    }
 }
