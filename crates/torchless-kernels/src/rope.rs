@@ -28,13 +28,19 @@ pub fn rope_cos_sin(
 ) -> Result<(), KernelError> {
     check_len("rope cos", inv_freq.len(), cos.len())?;
     check_len("rope sin", inv_freq.len(), sin.len())?;
+    fill_cos_sin(inv_freq, pos, cos, sin);
+    Ok(())
+}
+
+/// [`rope_cos_sin`] on slices whose lengths the caller has made equal.
+fn fill_cos_sin(inv_freq: &[f32], pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+    debug_assert!(cos.len() == inv_freq.len() && sin.len() == inv_freq.len());
     let p = pos as f32;
     for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
         let angle = f64::from(p * f);
         *c = angle.cos() as f32;
         *s = angle.sin() as f32;
     }
-    Ok(())
 }
 
 /// Rotates every head of `x` (`x.len()` a multiple of `2 * cos.len()`) in place with one
@@ -89,13 +95,12 @@ impl RopeTable {
                 .zip(s.chunks_exact_mut(half))
                 .enumerate()
             {
-                // Lengths match by construction, so this cannot fail.
-                let _ = rope_cos_sin(&inv, first + p, c, s);
+                fill_cos_sin(&inv, first + p, c, s);
             }
         };
         #[cfg(feature = "parallel")]
         {
-            // Mistral's 32768 positions take ~30 ms of cos/sin on one core, at every model load:
+            // A 32k-position table is tens of milliseconds of cos/sin at every model load:
             // spread over the threads in chunks of positions.
             use rayon::prelude::*;
             const POSITIONS_PER_TASK: usize = 2048;
