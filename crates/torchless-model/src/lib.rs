@@ -28,6 +28,7 @@ mod model;
 mod perplexity;
 pub mod sampling;
 mod session;
+mod token_step;
 
 pub use chat::{Chat, ChatMessage, ChatTemplate};
 pub use error::{ModelError, Result};
