@@ -3,7 +3,8 @@
 //! Load a torchless model file into an immutable, shareable [`Mistral`] (weights resident) or
 //! [`LazyMistral`] (one layer resident at a time), open a [`Session`] (KV cache and position), and
 //! generate text with [`Session::generate`] / [`Session::stream`], score text with
-//! [`Session::perplexity`], or chat with [`Chat`].
+//! [`Session::perplexity`], or chat with [`Chat`]. A [`Scheduler`] serves many requests at once
+//! over a few sessions, decoding them together (continuous batching).
 //!
 //! ```no_run
 //! use torchless_model::{GenerateOptions, Mistral};
@@ -27,6 +28,7 @@ mod kv_cache;
 mod model;
 mod perplexity;
 pub mod sampling;
+pub mod scheduler;
 mod session;
 mod token_step;
 
@@ -42,6 +44,7 @@ pub use model::{
 };
 pub use perplexity::{Divergence, Perplexity};
 pub use sampling::{Sampler, SamplingParams};
+pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 pub use session::{Session, SessionOptions};
 
 /// The file format crate, re-exported for [`Config`] and direct file access.
