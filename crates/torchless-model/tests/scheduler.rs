@@ -111,12 +111,7 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
 fn check_goldens(model_name: &str, goldens_name: &str) {
     let model = load(model_name);
     let goldens = read_goldens(&fixtures().join(goldens_name));
-    let steps = goldens
-        .prompts
-        .iter()
-        .map(|p| p.greedy.ids.len())
-        .min()
-        .unwrap();
+    let steps = goldens.shortest_greedy();
     let options = greedy(steps);
     let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(3, 8)).unwrap();
     // Turn at which each golden prompt is submitted.
