@@ -4,12 +4,14 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use torchless_tokenizer::StreamDecoder;
+use torchless_tokenizer::Tokenizer;
 
 use crate::error::{ModelError, Result};
 use crate::model::Residency;
-use crate::sampling::{top_logprobs, Sampler, SamplingParams};
+use crate::sampling::SamplingParams;
 use crate::session::Session;
+pub use crate::token_step::GeneratedToken;
+use crate::token_step::{FinishReason, StepRules, TokenStep};
 
 /// Options for [`Session::generate`].
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +31,22 @@ pub struct GenerateOptions {
     pub stop_tokens: Vec<u32>,
 }
 
+impl GenerateOptions {
+    /// The rules of the per-token step, plus `stop_texts` (which only the scheduler takes).
+    pub(crate) fn step_rules(&self, tokenizer: &Tokenizer, stop_texts: Vec<String>) -> StepRules {
+        let mut stop_tokens = self.stop_tokens.clone();
+        if let Some(eos) = tokenizer.eos_id().filter(|_| self.stop_at_eos) {
+            stop_tokens.push(eos);
+        }
+        StepRules {
+            max_tokens: self.max_tokens,
+            stop_tokens,
+            stop_texts,
+            top_logprobs: self.logprobs,
+        }
+    }
+}
+
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
@@ -39,20 +57,6 @@ impl Default for GenerateOptions {
             stop_tokens: Vec::new(),
         }
     }
-}
-
-/// One generated token, as the streaming callback and iterator see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GeneratedToken {
-    /// Token id.
-    pub id: u32,
-    /// Text that became complete with this token (may be empty: a multi-byte character split
-    /// across byte tokens appears with its last byte).
-    pub text: String,
-    /// Natural-log probability of this token under the model (before sampling adjustments).
-    pub logprob: f64,
-    /// The top log-probabilities at this position, most likely first, if asked for.
-    pub top_logprobs: Vec<(u32, f64)>,
 }
 
 /// Why generation ended.
@@ -127,21 +131,21 @@ pub struct Generation {
 pub struct TokenStream<'s, 'm, R: Residency> {
     session: &'s mut Session<'m, R>,
     prompt: Vec<u32>,
-    options: GenerateOptions,
-    sampler: Sampler,
-    decoder: StreamDecoder<'m>,
-    generated: usize,
+    step: TokenStep<'m>,
     prompt_time: Duration,
     generation_started: Option<Instant>,
     generation_time: Duration,
     stop_reason: Option<StopReason>,
+    /// A limit the last token reached: reported by the next call, which runs nothing (the
+    /// token was returned and stays pending).
+    limit_reached: Option<StopReason>,
     failed: bool,
 }
 
 impl<R: Residency> std::fmt::Debug for TokenStream<'_, '_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenStream")
-            .field("generated", &self.generated)
+            .field("generated", &self.step.generated())
             .field("stop_reason", &self.stop_reason)
             .finish()
     }
@@ -154,7 +158,7 @@ impl<R: Residency> TokenStream<'_, '_, R> {
             load_time: self.session.model().load_time(),
             prompt_tokens: self.prompt.len(),
             prompt_time: self.prompt_time,
-            generated_tokens: self.generated,
+            generated_tokens: self.step.generated(),
             generation_time: self.generation_time,
             stop_reason: self.stop_reason.unwrap_or(StopReason::Cancelled),
         }
@@ -167,57 +171,46 @@ impl<R: Residency> TokenStream<'_, '_, R> {
 
     /// Text held back by the streaming decoder (an incomplete UTF-8 sequence at the very end),
     /// replaced as the full decoder would; call after the last token.
-    pub fn finish_text(self) -> String {
-        self.decoder.finish()
+    pub fn finish_text(mut self) -> String {
+        self.step.finish_text()
     }
 
     fn next_token(&mut self) -> Result<Option<GeneratedToken>> {
         if self.stop_reason.is_some() {
             return Ok(None);
         }
-        if self.generated >= self.options.max_tokens {
-            self.stop_reason = Some(StopReason::MaxTokens);
+        if let Some(reason) = self.limit_reached.take() {
+            self.stop_reason = Some(reason);
             return Ok(None);
         }
-        if self.generated == 0 {
+        if self.step.generated() == 0 {
+            if self.step.done_before_start().is_some() {
+                self.stop_reason = Some(StopReason::MaxTokens);
+                return Ok(None);
+            }
             let start = Instant::now();
             self.session.prefill(&self.prompt)?;
             self.prompt_time = start.elapsed();
             self.generation_started = Some(Instant::now());
         } else {
             // The previous token is pending in the session: run it.
-            if self.session.position() + 1 > self.session.context_len() {
-                self.stop_reason = Some(StopReason::ContextFull);
-                return Ok(None);
-            }
             self.session.prefill(&[])?;
         }
-        // Log-probabilities are those of the model itself, before penalties and temperature.
-        let raw_logits = self.session.logits();
-        let logsumexp = crate::sampling::logsumexp(raw_logits);
-        let top = match self.options.logprobs {
-            0 => Vec::new(),
-            k => top_logprobs(raw_logits, k),
-        };
-        let mut logits = raw_logits.to_vec();
-        let id = self.sampler.sample(&mut logits, self.session.tokens())?;
-        let logprob = f64::from(self.session.logits()[id as usize]) - logsumexp;
-        self.session.set_pending(id);
-        self.generated += 1;
+        let picked = self.step.next(self.session)?;
+        self.session.set_pending(picked.token.id);
         if let Some(started) = self.generation_started {
             self.generation_time = started.elapsed();
         }
-        let is_eos = Some(id) == self.session.model().tokenizer().eos_id();
-        let text = self.decoder.push(id);
-        if (is_eos && self.options.stop_at_eos) || self.options.stop_tokens.contains(&id) {
-            self.stop_reason = Some(StopReason::EndOfSequence);
+        match picked.finish {
+            // A stream has no stop texts: only a stop token ends it at once.
+            Some(FinishReason::EndOfSequence | FinishReason::StopText) => {
+                self.stop_reason = Some(StopReason::EndOfSequence)
+            }
+            Some(FinishReason::MaxTokens) => self.limit_reached = Some(StopReason::MaxTokens),
+            Some(FinishReason::ContextFull) => self.limit_reached = Some(StopReason::ContextFull),
+            None => {}
         }
-        Ok(Some(GeneratedToken {
-            id,
-            text,
-            logprob,
-            top_logprobs: top,
-        }))
+        Ok(Some(picked.token))
     }
 }
 
@@ -254,19 +247,18 @@ impl<'m, R: Residency> Session<'m, R> {
                 "the prompt is empty: give at least one token (usually BOS)",
             ));
         }
-        let sampler = Sampler::new(options.sampling.clone())?;
-        let decoder = self.model().tokenizer().stream_decoder();
+        let tokenizer = self.model().tokenizer();
+        let rules = options.step_rules(tokenizer, Vec::new());
+        let step = TokenStep::new(tokenizer, options.sampling, rules)?;
         Ok(TokenStream {
             session: self,
             prompt: prompt.to_vec(),
-            options,
-            sampler,
-            decoder,
-            generated: 0,
+            step,
             prompt_time: Duration::ZERO,
             generation_started: None,
             generation_time: Duration::ZERO,
             stop_reason: None,
+            limit_reached: None,
             failed: false,
         })
     }

@@ -3,7 +3,8 @@
 //! Load a torchless model file into an immutable, shareable [`Mistral`] (weights resident) or
 //! [`LazyMistral`] (one layer resident at a time), open a [`Session`] (KV cache and position), and
 //! generate text with [`Session::generate`] / [`Session::stream`], score text with
-//! [`Session::perplexity`], or chat with [`Chat`].
+//! [`Session::perplexity`], or chat with [`Chat`]. A [`Scheduler`] serves many requests at once
+//! over a few sessions, decoding them together (continuous batching).
 //!
 //! ```no_run
 //! use torchless_model::{GenerateOptions, Mistral};
@@ -28,7 +29,9 @@ mod model;
 mod perplexity;
 mod residency;
 pub mod sampling;
+pub mod scheduler;
 mod session;
+mod token_step;
 mod weights;
 
 pub use chat::{Chat, ChatMessage, ChatTemplate};
@@ -43,6 +46,7 @@ pub use model::{
 };
 pub use perplexity::{Divergence, Perplexity};
 pub use sampling::{Sampler, SamplingParams};
+pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 pub use session::{Session, SessionOptions};
 
 /// The file format crate, re-exported for [`Config`] and direct file access.

@@ -74,12 +74,7 @@ fn alone<R: Residency>(
 fn check<R: Residency>(model: &Model<R>, goldens_name: &str, joins: &[usize]) {
     let goldens = read_goldens(&fixtures().join(goldens_name));
     let prompts: Vec<Vec<u32>> = goldens.prompts.iter().map(|p| p.ids.clone()).collect();
-    let steps = goldens
-        .prompts
-        .iter()
-        .map(|p| p.greedy.ids.len())
-        .min()
-        .unwrap();
+    let steps = goldens.shortest_greedy();
     let batched = batched_greedy(model, &prompts, &joins[..prompts.len()], steps);
     for (i, (prompt, (ids, rows))) in goldens.prompts.iter().zip(&batched).enumerate() {
         // The independent reference: transformers' greedy continuation of this prompt alone.

@@ -58,6 +58,17 @@ pub struct Greedy {
     pub ids: Vec<u32>,
 }
 
+impl Goldens {
+    /// The length of the shortest greedy continuation: how far every prompt can be checked.
+    pub fn shortest_greedy(&self) -> usize {
+        self.prompts
+            .iter()
+            .map(|p| p.greedy.ids.len())
+            .min()
+            .unwrap_or(0)
+    }
+}
+
 pub fn read_goldens(path: &Path) -> Goldens {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()

@@ -1,9 +1,9 @@
 //! `torchless serve MODEL`: an OpenAI-compatible HTTP server (the endpoints and field names of
-//! OpenAI's API and llama.cpp's `llama-server`) over one shared model, with `--parallel` slots
-//! decoded together by continuous batching (see [`engine`]).
+//! OpenAI's API and llama.cpp's `llama-server`) over one shared model. The requests run on the
+//! library's scheduler (`torchless_model::scheduler`: `--parallel` slots decoded together by
+//! continuous batching, on a thread of its own); this module is the HTTP side.
 
 mod api;
-mod engine;
 mod routes;
 
 use std::net::SocketAddr;
@@ -13,7 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use torchless_model::{Lazy, Model, Residency, Resident, SessionOptions};
+use torchless_model::{
+    Lazy, Model, Residency, Resident, SchedulerHandle, SchedulerOptions, SessionOptions,
+};
 
 use crate::options::ModelArgs;
 
@@ -107,15 +109,16 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
         batch_threads: 0,
         int8_activations: false,
     };
-    let (engine, engine_thread) = engine::start(
+    let (engine, engine_thread) = SchedulerHandle::spawn(
         model.clone(),
-        engine::EngineOptions {
+        SchedulerOptions {
             slots: args.parallel,
             queue_limit: args.queue,
             session,
         },
     )
     .context("cannot start the inference engine")?;
+    let engine: Arc<routes::Engine> = Arc::new(engine);
     let name = args.model_name.clone().unwrap_or_else(|| {
         args.model
             .file_name()

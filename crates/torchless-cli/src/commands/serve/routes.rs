@@ -15,17 +15,41 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use torchless_model::{DecodeOptions, EncodeOptions, Model, Residency};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use torchless_model::scheduler::{
+    self, Event, EventSink, Failure, Finish, FinishReason, SubmitError,
+};
+use torchless_model::{
+    DecodeOptions, EncodeOptions, GenerateOptions, GeneratedToken, Model, Residency,
+    SchedulerHandle,
+};
 
 use super::api::{json_body, parse_object, ApiError, Fields, Prompt};
-use super::engine::{EngineHandle, Event, Finish, Job, SubmitError, TokenInfo};
+
+/// The scheduler running the requests, each answering into its response's channel.
+pub type Engine = SchedulerHandle<ToResponse>;
+
+/// Where the scheduler sends a request's events: the channel its HTTP response reads. A
+/// response dropped with its connection closes the channel, which frees the slot at the
+/// scheduler's next turn.
+#[derive(Debug)]
+pub struct ToResponse(UnboundedSender<Event>);
+
+impl EventSink for ToResponse {
+    fn send(&mut self, event: Event) -> bool {
+        self.0.send(event).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
 
 /// What every handler shares.
 #[derive(Debug)]
 pub struct AppState<R: Residency> {
     pub model: Arc<Model<R>>,
-    pub engine: Arc<EngineHandle>,
+    pub engine: Arc<Engine>,
     pub name: String,
     pub api_key: Option<String>,
     pub max_body: usize,
@@ -215,7 +239,7 @@ async fn log_request<R: Residency>(
 // Small endpoints.
 
 async fn health<R: Residency>(State(state): Shared<R>) -> Response {
-    let (waiting, busy) = state.engine.load();
+    let (waiting, busy) = (state.engine.waiting(), state.engine.busy());
     json_body(&json!({
         "status": "ok",
         "slots_idle": state.engine.slots().saturating_sub(busy),
@@ -348,6 +372,8 @@ enum Kind {
 struct Reply {
     kind: Kind,
     include_usage: bool,
+    /// Whether the request asked for log-probabilities.
+    logprobs: bool,
 }
 
 fn random_seed() -> u64 {
@@ -480,17 +506,20 @@ async fn generate<R: Residency>(
     let stop = f.stop()?;
 
     let (events, receiver) = unbounded_channel();
-    let job = Job {
+    let prompt_tokens = prompt.len();
+    let job = scheduler::Request {
         prompt,
-        max_tokens,
-        sampling,
-        stop,
-        stop_tokens,
-        logprobs,
-        events,
-        received: Instant::now(),
+        options: GenerateOptions {
+            max_tokens,
+            sampling,
+            // EOS is among `stop_tokens` unless the request ignores it.
+            stop_at_eos: false,
+            logprobs: logprobs.unwrap_or(0),
+            stop_tokens,
+        },
+        stop_texts: stop,
+        events: ToResponse(events),
     };
-    let prompt_tokens = job.prompt.len();
     state.engine.submit(job).map_err(|e| match e {
         SubmitError::QueueFull => ApiError {
             retry_after: Some(1),
@@ -512,6 +541,7 @@ async fn generate<R: Residency>(
     let shape = Reply {
         kind,
         include_usage,
+        logprobs: logprobs.is_some(),
     };
     let mut response = if stream {
         stream_response(state, shape, receiver, usage.clone())
@@ -534,7 +564,7 @@ fn usage_json(prompt_tokens: usize, completion_tokens: usize) -> Value {
 fn logprobs_json<R: Residency>(
     model: &Model<R>,
     kind: Kind,
-    tokens: &[TokenInfo],
+    tokens: &[GeneratedToken],
     offset: usize,
 ) -> Value {
     match kind {
@@ -550,7 +580,7 @@ fn logprobs_json<R: Residency>(
                 "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
                 "top_logprobs": tokens.iter().map(|t| {
                     let mut m = serde_json::Map::new();
-                    for &(id, lp) in &t.top {
+                    for &(id, lp) in &t.top_logprobs {
                         m.insert(token_text(model, id), json!(lp));
                     }
                     Value::Object(m)
@@ -570,7 +600,7 @@ fn logprobs_json<R: Residency>(
             json!({
                 "content": tokens.iter().map(|t| {
                     let mut e = entry(t.id, t.logprob);
-                    e["top_logprobs"] = Value::Array(t.top.iter().map(|&(id, lp)| entry(id, lp)).collect());
+                    e["top_logprobs"] = Value::Array(t.top_logprobs.iter().map(|&(id, lp)| entry(id, lp)).collect());
                     e
                 }).collect::<Vec<_>>()
             })
@@ -578,13 +608,27 @@ fn logprobs_json<R: Residency>(
     }
 }
 
-fn failure(message: String) -> ApiError {
-    let status = if message.contains("shutting down") {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    ApiError::new(status, "server_error", message)
+fn failure(failure: Failure) -> ApiError {
+    match failure {
+        Failure::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the server is shutting down",
+        ),
+        other => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            other.to_string(),
+        ),
+    }
+}
+
+/// OpenAI's names: a stop token or text is `stop`, a limit `length`.
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::EndOfSequence | FinishReason::StopText => "stop",
+        FinishReason::MaxTokens | FinishReason::ContextFull => "length",
+    }
 }
 
 async fn collect_response<R: Residency>(
@@ -597,13 +641,15 @@ async fn collect_response<R: Residency>(
     let mut tokens = Vec::new();
     let finish: Finish = loop {
         match receiver.recv().await {
-            Some(Event::Text { text: piece, token }) => {
-                text.push_str(&piece);
-                tokens.extend(token);
+            Some(Event::Token(token)) => {
+                text.push_str(&token.text);
+                if shape.logprobs {
+                    tokens.push(token);
+                }
             }
             Some(Event::Done(finish)) => break finish,
-            Some(Event::Failed(message)) => return Err(failure(message)),
-            None => return Err(failure("the engine stopped".into())),
+            Some(Event::Failed(f)) => return Err(failure(f)),
+            None => return Err(failure(Failure::Error("the engine stopped".into()))),
         }
     };
     record(usage, &finish);
@@ -621,7 +667,7 @@ async fn collect_response<R: Residency>(
                 "index": 0,
                 "text": text,
                 "logprobs": logprobs,
-                "finish_reason": finish.reason.as_str(),
+                "finish_reason": finish_reason(finish.reason),
             }],
             "usage": usage_json(finish.prompt_tokens, finish.completion_tokens),
         }),
@@ -634,7 +680,7 @@ async fn collect_response<R: Residency>(
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": logprobs,
-                "finish_reason": finish.reason.as_str(),
+                "finish_reason": finish_reason(finish.reason),
             }],
             "usage": usage_json(finish.prompt_tokens, finish.completion_tokens),
         }),
@@ -646,7 +692,7 @@ fn record(usage: &SharedUsage, finish: &Finish) {
     usage.update(|u| {
         u.prompt_tokens = finish.prompt_tokens;
         u.completion_tokens = finish.completion_tokens;
-        u.finish = Some(finish.reason.as_str());
+        u.finish = Some(finish_reason(finish.reason));
         u.time_to_first_token = Some(finish.time_to_first_token);
     });
 }
@@ -709,8 +755,9 @@ fn stream_response<R: Residency>(
                 _ => {}
             }
             match receiver.recv().await {
-                Some(Event::Text { text, token }) => {
-                    let tokens: Vec<TokenInfo> = token.into_iter().collect();
+                Some(Event::Token(mut token)) => {
+                    let text = std::mem::take(&mut token.text);
+                    let tokens: Vec<GeneratedToken> = shape.logprobs.then_some(token).into_iter().collect();
                     if text.is_empty() && tokens.is_empty() {
                         return Some((Vec::new(), (receiver, Phase::Running, offset)));
                     }
@@ -726,7 +773,7 @@ fn stream_response<R: Residency>(
                 Some(Event::Done(finish)) => {
                     record(&usage, &finish);
                     let totals = usage_json(finish.prompt_tokens, finish.completion_tokens);
-                    let reason = finish.reason.as_str();
+                    let reason = finish_reason(finish.reason);
                     let choice = match shape.kind {
                         Kind::Completion => json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason}),
                         Kind::Chat => json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}),
@@ -739,9 +786,9 @@ fn stream_response<R: Residency>(
                     events = out;
                     next_phase = Phase::Finished;
                 }
-                Some(Event::Failed(message)) => {
+                Some(Event::Failed(f)) => {
                     events = vec![
-                        data(&failure(message).body()),
+                        data(&failure(f).body()),
                         SseEvent::default().data("[DONE]"),
                     ];
                     next_phase = Phase::Finished;

@@ -1,0 +1,714 @@
+//! Continuous batching: many generation requests served by a few sessions (slots) over one
+//! shared model.
+//!
+//! Each [`turn`](Scheduler::turn) frees the slots whose reader went away, gives free slots to
+//! waiting requests, prefills at most one chunk (the session's `batch_size` tokens) of one prompt,
+//! then runs one decode step for every slot that is generating, as a single forward pass
+//! ([`Session::step_batch`]: the weights are read once per step for all slots). A long prompt
+//! therefore delays running streams by one chunk at a time, and batching never changes a
+//! result: each request gets exactly the tokens, text and log-probabilities that
+//! [`Session::generate`] gives it alone with the same options.
+//!
+//! [`Scheduler`] is the loop's state, driven by its owner one turn at a time;
+//! [`SchedulerHandle::spawn`] runs it on a thread of its own and lets any thread submit requests.
+//! Results arrive as [`Event`]s through each request's [`EventSink`] (a
+//! [`std::sync::mpsc::Sender`], or the caller's own type).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{ModelError, Result};
+use crate::generate::GenerateOptions;
+use crate::model::{Model, Residency, Resident};
+use crate::session::{Session, SessionOptions};
+pub use crate::token_step::FinishReason;
+use crate::token_step::{GeneratedToken, TokenStep};
+
+/// How many slots, how long a queue, and the sessions' options.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Requests generated at the same time, each in its own session (default 4).
+    pub slots: usize,
+    /// Requests that may wait for a slot; more are refused with [`SubmitError::QueueFull`]
+    /// (default 64).
+    pub queue_limit: usize,
+    /// Options of every slot's session; `batch_size` is also the prompt chunk run per turn.
+    pub session: SessionOptions,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self {
+            slots: 4,
+            queue_limit: 64,
+            session: SessionOptions::default(),
+        }
+    }
+}
+
+/// One generation request: a prompt, how to generate, and where the events go.
+#[derive(Debug)]
+pub struct Request<S = mpsc::Sender<Event>> {
+    /// Prompt token ids (with BOS if the model wants one); each request starts from an empty
+    /// session.
+    pub prompt: Vec<u32>,
+    /// Sampling, limits, stop tokens and log-probabilities, as for [`Session::generate`].
+    pub options: GenerateOptions,
+    /// Texts that end the generation; the text is cut where the first one starts, and text
+    /// that could be the beginning of one is sent only once it cannot.
+    pub stop_texts: Vec<String>,
+    /// Where this request's events go.
+    pub events: S,
+}
+
+impl<S> Request<S> {
+    /// A request without stop texts.
+    pub fn new(prompt: Vec<u32>, options: GenerateOptions, events: S) -> Self {
+        Self {
+            prompt,
+            options,
+            stop_texts: Vec::new(),
+            events,
+        }
+    }
+}
+
+/// What a request's sink receives: its tokens as they are generated, then `Done` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A generated token and the text that became final with it (the last token's text includes
+    /// everything left).
+    Token(GeneratedToken),
+    /// The generation ended; no more events follow.
+    Done(Finish),
+    /// The request could not run or was cut short; no more events follow.
+    Failed(Failure),
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    /// Why it ended.
+    pub reason: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated (a stop token included).
+    pub completion_tokens: usize,
+    /// From the request's submission to its first token.
+    pub time_to_first_token: Duration,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// [`Scheduler::shutdown`] ended it.
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
+    /// The model refused it or failed (an empty or too long prompt, a bad sampling option, …).
+    #[error("{0}")]
+    Error(String),
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Every slot is busy and `queue_limit` requests are already waiting.
+    #[error("every slot is busy and the queue is full")]
+    QueueFull,
+    /// The scheduler is shutting down (or its thread has ended).
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
+}
+
+/// Where a request's events go.
+pub trait EventSink {
+    /// Delivers `event`; returns `false` when nobody will read it any more, which cancels the
+    /// request (its slot is freed).
+    fn send(&mut self, event: Event) -> bool;
+
+    /// Whether the reader has gone. Checked every turn, so a request whose reader left frees
+    /// its slot even while its prompt is being processed; without it (the default `false`) a
+    /// request is cancelled at its next event.
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// A std channel: a dropped receiver cancels the request at its next event.
+impl EventSink for mpsc::Sender<Event> {
+    fn send(&mut self, event: Event) -> bool {
+        mpsc::Sender::send(self, event).is_ok()
+    }
+}
+
+/// Counts since the scheduler was made (returned, never printed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Turns run.
+    pub turns: u64,
+    /// Prompt chunks prefilled.
+    pub prefill_chunks: u64,
+    /// Prompt tokens prefilled.
+    pub prompt_tokens: u64,
+    /// Batched decode steps run.
+    pub decode_steps: u64,
+    /// Tokens generated, over all requests.
+    pub tokens_generated: u64,
+    /// Requests that ended with [`Event::Done`].
+    pub completed: u64,
+    /// Requests whose reader went away.
+    pub cancelled: u64,
+    /// Requests that ended with [`Event::Failed`].
+    pub failed: u64,
+}
+
+/// What one turn did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Turn {
+    /// Prompt tokens prefilled (one chunk of one prompt at most).
+    pub prompt_tokens: usize,
+    /// Requests that got a token from this turn's decode step.
+    pub decoded: usize,
+}
+
+/// Requests waiting and slots busy, shared with a [`SchedulerHandle`] on other threads.
+#[derive(Debug, Default)]
+struct Load {
+    waiting: AtomicUsize,
+    busy: AtomicUsize,
+    generated: AtomicU64,
+}
+
+impl Load {
+    /// Counts one more waiting request, unless `queue_limit` are already waiting beyond the
+    /// free slots: a request that will find a free slot at once does not count against the
+    /// queue.
+    fn reserve(&self, slots: usize, queue_limit: usize) -> std::result::Result<(), SubmitError> {
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let free = slots.saturating_sub(self.busy.load(Ordering::Acquire));
+        if waiting >= queue_limit + free {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::QueueFull);
+        }
+        Ok(())
+    }
+}
+
+/// A request with the time it was submitted.
+#[derive(Debug)]
+struct Queued<S> {
+    request: Request<S>,
+    submitted: Instant,
+}
+
+/// A request being served by a slot.
+struct Active<'m, S> {
+    request: Request<S>,
+    submitted: Instant,
+    step: TokenStep<'m>,
+    /// Prompt tokens run so far.
+    prefilled: usize,
+    /// The token picked last, to be run by the next decode step (`None` while prefilling).
+    next_token: Option<u32>,
+    time_to_first_token: Duration,
+}
+
+struct Slot<'m, R: Residency, S> {
+    session: Session<'m, R>,
+    active: Option<Active<'m, S>>,
+}
+
+/// The counters every slot operation updates.
+#[derive(Debug)]
+struct Books {
+    load: Arc<Load>,
+    stats: SchedulerStats,
+}
+
+impl Books {
+    fn release_slot(&mut self) {
+        self.load.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Continuous batching over one model: slots, a bounded queue, chunked prefill and one batched
+/// decode step per [`turn`](Self::turn). See the [module documentation](self).
+pub struct Scheduler<'m, R: Residency = Resident, S: EventSink = mpsc::Sender<Event>> {
+    model: &'m Model<R>,
+    slots: Vec<Slot<'m, R, S>>,
+    queue: VecDeque<Queued<S>>,
+    queue_limit: usize,
+    next_prefill: usize,
+    books: Books,
+}
+
+impl<R: Residency, S: EventSink> std::fmt::Debug for Scheduler<'_, R, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("slots", &self.slots.len())
+            .field("busy", &self.busy())
+            .field("waiting", &self.waiting())
+            .field("stats", &self.books.stats)
+            .finish()
+    }
+}
+
+impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
+    /// Makes `options.slots` sessions on `model`; fails if the options are invalid (no slot, a
+    /// context the model cannot hold, …).
+    pub fn new(model: &'m Model<R>, options: SchedulerOptions) -> Result<Self> {
+        if options.slots == 0 {
+            return Err(ModelError::InvalidOption {
+                option: "slots".into(),
+                message: "a scheduler needs at least one slot".into(),
+            });
+        }
+        let slots = (0..options.slots)
+            .map(|_| {
+                Ok(Slot {
+                    session: model.session_with(options.session.clone())?,
+                    active: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            model,
+            slots,
+            queue: VecDeque::new(),
+            queue_limit: options.queue_limit,
+            next_prefill: 0,
+            books: Books {
+                load: Arc::default(),
+                stats: SchedulerStats::default(),
+            },
+        })
+    }
+
+    /// Queues `request`, unless every slot is busy and `queue_limit` requests already wait. It
+    /// starts at a following turn.
+    pub fn submit(&mut self, request: Request<S>) -> std::result::Result<(), SubmitError> {
+        self.books
+            .load
+            .reserve(self.slots.len(), self.queue_limit)?;
+        self.queue.push_back(Queued {
+            request,
+            submitted: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Slots serving a request.
+    pub fn busy(&self) -> usize {
+        self.slots.iter().filter(|s| s.active.is_some()).count()
+    }
+
+    /// Whether there is nothing to do: no request waiting or running.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.slots.iter().all(|s| s.active.is_none())
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> SchedulerStats {
+        self.books.stats
+    }
+
+    /// One turn: free the slots whose reader went away, give free slots to waiting requests,
+    /// prefill one chunk of one prompt (round robin), then one batched decode step for every
+    /// generating slot, sending each its token. Errors go to the requests they concern.
+    pub fn turn(&mut self) -> Turn {
+        self.books.stats.turns += 1;
+        self.drop_cancelled();
+        self.admit();
+        let prompt_tokens = self.prefill_one_chunk();
+        let decoded = self.decode_step();
+        Turn {
+            prompt_tokens,
+            decoded,
+        }
+    }
+
+    /// Runs turns until every request has ended; returns the counts.
+    pub fn run_until_idle(&mut self) -> SchedulerStats {
+        while !self.is_idle() {
+            self.turn();
+        }
+        self.stats()
+    }
+
+    /// Ends every waiting and running request with [`Failure::ShuttingDown`].
+    pub fn shutdown(&mut self) {
+        for queued in self.queue.drain(..) {
+            let mut events = queued.request.events;
+            events.send(Event::Failed(Failure::ShuttingDown));
+            self.books.load.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.books.stats.failed += 1;
+        }
+        for slot in &mut self.slots {
+            slot.fail(&mut self.books, Failure::ShuttingDown);
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        for slot in &mut self.slots {
+            if slot
+                .active
+                .as_ref()
+                .is_some_and(|a| a.request.events.is_closed())
+            {
+                slot.active = None;
+                self.books.release_slot();
+                self.books.stats.cancelled += 1;
+            }
+        }
+    }
+
+    fn admit(&mut self) {
+        let tokenizer = self.model.tokenizer();
+        for slot in self.slots.iter_mut().filter(|s| s.active.is_none()) {
+            while let Some(Queued {
+                mut request,
+                submitted,
+            }) = self.queue.pop_front()
+            {
+                let books = &mut self.books;
+                books.load.waiting.fetch_sub(1, Ordering::AcqRel);
+                if request.events.is_closed() {
+                    books.stats.cancelled += 1;
+                    continue;
+                }
+                let stop_texts = std::mem::take(&mut request.stop_texts);
+                let rules = request.options.step_rules(tokenizer, stop_texts);
+                let step = match TokenStep::new(tokenizer, request.options.sampling.clone(), rules)
+                {
+                    Ok(step) => step,
+                    Err(e) => {
+                        request
+                            .events
+                            .send(Event::Failed(Failure::Error(e.to_string())));
+                        books.stats.failed += 1;
+                        continue;
+                    }
+                };
+                if let Some(reason) = step.done_before_start() {
+                    request.events.send(Event::Done(Finish {
+                        reason,
+                        prompt_tokens: request.prompt.len(),
+                        completion_tokens: 0,
+                        time_to_first_token: Duration::ZERO,
+                    }));
+                    books.stats.completed += 1;
+                    continue;
+                }
+                slot.session.reset();
+                slot.active = Some(Active {
+                    request,
+                    submitted,
+                    step,
+                    prefilled: 0,
+                    next_token: None,
+                    time_to_first_token: Duration::ZERO,
+                });
+                books.load.busy.fetch_add(1, Ordering::AcqRel);
+                break;
+            }
+        }
+    }
+
+    /// Prefills one chunk of the next prompt in round-robin order; returns its length.
+    fn prefill_one_chunk(&mut self) -> usize {
+        let n = self.slots.len();
+        let prefilling =
+            |slot: &Slot<'m, R, S>| slot.active.as_ref().is_some_and(|a| a.next_token.is_none());
+        let Some(i) = (0..n)
+            .map(|k| (self.next_prefill + k) % n)
+            .find(|&i| prefilling(&self.slots[i]))
+        else {
+            return 0;
+        };
+        self.next_prefill = (i + 1) % n;
+        self.slots[i].prefill_chunk(&mut self.books)
+    }
+
+    /// One decode step for every slot with a token to run; returns how many stepped.
+    fn decode_step(&mut self) -> usize {
+        let mut stepping: Vec<&mut Slot<'m, R, S>> = self
+            .slots
+            .iter_mut()
+            .filter(|s| s.active.as_ref().is_some_and(|a| a.next_token.is_some()))
+            .collect();
+        if stepping.is_empty() {
+            return 0;
+        }
+        let tokens: Vec<u32> = stepping
+            .iter()
+            .map(|s| s.active.as_ref().and_then(|a| a.next_token).unwrap_or(0))
+            .collect();
+        let result = {
+            let mut sessions: Vec<&mut Session<'m, R>> =
+                stepping.iter_mut().map(|s| &mut s.session).collect();
+            Session::step_batch(&mut sessions, &tokens)
+        };
+        if result.is_ok() {
+            self.books.stats.decode_steps += 1;
+        }
+        let decoded = stepping.len();
+        for slot in stepping {
+            match &result {
+                Ok(()) => slot.after_logits(&mut self.books),
+                Err(e) => slot.fail(&mut self.books, Failure::Error(e.to_string())),
+            }
+        }
+        decoded
+    }
+}
+
+impl<'m, R: Residency, S: EventSink> Slot<'m, R, S> {
+    fn prefill_chunk(&mut self, books: &mut Books) -> usize {
+        let Some(active) = self.active.as_mut() else {
+            return 0;
+        };
+        let prompt = &active.request.prompt;
+        let end = (active.prefilled + self.session.batch_size()).min(prompt.len());
+        let chunk = end - active.prefilled;
+        match self.session.prefill(&prompt[active.prefilled..end]) {
+            Ok(_) => {
+                active.prefilled = end;
+                books.stats.prefill_chunks += 1;
+                books.stats.prompt_tokens += chunk as u64;
+                if end == prompt.len() {
+                    self.after_logits(books);
+                }
+            }
+            Err(e) => self.fail(books, Failure::Error(e.to_string())),
+        }
+        chunk
+    }
+
+    fn fail(&mut self, books: &mut Books, failure: Failure) {
+        if let Some(mut active) = self.active.take() {
+            active.request.events.send(Event::Failed(failure));
+            books.release_slot();
+            books.stats.failed += 1;
+        }
+    }
+
+    /// The session holds fresh logits for its request: pick the token, send it, and decide
+    /// whether the request goes on.
+    fn after_logits(&mut self, books: &mut Books) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let picked = match active.step.next(&self.session) {
+            Ok(picked) => picked,
+            Err(e) => return self.fail(books, Failure::Error(e.to_string())),
+        };
+        if active.step.generated() == 1 {
+            active.time_to_first_token = active.submitted.elapsed();
+        }
+        books.load.generated.fetch_add(1, Ordering::Relaxed);
+        books.stats.tokens_generated += 1;
+        let mut token = picked.token;
+        let id = token.id;
+        if picked.finish.is_some() {
+            token.text.push_str(&active.step.finish_text());
+        }
+        let sent = active.request.events.send(Event::Token(token));
+        match picked.finish {
+            Some(reason) => {
+                let done = Finish {
+                    reason,
+                    prompt_tokens: active.request.prompt.len(),
+                    completion_tokens: active.step.generated(),
+                    time_to_first_token: active.time_to_first_token,
+                };
+                active.request.events.send(Event::Done(done));
+                self.active = None;
+                books.release_slot();
+                books.stats.completed += 1;
+            }
+            None if !sent => {
+                self.active = None;
+                books.release_slot();
+                books.stats.cancelled += 1;
+            }
+            None => active.next_token = Some(id),
+        }
+    }
+}
+
+enum Message<S> {
+    Request(Box<Queued<S>>),
+    Shutdown,
+}
+
+/// Why [`SchedulerHandle::spawn`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The scheduler could not be made (see [`Scheduler::new`]).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The operating system refused the thread.
+    #[error("cannot start the scheduler thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A [`Scheduler`] running on its own thread, reachable from any thread (share it in an
+/// `Arc`): submit requests, read the load, shut it down.
+pub struct SchedulerHandle<S: EventSink = mpsc::Sender<Event>> {
+    sender: Mutex<Option<mpsc::Sender<Message<S>>>>,
+    load: Arc<Load>,
+    slots: usize,
+    queue_limit: usize,
+    shutting_down: AtomicBool,
+}
+
+impl<S: EventSink> std::fmt::Debug for SchedulerHandle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerHandle")
+            .field("slots", &self.slots)
+            .field("queue_limit", &self.queue_limit)
+            .field("load", &self.load)
+            .finish()
+    }
+}
+
+impl<S: EventSink + Send + 'static> SchedulerHandle<S> {
+    /// Makes a [`Scheduler`] on `model` and runs it on a new thread until
+    /// [`shutdown`](Self::shutdown) (or until every handle is dropped); the thread returns the
+    /// counts. The thread waits while there is nothing to do. Fails if the options are invalid.
+    pub fn spawn<R: Residency>(
+        model: Arc<Model<R>>,
+        options: SchedulerOptions,
+    ) -> std::result::Result<(Self, JoinHandle<SchedulerStats>), SpawnError> {
+        let (sender, receiver) = mpsc::channel();
+        let (ready, made) = mpsc::channel();
+        let slots = options.slots;
+        let queue_limit = options.queue_limit;
+        let thread = std::thread::Builder::new()
+            .name("torchless-scheduler".into())
+            .spawn(move || match Scheduler::new(&model, options) {
+                Ok(scheduler) => {
+                    let _ = ready.send(Ok(scheduler.books.load.clone()));
+                    scheduler.serve(&receiver)
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    SchedulerStats::default()
+                }
+            })
+            .map_err(SpawnError::Thread)?;
+        let load = match made.recv() {
+            Ok(Ok(load)) => load,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e.into());
+            }
+            // The thread ended without a word: it panicked while making the sessions.
+            Err(_) => match thread.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(_) => return Err(SpawnError::Thread(std::io::ErrorKind::Other.into())),
+            },
+        };
+        let handle = Self {
+            sender: Mutex::new(Some(sender)),
+            load,
+            slots,
+            queue_limit,
+            shutting_down: AtomicBool::new(false),
+        };
+        Ok((handle, thread))
+    }
+}
+
+impl<S: EventSink> SchedulerHandle<S> {
+    /// Queues `request` unless every slot is busy and `queue_limit` requests already wait.
+    pub fn submit(&self, request: Request<S>) -> std::result::Result<(), SubmitError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        self.load.reserve(self.slots, self.queue_limit)?;
+        let queued = Box::new(Queued {
+            request,
+            submitted: Instant::now(),
+        });
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        match sender.as_ref().map(|s| s.send(Message::Request(queued))) {
+            Some(Ok(())) => Ok(()),
+            _ => {
+                self.load.waiting.fetch_sub(1, Ordering::AcqRel);
+                Err(SubmitError::ShuttingDown)
+            }
+        }
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.load.waiting.load(Ordering::Acquire)
+    }
+
+    /// Slots serving a request.
+    pub fn busy(&self) -> usize {
+        self.load.busy.load(Ordering::Acquire)
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Tokens generated since the start, over all requests.
+    pub fn tokens_generated(&self) -> u64 {
+        self.load.generated.load(Ordering::Relaxed)
+    }
+
+    /// Ends every request (with [`Failure::ShuttingDown`]) and stops the thread; later
+    /// submissions are refused.
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let mut sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sender.take() {
+            let _ = s.send(Message::Shutdown);
+        }
+    }
+}
+
+impl<R: Residency, S: EventSink> Scheduler<'_, R, S> {
+    /// The thread's loop: take what arrived (waiting only when idle), then one turn.
+    fn serve(mut self, receiver: &mpsc::Receiver<Message<S>>) -> SchedulerStats {
+        loop {
+            let mut shutdown = false;
+            if self.is_idle() {
+                match receiver.recv() {
+                    Ok(Message::Request(queued)) => self.queue.push_back(*queued),
+                    Ok(Message::Shutdown) | Err(_) => shutdown = true,
+                }
+            }
+            while let Ok(message) = receiver.try_recv() {
+                match message {
+                    Message::Request(queued) => self.queue.push_back(*queued),
+                    Message::Shutdown => shutdown = true,
+                }
+            }
+            if shutdown {
+                self.shutdown();
+                return self.stats();
+            }
+            self.turn();
+        }
+    }
+}

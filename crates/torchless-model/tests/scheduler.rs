@@ -1,0 +1,406 @@
+//! The scheduler (continuous batching in the library): requests served together, joining at
+//! different turns, one cancelled, generate `transformers`' greedy continuations and exactly
+//! what `Session::generate` gives each alone (ids, text, log-probabilities); stop texts, limits,
+//! a full queue, shutdown and the threaded handle.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+
+use common::{fixtures, read_goldens};
+use torchless_model::scheduler::{Event, Failure, Finish, FinishReason, Request, SubmitError};
+use torchless_model::{
+    GenerateOptions, GeneratedToken, Generation, Mistral, Model, Residency, SamplingParams,
+    Scheduler, SchedulerHandle, SchedulerOptions, SessionOptions,
+};
+
+/// Small prompt chunks, so prompts take several turns to prefill.
+fn session_options() -> SessionOptions {
+    SessionOptions {
+        batch_size: 8,
+        ..Default::default()
+    }
+}
+
+fn scheduler_options(slots: usize, queue_limit: usize) -> SchedulerOptions {
+    SchedulerOptions {
+        slots,
+        queue_limit,
+        session: session_options(),
+    }
+}
+
+fn load(name: &str) -> Mistral {
+    Mistral::load(fixtures().join(format!("{name}.bin"))).unwrap()
+}
+
+/// What one request received.
+#[derive(Debug, Default)]
+struct Received {
+    tokens: Vec<GeneratedToken>,
+    end: Option<Result<Finish, Failure>>,
+}
+
+impl Received {
+    fn push(&mut self, event: Event) {
+        assert!(self.end.is_none(), "an event after the end: {event:?}");
+        match event {
+            Event::Token(token) => self.tokens.push(token),
+            Event::Done(finish) => self.end = Some(Ok(finish)),
+            Event::Failed(failure) => self.end = Some(Err(failure)),
+        }
+    }
+
+    fn drain(&mut self, receiver: &Receiver<Event>) {
+        for event in receiver.try_iter() {
+            self.push(event);
+        }
+    }
+
+    fn ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+
+    fn text(&self) -> String {
+        self.tokens.iter().map(|t| t.text.as_str()).collect()
+    }
+
+    fn finish(&self) -> Finish {
+        match &self.end {
+            Some(Ok(finish)) => *finish,
+            other => panic!("not done: {other:?}"),
+        }
+    }
+}
+
+/// The reference: the same request generated alone by a session.
+fn alone<R: Residency>(model: &Model<R>, prompt: &[u32], options: &GenerateOptions) -> Generation {
+    let mut session = model.session_with(session_options()).unwrap();
+    session
+        .generate(prompt, options.clone(), |_| ControlFlow::Continue(()))
+        .unwrap()
+}
+
+/// Ids, per-token log-probabilities and the whole text equal the generation alone.
+fn assert_same(label: &str, got: &Received, reference: &Generation) {
+    assert_eq!(got.ids(), reference.ids, "{label}: ids");
+    assert_eq!(got.text(), reference.text, "{label}: text");
+    for (t, (a, b)) in got.tokens.iter().zip(&reference.tokens).enumerate() {
+        assert_eq!(
+            a.logprob.to_bits(),
+            b.logprob.to_bits(),
+            "{label} token {t}: logprob"
+        );
+        assert_eq!(a.top_logprobs, b.top_logprobs, "{label} token {t}: top");
+    }
+}
+
+fn greedy(max_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        stop_at_eos: false,
+        logprobs: 3,
+        ..Default::default()
+    }
+}
+
+/// Golden prompts submitted at different turns to 3 slots (so later ones wait in the queue),
+/// with one more request whose reader goes away after two tokens.
+fn check_goldens(model_name: &str, goldens_name: &str) {
+    let model = load(model_name);
+    let goldens = read_goldens(&fixtures().join(goldens_name));
+    let steps = goldens.shortest_greedy();
+    let options = greedy(steps);
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(3, 8)).unwrap();
+    // Turn at which each golden prompt is submitted.
+    let joins = [0, 0, 2, 5, 9];
+    let mut receivers: Vec<Option<Receiver<Event>>> = (0..joins.len()).map(|_| None).collect();
+    let mut received: Vec<Received> = (0..joins.len()).map(|_| Received::default()).collect();
+
+    let (doomed_events, doomed) = mpsc::channel();
+    let mut doomed = Some(doomed);
+    let mut doomed_tokens = Vec::new();
+    scheduler
+        .submit(Request::new(
+            goldens.prompts[0].ids.clone(),
+            greedy(1000),
+            doomed_events,
+        ))
+        .unwrap();
+
+    let mut turn = 0;
+    while turn <= joins[joins.len() - 1] || !scheduler.is_idle() {
+        for (i, &join) in joins.iter().enumerate() {
+            if join == turn {
+                let (events, receiver) = mpsc::channel();
+                let prompt = goldens.prompts[i].ids.clone();
+                scheduler
+                    .submit(Request::new(prompt, options.clone(), events))
+                    .unwrap();
+                receivers[i] = Some(receiver);
+            }
+        }
+        scheduler.turn();
+        turn += 1;
+        for (r, receiver) in received.iter_mut().zip(&receivers) {
+            if let Some(receiver) = receiver {
+                r.drain(receiver);
+            }
+        }
+        if let Some(receiver) = &doomed {
+            doomed_tokens.extend(receiver.try_iter());
+            if doomed_tokens.len() >= 2 {
+                doomed = None;
+            }
+        }
+        assert!(turn < 1000, "{model_name}: the scheduler does not finish");
+    }
+
+    for (i, (prompt, got)) in goldens.prompts.iter().zip(&received).enumerate() {
+        let label = format!("{model_name} prompt {i}");
+        // The independent reference: transformers' greedy continuation of this prompt alone.
+        assert_eq!(got.ids(), prompt.greedy.ids[..steps], "{label}: goldens");
+        assert_same(&label, got, &alone(&model, &prompt.ids, &options));
+        let finish = got.finish();
+        assert_eq!(finish.reason, FinishReason::MaxTokens, "{label}");
+        assert_eq!(
+            (finish.prompt_tokens, finish.completion_tokens),
+            (prompt.ids.len(), steps),
+            "{label}"
+        );
+    }
+    // The cancelled request got a few of the tokens it asked for, the first ones of its prompt.
+    assert!(doomed_tokens.len() < 10, "{}", doomed_tokens.len());
+    for (event, id) in doomed_tokens.iter().zip(&goldens.prompts[0].greedy.ids) {
+        assert!(matches!(event, Event::Token(t) if t.id == *id), "{event:?}");
+    }
+    let stats = scheduler.stats();
+    assert_eq!((stats.completed, stats.cancelled, stats.failed), (5, 1, 0));
+    assert_eq!((scheduler.busy(), scheduler.waiting()), (0, 0));
+    let prompt_tokens: usize = goldens.prompts.iter().map(|p| p.ids.len()).sum();
+    assert_eq!(
+        stats.prompt_tokens as usize,
+        prompt_tokens + goldens.prompts[0].ids.len()
+    );
+}
+
+#[test]
+fn requests_served_together_generate_the_goldens_and_what_each_generates_alone() {
+    for (model, goldens) in [
+        ("small-gqa-int8", "small-gqa-goldens-int8.json"),
+        ("small-mqa-f32", "small-mqa-goldens-f32.json"),
+        ("llama-tied-int8", "llama-tied-goldens-int8.json"),
+    ] {
+        check_goldens(model, goldens);
+    }
+}
+
+#[test]
+fn seeded_sampling_stop_texts_and_limits_match_generate_alone() {
+    let model = load("small-gqa-int8");
+    let tokenizer = model.tokenizer();
+    let prompt = tokenizer.encode("The capital of France is", tokenizer.prompt_options());
+    let sampled = GenerateOptions {
+        max_tokens: 40,
+        sampling: SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            top_p: 0.95,
+            repeat_penalty: 1.1,
+            seed: 7,
+            ..Default::default()
+        },
+        stop_at_eos: false,
+        logprobs: 2,
+        ..Default::default()
+    };
+    let reference = alone(&model, &prompt, &sampled);
+    assert_eq!(reference.ids.len(), 40);
+
+    // A stop text that starts inside the reference's text, and the token that completes it.
+    let start = reference.text.char_indices().nth(12).unwrap().0;
+    let stop: String = reference.text[start..].chars().take(3).collect();
+    let cut = reference.text.find(&stop).unwrap();
+    let mut text = String::new();
+    let ending_token = reference
+        .tokens
+        .iter()
+        .position(|t| {
+            text.push_str(&t.text);
+            text.contains(&stop)
+        })
+        .unwrap();
+
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(2, 4)).unwrap();
+    let (events, plain) = mpsc::channel();
+    scheduler
+        .submit(Request::new(prompt.clone(), sampled.clone(), events))
+        .unwrap();
+    let (events, stopped) = mpsc::channel();
+    let mut with_stop = Request::new(prompt.clone(), sampled.clone(), events);
+    with_stop.stop_texts = vec!["never appears \u{1}".into(), stop.clone()];
+    scheduler.submit(with_stop).unwrap();
+    scheduler.run_until_idle();
+
+    let mut got = Received::default();
+    got.drain(&plain);
+    assert_same("seeded", &got, &reference);
+    assert_eq!(got.finish().reason, FinishReason::MaxTokens);
+
+    let mut got = Received::default();
+    got.drain(&stopped);
+    assert_eq!(got.text(), reference.text[..cut], "cut at the stop text");
+    assert_eq!(got.ids(), reference.ids[..=ending_token]);
+    let finish = got.finish();
+    assert_eq!(finish.reason, FinishReason::StopText);
+    assert_eq!(finish.completion_tokens, ending_token + 1);
+
+    // A full context ends a request as it ends a generation alone.
+    let small = SchedulerOptions {
+        session: SessionOptions {
+            context_len: Some(20),
+            ..session_options()
+        },
+        ..scheduler_options(1, 1)
+    };
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, small).unwrap();
+    let (events, receiver) = mpsc::channel();
+    let long = greedy(100);
+    scheduler
+        .submit(Request::new(vec![1, 2, 3, 4, 5], long.clone(), events))
+        .unwrap();
+    scheduler.run_until_idle();
+    let mut got = Received::default();
+    got.drain(&receiver);
+    let mut session = model
+        .session_with(SessionOptions {
+            context_len: Some(20),
+            ..session_options()
+        })
+        .unwrap();
+    let reference = session
+        .generate(&[1, 2, 3, 4, 5], long, |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_same("context", &got, &reference);
+    assert_eq!(got.ids().len(), 16);
+    assert_eq!(got.finish().reason, FinishReason::ContextFull);
+}
+
+#[test]
+fn the_queue_is_bounded_bad_requests_fail_and_shutdown_ends_the_rest() {
+    let model = load("small-gqa-f32");
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(1, 1)).unwrap();
+    let request = |prompt: Vec<u32>, max_tokens: usize| {
+        let (events, receiver) = mpsc::channel();
+        (Request::new(prompt, greedy(max_tokens), events), receiver)
+    };
+    let (a, a_events) = request(vec![1, 5, 9], 50);
+    let (b, b_events) = request(vec![1, 7], 50);
+    let (c, _) = request(vec![1, 7], 50);
+    scheduler.submit(a).unwrap();
+    scheduler.submit(b).unwrap();
+    assert_eq!(scheduler.submit(c).unwrap_err(), SubmitError::QueueFull);
+    scheduler.turn();
+    assert_eq!((scheduler.busy(), scheduler.waiting()), (1, 1));
+    let (d, _) = request(vec![1, 7], 50);
+    assert_eq!(scheduler.submit(d).unwrap_err(), SubmitError::QueueFull);
+    scheduler.shutdown();
+    assert!(scheduler.is_idle());
+    for (name, receiver) in [("running", &a_events), ("waiting", &b_events)] {
+        let mut got = Received::default();
+        got.drain(receiver);
+        assert_eq!(got.end, Some(Err(Failure::ShuttingDown)), "{name}");
+    }
+    assert_eq!(a_events.try_iter().count(), 0);
+
+    // An empty prompt, a too long one and a bad sampling option fail alone; no token asked
+    // for ends at once.
+    let max = model.config().max_position_embeddings;
+    let (empty, empty_events) = request(Vec::new(), 5);
+    let (long, long_events) = request(vec![5; max + 1], 5);
+    let (mut bad, bad_events) = request(vec![1, 5], 5);
+    bad.options.sampling.top_p = 0.0;
+    let (zero, zero_events) = request(vec![1, 5], 0);
+    let (good, good_events) = request(vec![1, 5, 9], 4);
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(2, 8)).unwrap();
+    for r in [empty, long, bad, zero, good] {
+        scheduler.submit(r).unwrap();
+    }
+    let stats = scheduler.run_until_idle();
+    for (name, receiver, needle) in [
+        ("empty", &empty_events, "no tokens"),
+        ("long", &long_events, "context"),
+        ("bad", &bad_events, "top_p"),
+    ] {
+        let mut got = Received::default();
+        got.drain(receiver);
+        assert!(
+            matches!(&got.end, Some(Err(Failure::Error(m))) if m.contains(needle)),
+            "{name}: {got:?}"
+        );
+    }
+    let mut got = Received::default();
+    got.drain(&zero_events);
+    assert!(got.tokens.is_empty());
+    assert_eq!(got.finish().reason, FinishReason::MaxTokens);
+    let mut got = Received::default();
+    got.drain(&good_events);
+    assert_same("good", &got, &alone(&model, &[1, 5, 9], &greedy(4)));
+    assert_eq!((stats.completed, stats.failed), (2, 3));
+
+    assert!(Scheduler::<'_, _>::new(&model, scheduler_options(0, 1)).is_err());
+}
+
+#[test]
+fn a_scheduler_thread_serves_requests_from_other_threads() {
+    let model = Arc::new(load("small-mqa-int8"));
+    let (handle, thread) = SchedulerHandle::spawn(model.clone(), scheduler_options(2, 8)).unwrap();
+    let handle = Arc::new(handle);
+    let prompts: Vec<Vec<u32>> = vec![vec![1, 300, 400], vec![1, 42], vec![1, 9, 8, 7, 6]];
+    let clients: Vec<_> = prompts
+        .iter()
+        .map(|prompt| {
+            let handle = handle.clone();
+            let prompt = prompt.clone();
+            std::thread::spawn(move || {
+                let (events, receiver) = mpsc::channel();
+                handle
+                    .submit(Request::new(prompt, greedy(12), events))
+                    .unwrap();
+                let mut got = Received::default();
+                while got.end.is_none() {
+                    got.push(receiver.recv().unwrap());
+                }
+                got
+            })
+        })
+        .collect();
+    let results: Vec<Received> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    for (prompt, got) in prompts.iter().zip(&results) {
+        assert_same("threaded", got, &alone(&model, prompt, &greedy(12)));
+    }
+    assert_eq!(handle.tokens_generated(), 36);
+    handle.shutdown();
+    let (events, _receiver) = mpsc::channel();
+    assert_eq!(
+        handle
+            .submit(Request::new(vec![1], greedy(1), events))
+            .unwrap_err(),
+        SubmitError::ShuttingDown
+    );
+    let stats = thread.join().unwrap();
+    assert_eq!((stats.completed, stats.tokens_generated), (3, 36));
+
+    // Options the model refuses fail the start.
+    let huge = SchedulerOptions {
+        session: SessionOptions {
+            context_len: Some(1 << 30),
+            ..Default::default()
+        },
+        ..scheduler_options(1, 1)
+    };
+    let err = SchedulerHandle::<mpsc::Sender<Event>>::spawn(model, huge).unwrap_err();
+    assert!(err.to_string().contains("context"), "{err}");
+}
