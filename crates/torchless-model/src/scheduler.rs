@@ -154,7 +154,8 @@ pub struct SchedulerStats {
     pub prefill_chunks: u64,
     /// Prompt tokens prefilled.
     pub prompt_tokens: u64,
-    /// Batched decode steps run.
+    /// Batched forward passes of decode steps run (several per turn when more slots decode
+    /// than one pass takes).
     pub decode_steps: u64,
     /// Tokens generated, over all requests.
     pub tokens_generated: u64,
@@ -443,36 +444,39 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
         self.slots[i].prefill_chunk(&mut self.books)
     }
 
-    /// One decode step for every slot with a token to run; returns how many stepped.
+    /// One decode step for every slot with a token to run; returns how many stepped. More slots
+    /// than one forward pass takes (the sessions' `batch_size`) step in several passes.
     fn decode_step(&mut self) -> usize {
         let mut stepping: Vec<&mut Slot<'m, R, S>> = self
             .slots
             .iter_mut()
             .filter(|s| s.active.as_ref().is_some_and(|a| a.next_token.is_some()))
             .collect();
-        if stepping.is_empty() {
+        let Some(first) = stepping.first() else {
             return 0;
-        }
-        let tokens: Vec<u32> = stepping
-            .iter()
-            .map(|s| s.active.as_ref().and_then(|a| a.next_token).unwrap_or(0))
-            .collect();
-        let result = {
-            let mut sessions: Vec<&mut Session<'m, R>> =
-                stepping.iter_mut().map(|s| &mut s.session).collect();
-            Session::step_batch(&mut sessions, &tokens)
         };
-        if result.is_ok() {
-            self.books.stats.decode_steps += 1;
-        }
-        let decoded = stepping.len();
-        for slot in stepping {
-            match &result {
-                Ok(()) => slot.after_logits(&mut self.books),
-                Err(e) => slot.fail(&mut self.books, Failure::Error(e.to_string())),
+        let per_pass = first.session.batch_size().max(1);
+        for group in stepping.chunks_mut(per_pass) {
+            let tokens: Vec<u32> = group
+                .iter()
+                .map(|s| s.active.as_ref().and_then(|a| a.next_token).unwrap_or(0))
+                .collect();
+            let result = {
+                let mut sessions: Vec<&mut Session<'m, R>> =
+                    group.iter_mut().map(|s| &mut s.session).collect();
+                Session::step_batch(&mut sessions, &tokens)
+            };
+            if result.is_ok() {
+                self.books.stats.decode_steps += 1;
+            }
+            for slot in group.iter_mut() {
+                match &result {
+                    Ok(()) => slot.after_logits(&mut self.books),
+                    Err(e) => slot.fail(&mut self.books, Failure::Error(e.to_string())),
+                }
             }
         }
-        decoded
+        stepping.len()
     }
 }
 

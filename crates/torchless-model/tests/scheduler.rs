@@ -404,3 +404,50 @@ fn a_scheduler_thread_serves_requests_from_other_threads() {
     let err = SchedulerHandle::<mpsc::Sender<Event>>::spawn(model, huge).unwrap_err();
     assert!(err.to_string().contains("context"), "{err}");
 }
+
+#[test]
+fn more_slots_than_one_pass_takes_step_in_several_passes() {
+    // Three slots decoding at once with passes of at most two sequences: every request still
+    // generates the goldens and what it generates alone.
+    let model = load("small-gqa-int8");
+    let goldens = read_goldens(&fixtures().join("small-gqa-goldens-int8.json"));
+    let steps = goldens.shortest_greedy();
+    let options = greedy(steps);
+    let two = SessionOptions {
+        batch_size: 2,
+        ..Default::default()
+    };
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(
+        &model,
+        SchedulerOptions {
+            slots: 3,
+            queue_limit: 3,
+            session: two.clone(),
+        },
+    )
+    .unwrap();
+    let receivers: Vec<Receiver<Event>> = goldens.prompts[..3]
+        .iter()
+        .map(|prompt| {
+            let (events, receiver) = mpsc::channel();
+            scheduler
+                .submit(Request::new(prompt.ids.clone(), options.clone(), events))
+                .unwrap();
+            receiver
+        })
+        .collect();
+    let stats = scheduler.run_until_idle();
+    for (i, (prompt, receiver)) in goldens.prompts.iter().zip(&receivers).enumerate() {
+        let mut got = Received::default();
+        got.drain(receiver);
+        let label = format!("prompt {i}");
+        assert_eq!(got.ids(), prompt.greedy.ids[..steps], "{label}: goldens");
+        let mut session = model.session_with(two.clone()).unwrap();
+        let reference = session
+            .generate(&prompt.ids, options.clone(), |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_same(&label, &got, &reference);
+        assert_eq!(got.finish().reason, FinishReason::MaxTokens, "{label}");
+    }
+    assert_eq!((stats.completed, stats.failed), (3, 0));
+}
