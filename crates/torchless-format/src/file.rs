@@ -1181,7 +1181,7 @@ fn check_range(
 
 #[derive(Deserialize)]
 struct RawTokenizer {
-    vocab: OrderedVocab,
+    vocab: JsonEntries<u32>,
     merges: Vec<RawMerge>,
     #[serde(default)]
     added_tokens: Vec<RawAddedToken>,
@@ -1202,28 +1202,30 @@ enum RawMerge {
     Pair([String; 2]),
 }
 
-/// A JSON object `{piece: id}` read in file order (serde_json's map would sort it).
-struct OrderedVocab(Vec<(String, u32)>);
+/// A JSON object read as its `(key, value)` entries in file order (serde_json's maps sort their
+/// keys): the header's vocabulary, a safetensors index's `weight_map`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonEntries<V>(pub Vec<(String, V)>);
 
-impl<'de> Deserialize<'de> for OrderedVocab {
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for JsonEntries<V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct VocabVisitor;
-        impl<'de> Visitor<'de> for VocabVisitor {
-            type Value = OrderedVocab;
+        struct EntriesVisitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for EntriesVisitor<V> {
+            type Value = JsonEntries<V>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object mapping pieces to ids")
+                f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 // The size hint comes from the input; cap it so a lying header cannot force a huge allocation.
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
-                while let Some((piece, id)) = map.next_entry::<String, u32>()? {
-                    entries.push((piece, id));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
                 }
-                Ok(OrderedVocab(entries))
+                Ok(JsonEntries(entries))
             }
         }
         deserializer
-            .deserialize_map(VocabVisitor)
+            .deserialize_map(EntriesVisitor(std::marker::PhantomData))
             .map_err(de::Error::custom)
     }
 }

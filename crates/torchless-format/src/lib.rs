@@ -38,8 +38,8 @@ pub use config::{
 };
 pub use error::{FormatError, FormatErrorKind};
 pub use file::{
-    evict_from_page_cache, AddedTokenData, DType, Int4View, Int8View, ModelFile, Residency,
-    ScaleInfo, TensorData, TensorInfo, TensorRef, TokenizerData, TokenizerKind, ALIGNMENT,
-    MAX_HEADER_LEN,
+    evict_from_page_cache, AddedTokenData, DType, Int4View, Int8View, JsonEntries, ModelFile,
+    Residency, ScaleInfo, TensorData, TensorInfo, TensorRef, TokenizerData, TokenizerKind,
+    ALIGNMENT, MAX_HEADER_LEN,
 };
 pub use writer::{ModelWriter, TensorSpec};

@@ -345,21 +345,71 @@ impl<W: Write> ModelWriter<W> {
     /// f16 scale per group, in the layout of [`crate::int4`] (e.g. llama.cpp Q4_0 blocks, whose
     /// codes are the same bytes). Counts as `32 · scales.len()` values.
     pub fn push_int4_groups(&mut self, packed: &[u8], scales: &[u16]) -> Result<(), FormatError> {
+        let expected = scales.len() * int4::GROUP_BYTES;
+        let count_problem = (packed.len() != expected).then(|| {
+            format!(
+                "{} code bytes for {} groups (expected {expected})",
+                packed.len(),
+                scales.len()
+            )
+        });
+        let n = scales.len() * int4::GROUP_SIZE;
+        self.push_quantized(DType::Int4, packed, n, count_problem, |current| {
+            current.scales.extend_from_slice(scales)
+        })
+    }
+
+    /// Appends already-quantized int8 groups to the current int8 tensor: codes and one inverse
+    /// scale per group of 64 (the last group may be partial, ending the tensor), stored as
+    /// [`push`](Self::push) would store values that quantize to them. Counts as
+    /// `codes.len()` values.
+    pub fn push_int8_groups(
+        &mut self,
+        codes: &[i8],
+        inv_scales: &[f32],
+    ) -> Result<(), FormatError> {
+        let n = codes.len();
+        let expected = n.div_ceil(GROUP_SIZE);
+        let count_problem = (inv_scales.len() != expected).then(|| {
+            format!(
+                "{} inverse scales for {n} values (expected {expected})",
+                inv_scales.len()
+            )
+        });
+        let codes: &[u8] = bytemuck::cast_slice(codes);
+        self.push_quantized(DType::Int8, codes, n, count_problem, |current| {
+            current.inv_scales.extend_from_slice(inv_scales)
+        })
+    }
+
+    /// Writes the codes of `n` values of whole groups of the current tensor, which must be of
+    /// `dtype`, and hands the tensor's state to `keep_scales` (its scales are written at its
+    /// end); refuses the push, changing nothing, if it does not fit.
+    fn push_quantized(
+        &mut self,
+        dtype: DType,
+        codes: &[u8],
+        n: usize,
+        count_problem: Option<String>,
+        keep_scales: impl FnOnce(&mut CurrentTensor),
+    ) -> Result<(), FormatError> {
         let Some(mut current) = self.current.take() else {
             return Err(self.error("push without begin_tensor".into()));
         };
         let planned = &self.plan[current.index];
-        let n = scales.len() * int4::GROUP_SIZE;
-        let problem = if planned.spec.dtype != DType::Int4 {
-            Some(format!("tensor `{}` is not int4", planned.spec.name))
-        } else if packed.len() != scales.len() * int4::GROUP_BYTES {
+        let group = dtype.group_size().unwrap_or(GROUP_SIZE);
+        let problem = if planned.spec.dtype != dtype {
             Some(format!(
-                "{} code bytes for {} groups (expected {})",
-                packed.len(),
-                scales.len(),
-                scales.len() * int4::GROUP_BYTES
+                "tensor `{}` is not {}",
+                planned.spec.name,
+                dtype.as_str()
             ))
-        } else if !current.pending.is_empty() || current.written + n > planned.n_elements {
+        } else if count_problem.is_some() {
+            count_problem
+        } else if !current.pending.is_empty()
+            || current.written % group != 0
+            || current.written + n > planned.n_elements
+        {
             Some(format!(
                 "tensor `{}` has {} elements; {} written, {n} more do not fit whole groups",
                 planned.spec.name, planned.n_elements, current.written
@@ -371,8 +421,8 @@ impl<W: Write> ModelWriter<W> {
             self.current = Some(current);
             return Err(self.error(reason));
         }
-        let result = self.write_bytes(packed);
-        current.scales.extend_from_slice(scales);
+        let result = self.write_bytes(codes);
+        keep_scales(&mut current);
         current.written += n;
         self.current = Some(current);
         result
@@ -634,6 +684,49 @@ fn push_json_string(s: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pre-quantized int8 groups give the bytes `push` gives for values that quantize to them.
+    #[test]
+    fn int8_groups_are_stored_as_pushed_values_are() {
+        let values: Vec<f32> = (0..200)
+            .map(|i| ((i * 37) % 101) as f32 / 7.0 - 6.0)
+            .collect();
+        let spec = || vec![TensorSpec::new("t", DType::Int8, vec![2, 100])];
+        let mut pushed = ModelWriter::new(Vec::new(), "a", &[], spec(), None).unwrap();
+        pushed.write_tensor("t", &values).unwrap();
+        let mut codes = vec![0i8; values.len()];
+        let inv_scales: Vec<f32> = values
+            .chunks(GROUP_SIZE)
+            .zip(codes.chunks_mut(GROUP_SIZE))
+            .map(|(group, out)| quantize_group(group, out).unwrap())
+            .collect();
+        let two_groups_in = || {
+            let mut writer = ModelWriter::new(Vec::new(), "a", &[], spec(), None).unwrap();
+            writer.begin_tensor("t").unwrap();
+            writer
+                .push_int8_groups(&codes[..128], &inv_scales[..2])
+                .unwrap();
+            writer
+        };
+        // A partial group must end the tensor.
+        let mut partial = two_groups_in();
+        partial
+            .push_int8_groups(&codes[..10], &inv_scales[..1])
+            .unwrap();
+        assert!(partial
+            .push_int8_groups(&codes[..10], &inv_scales[..1])
+            .is_err());
+        // A wrong number of scales is refused and changes nothing.
+        let mut grouped = two_groups_in();
+        assert!(grouped
+            .push_int8_groups(&codes[128..], &inv_scales[..1])
+            .is_err());
+        grouped
+            .push_int8_groups(&codes[128..], &inv_scales[2..])
+            .unwrap();
+        grouped.end_tensor().unwrap();
+        assert_eq!(grouped.finish().unwrap(), pushed.finish().unwrap());
+    }
 
     #[test]
     fn json_strings_are_escaped_like_python() {

@@ -64,7 +64,7 @@ use std::sync::Arc;
 
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
-pub use load::byte_level_bpe_from_json;
+pub use load::{byte_level_bpe_from_json, TokenizerJson};
 pub use options::{AddedToken, ByteLevelBpe, DecodeOptions, EncodeOptions, Pretokenizer};
 pub use vocab::TokenKind;
 

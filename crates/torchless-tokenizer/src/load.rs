@@ -157,7 +157,70 @@ impl<'de> Deserialize<'de> for Merges {
 
 pub(crate) use byte_level_bpe_from_json as parse_byte_level_json;
 
+/// What a Hugging Face `tokenizer.json` holds, read by the same parser that
+/// [`Tokenizer::from_tokenizer_json_str`](crate::Tokenizer::from_tokenizer_json_str) uses, in
+/// the form a torchless model file stores it (vocabulary in file order, merges as
+/// `"left right"`): what a converter embeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerJson {
+    /// SentencePiece-style BPE (Mistral, Llama 2).
+    SentencePiece {
+        /// The model's `vocab` in file order. Added tokens missing from it are left out, as
+        /// the original exporter leaves them out.
+        vocab: Vec<(String, u32)>,
+        /// Merges as `"left right"`, highest priority first.
+        merges: Vec<String>,
+    },
+    /// Byte-level BPE (a `ByteLevel` pre-tokenizer or decoder), see [`byte_level_bpe_from_json`].
+    ByteLevel(ByteLevelBpe),
+}
+
+impl TokenizerJson {
+    /// Parses the text of a `tokenizer.json` with a BPE model. Errors name the field, as for
+    /// [`Tokenizer::from_tokenizer_json_str`](crate::Tokenizer::from_tokenizer_json_str); a
+    /// `[left, right]` merge whose pieces hold a space is refused (a `"left right"` string
+    /// cannot hold it).
+    pub fn parse(json: &str) -> Result<Self, TokenizerError> {
+        if let Some(spec) = parse_byte_level_json(json)? {
+            return Ok(TokenizerJson::ByteLevel(spec));
+        }
+        let (spec, model_vocab) = parse_tokenizer_json_parts(json)?;
+        let mut vocab = Vec::with_capacity(model_vocab);
+        for (piece, id) in spec.vocab.into_iter().take(model_vocab) {
+            let id = checked_id(&piece, id)?;
+            vocab.push((piece, id));
+        }
+        let mut merges = Vec::with_capacity(spec.merges.len());
+        for (rank, merge) in spec.merges.into_iter().enumerate() {
+            merges.push(joined_merge(rank, merge)?);
+        }
+        Ok(TokenizerJson::SentencePiece { vocab, merges })
+    }
+}
+
+/// A merge as the `"left right"` string a model file stores.
+fn joined_merge(rank: usize, merge: MergeSpec) -> Result<String, TokenizerError> {
+    match merge {
+        MergeSpec::Joined(text) => Ok(text),
+        MergeSpec::Pair(left, right) => {
+            if left.contains(' ') || right.contains(' ') || left.is_empty() || right.is_empty() {
+                return Err(TokenizerError::MalformedMerge {
+                    rank,
+                    merge: format!("{left} {right}"),
+                });
+            }
+            Ok(format!("{left} {right}"))
+        }
+    }
+}
+
 pub(crate) fn parse_tokenizer_json(json: &str) -> Result<VocabSpec, TokenizerError> {
+    parse_tokenizer_json_parts(json).map(|(spec, _)| spec)
+}
+
+/// The spec, and how many of its vocabulary entries come from `model.vocab` (the added
+/// tokens missing from it follow).
+fn parse_tokenizer_json_parts(json: &str) -> Result<(VocabSpec, usize), TokenizerError> {
     let file: FileJson<'_> = serde_json::from_str(json)?;
     let model = required(file.model, "model")?;
     // Serde would also accept a struct written as an array.
@@ -174,6 +237,7 @@ pub(crate) fn parse_tokenizer_json(json: &str) -> Result<VocabSpec, TokenizerErr
     }
     let VocabEntries(mut vocab) =
         parse_field(required(model.vocab, "model.vocab")?, "model.vocab")?;
+    let model_vocab = vocab.len();
     let Merges(merges) = parse_field(required(model.merges, "model.merges")?, "model.merges")?;
     let unk_piece: Option<String> = match model.unk_token {
         Some(raw) => parse_field(raw, "model.unk_token")?,
@@ -198,14 +262,15 @@ pub(crate) fn parse_tokenizer_json(json: &str) -> Result<VocabSpec, TokenizerErr
         None => PrependScheme::Always,
     };
 
-    Ok(VocabSpec {
+    let spec = VocabSpec {
         vocab,
         merges,
         unk_piece,
         byte_fallback: byte_fallback.unwrap_or(false),
         specials,
         prepend,
-    })
+    };
+    Ok((spec, model_vocab))
 }
 
 /// Returns the special added tokens, and adds to `vocab` any added token that
@@ -381,19 +446,7 @@ pub fn byte_level_bpe_from_json(json: &str) -> Result<Option<ByteLevelBpe>, Toke
     let Merges(specs) = parse_field(required(model.merges, "model.merges")?, "model.merges")?;
     let mut merges = Vec::with_capacity(specs.len());
     for (rank, spec) in specs.into_iter().enumerate() {
-        merges.push(match spec {
-            MergeSpec::Joined(text) => text,
-            MergeSpec::Pair(left, right) => {
-                if left.contains(' ') || right.contains(' ') || left.is_empty() || right.is_empty()
-                {
-                    return Err(TokenizerError::MalformedMerge {
-                        rank,
-                        merge: format!("{left} {right}"),
-                    });
-                }
-                format!("{left} {right}")
-            }
-        });
+        merges.push(joined_merge(rank, spec)?);
     }
     let added: Vec<AddedTokenJson> = match file.added_tokens {
         Some(raw) => {
