@@ -21,6 +21,8 @@
 #![warn(missing_docs)]
 
 mod chat;
+#[cfg(feature = "convert")]
+pub mod convert;
 mod error;
 mod forward;
 mod generate;
@@ -32,6 +34,7 @@ pub mod sampling;
 pub mod scheduler;
 mod session;
 mod token_step;
+mod vocab;
 mod weights;
 
 pub use chat::{Chat, ChatMessage, ChatTemplate};
@@ -41,13 +44,13 @@ pub use generate::{
 };
 pub use kv_cache::KvCache;
 pub use model::{
-    tokenizer_from_data, Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency,
-    Resident,
+    Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency, Resident,
 };
 pub use perplexity::{Divergence, Perplexity};
 pub use sampling::{Sampler, SamplingParams};
 pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 pub use session::{Session, SessionOptions};
+pub use vocab::{load_tokenizer, tokenizer_for, tokenizer_from_data};
 
 /// The file format crate, re-exported for [`Config`] and direct file access.
 pub use torchless_format as format;
@@ -58,7 +61,8 @@ pub use torchless_kernels as kernels;
 pub use torchless_tokenizer as tokenizer;
 pub use torchless_tokenizer::{DecodeOptions, EncodeOptions, Tokenizer};
 
-/// The snippets of LIBRARY.md, compiled as doc tests so the guide cannot drift from the API.
-#[cfg(doctest)]
+/// The snippets of LIBRARY.md, compiled as doc tests so the guide cannot drift from the API
+/// (with the default features: the guide shows conversion too).
+#[cfg(all(doctest, feature = "convert"))]
 #[doc = include_str!("../../../LIBRARY.md")]
 mod library_md {}

@@ -9,13 +9,14 @@ use std::marker::PhantomData;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use torchless_format::{Config, ModelFile, TokenizerData, TokenizerKind};
+use torchless_format::{Config, ModelFile};
 use torchless_kernels::RopeTable;
-use torchless_tokenizer::{AddedToken, ByteLevelBpe, Pretokenizer, Tokenizer};
+use torchless_tokenizer::Tokenizer;
 
 use crate::error::{ModelError, Result};
 pub use crate::residency::{Lazy, Residency, Resident};
 use crate::residency::{Pager, PagingPlan};
+use crate::vocab::tokenizer_from_data;
 use crate::weights::{Weights, EMBEDDING};
 
 /// A Mistral model whose weights are all resident in memory.
@@ -69,42 +70,6 @@ impl std::fmt::Debug for LoadOptions<'_> {
             .field("read_into_memory", &self.read_into_memory)
             .finish()
     }
-}
-
-/// Builds the tokenizer a model file describes: SentencePiece from the vocabulary and merges,
-/// or byte-level BPE with its pre-tokenizer, added tokens, BOS/EOS and BOS rule from the
-/// metadata. Errors name the pre-tokenizer or the inconsistency.
-pub fn tokenizer_from_data(data: TokenizerData) -> Result<Tokenizer> {
-    Ok(match data.kind {
-        TokenizerKind::SentencePiece => Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?,
-        TokenizerKind::ByteLevelBpe => {
-            let name = data.pretokenizer.as_deref().unwrap_or("gpt2");
-            let pretokenizer =
-                Pretokenizer::from_name(name).ok_or_else(|| ModelError::InvalidOption {
-                    option: "tokenizer_pre".into(),
-                    message: format!(
-                        "byte-level pre-tokenizer {name:?} is not supported (gpt2, smollm, llama-bpe)"
-                    ),
-                })?;
-            Tokenizer::from_byte_level_bpe(ByteLevelBpe {
-                vocab: data.vocab,
-                merges: data.merges,
-                pretokenizer,
-                added_tokens: data
-                    .added_tokens
-                    .into_iter()
-                    .map(|t| AddedToken {
-                        id: t.id,
-                        content: t.content,
-                        special: t.special,
-                    })
-                    .collect(),
-                bos_id: data.bos_id,
-                eos_id: data.eos_id,
-                add_bos: data.add_bos.unwrap_or(false),
-            })?
-        }
-    })
 }
 
 /// A loaded Mistral model: immutable, `Send + Sync`, shared by any number of sessions
