@@ -1,8 +1,7 @@
 //! Tokenize and decode, from a model file or a `tokenizer.json`:
 //! `cargo run --example tokenize -- [MODEL_OR_TOKENIZER_JSON] [TEXT]`.
 
-use torchless_model::format::ModelFile;
-use torchless_model::{DecodeOptions, EncodeOptions, Tokenizer};
+use torchless_model::{load_tokenizer, DecodeOptions, EncodeOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -13,12 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "Hello world! Ça va? 你好 🙂".into());
 
-    let tokenizer = if source.ends_with(".json") {
-        Tokenizer::from_file(&source)?
-    } else {
-        let data = ModelFile::open(&source)?.tokenizer_data()?;
-        Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?
-    };
+    // A model file's own tokenizer (SentencePiece or byte-level), or a tokenizer.json.
+    let tokenizer = load_tokenizer(&source)?;
 
     let ids = tokenizer.encode(&text, EncodeOptions::default());
     for &id in &ids {

@@ -7,18 +7,13 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use torchless_format::{Config, QuantKind};
-
-/// The converter's `config.json` reader, compiled from the CLI's source (the CLI is a binary crate
-/// with no library target to depend on).
-#[allow(dead_code)]
-#[path = "../../crates/torchless-cli/src/commands/convert/hf_config.rs"]
-mod hf_config;
+use torchless_model::convert::HfConfig;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(hf) = hf_config::parse_config(text, "config.json") else {
+    let Ok(hf) = HfConfig::parse(text, "config.json") else {
         return;
     };
     assert!(hf.config.validate().is_ok());

@@ -7,13 +7,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use torchless_format::{Activation, Config, QuantKind};
-
-/// The converter's checkpoint reader, compiled from the CLI's source (the CLI is a binary crate
-/// with no library target to depend on).
-#[allow(dead_code)]
-#[path = "../../crates/torchless-cli/src/commands/convert/checkpoint.rs"]
-mod checkpoint;
+use torchless_format::{Activation, Architecture, Config, QuantKind};
+use torchless_model::convert::{Checkpoint, SINGLE_FILE};
 
 /// The tiny configuration the seed checkpoints (fuzz/corpus/convert_safetensors) are made for.
 fn config() -> Config {
@@ -31,6 +26,8 @@ fn config() -> Config {
         norm_eps: 1e-5,
         activation: Activation::Silu,
         quant: QuantKind::F32,
+        architecture: Architecture::Mistral,
+        tie_word_embeddings: false,
     }
 }
 
@@ -51,8 +48,8 @@ fn dir() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     let dir = dir();
     let config = config();
-    std::fs::write(dir.join(checkpoint::SINGLE_FILE), data).expect("write the shard");
-    let Ok(checkpoint) = checkpoint::open_checkpoint(dir, &config) else {
+    std::fs::write(dir.join(SINGLE_FILE), data).expect("write the shard");
+    let Ok(checkpoint) = Checkpoint::open(dir, &config) else {
         return;
     };
     assert_eq!(checkpoint.tensors.len(), config.expected_tensors().len());

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use torchless_format::{ModelFile, Residency, TensorData};
 use torchless_model::{LazyMistral, Mistral, Model, SessionOptions};
-use torchless_tokenizer::{DecodeOptions, EncodeOptions, Tokenizer};
+use torchless_tokenizer::{DecodeOptions, EncodeOptions};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(file) = ModelFile::from_bytes(data) else {
@@ -28,6 +28,12 @@ fuzz_target!(|data: &[u8]| {
                     let _ = view.get(info.n_elements.saturating_sub(1));
                     assert!(view.get(info.n_elements).is_none());
                 }
+                TensorData::Int4(view) => {
+                    assert_eq!(view.packed.len() * 2, info.n_elements);
+                    assert_eq!(view.scales.len(), info.n_elements / 32);
+                    let _ = view.get(info.n_elements.saturating_sub(1));
+                    assert!(view.get(info.n_elements).is_none());
+                }
             }
             assert_eq!(tensor.to_f32_vec().len(), info.n_elements);
         }
@@ -37,17 +43,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = file.non_finite_tensors();
 
-    if let Ok(tokenizer_data) = file.tokenizer_data() {
-        if let Ok(tokenizer) =
-            Tokenizer::from_vocab_and_merges(tokenizer_data.vocab, tokenizer_data.merges)
-        {
-            let ids = tokenizer.encode(
-                "Hello <s> wor\u{2581}ld \u{4e2d}!",
-                EncodeOptions::default(),
-            );
-            assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
-            let _ = tokenizer.decode(&ids, DecodeOptions::default());
-        }
+    if let Ok(tokenizer) = torchless_model::tokenizer_for(&file) {
+        let ids = tokenizer.encode(
+            "Hello <s> wor\u{2581}ld \u{4e2d}!",
+            EncodeOptions::default(),
+        );
+        assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
+        let _ = tokenizer.decode(&ids, DecodeOptions::default());
     }
 
     if file.validate_mistral().is_err() {

@@ -2,14 +2,10 @@
 //! (`torchless convert` reads the same file) answer `Err` or a tokenizer that works.
 #![no_main]
 
+use std::path::Path;
+
 use libfuzzer_sys::fuzz_target;
 use torchless_tokenizer::{DecodeOptions, EncodeOptions, Tokenizer};
-
-/// The converter's `tokenizer.json` reader, compiled from the CLI's source (the CLI is a binary
-/// crate with no library target to depend on).
-#[allow(dead_code)]
-#[path = "../../crates/torchless-cli/src/commands/convert/hf_tokenizer.rs"]
-mod hf_tokenizer;
 
 const TEXT: &str = "Hello <s> [INST] wor\u{2581}ld\n\t\u{4e2d}\u{6587} \u{1F469}\u{200D}\u{1F4BB}!";
 
@@ -40,9 +36,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(tokenizer) = Tokenizer::from_tokenizer_json_str(json) {
         exercise(&tokenizer);
     }
-    if let Ok(data) = hf_tokenizer::parse_tokenizer(json, "tokenizer.json") {
+    let path = Path::new("tokenizer.json");
+    if let Ok(data) = torchless_model::convert::parse_tokenizer_json(json, path) {
         // The converter checked that torchless accepts the vocabulary; it must build again here.
-        let tokenizer = Tokenizer::from_vocab_and_merges(data.vocab, data.merges)
+        let tokenizer = torchless_model::tokenizer_from_data(data)
             .expect("the converter accepted this vocabulary");
         exercise(&tokenizer);
     }

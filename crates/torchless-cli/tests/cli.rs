@@ -259,6 +259,72 @@ fn tokenize_prints_ids_and_reads_stdin_verbatim() {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// `tokenize`, `generate --json` and `perplexity` turn a text into the ids Hugging Face
+/// `tokenizers` gives (recorded in the goldens), on a SentencePiece (Mistral) and a byte-level
+/// (Llama) model file: every command builds the file's own tokenizer.
+#[test]
+fn every_command_tokenizes_like_the_reference() {
+    for (name, goldens_name) in [
+        ("small-gqa-f32.bin", "small-gqa-goldens-f32.json"),
+        ("llama-untied-f32.bin", "llama-untied-goldens-f32.json"),
+    ] {
+        let m = model(name);
+        let g = goldens(&model(goldens_name));
+        for prompt in g["prompts"].as_array().unwrap() {
+            let text = prompt["text"].as_str().unwrap();
+            let want = &prompt["ids"];
+            // The reference parses special tokens in text (ChatML markers); prompts do not.
+            let has_specials = text.contains("<|");
+            let mut tokenize = torchless();
+            tokenize.arg("tokenize").arg(&m).arg(text).arg("--json");
+            if has_specials {
+                tokenize.arg("--parse-special");
+            }
+            let out = run(&mut tokenize);
+            assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+            let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+            assert_eq!(&v["ids"], want, "{name}: tokenize {text:?}");
+            if has_specials {
+                continue;
+            }
+
+            let out = run(torchless()
+                .arg(&m)
+                .arg(text)
+                .args(["-n", "1", "--temp", "0", "--json"]));
+            assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+            let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+            assert_eq!(&v["prompt_ids"], want, "{name}: generate {text:?}");
+
+            let n = want.as_array().unwrap().len();
+            if n < 2 {
+                continue;
+            }
+            let out = run(torchless().arg("perplexity").arg(&m).args([
+                "--text",
+                text,
+                "--ctx",
+                &n.to_string(),
+                "--json",
+            ]));
+            assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+            let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+            assert_eq!(
+                v["tokens"].as_u64().unwrap() as usize,
+                n - 1,
+                "{name}: {text:?}"
+            );
+            // The golden NLL of exactly these ids.
+            let want_nll = prompt["nll"]["mean"].as_f64().unwrap();
+            let got = v["mean_nll"].as_f64().unwrap();
+            assert!(
+                (got - want_nll).abs() <= 1e-4 * want_nll.abs(),
+                "{name}: perplexity {text:?}: {got} vs {want_nll}"
+            );
+        }
+    }
+}
+
 #[test]
 fn info_reports_config_tensors_and_sizes() {
     let out = run(torchless()

@@ -1,7 +1,7 @@
 //! `torchless tokenize MODEL_OR_TOKENIZER_JSON [TEXT]`: print token ids.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -14,7 +14,7 @@ pub struct TokenizeArgs {
     pub source: PathBuf,
     /// Text to encode; without it, stdin is read verbatim (nothing stripped).
     pub text: Option<String>,
-    /// Do not put the BOS token first.
+    /// Do not put the BOS token first (it is put first when the model's prompts start with it).
     #[arg(long = "no-bos")]
     pub no_bos: bool,
     /// Treat special-token strings (`<s>`, `</s>`, `[INST]`, ...) in the text as their ids.
@@ -25,8 +25,9 @@ pub struct TokenizeArgs {
     pub json: bool,
 }
 
-/// Loads a tokenizer from a model file or a tokenizer.json.
-pub fn load_tokenizer(source: &PathBuf) -> anyhow::Result<Tokenizer> {
+/// Loads a tokenizer from a model file (the one [`torchless_model::Model::load`] builds) or a
+/// tokenizer.json.
+pub fn load_tokenizer(source: &Path) -> anyhow::Result<Tokenizer> {
     let is_json = source
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -40,8 +41,7 @@ pub fn load_tokenizer(source: &PathBuf) -> anyhow::Result<Tokenizer> {
             source.display()
         )
     })?;
-    let data = file.tokenizer_data()?;
-    Ok(Tokenizer::from_vocab_and_merges(data.vocab, data.merges)?)
+    Ok(torchless_model::tokenizer_for(&file)?)
 }
 
 pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
@@ -59,7 +59,7 @@ pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
     let ids = tokenizer.encode(
         &text,
         EncodeOptions {
-            add_bos: !args.no_bos,
+            add_bos: !args.no_bos && tokenizer.adds_bos(),
             parse_special: args.parse_special,
         },
     );
