@@ -397,6 +397,22 @@ fn endpoints_answer_like_the_references() {
 }
 
 #[test]
+fn tokenize_on_a_byte_level_model_gives_the_reference_ids() {
+    // The Llama fixture's byte-level vocabulary, through the same bridge as every command: the
+    // ids Hugging Face `tokenizers` gave for each golden prompt (ChatML markers parsed).
+    let server = Server::start("llama-untied-f32.bin", &[]);
+    let g = goldens(&fixtures().join("models/llama-untied-goldens-f32.json"));
+    for prompt in g["prompts"].as_array().unwrap() {
+        let text = prompt["text"].as_str().unwrap();
+        let t = post_ok(
+            &server.url("/tokenize"),
+            json!({"content": text, "add_special": true, "parse_special": text.contains("<|")}),
+        );
+        assert_eq!(ids(&t["tokens"]), ids(&prompt["ids"]), "{text:?}");
+    }
+}
+
+#[test]
 fn load_of_64_requests_from_8_clients_gets_every_answer_complete_and_unmixed() {
     let server = Server::start("small-gqa-int8.bin", &["--parallel", "4", "--queue", "64"]);
     let prompts: Vec<String> = (0..8)
