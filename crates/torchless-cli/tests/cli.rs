@@ -640,3 +640,35 @@ fn lower_crates_never_depend_upward() {
         }
     }
 }
+
+#[test]
+fn info_lists_every_tensor_with_its_stored_dtype() {
+    // An int4 file (int8 output): the listing names each tensor's dtype as the file stores it,
+    // which the format crate reads from the header.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("int4.bin");
+    let out = run(torchless()
+        .arg("convert")
+        .arg(model("llama-tied-q4_0.gguf"))
+        .arg(&path)
+        .args(["--quant", "int4", "--quant-output", "int8"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(torchless().arg("info").arg(&path).arg("--tensors"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let file = torchless_model::format::ModelFile::open(&path).unwrap();
+    let mut dtypes = std::collections::BTreeSet::new();
+    for tensor in file.tensors() {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(tensor.name.as_str()))
+            .unwrap_or_else(|| panic!("{} not listed:\n{}", tensor.name, out.stdout));
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some(tensor.dtype.as_str()),
+            "{line}"
+        );
+        dtypes.insert(tensor.dtype.as_str());
+    }
+    assert_eq!(dtypes, ["f32", "int4", "int8"].into());
+}

@@ -20,6 +20,7 @@
 //! `q / inv_scale`); the tests compare logits and greedy continuations with its outputs.
 #![warn(missing_docs)]
 
+pub mod bench;
 mod chat;
 #[cfg(feature = "convert")]
 pub mod convert;

@@ -2,11 +2,9 @@
 //! medians over repetitions, with the bytes each generated token reads and the bandwidth that
 //! implies, next to a read-bandwidth probe run in the same process.
 
-use std::time::Instant;
-
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
-use torchless_model::sampling::argmax;
+use torchless_model::bench::{bench, BenchOptions};
 use torchless_model::{Lazy, Residency, Resident};
 
 use super::load_model;
@@ -54,20 +52,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
-
 fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
+    // Flag-level checks first, in the flags' own words (the library checks the same).
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
@@ -76,8 +62,7 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
     }
     let model = load_model::<R>(&args.model)?;
     let config = model.config();
-    let needed = args.n_prompt.max(1) + args.n_gen;
-    if needed > config.max_position_embeddings {
+    if args.n_prompt.max(1) + args.n_gen > config.max_position_embeddings {
         bail!(
             "-p {} plus -n {} exceeds the model's context of {} positions",
             args.n_prompt,
@@ -85,72 +70,22 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             config.max_position_embeddings
         );
     }
-    let mut options = args.model.session_options();
-    options.context_len = Some(options.context_len.unwrap_or(needed).max(needed));
-    let mut sessions = (0..args.parallel)
-        .map(|_| model.session_with(options.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot create a session")?;
-
-    // A fixed prompt of ordinary tokens (ids past the specials and byte pieces when there are
-    // any), shifted per sequence so parallel sequences differ.
-    let vocab = config.vocab_size as u32;
-    let first = if vocab > 1000 { 259 } else { 3.min(vocab - 1) };
-    let prompt = |seq: u32| -> Vec<u32> {
-        (0..args.n_prompt as u32)
-            .map(|i| first + (i * 7919 + seq * 104_729) % (vocab - first))
-            .collect()
+    let options = BenchOptions {
+        n_prompt: args.n_prompt,
+        n_gen: args.n_gen,
+        repetitions: args.repetitions,
+        parallel: args.parallel,
+        session: args.model.session_options(),
     };
-
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    for rep in 0..args.repetitions {
-        let mut next = Vec::with_capacity(args.parallel);
-        for (seq, session) in sessions.iter_mut().enumerate() {
-            session.reset();
-            next.push(if args.n_prompt > 0 {
-                let ids = prompt(seq as u32);
-                let start = Instant::now();
-                let logits = session.prefill(&ids)?;
-                let seconds = start.elapsed().as_secs_f64();
-                // pp is the first sequence's prefill (they are all the same work).
-                if seq == 0 {
-                    pp.push(args.n_prompt as f64 / seconds);
-                }
-                argmax(logits)
-            } else {
-                1
-            });
-        }
-        if args.n_gen > 0 {
-            let start = Instant::now();
-            for _ in 0..args.n_gen {
-                if let [session] = sessions.as_mut_slice() {
-                    next[0] = argmax(session.step(next[0])?);
-                } else {
-                    let mut batch: Vec<_> = sessions.iter_mut().collect();
-                    torchless_model::Session::step_batch(&mut batch, &next)?;
-                    for (token, session) in next.iter_mut().zip(&sessions) {
-                        *token = argmax(session.logits());
-                    }
-                }
-            }
-            tg.push((args.n_gen * args.parallel) as f64 / start.elapsed().as_secs_f64());
-        }
+    let report = bench(&model, &options, |rep, pp, tg| {
         if args.model.debug {
-            eprintln!(
-                "repetition {}: pp {:.2} tok/s, tg {:.3} tok/s",
-                rep + 1,
-                pp.last().copied().unwrap_or(0.0),
-                tg.last().copied().unwrap_or(0.0)
-            );
+            eprintln!("repetition {}: pp {pp:.2} tok/s, tg {tg:.3} tok/s", rep + 1);
         }
-    }
-    let session = &sessions[0];
-    let pp_median = median(&mut pp);
-    let tg_median = median(&mut tg);
-    // One step reads the weights once for all parallel sequences.
-    let bytes_per_token = model.bytes_per_token() / args.parallel as u64;
-    let gb_per_s = bytes_per_token as f64 * tg_median / 1e9;
+    })?;
+    let pp_median = report.pp_median();
+    let tg_median = report.tg_median();
+    let bytes_per_token = report.bytes_per_token;
+    let gb_per_s = report.gb_per_s();
     let threads = args
         .model
         .threads
@@ -165,7 +100,7 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             "residency": model.residency(),
             "quant": config.quant.as_str(),
             "int8_activations": args.model.int8_activations,
-            "batch_size": session.batch_size(),
+            "batch_size": report.batch_size,
             "threads": threads,
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
@@ -173,8 +108,8 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             "repetitions": args.repetitions,
             "pp_tokens_per_s": pp_median,
             "tg_tokens_per_s": tg_median,
-            "pp_runs": pp,
-            "tg_runs": tg,
+            "pp_runs": report.pp_runs,
+            "tg_runs": report.tg_runs,
             "bytes_per_token": bytes_per_token,
             "gb_per_s": gb_per_s,
             "read_bandwidth_gb_per_s": probe,

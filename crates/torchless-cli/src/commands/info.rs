@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use torchless_model::format::{Architecture, DType, ModelFile};
+use torchless_model::format::{Architecture, ModelFile};
 
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
@@ -131,12 +131,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         }
         if args.tensors {
             for t in file.tensors() {
-                let dtype = if t.dtype == DType::Int8 {
-                    "int8"
-                } else {
-                    "f32"
-                };
-                println!("  {:<52} {dtype:<5} {:?}", t.name, t.shape);
+                println!("  {:<52} {:<5} {:?}", t.name, t.dtype.as_str(), t.shape);
             }
         }
         if let Some(bad) = &non_finite {
