@@ -36,7 +36,7 @@ impl Default for BenchOptions {
     }
 }
 
-/// The figures of one [`bench`] run.
+/// The figures of one [`bench()`] run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
     /// Prompt tokens/s of each repetition (empty without a prompt test).
