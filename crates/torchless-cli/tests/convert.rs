@@ -410,6 +410,7 @@ fn bf16_checkpoint_quantizes_in_f32_without_wrapping() {
                 }
             }
             TensorData::Int4(_) => panic!("{}: convert never writes int4", info.name),
+            TensorData::Blocks(_) => panic!("{}: convert never writes ggml blocks", info.name),
             TensorData::F32(data) => {
                 assert_eq!(info.dtype, DType::F32);
                 assert_eq!(data, values.as_slice(), "{}", info.name);

@@ -31,7 +31,9 @@ fn convert(input: &Path, output: &Path, quant: &str) -> common::Output {
 fn f32_values(file: &ModelFile, name: &str) -> Vec<f32> {
     match file.tensor(name).unwrap().data {
         TensorData::F32(v) => v.to_vec(),
-        TensorData::Int8(_) | TensorData::Int4(_) => panic!("{name} is quantized"),
+        TensorData::Int8(_) | TensorData::Int4(_) | TensorData::Blocks(_) => {
+            panic!("{name} is quantized")
+        }
     }
 }
 
@@ -251,6 +253,7 @@ fn q4_0_gguf_keeps_its_blocks_as_int4_and_passes_goldens() {
             }
             TensorData::F32(v) => assert_eq!(v, &want[..], "{}", info.name),
             TensorData::Int8(_) => panic!("{} became int8", info.name),
+            TensorData::Blocks(_) => panic!("{} holds ggml blocks", info.name),
         }
     }
     let q4_0_tensors = gguf

@@ -58,6 +58,30 @@ impl Architecture {
     }
 }
 
+/// Which dimensions of a head RoPE rotates together, i.e. how the rows of the query and key
+/// projections are ordered within each head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RopeLayout {
+    /// Pairs `(i, i + head_dim/2)`: Hugging Face's rotate-half, the layout of torchless files.
+    #[default]
+    Halves,
+    /// Pairs `(2j, 2j + 1)`: GGUF files, whose `attn_q`/`attn_k` rows llama.cpp's converter
+    /// permutes so that each rotate-half pair becomes adjacent. Pair `j` still turns by
+    /// frequency `j`; since `q·k` is invariant to permuting the dimensions of both alike, the
+    /// attention equals the un-permuted model's (up to summation order) with no row copied.
+    Adjacent,
+}
+
+impl RopeLayout {
+    /// The metadata string (`"halves"` or `"adjacent"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RopeLayout::Halves => "halves",
+            RopeLayout::Adjacent => "adjacent",
+        }
+    }
+}
+
 /// Metadata keys this version reads. Any other key is refused, naming it, so a file written by a
 /// newer exporter with settings this reader would silently ignore fails clearly instead.
 pub const KNOWN_METADATA_KEYS: &[&str] = &[
@@ -82,6 +106,7 @@ pub const KNOWN_METADATA_KEYS: &[&str] = &[
     "bos_token_id",
     "eos_token_id",
     "add_bos_token",
+    "rope_layout",
 ];
 
 /// Hyper-parameters of a Mistral model, parsed from the header metadata and validated.
@@ -118,10 +143,13 @@ pub struct Config {
     /// The embedding matrix is also the output projection: the file has no `lm_head.weight`
     /// (metadata `tie_word_embeddings`; `false` when absent).
     pub tie_word_embeddings: bool,
+    /// How the query and key rows are ordered within a head (metadata `rope_layout`; `halves`
+    /// when absent; GGUF files: `adjacent`).
+    pub rope_layout: RopeLayout,
 }
 
 /// Upper bound for any single dimension: catches absurd metadata before anything is allocated.
-const MAX_DIM: usize = 1 << 24;
+pub(crate) const MAX_DIM: usize = 1 << 24;
 
 impl Config {
     /// Parses and validates the metadata map (every value a string, as the exporter writes it).
@@ -183,6 +211,11 @@ impl Config {
                 Some(other) => return Err(bad("architecture", other, "\"mistral\" or \"llama\"")),
             },
             tie_word_embeddings: optional_bool(metadata, "tie_word_embeddings")?.unwrap_or(false),
+            rope_layout: match metadata.get("rope_layout").map(|s| s.trim()) {
+                None | Some("halves") => RopeLayout::Halves,
+                Some("adjacent") => RopeLayout::Adjacent,
+                Some(other) => return Err(bad("rope_layout", other, "\"halves\" or \"adjacent\"")),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -263,6 +296,9 @@ impl Config {
         }
         if self.tie_word_embeddings {
             entries.push(("tie_word_embeddings", "true".to_string()));
+        }
+        if self.rope_layout != RopeLayout::Halves {
+            entries.push(("rope_layout", self.rope_layout.as_str().to_string()));
         }
         entries
             .into_iter()

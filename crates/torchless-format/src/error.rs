@@ -211,6 +211,37 @@ pub enum FormatErrorKind {
         /// What is wrong.
         reason: String,
     },
+    /// A GGUF file's structure is malformed (see [`GgufErrorKind`](crate::gguf::GgufErrorKind)).
+    #[error("{0}")]
+    Gguf(#[from] crate::gguf::GgufErrorKind),
+    /// A GGUF file of a model family this engine does not run.
+    #[error("architecture {architecture:?} (general.architecture) is not supported: torchless runs \"llama\" files (Llama 1/2/3, Mistral, TinyLlama, SmolLM)")]
+    UnsupportedArchitecture {
+        /// The architecture the file names.
+        architecture: String,
+    },
+    /// A GGUF tensor of a ggml type the engine does not compute with.
+    #[error("tensor `{tensor}` has ggml type {ggml_type}, which torchless does not compute with (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)")]
+    UnsupportedTensorType {
+        /// The tensor's name in the file.
+        tensor: String,
+        /// Its ggml type.
+        ggml_type: String,
+    },
+    /// A GGUF tensor the model has no place for (its output would change without it).
+    #[error("tensor `{tensor}` has no place in a llama model: {reason}")]
+    UnexpectedTensor {
+        /// The tensor's name in the file.
+        tensor: String,
+        /// Why.
+        reason: String,
+    },
+    /// A model feature the engine does not implement (RoPE scaling, mixture of experts, ...).
+    #[error("{feature} is not supported")]
+    Unsupported {
+        /// The feature, with the metadata key or tensor that asks for it.
+        feature: String,
+    },
     /// The writer was used inconsistently (wrong order, wrong length, non-finite values to quantize).
     #[error("writer: {reason}")]
     Writer {

@@ -12,8 +12,13 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::error::{FormatError, FormatErrorKind};
+use crate::gguf::{self, GgufFile, GgufHeader, GgufValue};
 use crate::int4;
 use crate::quant::GROUP_SIZE;
+use crate::tensor::{
+    BlockView, DType, Int4View, Int8View, ScaleInfo, TensorData, TensorInfo, TensorRef,
+};
+use crate::tokenizer_data::{AddedTokenData, TokenizerData, TokenizerKind};
 
 /// Headers larger than this are refused before anything is read into memory.
 pub const MAX_HEADER_LEN: u64 = 1 << 30;
@@ -25,289 +30,6 @@ pub const ALIGNMENT: usize = 64;
 /// Page size: in-memory copies put the payload on a page boundary, and the writer aligns the
 /// payload and every int4 tensor to it in files that hold int4 tensors.
 pub(crate) const PAGE: usize = 4096;
-
-/// Storage type of a tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DType {
-    /// Little-endian IEEE float32.
-    F32,
-    /// int8 in groups of 64 with one f32 inverse scale per group.
-    Int8,
-    /// 4-bit codes in groups of 32 with one f16 scale per group (see [`crate::int4`]).
-    Int4,
-}
-
-impl DType {
-    /// The header string (`"f32"` or `"int8"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::Int8 => "int8",
-            DType::Int4 => "int4",
-        }
-    }
-
-    /// Bytes of the main data of `n_elements` values (int4: two per byte).
-    pub fn data_len(self, n_elements: usize) -> usize {
-        match self {
-            DType::F32 => n_elements * 4,
-            DType::Int8 => n_elements,
-            DType::Int4 => n_elements.div_ceil(2),
-        }
-    }
-
-    /// Values per scale, for the quantized types.
-    pub fn group_size(self) -> Option<usize> {
-        match self {
-            DType::F32 => None,
-            DType::Int8 => Some(GROUP_SIZE),
-            DType::Int4 => Some(int4::GROUP_SIZE),
-        }
-    }
-
-    /// Bytes of one stored scale (f32 inverse scales for int8, f16 scales for int4; 0 for f32).
-    pub fn scale_bytes(self) -> usize {
-        match self {
-            DType::F32 => 0,
-            DType::Int8 => 4,
-            DType::Int4 => 2,
-        }
-    }
-}
-
-impl std::fmt::Display for DType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where one tensor lives, checked against the file at open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorInfo {
-    /// Hugging Face tensor name.
-    pub name: String,
-    /// Storage type.
-    pub dtype: DType,
-    /// PyTorch shape, row-major.
-    pub shape: Vec<usize>,
-    /// Number of elements (product of the shape).
-    pub n_elements: usize,
-    /// Start of the data, in bytes from the payload start.
-    pub offset: usize,
-    /// For int8 and int4: start of the scales (bytes from the payload start) and their count.
-    pub scales: Option<ScaleInfo>,
-}
-
-/// Location of a quantized tensor's scales.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScaleInfo {
-    /// Start, in bytes from the payload start.
-    pub offset: usize,
-    /// Number of scales (int8: `ceil(n_elements / 64)` f32; int4: `n_elements / 32` f16).
-    pub count: usize,
-}
-
-impl TensorInfo {
-    /// Bytes of the main data (without scales).
-    pub fn data_len(&self) -> usize {
-        self.dtype.data_len(self.n_elements)
-    }
-
-    /// Bytes a reader touches to use this tensor once (data plus scales).
-    pub fn bytes_read(&self) -> usize {
-        self.data_len()
-            + self
-                .scales
-                .map_or(0, |s| s.count * self.dtype.scale_bytes())
-    }
-}
-
-/// An int8 tensor: quantized values and, per group of 64, the stored *inverse* scale.
-///
-/// Dequantize with `q / inv_scale` (see [`crate::quant::dequantize_into`]); multiplying by the stored
-/// value is the classic mistake this name is here to prevent.
-#[derive(Debug, Clone, Copy)]
-pub struct Int8View<'a> {
-    /// Quantized values, flattened row-major.
-    pub values: &'a [i8],
-    /// `127 / max|x|` of each group of 64 consecutive values.
-    pub inv_scales: &'a [f32],
-}
-
-impl Int8View<'_> {
-    /// The dequantized value at flat index `i` (`None` out of range).
-    pub fn get(&self, i: usize) -> Option<f32> {
-        let q = *self.values.get(i)?;
-        let inv_scale = *self.inv_scales.get(i / GROUP_SIZE)?;
-        Some(f32::from(q) / inv_scale)
-    }
-}
-
-/// An int4 tensor: packed 4-bit codes and one f16 scale per group of 32 (layout in
-/// [`crate::int4`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Int4View<'a> {
-    /// Codes, 16 bytes per group of 32 values (flattened row-major).
-    pub packed: &'a [u8],
-    /// IEEE half bits of each group's scale `d` (value = `d · (code − 8)`).
-    pub scales: &'a [u16],
-}
-
-impl Int4View<'_> {
-    /// The dequantized value at flat index `i` (`None` out of range).
-    pub fn get(&self, i: usize) -> Option<f32> {
-        let g = i / int4::GROUP_SIZE;
-        let group = self
-            .packed
-            .get(g * int4::GROUP_BYTES..(g + 1) * int4::GROUP_BYTES)?;
-        let d = crate::half::f16_to_f32(*self.scales.get(g)?);
-        Some(d * f32::from(int4::code_at(group, i % int4::GROUP_SIZE)))
-    }
-}
-
-/// Typed, zero-copy data of one tensor.
-#[derive(Debug, Clone, Copy)]
-pub enum TensorData<'a> {
-    /// float32 values, flattened row-major.
-    F32(&'a [f32]),
-    /// int8 values with inverse scales.
-    Int8(Int8View<'a>),
-    /// int4 codes with f16 scales.
-    Int4(Int4View<'a>),
-}
-
-/// A tensor's description and its data, borrowed from the mapped file.
-#[derive(Debug, Clone, Copy)]
-pub struct TensorRef<'a> {
-    /// Name, dtype, shape, location.
-    pub info: &'a TensorInfo,
-    /// The data.
-    pub data: TensorData<'a>,
-}
-
-impl<'a> TensorRef<'a> {
-    /// The f32 data, or `None` for a quantized tensor.
-    pub fn as_f32(&self) -> Option<&'a [f32]> {
-        match self.data {
-            TensorData::F32(values) => Some(values),
-            TensorData::Int8(_) | TensorData::Int4(_) => None,
-        }
-    }
-
-    /// Copies the tensor out as f32 (dequantizing int8 as `q / inv_scale`, int4 as `d · code`).
-    pub fn to_f32_vec(&self) -> Vec<f32> {
-        match self.data {
-            TensorData::F32(values) => values.to_vec(),
-            TensorData::Int8(view) => {
-                let mut out = vec![0.0; view.values.len()];
-                // Lengths were checked at open, so this cannot fail.
-                crate::quant::dequantize_into(view.values, view.inv_scales, &mut out);
-                out
-            }
-            TensorData::Int4(view) => {
-                let mut out = vec![0.0; view.packed.len() * 2];
-                // Lengths were checked at open, so this cannot fail.
-                int4::dequantize_into(view.packed, view.scales, &mut out);
-                out
-            }
-        }
-    }
-}
-
-/// Which tokenization algorithm the embedded vocabulary is for (metadata `tokenizer_kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenizerKind {
-    /// SentencePiece-style BPE over `▁`-joined text with `<0xNN>` byte fallback (Mistral,
-    /// Llama 2). The default when the metadata names none.
-    SentencePiece,
-    /// GPT-2-style byte-level BPE after a pre-tokenizer regex (Llama 3, SmolLM, ...).
-    ByteLevelBpe,
-}
-
-impl TokenizerKind {
-    /// The metadata string (`"sentencepiece"` or `"byte_level_bpe"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenizerKind::SentencePiece => "sentencepiece",
-            TokenizerKind::ByteLevelBpe => "byte_level_bpe",
-        }
-    }
-}
-
-/// A token added on top of the BPE vocabulary (`<|im_start|>`, `<|endoftext|>`, ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddedTokenData {
-    /// Its id.
-    pub id: u32,
-    /// Its text.
-    pub content: String,
-    /// A control token (matched in text only when asked, skipped when decoding).
-    pub special: bool,
-}
-
-/// The tokenizer's raw material: the vocabulary and merges embedded in the header, the added
-/// tokens, and the tokenizer settings kept in the metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenizerData {
-    /// Algorithm (metadata `tokenizer_kind`).
-    pub kind: TokenizerKind,
-    /// `(piece, id)` in header order.
-    pub vocab: Vec<(String, u32)>,
-    /// Merges as `"left right"`, highest priority first.
-    pub merges: Vec<String>,
-    /// Added tokens (header `tokenizer.added_tokens`; none in the original exporter's files).
-    pub added_tokens: Vec<AddedTokenData>,
-    /// Pre-tokenizer of a byte-level tokenizer, by llama.cpp's name (`"smollm"`, `"llama-bpe"`,
-    /// `"gpt2"`; metadata `tokenizer_pre`).
-    pub pretokenizer: Option<String>,
-    /// Beginning-of-sequence id (metadata `bos_token_id`), if the file names one.
-    pub bos_id: Option<u32>,
-    /// End-of-sequence id (metadata `eos_token_id`), if the file names one.
-    pub eos_id: Option<u32>,
-    /// Whether prompts start with BOS (metadata `add_bos_token`), if the file says.
-    pub add_bos: Option<bool>,
-}
-
-impl TokenizerData {
-    /// A SentencePiece vocabulary with nothing else set: what the original exporter embeds.
-    pub fn sentencepiece(vocab: Vec<(String, u32)>, merges: Vec<String>) -> Self {
-        Self {
-            kind: TokenizerKind::SentencePiece,
-            vocab,
-            merges,
-            added_tokens: Vec::new(),
-            pretokenizer: None,
-            bos_id: None,
-            eos_id: None,
-            add_bos: None,
-        }
-    }
-
-    /// The metadata entries that carry this tokenizer's settings (none for a plain
-    /// SentencePiece vocabulary, so such files stay byte-identical to the exporter's).
-    pub fn metadata_entries(&self) -> Vec<(String, String)> {
-        let mut entries = Vec::new();
-        if self.kind != TokenizerKind::SentencePiece {
-            entries.push(("tokenizer_kind", self.kind.as_str().to_string()));
-        }
-        if let Some(pre) = &self.pretokenizer {
-            entries.push(("tokenizer_pre", pre.clone()));
-        }
-        if let Some(id) = self.bos_id {
-            entries.push(("bos_token_id", id.to_string()));
-        }
-        if let Some(id) = self.eos_id {
-            entries.push(("eos_token_id", id.to_string()));
-        }
-        if let Some(add) = self.add_bos {
-            entries.push(("add_bos_token", add.to_string()));
-        }
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
-    }
-}
 
 /// Whether to bring a tensor's pages in or give them back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,11 +44,47 @@ pub enum Residency {
     DontNeed,
 }
 
-/// An opened torchless model file.
+/// Which kind of file a [`ModelFile`] was opened from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// A torchless model file.
+    Torchless,
+    /// A llama.cpp GGUF file, its tensors used at their own ggml types.
+    Gguf {
+        /// The GGUF version (2 or 3).
+        version: u32,
+    },
+}
+
+/// What is specific to the kind of file.
+#[derive(Debug)]
+enum Source {
+    /// Byte range of the tokenizer JSON inside the file, if the header has one.
+    Torchless { tokenizer_range: Option<(usize, usize)> },
+    Gguf(Box<GgufSource>),
+}
+
+/// A GGUF file opened as a model: its parsed header and how its tensors are named.
+#[derive(Debug)]
+struct GgufSource {
+    header: GgufHeader,
+    /// Hugging Face name → the name in the file.
+    stored_names: BTreeMap<String, String>,
+}
+
+/// An opened model file: a torchless model file or a llama.cpp GGUF file (detected by its magic).
 ///
 /// Opening maps the file and checks the header, every tensor's bounds, alignment and scale count
 /// once; afterwards views are handed out without copying. The embedded tokenizer is parsed only
 /// when [`ModelFile::tokenizer_data`] is called.
+///
+/// A GGUF file (v2/v3, architecture `llama`) is read as the same model: its configuration comes
+/// from the `llama.*` metadata (with [`RopeLayout::Adjacent`](crate::RopeLayout::Adjacent): its
+/// query and key rows are llama.cpp's permutation), its tensors take their Hugging Face names
+/// (`blk.0.attn_q.weight` is `model.layers.0.self_attn.q_proj.weight`) and keep their ggml types
+/// ([`DType::Blocks`]; F32 tensors are `&[f32]`), its tokenizer comes from `tokenizer.ggml.*`.
+/// Every key is type-checked and every tensor checked against the configuration at open; errors
+/// name the key or the tensor as the file spells it.
 #[derive(Debug)]
 pub struct ModelFile {
     source_name: String,
@@ -341,8 +99,7 @@ pub struct ModelFile {
     metadata: BTreeMap<String, String>,
     config: Config,
     tensors: BTreeMap<String, TensorInfo>,
-    /// Byte range of the tokenizer JSON inside the file, if the header has one.
-    tokenizer_range: Option<(usize, usize)>,
+    source: Source,
 }
 
 #[derive(Deserialize)]
@@ -471,10 +228,16 @@ impl ModelFile {
                 len: bytes.len() as u64,
             }));
         }
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&bytes[..8]);
-        // Only where the payload would start matters here (validation follows in `copy_in`).
-        let payload_start = (u64::from_le_bytes(prefix) % PAGE as u64) as usize + 8;
+        let payload_start = if bytes.starts_with(GGUF_MAGIC) {
+            GgufHeader::parse(bytes)
+                .map_err(|kind| err(kind.into()))?
+                .data_start
+        } else {
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&bytes[..8]);
+            // Only where the payload would start matters here (validation follows in `copy_in`).
+            (u64::from_le_bytes(prefix) % PAGE as u64) as usize + 8
+        };
         Self::copy_in(source_name, bytes.len(), payload_start, |buffer| {
             buffer.copy_from_slice(bytes);
             Ok(())
@@ -505,10 +268,43 @@ impl ModelFile {
         Ok(model)
     }
 
+    /// Validates the GGUF file whose bytes are `mmap[lead..]`.
+    fn from_gguf_mmap(mmap: Mmap, lead: usize, source_name: String) -> Result<Self, FormatError> {
+        let err = |kind| FormatError::new(source_name.clone(), kind);
+        let bytes: &[u8] = mmap.get(lead..).unwrap_or_default();
+        let header = GgufHeader::parse(bytes).map_err(|kind| err(kind.into()))?;
+        let model = gguf::model::open_model(&header).map_err(err)?;
+        // Type-checked once here, so `chat_template` cannot fail later.
+        gguf::model::chat_template(&header).map_err(err)?;
+        let metadata = header
+            .metadata
+            .iter()
+            .map(|(key, value)| (key.clone(), metadata_text(value)))
+            .collect();
+        Ok(Self {
+            source_name,
+            path: None,
+            in_memory: false,
+            mmap,
+            lead,
+            payload_start: header.data_start,
+            metadata,
+            config: model.config,
+            tensors: model.tensors,
+            source: Source::Gguf(Box::new(GgufSource {
+                header,
+                stored_names: model.stored_names,
+            })),
+        })
+    }
+
     /// Validates the file whose bytes are `mmap[lead..]`.
     fn from_mmap(mmap: Mmap, lead: usize, source_name: String) -> Result<Self, FormatError> {
         let err = |kind| FormatError::new(source_name.clone(), kind);
         let bytes: &[u8] = mmap.get(lead..).unwrap_or_default();
+        if bytes.starts_with(GGUF_MAGIC) {
+            return Self::from_gguf_mmap(mmap, lead, source_name);
+        }
         let file_len = bytes.len() as u64;
         let Some(prefix) = bytes.get(..8) else {
             return Err(err(FormatErrorKind::TooShort { len: file_len }));
@@ -578,8 +374,37 @@ impl ModelFile {
             metadata,
             config,
             tensors,
-            tokenizer_range,
+            source: Source::Torchless { tokenizer_range },
         })
+    }
+
+    /// Which kind of file this is.
+    pub fn format(&self) -> FileFormat {
+        match &self.source {
+            Source::Torchless { .. } => FileFormat::Torchless,
+            Source::Gguf(gguf) => FileFormat::Gguf {
+                version: gguf.header.version,
+            },
+        }
+    }
+
+    /// The name tensor `name` (a Hugging Face name, as [`tensor`](Self::tensor) takes) has in
+    /// the file: `blk.0.attn_q.weight` for `model.layers.0.self_attn.q_proj.weight` in a GGUF
+    /// file, `name` itself in a torchless file.
+    pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
+        match &self.source {
+            Source::Gguf(gguf) => gguf.stored_names.get(name).map_or(name, String::as_str),
+            Source::Torchless { .. } => name,
+        }
+    }
+
+    /// A GGUF file's metadata, typed and in file order (`None` for a torchless file, whose
+    /// metadata is [`metadata`](Self::metadata)).
+    pub fn gguf_metadata(&self) -> Option<&[(String, GgufValue)]> {
+        match &self.source {
+            Source::Gguf(gguf) => Some(&gguf.header.metadata),
+            Source::Torchless { .. } => None,
+        }
     }
 
     fn error(&self, kind: FormatErrorKind) -> FormatError {
@@ -670,6 +495,7 @@ impl ModelFile {
                     })?,
                 })
             }
+            (DType::Blocks(format), _) => TensorData::Blocks(BlockView { format, data }),
             (DType::Int8 | DType::Int4, None) => {
                 return Err(self.error(FormatErrorKind::BadScales {
                     tensor: name.into(),
@@ -729,12 +555,19 @@ impl ModelFile {
         Ok(())
     }
 
-    /// Parses the vocabulary and merges embedded in the header.
+    /// Parses the vocabulary and merges embedded in the header (a GGUF file: the
+    /// `tokenizer.ggml.*` metadata, one piece per embedding row).
     pub fn tokenizer_data(&self) -> Result<TokenizerData, FormatError> {
         let bad = |reason: String| self.error(FormatErrorKind::BadTokenizer { reason });
-        let (start, end) = self
-            .tokenizer_range
-            .ok_or_else(|| bad("the header has no `tokenizer` entry".into()))?;
+        let tokenizer_range = match &self.source {
+            Source::Torchless { tokenizer_range } => *tokenizer_range,
+            Source::Gguf(gguf) => {
+                return gguf::model::tokenizer_data(&gguf.header, Some(self.config.vocab_size))
+                    .map_err(|kind| self.error(kind))
+            }
+        };
+        let (start, end) =
+            tokenizer_range.ok_or_else(|| bad("the header has no `tokenizer` entry".into()))?;
         // The range was cut from a validated UTF-8 string at open.
         let text =
             std::str::from_utf8(&self.bytes()[start..end]).map_err(|e| bad(e.to_string()))?;
@@ -823,13 +656,23 @@ impl ModelFile {
             bos_id: id("bos_token_id")?,
             eos_id: id("eos_token_id")?,
             add_bos,
+            scores: Vec::new(),
+            token_types: Vec::new(),
+            unk_id: None,
+            add_space_prefix: None,
         })
     }
 
     /// The chat template the file carries (metadata `chat_template`: the model's Jinja source,
-    /// as in its `tokenizer_config.json` or GGUF `tokenizer.chat_template`).
+    /// as in its `tokenizer_config.json`; a GGUF file's `tokenizer.chat_template`).
     pub fn chat_template(&self) -> Option<&str> {
-        self.metadata.get("chat_template").map(String::as_str)
+        match &self.source {
+            Source::Gguf(gguf) => gguf
+                .header
+                .get("tokenizer.chat_template")
+                .and_then(GgufValue::as_str),
+            Source::Torchless { .. } => self.metadata.get("chat_template").map(String::as_str),
+        }
     }
 
     /// Brings a tensor's pages in, or gives them back, over its byte range (data and scales).
@@ -999,6 +842,7 @@ impl ModelFile {
                     .iter()
                     .filter(|&&s| !crate::half::f16_to_f32(s).is_finite())
                     .count(),
+                TensorData::Blocks(view) => non_finite_blocks(view),
             };
             if bad > 0 {
                 found.push((name.clone(), bad));
@@ -1006,6 +850,86 @@ impl ModelFile {
         }
         Ok(found)
     }
+}
+
+/// The four bytes a GGUF file starts with. (A torchless file cannot: read as its header length,
+/// they are more than [`MAX_HEADER_LEN`].)
+const GGUF_MAGIC: &[u8] = b"GGUF";
+
+/// Counts the non-finite values of ggml blocks, dequantizing 256 blocks at a time.
+fn non_finite_blocks(view: BlockView<'_>) -> usize {
+    const BLOCKS: usize = 256;
+    let (values, bytes) = (view.format.block_values(), view.format.block_bytes());
+    let mut buffer = vec![0.0f32; BLOCKS * values];
+    view.data
+        .chunks(BLOCKS * bytes)
+        .map(|chunk| {
+            let out = &mut buffer[..chunk.len() / bytes * values];
+            let chunk = BlockView {
+                format: view.format,
+                data: chunk,
+            };
+            if chunk.dequantize_into(out) {
+                out.iter().filter(|x| !x.is_finite()).count()
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+/// A GGUF metadata value as text ([`ModelFile::metadata`] of a GGUF file): strings as they are,
+/// numbers and booleans printed, arrays summarized (`[32000 × STRING]`).
+fn metadata_text(value: &GgufValue) -> String {
+    match value {
+        GgufValue::String(s) => s.clone(),
+        GgufValue::Array(a) => format!("[{} × {}]", a.len(), a.element_type_name()),
+        GgufValue::Bool(b) => b.to_string(),
+        GgufValue::F32(x) => x.to_string(),
+        GgufValue::F64(x) => x.to_string(),
+        other => other
+            .as_i64()
+            .map_or_else(|| format!("{other:?}"), |v| v.to_string()),
+    }
+}
+
+/// The tokenizer of a model file, without checking its weights: a torchless file's embedded one,
+/// or a GGUF file's `tokenizer.ggml.*` metadata, including a vocabulary-only GGUF (no tensors,
+/// as `convert_hf_to_gguf.py --vocab-only` writes). When the GGUF has a `token_embd.weight`, its
+/// vocabulary must have one piece per row.
+pub fn read_tokenizer_data(path: impl AsRef<Path>) -> Result<TokenizerData, FormatError> {
+    let path = path.as_ref();
+    let mut magic = [0u8; 4];
+    let is_gguf = File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *GGUF_MAGIC;
+    if !is_gguf {
+        return ModelFile::open(path)?.tokenizer_data();
+    }
+    let file = GgufFile::open(path)
+        .map_err(|e| FormatError::new(e.source_name().to_string(), gguf_kind(e)))?;
+    let err = |kind| FormatError::new(file.source_name().to_string(), kind);
+    let rows = match file.tensor("token_embd.weight").map(|t| t.dims()) {
+        None => None,
+        Some([_, rows]) => Some(usize::try_from(*rows).unwrap_or(usize::MAX)),
+        Some(_) => {
+            return Err(err(FormatErrorKind::WrongShape {
+                tensor: "token_embd.weight".into(),
+                expected: vec![0, 0],
+                found: file
+                    .tensor("token_embd.weight")
+                    .map(|t| t.shape_rows_major())
+                    .unwrap_or_default(),
+            }))
+        }
+    };
+    gguf::model::tokenizer_data(file.header(), rows).map_err(err)
+}
+
+/// The kind of a GGUF reader error, as a format error's.
+fn gguf_kind(e: gguf::GgufError) -> FormatErrorKind {
+    e.into_kind().into()
 }
 
 /// Asks the kernel to drop a file's clean pages from the page cache (Linux; elsewhere a no-op).
@@ -1084,10 +1008,14 @@ fn check_tensor(
             }
             n_elements / 2
         }
+        // Not named by torchless headers (only GGUF files hold blocks).
+        DType::Blocks(format) => {
+            n_elements / format.block_values() as u64 * format.block_bytes() as u64
+        }
     };
     let align = match dtype {
         DType::F32 => 4,
-        DType::Int8 | DType::Int4 => 1,
+        DType::Int8 | DType::Int4 | DType::Blocks(_) => 1,
     };
     check_range(
         name,
@@ -1100,7 +1028,7 @@ fn check_tensor(
     )?;
 
     let scales = match dtype {
-        DType::F32 => None,
+        DType::F32 | DType::Blocks(_) => None,
         DType::Int8 | DType::Int4 => {
             let group = dtype.group_size().unwrap_or(GROUP_SIZE) as u64;
             let size = dtype.scale_bytes() as u64;

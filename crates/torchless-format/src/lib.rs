@@ -1,5 +1,8 @@
 //! The torchless model file: read it (memory-mapped, zero-copy, validated once at open) and write it
-//! (streaming, tensor by tensor, with the original exporter's exact int8 quantization).
+//! (streaming, tensor by tensor, with the original exporter's exact int8 quantization). A
+//! llama.cpp GGUF file opens the same way ([`ModelFile::open`] detects it by its magic): its
+//! configuration comes from the `llama.*` metadata, its tensors take the model's names and keep
+//! their own types ([`DType::Blocks`]), used in place.
 //!
 //! Layout: `[u64 LE: N][N bytes: JSON header, NUL-padded][payload]`. The payload starts at `8 + N`
 //! (a multiple of 64) and every tensor offset in the header is relative to it. The header holds
@@ -15,6 +18,7 @@
 //!     TensorData::F32(values) => println!("f32, {} values", values.len()),
 //!     TensorData::Int8(view) => println!("int8, first = {:?}", view.get(0)),
 //!     TensorData::Int4(view) => println!("int4, first = {:?}", view.get(0)),
+//!     TensorData::Blocks(view) => println!("{} blocks, first = {:?}", view.format, view.get(0)),
 //! }
 //! # Ok::<(), torchless_format::FormatError>(())
 //! ```
@@ -30,16 +34,21 @@ pub mod gguf;
 pub mod half;
 pub mod int4;
 pub mod quant;
+mod tensor;
+mod tokenizer_data;
 mod writer;
 
 pub use config::{
     layer_tensor_name, python_float_str, Activation, Architecture, Config, ExpectedTensor,
-    QuantKind, KNOWN_METADATA_KEYS,
+    QuantKind, RopeLayout, KNOWN_METADATA_KEYS,
 };
 pub use error::{FormatError, FormatErrorKind};
 pub use file::{
-    evict_from_page_cache, AddedTokenData, DType, Int4View, Int8View, JsonEntries, ModelFile,
-    Residency, ScaleInfo, TensorData, TensorInfo, TensorRef, TokenizerData, TokenizerKind,
+    evict_from_page_cache, read_tokenizer_data, FileFormat, JsonEntries, ModelFile, Residency,
     ALIGNMENT, MAX_HEADER_LEN,
 };
+pub use tensor::{
+    BlockView, DType, Int4View, Int8View, ScaleInfo, TensorData, TensorInfo, TensorRef,
+};
+pub use tokenizer_data::{AddedTokenData, TokenizerData, TokenizerKind};
 pub use writer::{ModelWriter, TensorSpec};

@@ -6,7 +6,9 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::error::{FormatError, FormatErrorKind};
-use crate::file::{DType, TokenizerData, ALIGNMENT, PAGE};
+use crate::file::{ALIGNMENT, PAGE};
+use crate::tensor::DType;
+use crate::tokenizer_data::TokenizerData;
 use crate::int4::{self, Int4Method};
 use crate::quant::{quantize_group, GROUP_SIZE};
 
@@ -128,6 +130,12 @@ impl<W: Write> ModelWriter<W> {
             {
                 return Err(err(format!("tensor `{}` is listed twice", spec.name)));
             }
+            if let DType::Blocks(format) = spec.dtype {
+                return Err(err(format!(
+                    "tensor `{}`: a torchless file holds f32, int8 and int4 tensors, not ggml {format} blocks",
+                    spec.name
+                )));
+            }
             let n_elements = spec
                 .shape
                 .iter()
@@ -246,6 +254,8 @@ impl<W: Write> ModelWriter<W> {
                 self.write_bytes(bytes)
             }
             DType::Int8 | DType::Int4 => self.push_groups(&mut current, values, &name),
+            // Refused by `new`.
+            DType::Blocks(_) => Err(self.error(format!("tensor `{name}` cannot be written"))),
         };
         current.written += values.len();
         self.current = Some(current);
@@ -453,7 +463,7 @@ impl<W: Write> ModelWriter<W> {
             self.quantize_and_write(&mut current, &group, &name)?;
         }
         match dtype {
-            DType::F32 => {}
+            DType::F32 | DType::Blocks(_) => {}
             DType::Int8 => {
                 self.pad_to(scale_offset)?;
                 let bytes: &[u8] = bytemuck::cast_slice(&current.inv_scales);

@@ -112,6 +112,7 @@ fn int8_tensors_are_the_exporters_quantization_of_the_checkpoint() {
                 }
             }
             TensorData::Int4(_) => panic!("{name}: the int8 fixture has no int4 tensor"),
+            TensorData::Blocks(_) => panic!("{name}: the int8 fixture has no ggml blocks"),
             TensorData::F32(data) => {
                 assert!(!name.contains("_proj"), "{name} should be int8");
                 assert_eq!(data, values.as_slice());

@@ -84,6 +84,7 @@ fn int4_tensors_round_trip_within_one_step() {
                 }
                 TensorData::F32(values) => assert_eq!(values, original.as_slice()),
                 TensorData::Int8(_) => panic!("no int8 written"),
+                TensorData::Blocks(_) => panic!("no ggml blocks written"),
             }
         }
         assert!(n_int4 >= 4, "{n_int4} int4 tensors");

@@ -16,6 +16,11 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16_to_f32(le16(b, i))
 }
 
+/// Dequantizes whole blocks of `format` into `out` (`out.len()` values).
+pub(crate) fn dequantize_blocks(format: super::BlockFormat, data: &[u8], out: &mut [f32]) {
+    dequantize(format.ggml_type(), data, out);
+}
+
 /// Dequantizes `data` (whole blocks of `ty`) into `out`; `out.len()` is the number of values
 /// `data` holds. The caller has checked the sizes and that `ty` is supported.
 pub(crate) fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
@@ -61,6 +66,31 @@ pub(crate) fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                 for j in 0..16 {
                     o[j] = d * f32::from(qs[j] & 0x0f) + m;
                     o[j + 16] = d * f32::from(qs[j] >> 4) + m;
+                }
+            }
+        }
+        GgmlType::Q5_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(22)) {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let qs = &b[6..22];
+                for (i, o) in o.iter_mut().enumerate() {
+                    let lo = (qs[i % 16] >> (4 * (i / 16))) & 0x0f;
+                    let hi = ((qh >> i) & 1) as u8;
+                    *o = d * f32::from((lo | (hi << 4)) as i8 - 16);
+                }
+            }
+        }
+        GgmlType::Q5_1 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(24)) {
+                let d = f16_at(b, 0);
+                let m = f16_at(b, 2);
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let qs = &b[8..24];
+                for (i, o) in o.iter_mut().enumerate() {
+                    let lo = (qs[i % 16] >> (4 * (i / 16))) & 0x0f;
+                    let hi = ((qh >> i) & 1) as u8;
+                    *o = d * f32::from(lo | (hi << 4)) + m;
                 }
             }
         }

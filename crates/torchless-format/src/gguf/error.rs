@@ -26,6 +26,11 @@ impl GgufError {
     pub fn source_name(&self) -> &str {
         &self.source_name
     }
+
+    /// What was wrong, taken out of the error.
+    pub fn into_kind(self) -> GgufErrorKind {
+        self.kind
+    }
 }
 
 impl fmt::Display for GgufError {
@@ -226,7 +231,7 @@ pub enum GgufErrorKind {
         name: String,
     },
     /// A tensor of a type this reader cannot dequantize.
-    #[error("tensor `{tensor}` has ggml type {ggml_type}, which cannot be dequantized (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)")]
+    #[error("tensor `{tensor}` has ggml type {ggml_type}, which cannot be dequantized (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)")]
     UnsupportedType {
         /// Tensor name.
         tensor: String,

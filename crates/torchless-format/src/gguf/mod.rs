@@ -22,9 +22,12 @@
 
 mod dequant;
 mod error;
+pub(crate) mod model;
 mod reader;
 mod types;
 
+pub(crate) use dequant::dequantize_blocks;
 pub use error::{GgufError, GgufErrorKind};
+pub(crate) use reader::GgufHeader;
 pub use reader::{GgufFile, GgufTensorInfo, DEFAULT_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS};
-pub use types::{GgmlType, GgufArray, GgufValue};
+pub use types::{BlockFormat, GgmlType, GgufArray, GgufValue};

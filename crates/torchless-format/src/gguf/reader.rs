@@ -100,23 +100,17 @@ impl GgufTensorInfo {
 pub struct GgufFile {
     storage: Storage,
     source_name: String,
-    version: u32,
-    metadata: Vec<(String, GgufValue)>,
-    index: HashMap<String, usize>,
-    tensors: Vec<GgufTensorInfo>,
-    tensor_index: HashMap<String, usize>,
-    alignment: u64,
-    data_start: usize,
+    header: GgufHeader,
 }
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufFile")
             .field("source", &self.source_name)
-            .field("version", &self.version)
-            .field("metadata", &self.metadata.len())
-            .field("tensors", &self.tensors.len())
-            .field("alignment", &self.alignment)
+            .field("version", &self.header.version)
+            .field("metadata", &self.header.metadata.len())
+            .field("tensors", &self.header.tensors.len())
+            .field("alignment", &self.header.alignment)
             .finish()
     }
 }
@@ -147,23 +141,18 @@ impl GgufFile {
     }
 
     fn parse(storage: Storage, source_name: String) -> Result<Self, GgufError> {
-        let parsed = Parser {
-            bytes: storage.bytes(),
-            pos: 0,
-        }
-        .parse()
-        .map_err(|kind| GgufError::new(source_name.clone(), kind))?;
+        let header = GgufHeader::parse(storage.bytes())
+            .map_err(|kind| GgufError::new(source_name.clone(), kind))?;
         Ok(Self {
             storage,
             source_name,
-            version: parsed.version,
-            metadata: parsed.metadata,
-            index: parsed.index,
-            tensors: parsed.tensors,
-            tensor_index: parsed.tensor_index,
-            alignment: parsed.alignment,
-            data_start: parsed.data_start,
+            header,
         })
+    }
+
+    /// The parsed header (metadata and tensor table).
+    pub(crate) fn header(&self) -> &GgufHeader {
+        &self.header
     }
 
     fn err(&self, kind: GgufErrorKind) -> GgufError {
@@ -177,17 +166,17 @@ impl GgufFile {
 
     /// The GGUF version (2 or 3).
     pub fn version(&self) -> u32 {
-        self.version
+        self.header.version
     }
 
     /// The alignment of the data section and tensor offsets (`general.alignment`, default 32).
     pub fn alignment(&self) -> u64 {
-        self.alignment
+        self.header.alignment
     }
 
     /// File offset of the data section.
     pub fn data_start(&self) -> u64 {
-        self.data_start as u64
+        self.header.data_start as u64
     }
 
     /// File length in bytes.
@@ -197,22 +186,22 @@ impl GgufFile {
 
     /// Every metadata key and value, in file order.
     pub fn metadata(&self) -> &[(String, GgufValue)] {
-        &self.metadata
+        &self.header.metadata
     }
 
     /// The value of metadata key `key`.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
-        self.index.get(key).map(|&i| &self.metadata[i].1)
+        self.header.get(key)
     }
 
     /// Every tensor's info, in file order.
     pub fn tensors(&self) -> &[GgufTensorInfo] {
-        &self.tensors
+        &self.header.tensors
     }
 
     /// The info of tensor `name`.
     pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
-        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+        self.header.tensor(name)
     }
 
     fn info(&self, name: &str) -> Result<&GgufTensorInfo, GgufError> {
@@ -231,7 +220,7 @@ impl GgufFile {
 
     fn data_of(&self, info: &GgufTensorInfo) -> &[u8] {
         // In bounds: checked at open.
-        let start = self.data_start + info.offset as usize;
+        let start = self.header.data_start + info.offset as usize;
         &self.storage.bytes()[start..start + info.byte_size as usize]
     }
 
@@ -299,15 +288,37 @@ impl GgufFile {
     }
 }
 
-/// What parsing produces.
-struct Parsed {
-    version: u32,
-    metadata: Vec<(String, GgufValue)>,
+/// A parsed and validated GGUF header: version, metadata, tensor table, where the data starts.
+/// Holds no bytes of the file: [`GgufFile`] and a GGUF [`ModelFile`](crate::ModelFile) keep
+/// theirs each in their own way.
+#[derive(Debug)]
+pub(crate) struct GgufHeader {
+    pub(crate) version: u32,
+    pub(crate) metadata: Vec<(String, GgufValue)>,
     index: HashMap<String, usize>,
-    tensors: Vec<GgufTensorInfo>,
+    pub(crate) tensors: Vec<GgufTensorInfo>,
     tensor_index: HashMap<String, usize>,
-    alignment: u64,
-    data_start: usize,
+    pub(crate) alignment: u64,
+    /// File offset of the data section.
+    pub(crate) data_start: usize,
+}
+
+impl GgufHeader {
+    /// Parses and validates the header of the GGUF file whose bytes are `bytes` (every tensor
+    /// is checked to lie inside them).
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, GgufErrorKind> {
+        Parser { bytes, pos: 0 }.parse()
+    }
+
+    /// The value of metadata key `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.index.get(key).map(|&i| &self.metadata[i].1)
+    }
+
+    /// The info of tensor `name`.
+    pub(crate) fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
 }
 
 struct Parser<'a> {
@@ -397,7 +408,7 @@ impl<'a> Parser<'a> {
         Ok(count as usize)
     }
 
-    fn parse(mut self) -> Res<Parsed> {
+    fn parse(mut self) -> Res<GgufHeader> {
         let file_len = self.bytes.len() as u64;
         let magic = self.bytes.get(..4).unwrap_or(self.bytes);
         if magic != b"GGUF" {
@@ -557,7 +568,7 @@ impl<'a> Parser<'a> {
             }
         }
 
-        Ok(Parsed {
+        Ok(GgufHeader {
             version,
             metadata,
             index,

@@ -177,6 +177,8 @@ impl GgmlType {
                 | GgmlType::Q8_0
                 | GgmlType::Q4_0
                 | GgmlType::Q4_1
+                | GgmlType::Q5_0
+                | GgmlType::Q5_1
                 | GgmlType::Q4_K
                 | GgmlType::Q5_K
                 | GgmlType::Q6_K
@@ -185,6 +187,112 @@ impl GgmlType {
 }
 
 impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The ggml block formats torchless computes with in place (besides F32): what a GGUF tensor of
+/// these types is when opened as a model ([`DType::Blocks`](crate::DType::Blocks)). Every other
+/// ggml type (Q2_K, Q3_K, the IQ types, ...) is refused by name when a model is opened.
+///
+/// A row of a `[rows, cols]` matrix is `cols / block_values` consecutive blocks of
+/// `block_bytes` each (rows are whole blocks, checked at open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum BlockFormat {
+    /// IEEE binary16 values.
+    F16,
+    /// bfloat16 values (the upper half of an f32).
+    BF16,
+    /// 32 values: f16 scale `d`, 32 int8 `q`; value `d·q`.
+    Q8_0,
+    /// 32 values: f16 scale `d`, 16 bytes of 4-bit codes `u`; value `d·(u − 8)`.
+    Q4_0,
+    /// 32 values: f16 scale `d` and minimum `m`, 16 bytes of codes `u`; value `d·u + m`.
+    Q4_1,
+    /// 32 values: f16 `d`, 4 bytes of fifth bits, 16 bytes of low nibbles; value `d·(u − 16)`.
+    Q5_0,
+    /// 32 values: f16 `d` and `m`, 4 bytes of fifth bits, 16 bytes of low nibbles; `d·u + m`.
+    Q5_1,
+    /// 256 values in 8 sub-blocks of 32 with 6-bit scales and minimums, 4-bit codes.
+    Q4_K,
+    /// 256 values in 8 sub-blocks of 32 with 6-bit scales and minimums, 5-bit codes.
+    Q5_K,
+    /// 256 values in 16 sub-blocks of 16 with int8 scales, 6-bit codes.
+    Q6_K,
+}
+
+impl BlockFormat {
+    /// Every block format, in ggml id order.
+    pub const ALL: [BlockFormat; 10] = [
+        BlockFormat::F16,
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q5_1,
+        BlockFormat::Q8_0,
+        BlockFormat::Q4_K,
+        BlockFormat::Q5_K,
+        BlockFormat::Q6_K,
+        BlockFormat::BF16,
+    ];
+
+    /// The block format of ggml type `ty`, if torchless computes with it in place.
+    pub fn from_ggml(ty: GgmlType) -> Option<Self> {
+        Some(match ty {
+            GgmlType::F16 => BlockFormat::F16,
+            GgmlType::BF16 => BlockFormat::BF16,
+            GgmlType::Q8_0 => BlockFormat::Q8_0,
+            GgmlType::Q4_0 => BlockFormat::Q4_0,
+            GgmlType::Q4_1 => BlockFormat::Q4_1,
+            GgmlType::Q5_0 => BlockFormat::Q5_0,
+            GgmlType::Q5_1 => BlockFormat::Q5_1,
+            GgmlType::Q4_K => BlockFormat::Q4_K,
+            GgmlType::Q5_K => BlockFormat::Q5_K,
+            GgmlType::Q6_K => BlockFormat::Q6_K,
+            _ => return None,
+        })
+    }
+
+    /// The ggml type.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            BlockFormat::F16 => GgmlType::F16,
+            BlockFormat::BF16 => GgmlType::BF16,
+            BlockFormat::Q8_0 => GgmlType::Q8_0,
+            BlockFormat::Q4_0 => GgmlType::Q4_0,
+            BlockFormat::Q4_1 => GgmlType::Q4_1,
+            BlockFormat::Q5_0 => GgmlType::Q5_0,
+            BlockFormat::Q5_1 => GgmlType::Q5_1,
+            BlockFormat::Q4_K => GgmlType::Q4_K,
+            BlockFormat::Q5_K => GgmlType::Q5_K,
+            BlockFormat::Q6_K => GgmlType::Q6_K,
+        }
+    }
+
+    /// The name ggml uses (`Q4_K`, `BF16`, ...).
+    pub fn name(self) -> &'static str {
+        self.ggml_type().name()
+    }
+
+    /// Values per block (1 for F16 and BF16).
+    pub fn block_values(self) -> usize {
+        self.ggml_type().block_size() as usize
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        self.ggml_type().type_size() as usize
+    }
+
+    /// Bytes of `n_values` values (a multiple of [`block_values`](Self::block_values)).
+    pub fn data_len(self, n_values: usize) -> usize {
+        n_values / self.block_values() * self.block_bytes()
+    }
+}
+
+impl fmt::Display for BlockFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -442,5 +550,23 @@ mod tests {
         assert_eq!(GgmlType::Q6_K.type_size(), 210);
         assert_eq!(GgmlType::Q5_K.type_size(), 176);
         assert_eq!(GgmlType::Q4_K.type_size(), 144);
+    }
+
+    #[test]
+    fn block_formats_round_trip_and_have_ggml_sizes() {
+        for f in BlockFormat::ALL {
+            assert_eq!(BlockFormat::from_ggml(f.ggml_type()), Some(f));
+            assert!(f.ggml_type().can_dequantize(), "{f}");
+        }
+        let sizes: Vec<(usize, usize)> = BlockFormat::ALL
+            .iter()
+            .map(|f| (f.block_values(), f.block_bytes()))
+            .collect();
+        assert_eq!(
+            sizes,
+            [(1, 2), (32, 18), (32, 20), (32, 22), (32, 24), (32, 34), (256, 144), (256, 176), (256, 210), (1, 2)]
+        );
+        assert_eq!(BlockFormat::from_ggml(GgmlType::Q3_K), None);
+        assert_eq!(BlockFormat::from_ggml(GgmlType::F32), None);
     }
 }

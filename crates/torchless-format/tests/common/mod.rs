@@ -53,3 +53,4 @@ pub fn join(header: &serde_json::Value, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(payload);
     out
 }
+pub mod gguf_writer;
