@@ -19,7 +19,7 @@ use crate::encode::{merge, PairTable, Scratch};
 use crate::error::TokenizerError;
 use crate::hash::PairBuildHasher;
 use crate::options::{AddedToken, ByteLevelBpe, Pretokenizer};
-use crate::special::SpecialMatcher;
+use crate::special::{Partition, SpecialMatcher};
 use crate::vocab::{merge_display, place_pieces, split_merge, PieceIds, TokenKind, NONE};
 
 /// GPT-2's split: contractions, letters, numbers, other symbols, each optionally after one
@@ -31,47 +31,186 @@ const GPT2_PATTERN: &str =
 /// newlines kept with the symbols before them.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Llama 3's split as llama.cpp writes it (`llama-vocab.cpp`, and its hand-written splitter in
+/// `unicode.cpp`): the contractions' case spelled out, so `'ſ` (long s, which case-folds to
+/// `s`) is not one.
+const LLAMA3_LLAMA_CPP_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen 2's split as llama.cpp writes it: Llama 3's with single number characters.
+const QWEN2_PATTERN: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Tekken's split as llama.cpp writes it: `((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+` is
+/// a run of letters other than `a`-`z` then a run of letters other than `A`-`Z` (written here
+/// as class intersections, which match the same). Unlike the original regex (`[\p{Lu}\p{Lt}
+/// \p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+`), combining marks are not letters and only
+/// ASCII case counts.
+const TEKKEN_PATTERN: &str = r"[^\r\n\p{L}\p{N}]?[\p{L}&&[^a-z]]*[\p{L}&&[^A-Z]]+|[^\r\n\p{L}\p{N}]?[\p{L}&&[^a-z]]+[\p{L}&&[^A-Z]]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp's `default` pre-tokenizer: four regexes, each splitting the pieces of the one
+/// before (a match and the text between matches are pieces).
+const DEFAULT_PATTERNS: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+
 /// How far fancy-regex may backtrack before giving up on a match. These patterns backtrack at
 /// most one step per match, so the limit is only a guard; text past a failed match becomes
 /// one pre-token.
 const BACKTRACK_LIMIT: usize = 1 << 26;
 
+/// The names llama.cpp (`llama-vocab.cpp`, 0.3.36) accepts in `tokenizer.ggml.pre` for each
+/// pre-tokenizer: those it tokenizes exactly alike (same regexes, same use of the merges).
+const GGUF_NAMES: [(Pretokenizer, &[&str]); 6] = [
+    (
+        Pretokenizer::Gpt2,
+        &[
+            "gpt-2", "phi-2", "mpt", "olmo", "jais", "gigachat", "a.x-4.0", "mellum", "trillion",
+            "exaone4", "jina-es", "jina-de",
+        ],
+    ),
+    (
+        Pretokenizer::SmolLm,
+        &[
+            "smollm",
+            "starcoder",
+            "refact",
+            "command-r",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+        ],
+    ),
+    (
+        Pretokenizer::Llama3,
+        &[
+            "llama-bpe",
+            "llama3",
+            "llama-v3",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "jina-v5-nano",
+        ],
+    ),
+    (Pretokenizer::Default, &["default"]),
+    (
+        Pretokenizer::Qwen2,
+        &[
+            "qwen2",
+            "deepseek-r1-qwen",
+            "kormo",
+            "f2llmv2",
+            "megrez",
+            "stablelm2",
+        ],
+    ),
+    (Pretokenizer::Tekken, &["tekken"]),
+];
+
+/// One way of cutting text; the pieces of one step are cut again by the next.
+#[derive(Debug)]
+enum Step {
+    /// Every numeric character on its own (Hugging Face's `Digits(individual_digits)`,
+    /// llama.cpp's `\p{N}`).
+    Digits,
+    /// Each match, and the text between matches, is a piece.
+    Regex(Regex),
+}
+
 impl Pretokenizer {
-    /// The name llama.cpp gives this pre-tokenizer in GGUF files (`tokenizer.ggml.pre`), which
-    /// torchless model files store too: `"gpt2"`, `"smollm"` or `"llama-bpe"`.
+    /// The name torchless model files store for this pre-tokenizer: `"gpt2"`, `"smollm"`,
+    /// `"llama-bpe"`, `"default"`, `"qwen2"`, `"tekken"` (the GGUF name, except GPT-2's; see
+    /// [`gguf_name`](Self::gguf_name)).
     pub fn name(self) -> &'static str {
         match self {
             Pretokenizer::Gpt2 => "gpt2",
-            Pretokenizer::SmolLm => "smollm",
-            Pretokenizer::Llama3 => "llama-bpe",
+            other => other.gguf_name(),
         }
     }
 
-    /// The pre-tokenizer with this llama.cpp name (`"gpt-2"` and `"llama3"` are accepted too).
+    /// The pre-tokenizer with this name as [`name`](Self::name) or
+    /// [`gguf_name`](Self::gguf_name) gives it (`"llama3"` is accepted too).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "gpt2" | "gpt-2" => Some(Pretokenizer::Gpt2),
             "smollm" => Some(Pretokenizer::SmolLm),
             "llama-bpe" | "llama3" => Some(Pretokenizer::Llama3),
+            "default" => Some(Pretokenizer::Default),
+            "qwen2" => Some(Pretokenizer::Qwen2),
+            "tekken" => Some(Pretokenizer::Tekken),
             _ => None,
         }
     }
 
-    fn pattern(self) -> &'static str {
+    /// The name llama.cpp writes in GGUF files (`tokenizer.ggml.pre`): `"gpt-2"`, `"smollm"`,
+    /// `"llama-bpe"`, `"default"`, `"qwen2"`, `"tekken"`.
+    pub fn gguf_name(self) -> &'static str {
         match self {
-            Pretokenizer::Gpt2 | Pretokenizer::SmolLm => GPT2_PATTERN,
-            Pretokenizer::Llama3 => LLAMA3_PATTERN,
+            Pretokenizer::Gpt2 => "gpt-2",
+            Pretokenizer::SmolLm => "smollm",
+            Pretokenizer::Llama3 => "llama-bpe",
+            Pretokenizer::Default => "default",
+            Pretokenizer::Qwen2 => "qwen2",
+            Pretokenizer::Tekken => "tekken",
         }
     }
 
-    /// SmolLM isolates every numeric character before the regex runs.
-    fn splits_digits(self) -> bool {
-        self == Pretokenizer::SmolLm
+    /// The pre-tokenizer a GGUF file's `tokenizer.ggml.pre` names, or `None` if this version
+    /// does not implement it (the caller refuses the file, naming it: guessing would give
+    /// other ids). Besides the names [`gguf_name`](Self::gguf_name) gives, the other names
+    /// llama.cpp 0.3.36 tokenizes exactly alike are accepted (`"llama3"`, `"falcon3"`,
+    /// `"pixtral"`, ... for Llama 3; `"phi-2"`, `"mpt"`, `"olmo"`, ... for GPT-2;
+    /// `"starcoder"`, `"command-r"`, ... for SmolLM; `"deepseek-r1-qwen"`, `"stablelm2"`, ...
+    /// for Qwen 2). An empty or missing name, which llama.cpp reads as `default` with a
+    /// warning, is the caller's to decide.
+    pub fn from_gguf_name(name: &str) -> Option<Self> {
+        GGUF_NAMES
+            .iter()
+            .find(|(_, names)| names.contains(&name))
+            .map(|&(p, _)| p)
     }
 
-    /// Llama 3 emits a pre-token that is itself a vocabulary piece without merging it.
+    /// Whether llama.cpp starts prompts with BOS for this pre-tokenizer when the file has no
+    /// `tokenizer.ggml.add_bos_token`: true for Llama 3 and Tekken, false for the others.
+    pub fn gguf_default_add_bos(self) -> bool {
+        matches!(self, Pretokenizer::Llama3 | Pretokenizer::Tekken)
+    }
+
+    /// The splitting steps, as Hugging Face's regexes or as llama.cpp's.
+    fn steps(self, llama_cpp: bool) -> Result<Vec<Step>, TokenizerError> {
+        let patterns: &[&str] = match self {
+            Pretokenizer::Gpt2 | Pretokenizer::SmolLm => &[GPT2_PATTERN],
+            Pretokenizer::Llama3 if llama_cpp => &[LLAMA3_LLAMA_CPP_PATTERN],
+            Pretokenizer::Llama3 => &[LLAMA3_PATTERN],
+            Pretokenizer::Default => &DEFAULT_PATTERNS,
+            Pretokenizer::Qwen2 => &[QWEN2_PATTERN],
+            Pretokenizer::Tekken => &[TEKKEN_PATTERN],
+        };
+        let mut steps = Vec::with_capacity(patterns.len() + 1);
+        if self == Pretokenizer::SmolLm {
+            steps.push(Step::Digits);
+        }
+        for pattern in patterns {
+            let regex = fancy_regex::RegexBuilder::new(pattern)
+                .backtrack_limit(BACKTRACK_LIMIT)
+                .build()
+                .map_err(|e| TokenizerError::Field {
+                    field: "pre_tokenizer".into(),
+                    problem: format!("regex does not compile: {e}"),
+                })?;
+            steps.push(Step::Regex(regex));
+        }
+        Ok(steps)
+    }
+
+    /// Llama 3 and Tekken emit a pre-token that is itself a vocabulary piece without merging
+    /// it.
     fn ignores_merges(self) -> bool {
-        self == Pretokenizer::Llama3
+        matches!(self, Pretokenizer::Llama3 | Pretokenizer::Tekken)
     }
 
     /// Recognizes a Hugging Face `pre_tokenizer` section: GPT-2's `ByteLevel` with its regex,
@@ -164,7 +303,10 @@ pub(crate) struct ByteVocab {
     byte_chars: [char; 256],
     pairs: HashMap<u64, u64, PairBuildHasher>,
     pub pretokenizer: Pretokenizer,
-    regex: Regex,
+    steps: Vec<Step>,
+    /// Built from a GGUF file, encoded as llama.cpp does: added tokens found by [`Partition`]
+    /// (longest first), llama.cpp's regexes, the first of repeated merges.
+    llama_cpp: Option<Partition>,
     /// Every added token, for `parse_special`.
     all_added: SpecialMatcher,
     /// The added tokens that are not special: matched in any text, as Hugging Face does.
@@ -194,8 +336,49 @@ impl PairTable for ByteVocab {
     }
 }
 
+/// Calls `f` with each pre-token of `text`: the pieces of the first step, each cut by the
+/// steps after it.
+fn split(steps: &[Step], text: &str, f: &mut dyn FnMut(&str)) {
+    let Some((step, rest)) = steps.split_first() else {
+        if !text.is_empty() {
+            f(text);
+        }
+        return;
+    };
+    match step {
+        Step::Digits => {
+            let mut start = 0;
+            for (at, c) in text.char_indices() {
+                if c.is_numeric() {
+                    split(rest, &text[start..at], f);
+                    let end = at + c.len_utf8();
+                    split(rest, &text[at..end], f);
+                    start = end;
+                }
+            }
+            split(rest, &text[start..], f);
+        }
+        Step::Regex(regex) => {
+            let mut last = 0;
+            for found in regex.find_iter(text) {
+                let Ok(found) = found else { break };
+                if found.start() > last {
+                    split(rest, &text[last..found.start()], f);
+                }
+                if found.end() > found.start() {
+                    split(rest, found.as_str(), f);
+                }
+                last = found.end();
+            }
+            if last < text.len() {
+                split(rest, &text[last..], f);
+            }
+        }
+    }
+}
+
 impl ByteVocab {
-    pub(crate) fn build(spec: ByteLevelBpe) -> Result<Self, TokenizerError> {
+    pub(crate) fn build(spec: ByteLevelBpe, llama_cpp: bool) -> Result<Self, TokenizerError> {
         let ByteLevelBpe {
             mut vocab,
             merges,
@@ -265,7 +448,8 @@ impl ByteVocab {
             })
             .collect();
 
-        // Later duplicates of a merge replace earlier ones, as in Hugging Face's table.
+        // Later duplicates of a merge replace earlier ones, as in Hugging Face's table; llama.cpp
+        // keeps the first.
         let mut pairs = HashMap::with_capacity_and_hasher(merges.len(), PairBuildHasher::default());
         let mut merged = String::new();
         for (rank, text) in merges.iter().enumerate() {
@@ -287,10 +471,10 @@ impl ByteVocab {
             let rank = u64::try_from(rank)
                 .unwrap_or(u64::MAX)
                 .min(u64::from(u32::MAX));
-            pairs.insert(
-                (u64::from(left_id) << 32) | u64::from(right_id),
-                (rank << 32) | u64::from(merged_id),
-            );
+            let key = (u64::from(left_id) << 32) | u64::from(right_id);
+            if !(llama_cpp && pairs.contains_key(&key)) {
+                pairs.insert(key, (rank << 32) | u64::from(merged_id));
+            }
         }
 
         let mut kinds = vec![TokenKind::Normal; pieces.len()];
@@ -306,13 +490,9 @@ impl ByteVocab {
                 .filter(|t| !t.special)
                 .map(|t| (&*t.content, t.id)),
         );
-        let regex = fancy_regex::RegexBuilder::new(pretokenizer.pattern())
-            .backtrack_limit(BACKTRACK_LIMIT)
-            .build()
-            .map_err(|e| TokenizerError::Field {
-                field: "pre_tokenizer".into(),
-                problem: format!("regex does not compile: {e}"),
-            })?;
+        let steps = pretokenizer.steps(llama_cpp)?;
+        let llama_cpp = llama_cpp
+            .then(|| Partition::new(added_tokens.iter().map(|t| (&*t.content, t.id, !t.special))));
 
         Ok(ByteVocab {
             pieces,
@@ -323,7 +503,8 @@ impl ByteVocab {
             byte_chars,
             pairs,
             pretokenizer,
-            regex,
+            steps,
+            llama_cpp,
             all_added,
             plain_added,
             added: added_tokens,
@@ -335,15 +516,15 @@ impl ByteVocab {
 
     /// Encodes `text`, appending ids to `out` (BOS is the caller's business).
     pub(crate) fn encode(&self, text: &str, parse_special: bool, out: &mut Vec<u32>) {
-        let matcher = if parse_special {
-            &self.all_added
-        } else {
-            &self.plain_added
+        let found = match &self.llama_cpp {
+            Some(partition) => partition.find_all(text, parse_special),
+            None if parse_special => self.all_added.find_all(text),
+            None => self.plain_added.find_all(text),
         };
         let mut scratch = Scratch::default();
         let mut word = String::new();
         let mut pos = 0;
-        for found in matcher.find_all(text) {
+        for found in found {
             let stretch = text.get(pos..found.start).unwrap_or_default();
             self.encode_plain(stretch, &mut scratch, &mut word, out);
             out.push(found.id);
@@ -361,38 +542,7 @@ impl ByteVocab {
         out: &mut Vec<u32>,
     ) {
         let mut encode_word = |piece: &str| self.encode_word(piece, scratch, word, out);
-        if !self.pretokenizer.splits_digits() {
-            self.split_by_regex(text, &mut encode_word);
-            return;
-        }
-        let mut start = 0;
-        for (at, c) in text.char_indices() {
-            if c.is_numeric() {
-                self.split_by_regex(&text[start..at], &mut encode_word);
-                let end = at + c.len_utf8();
-                encode_word(&text[at..end]);
-                start = end;
-            }
-        }
-        self.split_by_regex(&text[start..], &mut encode_word);
-    }
-
-    /// Calls `f` with each pre-token: every regex match, and any text between matches.
-    fn split_by_regex(&self, text: &str, f: &mut impl FnMut(&str)) {
-        let mut last = 0;
-        for found in self.regex.find_iter(text) {
-            let Ok(found) = found else { break };
-            if found.start() > last {
-                f(&text[last..found.start()]);
-            }
-            if found.end() > found.start() {
-                f(found.as_str());
-            }
-            last = found.end();
-        }
-        if last < text.len() {
-            f(&text[last..]);
-        }
+        split(&self.steps, text, &mut encode_word);
     }
 
     fn encode_word(
@@ -467,13 +617,31 @@ mod tests {
 
     #[test]
     fn pretokenizer_names_round_trip() {
-        for p in [
+        let all = [
             Pretokenizer::Gpt2,
             Pretokenizer::SmolLm,
             Pretokenizer::Llama3,
-        ] {
+            Pretokenizer::Default,
+            Pretokenizer::Qwen2,
+            Pretokenizer::Tekken,
+        ];
+        for p in all {
             assert_eq!(Pretokenizer::from_name(p.name()), Some(p));
+            assert_eq!(Pretokenizer::from_name(p.gguf_name()), Some(p));
+            assert_eq!(Pretokenizer::from_gguf_name(p.gguf_name()), Some(p));
+            for llama_cpp in [false, true] {
+                assert!(p.steps(llama_cpp).is_ok(), "{p:?} compiles");
+            }
         }
-        assert_eq!(Pretokenizer::from_name("qwen2"), None);
+        assert_eq!(Pretokenizer::from_name("qwen3"), None);
+        // llama.cpp refuses `gpt2` as a pre-tokenizer name (it is the model name), and names
+        // that tokenize differently (`dbrx`: Llama 3's regex without ignore_merges).
+        for name in ["gpt2", "", "dbrx", "smaug-bpe", "deepseek-llm", "Llama-bpe"] {
+            assert_eq!(Pretokenizer::from_gguf_name(name), None, "{name}");
+        }
+        assert_eq!(
+            Pretokenizer::from_gguf_name("falcon3"),
+            Some(Pretokenizer::Llama3)
+        );
     }
 }

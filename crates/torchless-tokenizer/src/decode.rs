@@ -6,7 +6,9 @@
 //!   once a piece has had its `▁` dropped no later piece loses one;
 //! - runs of byte pieces are decoded as UTF-8 one character at a time, and a
 //!   byte that does not start a well-formed character becomes one U+FFFD;
-//! - control tokens decode to nothing and `<unk>` to ` ⁇ `.
+//! - control tokens decode to nothing and `<unk>` to ` ⁇ ` (to nothing in a GGUF
+//!   vocabulary, as llama.cpp and transformers decode it); user-defined tokens of a GGUF
+//!   vocabulary decode to their text as it is, unused ones to nothing.
 //!
 //! With `skip_special: false`, control and unknown tokens show their piece text
 //! instead, and count as visible text.
@@ -53,14 +55,21 @@ impl LeadingSpace {
         match kind {
             TokenKind::Normal => {
                 let surface = &*vocab.surfaces[id];
-                if self.may_strip && vocab.pieces[id].starts_with(crate::vocab::SPACE_SYMBOL) {
+                if self.may_strip
+                    && vocab.strip_leading_space
+                    && vocab.pieces[id].starts_with(crate::vocab::SPACE_SYMBOL)
+                {
                     out.push_str(surface.get(1..).unwrap_or_default());
                     self.just_stripped = true;
                 } else {
                     out.push_str(surface);
                 }
             }
-            TokenKind::Control if options.skip_special => {}
+            TokenKind::UserDefined => out.push_str(&vocab.surfaces[id]),
+            TokenKind::Control | TokenKind::Unused if options.skip_special => {}
+            TokenKind::Unused => {}
+            // llama.cpp (and transformers) skip `<unk>` as a special token.
+            TokenKind::Unknown if options.skip_special && vocab.llama_cpp.is_some() => {}
             TokenKind::Unknown if options.skip_special => out.push_str(UNK_SURFACE),
             TokenKind::Control | TokenKind::Unknown => out.push_str(&vocab.pieces[id]),
             // Callers handle bytes before calling this.

@@ -4,7 +4,8 @@
 //! SentencePiece's BPE repeatedly merges the adjacent pair whose merged piece
 //! scores best, the leftmost one among equals, and two symbols may merge
 //! whenever their concatenation is a vocabulary piece. Ranks here come from
-//! the merge list, which is sorted by that score.
+//! the merge list, which is sorted by that score, or (GGUF vocabularies) from
+//! the scores themselves, equal scores sharing a rank.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -160,11 +161,12 @@ fn merge_by_scan<P: PairTable>(vocab: &P, symbols: &mut Vec<u32>, pair_values: &
     pair_values.clear();
     pair_values.extend(symbols.windows(2).map(|w| value(w[0], w[1])));
     loop {
-        // Lowest (rank, merged) value; strict `<` keeps the leftmost among equals.
+        // Lowest rank; strict `<` keeps the leftmost among equals (pairs of equal rank may
+        // form different pieces in a GGUF SentencePiece vocabulary, whose ranks are scores).
         let mut best = NO_PAIR;
         let mut at = 0;
         for (i, &v) in pair_values.iter().enumerate() {
-            if v < best {
+            if v >> 32 < best >> 32 {
                 best = v;
                 at = i;
             }

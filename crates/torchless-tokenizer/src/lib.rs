@@ -65,7 +65,10 @@ use std::sync::Arc;
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
 pub use load::{byte_level_bpe_from_json, TokenizerJson};
-pub use options::{AddedToken, ByteLevelBpe, DecodeOptions, EncodeOptions, Pretokenizer};
+pub use options::{
+    token_type, AddedToken, ByteLevelBpe, DecodeOptions, EncodeOptions, Pretokenizer,
+    SentencePieceVocab,
+};
 pub use vocab::TokenKind;
 
 use byte_level::ByteVocab;
@@ -145,6 +148,28 @@ impl Tokenizer {
         Self::build(spec)
     }
 
+    /// Builds the tokenizer of a GGUF SentencePiece vocabulary (`tokenizer.ggml.model =
+    /// "llama"`: Mistral, Llama 2, TinyLlama), encoding exactly as llama.cpp does (see
+    /// [`SentencePieceVocab`]): merges by score, byte fallback, control tokens matched only
+    /// with [`EncodeOptions::parse_special`], user-defined tokens matched in any text, the
+    /// dummy-prefix space before each stretch of text when `add_space_prefix`. Special and
+    /// user-defined tokens are found as llama.cpp finds them: longest token first.
+    ///
+    /// Decoding follows SentencePiece: the dummy-prefix space of the first piece is dropped
+    /// (when `add_space_prefix`), byte pieces are reassembled into UTF-8, control, unknown and
+    /// unused tokens decode to nothing (their text without `skip_special`, except unused ones),
+    /// user-defined tokens to their text as it is.
+    ///
+    /// Errors if the scores or token types do not have one entry per piece, a piece repeats,
+    /// BOS/EOS/UNK lie outside the vocabulary, a BYTE token is not `<0xNN>`, or there is neither
+    /// a piece for every byte (`<0xNN>`, or the character itself for ASCII) nor an unknown
+    /// piece.
+    pub fn from_sentencepiece_vocab(vocab: SentencePieceVocab) -> Result<Self, TokenizerError> {
+        Ok(Tokenizer {
+            tables: Tables::SentencePiece(Arc::new(Vocab::from_sentencepiece(vocab)?)),
+        })
+    }
+
     /// Builds a byte-level BPE tokenizer (see [`ByteLevelBpe`]).
     ///
     /// Errors if ids are not exactly `0..n`, a piece or id repeats, an added token disagrees
@@ -152,7 +177,26 @@ impl Tokenizer {
     /// the vocabulary, or BOS/EOS lie outside it.
     pub fn from_byte_level_bpe(spec: ByteLevelBpe) -> Result<Self, TokenizerError> {
         Ok(Tokenizer {
-            tables: Tables::ByteLevel(Arc::new(ByteVocab::build(spec)?)),
+            tables: Tables::ByteLevel(Arc::new(ByteVocab::build(spec, false)?)),
+        })
+    }
+
+    /// Builds the byte-level BPE tokenizer of a GGUF file (`tokenizer.ggml.model = "gpt2"`)
+    /// exactly as llama.cpp encodes it. [`from_byte_level_bpe`](Self::from_byte_level_bpe)
+    /// follows Hugging Face `tokenizers` instead; the two differ only where llama.cpp does:
+    ///
+    /// - added tokens are found longest first (llama.cpp's partition), not leftmost-longest:
+    ///   different only when two occurrences overlap;
+    /// - Llama 3's contractions are `'[sS]`, ... (llama.cpp's regex), not case-folded: `'ſ`
+    ///   followed by letters stays one word;
+    /// - of two identical merges the first counts (Hugging Face: the last).
+    ///
+    /// Added tokens marked `special` are control tokens (matched only with
+    /// [`EncodeOptions::parse_special`]); the others are user-defined ones, matched in any
+    /// text.
+    pub fn from_gguf_byte_level_bpe(spec: ByteLevelBpe) -> Result<Self, TokenizerError> {
+        Ok(Tokenizer {
+            tables: Tables::ByteLevel(Arc::new(ByteVocab::build(spec, true)?)),
         })
     }
 
@@ -210,6 +254,20 @@ impl Tokenizer {
             }
         };
         let mut scratch = Scratch::default();
+        if let Some(partition) = &vocab.llama_cpp {
+            // llama.cpp: the found tokens split the text; each stretch gets the prefix.
+            let prefix = vocab.prepend != PrependScheme::Never;
+            let mut pos = 0;
+            for found in partition.find_all(text, options.parse_special) {
+                let stretch = text.get(pos..found.start).unwrap_or_default();
+                vocab.encode_plain(stretch, prefix, &mut scratch, &mut out);
+                out.push(found.id);
+                pos = found.end;
+            }
+            let rest = text.get(pos..).unwrap_or_default();
+            vocab.encode_plain(rest, prefix, &mut scratch, &mut out);
+            return out;
+        }
         if !options.parse_special {
             let prefix = vocab.prepend != PrependScheme::Never;
             vocab.encode_plain(text, prefix, &mut scratch, &mut out);
@@ -252,7 +310,8 @@ impl Tokenizer {
     }
 
     /// The bytes token `id` stands for (its UTF-8 text for SentencePiece pieces,
-    /// the raw byte for byte pieces), or `None` if it is out of range.
+    /// the raw byte for byte pieces, nothing for control and unused tokens), or `None` if it
+    /// is out of range.
     pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
         match &self.tables {
             Tables::SentencePiece(vocab) => {
@@ -341,11 +400,11 @@ impl Tokenizer {
     }
 
     /// Whether prompts for this model start with BOS: always for SentencePiece
-    /// vocabularies that have `<s>`, as the file says for byte-level ones
-    /// (SmolLM's and GPT-2's do not; Llama 3's do).
+    /// vocabularies that have `<s>` (as a GGUF vocabulary says), as the file says for
+    /// byte-level ones (SmolLM's and GPT-2's do not; Llama 3's do).
     pub fn adds_bos(&self) -> bool {
         match &self.tables {
-            Tables::SentencePiece(vocab) => vocab.bos_id.is_some(),
+            Tables::SentencePiece(vocab) => vocab.add_bos && vocab.bos_id.is_some(),
             Tables::ByteLevel(vocab) => vocab.add_bos && vocab.bos_id.is_some(),
         }
     }
@@ -381,7 +440,8 @@ impl Tokenizer {
         }
     }
 
-    /// Whether `id` is a special token: a control token or `<unk>`.
+    /// Whether `id` is a special token: a control token or `<unk>` (user-defined tokens are
+    /// not).
     pub fn is_special(&self, id: u32) -> bool {
         matches!(
             self.token_kind(id),

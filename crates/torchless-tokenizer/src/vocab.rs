@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use crate::error::TokenizerError;
 use crate::hash::PairBuildHasher;
-use crate::special::SpecialMatcher;
+use crate::options::{token_type, SentencePieceVocab};
+use crate::special::{Partition, SpecialMatcher};
 
 /// The SentencePiece whitespace symbol, U+2581 LOWER ONE EIGHTH BLOCK.
 pub(crate) const SPACE_SYMBOL: char = '\u{2581}';
@@ -27,8 +28,13 @@ pub enum TokenKind {
     /// plain text, invisible when decoding with `skip_special`.
     Control,
     /// The unknown piece `<unk>`: decoded as ` ⁇ ` with `skip_special`, as
-    /// SentencePiece does.
+    /// SentencePiece does (as nothing for a GGUF vocabulary, as llama.cpp does).
     Unknown,
+    /// A user-defined token of a GGUF vocabulary: matched whole in any text (before the
+    /// merges), decoded as its text as it is.
+    UserDefined,
+    /// An unused slot of a GGUF vocabulary: decoded as nothing.
+    Unused,
 }
 
 /// Where the dummy-prefix `▁` goes when text is split around special tokens.
@@ -88,6 +94,13 @@ pub(crate) struct Vocab {
     pub split_before_spaces: bool,
     pub specials: SpecialMatcher,
     pub prepend: PrependScheme,
+    /// Whether prompts start with BOS (when there is one).
+    pub add_bos: bool,
+    /// Whether decoding drops the `▁` of the first piece (SentencePiece's dummy prefix).
+    pub strip_leading_space: bool,
+    /// A GGUF vocabulary, encoded and decoded as llama.cpp does: special and user-defined
+    /// tokens found by [`Partition`] (longest first), `<unk>` decoded as nothing.
+    pub llama_cpp: Option<Partition>,
 }
 
 /// `<0xNN>` with upper-case hex, as SentencePiece names byte pieces.
@@ -359,6 +372,228 @@ impl Vocab {
             split_before_spaces,
             specials,
             prepend: spec.prepend,
+            add_bos: true,
+            strip_leading_space: true,
+            llama_cpp: None,
+        })
+    }
+
+    /// Builds the tables of a GGUF SentencePiece vocabulary, as llama.cpp's
+    /// `llm_tokenizer_spm` reads it: two adjacent symbols merge whenever their concatenation is
+    /// a token (of any type), the token with the highest score first (the leftmost pair among
+    /// equal scores). Scores become ranks (equal scores, equal ranks; the merge loops take the
+    /// leftmost pair among equal ranks), so the merge loops of the other vocabularies apply.
+    pub(crate) fn from_sentencepiece(spec: SentencePieceVocab) -> Result<Self, TokenizerError> {
+        let SentencePieceVocab {
+            pieces,
+            scores,
+            token_types,
+            bos_id,
+            eos_id,
+            unk_id,
+            add_bos,
+            add_space_prefix,
+        } = spec;
+        let size = pieces.len();
+        for (field, len) in [
+            ("tokenizer.ggml.scores", scores.len()),
+            ("tokenizer.ggml.token_type", token_types.len()),
+        ] {
+            if len != 0 && len != size {
+                return Err(TokenizerError::Field {
+                    field: field.into(),
+                    problem: format!("{len} entries for {size} tokens"),
+                });
+            }
+        }
+        // llama.cpp renames an empty piece, which could never be matched anyway.
+        let vocab = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(id, piece)| {
+                let piece = if piece.is_empty() {
+                    format!("[EMPTY_{id}]")
+                } else {
+                    piece
+                };
+                (piece, id as u64)
+            })
+            .collect();
+        let (pieces, piece_ids) = place_pieces(vocab)?;
+        for (field, id) in [
+            ("tokenizer.ggml.bos_token_id", bos_id),
+            ("tokenizer.ggml.eos_token_id", eos_id),
+            ("tokenizer.ggml.unknown_token_id", unk_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= size) {
+                return Err(TokenizerError::Field {
+                    field: field.into(),
+                    problem: format!("id {id} is not in the vocabulary of {size} tokens"),
+                });
+            }
+        }
+
+        let mut kinds = Vec::with_capacity(size);
+        for (id, piece) in pieces.iter().enumerate() {
+            let ty = token_types.get(id).copied().unwrap_or(token_type::NORMAL);
+            kinds.push(match ty {
+                token_type::NORMAL => TokenKind::Normal,
+                token_type::UNKNOWN => TokenKind::Unknown,
+                token_type::CONTROL => TokenKind::Control,
+                token_type::USER_DEFINED => TokenKind::UserDefined,
+                token_type::BYTE => match parse_byte_piece(piece) {
+                    Some(byte) => TokenKind::Byte(byte),
+                    None => {
+                        return Err(TokenizerError::Field {
+                            field: "tokenizer.ggml.token_type".into(),
+                            problem: format!(
+                                "token {id} {piece:?} has type BYTE but is not a piece <0xNN>"
+                            ),
+                        })
+                    }
+                },
+                _ => TokenKind::Unused,
+            });
+        }
+
+        // Ranks: scores in decreasing order, equal scores sharing a rank.
+        let score = |id: usize| scores.get(id).copied().unwrap_or(0.0);
+        let mut order: Vec<usize> = (0..size).collect();
+        order.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+        let mut rank_of = vec![0u32; size];
+        let mut rank = 0u32;
+        for (i, &id) in order.iter().enumerate() {
+            if i > 0 && score(id).total_cmp(&score(order[i - 1])).is_ne() {
+                rank += 1;
+            }
+            rank_of[id] = rank;
+        }
+
+        // Single characters that are tokens are symbols by id; others by the tagged character.
+        let mut bmp_ids = vec![NONE; 0x1_0000].into_boxed_slice();
+        let mut char_ids: HashMap<char, u32, PairBuildHasher> = HashMap::default();
+        for (id, piece) in pieces.iter().enumerate() {
+            let mut chars = piece.chars();
+            if let (Some(c), None) = (chars.next(), chars.next()) {
+                match bmp_ids.get_mut(c as usize) {
+                    Some(slot) => *slot = id as u32,
+                    None => {
+                        char_ids.insert(c, id as u32);
+                    }
+                }
+            }
+        }
+        let symbol_of = |text: &str| -> Option<u32> {
+            if let Some(&id) = piece_ids.get(text) {
+                return Some(id);
+            }
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => Some(UNKNOWN_CHAR | c as u32),
+                _ => None,
+            }
+        };
+
+        // Every split of a token into two symbols is a pair, at the token's rank.
+        let mut pairs: HashMap<u64, u64, PairBuildHasher> = HashMap::default();
+        let mut mergeable = vec![false; size];
+        for (id, piece) in pieces.iter().enumerate() {
+            for (cut, _) in piece.char_indices().skip(1) {
+                let (left, right) = piece.split_at(cut);
+                let (Some(l), Some(r)) = (symbol_of(left), symbol_of(right)) else {
+                    continue;
+                };
+                pairs.insert(
+                    (u64::from(l) << 32) | u64::from(r),
+                    (u64::from(rank_of[id]) << 32) | id as u64,
+                );
+                mergeable[id] = true;
+            }
+        }
+
+        // Byte fallback as llama.cpp's `byte_to_token`: the `<0xNN>` piece, else the one-byte
+        // piece. Without all 256, characters outside the vocabulary become `<unk>`.
+        let mut byte_table = [NONE; 256];
+        for (byte, slot) in byte_table.iter_mut().enumerate() {
+            let piece = format!("<0x{byte:02X}>");
+            if let Some(&id) = piece_ids.get(piece.as_str()) {
+                *slot = id;
+            } else if byte < 0x80 {
+                if let Some(&id) =
+                    piece_ids.get(char::from(byte as u8).encode_utf8(&mut [0; 4]) as &str)
+                {
+                    *slot = id;
+                }
+            }
+        }
+        let byte_ids = byte_table
+            .iter()
+            .all(|&id| id != NONE)
+            .then_some(byte_table);
+        if byte_ids.is_none() && unk_id.is_none() {
+            return Err(TokenizerError::MissingByteToken {
+                byte: byte_table.iter().position(|&id| id == NONE).unwrap_or(0) as u8,
+            });
+        }
+
+        let space_symbol = match bmp_ids[SPACE_SYMBOL as usize] {
+            NONE => UNKNOWN_CHAR | SPACE_SYMBOL as u32,
+            id => id,
+        };
+        let split_before_spaces = space_symbol & UNKNOWN_CHAR == 0
+            && pieces.iter().enumerate().all(|(id, piece)| {
+                !mergeable[id]
+                    || !piece
+                        .trim_start_matches(SPACE_SYMBOL)
+                        .contains(SPACE_SYMBOL)
+            });
+
+        let surfaces = pieces
+            .iter()
+            .zip(&kinds)
+            .map(|(piece, kind)| match kind {
+                TokenKind::Normal => piece.replace(SPACE_SYMBOL, " ").into_boxed_str(),
+                TokenKind::UserDefined => piece.clone(),
+                _ => Box::<str>::default(),
+            })
+            .collect();
+        let partition = Partition::new(
+            pieces
+                .iter()
+                .zip(&kinds)
+                .enumerate()
+                .filter(|(_, (_, kind))| {
+                    matches!(
+                        kind,
+                        TokenKind::Control | TokenKind::Unknown | TokenKind::UserDefined
+                    )
+                })
+                .map(|(id, (piece, kind))| (&**piece, id as u32, *kind == TokenKind::UserDefined)),
+        );
+
+        Ok(Vocab {
+            pieces,
+            kinds,
+            surfaces,
+            piece_ids,
+            bmp_ids,
+            char_ids,
+            space_symbol,
+            pairs,
+            byte_ids,
+            unk_id,
+            bos_id,
+            eos_id,
+            split_before_spaces,
+            specials: SpecialMatcher::default(),
+            prepend: if add_space_prefix {
+                PrependScheme::Always
+            } else {
+                PrependScheme::Never
+            },
+            add_bos,
+            strip_leading_space: add_space_prefix,
+            llama_cpp: Some(partition),
         })
     }
 
@@ -376,10 +611,12 @@ impl Vocab {
         }
     }
 
-    /// `(rank << 32 | merged id)` if the two symbols merge.
+    /// `(rank << 32 | merged id)` if the two symbols merge. A character outside the
+    /// vocabulary merges only in a GGUF vocabulary (llama.cpp merges any two symbols whose
+    /// text is a token).
     #[inline]
     pub(crate) fn pair(&self, left: u32, right: u32) -> Option<u64> {
-        if (left | right) & UNKNOWN_CHAR != 0 {
+        if (left | right) & UNKNOWN_CHAR != 0 && self.llama_cpp.is_none() {
             return None;
         }
         self.pairs
