@@ -219,3 +219,102 @@ out("convert_safetensors", "tiny-bf16.safetensors", checkpoint(lambda i: "BF16",
 out("convert_safetensors", "tiny-mixed.safetensors",
     checkpoint(lambda i: ["F32", "F16", "BF16"][i % 3], 3))
 out("convert_safetensors", "header-only.safetensors", struct.pack("<Q", 2) + b"{}")
+
+
+# --- gguf_model ----------------------------------------------------------------------------------
+
+def gguf_string(s):
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def gguf_value(v):
+    """(type id, payload) of a metadata value: str, bool, int (UINT32), float (FLOAT32), or a
+    list of one of those."""
+    if isinstance(v, bool):
+        return 7, struct.pack("<B", v)
+    if isinstance(v, int):
+        return 4, struct.pack("<I", v)
+    if isinstance(v, float):
+        return 6, struct.pack("<f", v)
+    if isinstance(v, str):
+        return 8, gguf_string(v)
+    elem, _ = gguf_value(v[0])
+    payload = struct.pack("<IQ", elem, len(v)) + b"".join(gguf_value(x)[1] for x in v)
+    return 9, payload
+
+
+def gguf_model(tokenizer, types, seed):
+    """A one-block llama GGUF (hidden 32, 2 heads of 16, GQA 2:1, intermediate 64, 16-piece
+    vocabulary): `types` gives the ggml type of the matrices (0 F32, 1 F16, 2 Q4_0, 8 Q8_0)."""
+    rng = random.Random(seed)
+    h, inter, heads, kv, hd = 32, 64, 2, 1, 16
+    pieces = ["<unk>", "<s>", "</s>", "\u2581", "H", "e", "l", "o", "\u2581H", "ll", "lo",
+              "llo", "ello", "Hello", "\u2581Hello", "<0x0A>"]
+    if tokenizer == "gpt2":
+        pieces = ["<|endoftext|>", "H", "e", "l", "o", "\u0120", "ll", "He", "llo", "Hello",
+                  "\u0120Hello", "<|im_start|>", "<|im_end|>", "a", "b", "c"]
+    n = len(pieces)
+    meta = [
+        ("general.architecture", "llama"),
+        ("llama.block_count", 1), ("llama.context_length", 16), ("llama.embedding_length", h),
+        ("llama.feed_forward_length", inter), ("llama.attention.head_count", heads),
+        ("llama.attention.head_count_kv", kv), ("llama.rope.freq_base", 10000.0),
+        ("llama.attention.layer_norm_rms_epsilon", 1e-5), ("llama.rope.dimension_count", hd),
+        ("tokenizer.ggml.model", tokenizer), ("tokenizer.ggml.tokens", pieces),
+        ("tokenizer.ggml.token_type", [3 if p.startswith("<") and len(p) > 3 else 1 for p in pieces]),
+        ("tokenizer.ggml.bos_token_id", 1 if tokenizer == "llama" else 0),
+        ("tokenizer.ggml.eos_token_id", 2 if tokenizer == "llama" else 0),
+        ("tokenizer.chat_template", "{% for m in messages %}{{ m['content'] }}{% endfor %}"),
+    ]
+    if tokenizer == "llama":
+        meta.append(("tokenizer.ggml.scores", [-float(i) for i in range(n)]))
+    else:
+        meta.append(("tokenizer.ggml.merges", ["l l", "H e", "ll o", "He llo", "\u0120 Hello"]))
+        meta.append(("tokenizer.ggml.pre", "smollm"))
+    tensors = [("token_embd.weight", [h, n], types), ("output_norm.weight", [h], 0),
+               ("blk.0.attn_norm.weight", [h], 0), ("blk.0.ffn_norm.weight", [h], 0),
+               ("blk.0.attn_q.weight", [h, heads * hd], types),
+               ("blk.0.attn_k.weight", [h, kv * hd], types),
+               ("blk.0.attn_v.weight", [h, kv * hd], types),
+               ("blk.0.attn_output.weight", [heads * hd, h], types),
+               ("blk.0.ffn_gate.weight", [h, inter], types),
+               ("blk.0.ffn_up.weight", [h, inter], types),
+               ("blk.0.ffn_down.weight", [inter, h], types)]
+
+    def data(dims, ty):
+        count = math.prod(dims)
+        if ty == 0:
+            return b"".join(struct.pack("<f", 1.0 + rng.gauss(0, 0.02) if len(dims) == 1
+                                        else rng.gauss(0, 0.3)) for _ in range(count))
+        if ty == 1:
+            return b"".join(struct.pack("<e", rng.gauss(0, 0.3)) for _ in range(count))
+        out = bytearray()
+        for _ in range(count // 32):
+            out += struct.pack("<e", rng.uniform(0.005, 0.05))
+            size = 16 if ty == 2 else 32
+            out += bytes(rng.randrange(256) for _ in range(size))
+        return bytes(out)
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta))
+    for key, value in meta:
+        ty, payload = gguf_value(value)
+        head += gguf_string(key) + struct.pack("<I", ty) + payload
+    blobs, offset = [], 0
+    for name, dims, ty in tensors:
+        blob = data(dims, ty)
+        head += gguf_string(name) + struct.pack("<I", len(dims))
+        head += b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", ty, offset)
+        blobs.append((offset, blob))
+        offset += len(blob) + (-len(blob) % 32)
+    body = bytearray(head + bytes(-len(head) % 32))
+    start = len(body)
+    for offset, blob in blobs:
+        body += bytes(start + offset - len(body)) + blob
+    return bytes(body)
+
+
+out("gguf_model", "tiny-spm-q4_0.gguf", gguf_model("llama", 2, 1))
+out("gguf_model", "tiny-bpe-q8_0.gguf", gguf_model("gpt2", 8, 2))
+out("gguf_model", "tiny-spm-f16.gguf", gguf_model("llama", 1, 3))
+out("gguf_model", "tiny-bpe-f32.gguf", gguf_model("gpt2", 0, 4))

@@ -28,6 +28,7 @@ fn config() -> Config {
         quant: QuantKind::F32,
         architecture: Architecture::Mistral,
         tie_word_embeddings: false,
+        rope_layout: Default::default(),
     }
 }
 

@@ -34,6 +34,11 @@ fuzz_target!(|data: &[u8]| {
                     let _ = view.get(info.n_elements.saturating_sub(1));
                     assert!(view.get(info.n_elements).is_none());
                 }
+                TensorData::Blocks(view) => {
+                    assert_eq!(view.len(), info.n_elements);
+                    let _ = view.get(info.n_elements.saturating_sub(1));
+                    assert!(view.get(info.n_elements).is_none());
+                }
             }
             assert_eq!(tensor.to_f32_vec().len(), info.n_elements);
         }

@@ -21,8 +21,10 @@ use options::GenerateArgs;
     version,
     about = "Mistral inference on the CPU",
     long_about = "Mistral inference on the CPU.\n\n\
-        Without a subcommand, `torchless MODEL \"PROMPT\"` streams a completion (same as `torchless generate`).",
+        Without a subcommand, `torchless MODEL \"PROMPT\"` streams a completion (same as `torchless generate`). \
+        MODEL is a llama.cpp GGUF file, used as it is, or a torchless model file.",
     after_help = "Examples:\n  \
+        torchless mistral-7b-instruct-v0.2.Q4_K_M.gguf \"Paris is the capital of\" -n 32\n  \
         torchless mistral-7b-int8.bin \"Paris is the capital of\" -n 32\n  \
         torchless chat mistral-7b-instruct-int8.bin\n  \
         torchless perplexity mistral-7b-int8.bin wiki.txt --ctx 512\n  \
@@ -47,7 +49,7 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Measure prompt processing and generation speed (tokens/s, GB/s).
     Bench(commands::bench::BenchArgs),
-    /// Show a model file's configuration and tensors.
+    /// Show a model file's configuration and tensors (a GGUF file's types and metadata too).
     Info(commands::info::InfoArgs),
     /// Print the token ids of a text.
     Tokenize(commands::tokenize::TokenizeArgs),

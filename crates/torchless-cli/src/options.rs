@@ -8,7 +8,8 @@ use torchless_model::{SamplingParams, SessionOptions};
 /// How to load and run the model (`--lazy`, `-t`, `--json` mean the same everywhere).
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model file (torchless format; make one with `torchless convert`).
+    /// Model file: a llama.cpp GGUF file (`.gguf`, used as it is: F32, F16, BF16, Q8_0, Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K weights) or a torchless model file.
     pub model: PathBuf,
     /// Low-memory mode: keep only the layer being computed resident (about one layer of RAM
     /// instead of the whole file; a little slower).
@@ -40,6 +41,11 @@ pub struct ModelArgs {
     /// integers per 64-group in batched products (generation itself stays exact).
     #[arg(long = "int8-activations")]
     pub int8_activations: bool,
+    /// GGUF weights: multiply exactly (dequantized to f32, f32 activations) instead of
+    /// quantizing the activations per block as llama.cpp does (Q8_0 / Q8_K); slower, and what
+    /// `transformers` computes on the same file.
+    #[arg(long)]
+    pub exact: bool,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -56,6 +62,7 @@ impl ModelArgs {
             threads: self.threads.unwrap_or(0),
             batch_threads: self.batch_threads.unwrap_or(0),
             int8_activations: self.int8_activations,
+            exact_activations: self.exact,
         }
     }
 }

@@ -749,3 +749,54 @@ fn bad_server_options_fail_with_one_line() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("context"), "{}", out.stderr);
 }
+
+/// A GGUF file served as it is: /v1/models reports its ggml types, /tokenize gives the ids of
+/// its own vocabulary, and greedy completions on the exact path are `transformers`'
+/// continuations on gguf-py's dequantization of the same file; the default path (activations
+/// quantized per block) gives what the CLI gives on it.
+#[test]
+fn a_gguf_file_is_served_as_it_is() {
+    let path = model("llama-tied-q4_0.gguf");
+    let g = goldens(&model("llama-tied-q4_0-goldens-f32.json"));
+    for exact in [true, false] {
+        let flags: &[&str] = if exact { &["--exact"] } else { &[] };
+        let mut args = vec!["--parallel", "2"];
+        args.extend(flags);
+        let server = Server::start_path(&path, &args);
+        let (status, models) = get(&server.url("/v1/models"));
+        assert_eq!(status, 200);
+        assert_eq!(models["data"][0]["id"], "llama-tied-q4_0.gguf");
+        assert!(models["data"][0]["meta"]["quant"]
+            .as_str()
+            .unwrap()
+            .contains("Q4_0"));
+        for prompt in g["prompts"].as_array().unwrap().iter().take(3) {
+            let text = prompt["text"].as_str().unwrap();
+            let golden_ids = ids(&prompt["ids"]);
+            let t = post_ok(
+                &server.url("/tokenize"),
+                json!({"content": text, "add_special": true}),
+            );
+            assert_eq!(ids(&t["tokens"]), golden_ids, "{text:?}");
+            let greedy = ids(&prompt["greedy"]["ids"]);
+            let n = greedy.len();
+            let c = post_ok(
+                &server.url("/v1/completions"),
+                json!({"prompt": golden_ids, "max_tokens": n, "temperature": 0, "ignore_eos": true}),
+            );
+            let text_out = c["choices"][0]["text"].as_str().unwrap().to_string();
+            if exact {
+                let want = post_ok(&server.url("/detokenize"), json!({"tokens": greedy}));
+                assert_eq!(text_out, want["content"], "{text:?}");
+            }
+            let mut cli = torchless();
+            cli.arg(&path)
+                .args(["--prompt-ids", &ids_arg(prompt["ids"].as_array().unwrap())])
+                .args(["-n", &n.to_string(), "--temp", "0", "--ignore-eos", "-b", "64"])
+                .args(flags);
+            let out = run(&mut cli);
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            assert_eq!(text_out, out.stdout, "{text:?}: server vs CLI (exact {exact})");
+        }
+    }
+}

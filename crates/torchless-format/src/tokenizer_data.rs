@@ -12,6 +12,10 @@ pub enum TokenizerKind {
     /// Llama 2, TinyLlama): pieces with scores and token types, no merges; encoding merges the
     /// pair whose merged piece scores highest. Only GGUF files carry it.
     ScoredSentencePiece,
+    /// A GGUF file's byte-level BPE vocabulary (`tokenizer.ggml.model = "gpt2"`), to be encoded
+    /// by llama.cpp's rules (which differ from Hugging Face `tokenizers`' in a few corner cases).
+    /// Written to a torchless file, it becomes [`TokenizerKind::ByteLevelBpe`].
+    GgufByteLevelBpe,
 }
 
 impl TokenizerKind {
@@ -19,7 +23,7 @@ impl TokenizerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             TokenizerKind::SentencePiece => "sentencepiece",
-            TokenizerKind::ByteLevelBpe => "byte_level_bpe",
+            TokenizerKind::ByteLevelBpe | TokenizerKind::GgufByteLevelBpe => "byte_level_bpe",
             TokenizerKind::ScoredSentencePiece => "sentencepiece_scores",
         }
     }
@@ -55,7 +59,9 @@ pub struct TokenizerData {
     pub bos_id: Option<u32>,
     /// End-of-sequence id (metadata `eos_token_id`), if the file names one.
     pub eos_id: Option<u32>,
-    /// Whether prompts start with BOS (metadata `add_bos_token`), if the file says.
+    /// Whether prompts start with BOS (metadata `add_bos_token`, GGUF
+    /// `tokenizer.ggml.add_bos_token`), if the file says (the tokenizer's defaults apply
+    /// otherwise).
     pub add_bos: Option<bool>,
     /// [`TokenizerKind::ScoredSentencePiece`]: each piece's score, by id (empty otherwise).
     pub scores: Vec<f32>,

@@ -135,7 +135,8 @@ fn the_tokenizer_comes_from_the_metadata() {
     let exported = ModelFile::open(models().join("llama-tied-f32.bin")).unwrap();
     let ours = model.tokenizer_data().unwrap();
     let want = exported.tokenizer_data().unwrap();
-    assert_eq!(ours.kind, TokenizerKind::ByteLevelBpe);
+    assert_eq!(ours.kind, TokenizerKind::GgufByteLevelBpe);
+    assert_eq!(want.kind, TokenizerKind::ByteLevelBpe);
     assert_eq!(ours.pretokenizer.as_deref(), Some("smollm"));
     let mut a = ours.vocab.clone();
     let mut b = want.vocab.clone();
@@ -189,10 +190,10 @@ fn sentencepiece_vocabularies_keep_scores_types_and_llama_cpp_defaults() {
     assert_eq!(data.token_types.len(), n);
     assert_eq!(data.vocab.len(), n);
     assert!(data.merges.is_empty());
-    // llama.cpp's defaults for a "llama" vocabulary.
+    // llama.cpp's default ids for a "llama" vocabulary; the flags are left to the tokenizer.
     assert_eq!(
         (data.bos_id, data.eos_id, data.unk_id, data.add_bos, data.add_space_prefix),
-        (Some(1), Some(2), Some(0), Some(true), Some(true))
+        (Some(1), Some(2), Some(0), None, None)
     );
     raw.set("tokenizer.ggml.add_space_prefix", GgufValue::Bool(false));
     raw.set("tokenizer.ggml.unknown_token_id", GgufValue::U32(5));

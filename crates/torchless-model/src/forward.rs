@@ -8,7 +8,8 @@
 //! for each layer:
 //!     h = rmsnorm(x) · input_layernorm
 //!     q, k, v = h Wqᵀ, h Wkᵀ, h Wvᵀ                   [n, n_heads·hd], [n, n_kv_heads·hd] ×2
-//!     q, k = rope(q, positions), rope(k, positions)
+//!     q, k = rope(q, positions), rope(k, positions)    pairs (i, i + hd/2), or (2j, 2j + 1)
+//!                                                     for GGUF rows (RopeLayout::Adjacent)
 //!     kv_cache[layer] ← k, v
 //!     a = attention(q, kv_cache[layer])               each query head reads its KV group,
 //!                                                     over the sliding window ending at its position
@@ -20,7 +21,7 @@
 
 use std::ops::Range;
 
-use torchless_format::Config;
+use torchless_format::{Config, RopeLayout};
 use torchless_kernels::{Kernels, MatRef, RopeTable};
 
 use crate::error::{ModelError, Result};
@@ -224,8 +225,20 @@ impl<'a> Forward<'a> {
             let q = &mut act.q[rows.start * q_dim..rows.end * q_dim];
             let k = &mut act.k[rows.start * kv_dim..rows.end * kv_dim];
             let v = &act.v[rows.start * kv_dim..rows.end * kv_dim];
-            self.rope.apply_batch(q, q_dim, start)?;
-            self.rope.apply_batch(k, kv_dim, start)?;
+            // A GGUF file's query and key rows are llama.cpp's permutation of each head (the
+            // rotate-half pairs made adjacent): rotating adjacent pairs uses them as they are,
+            // and q·k is the same sum as in the un-permuted model. Costs nothing: no weight is
+            // copied, the rotation reads the same tables.
+            match self.config.rope_layout {
+                RopeLayout::Halves => {
+                    self.rope.apply_batch(q, q_dim, start)?;
+                    self.rope.apply_batch(k, kv_dim, start)?;
+                }
+                RopeLayout::Adjacent => {
+                    self.rope.apply_batch_adjacent(q, q_dim, start)?;
+                    self.rope.apply_batch_adjacent(k, kv_dim, start)?;
+                }
+            }
             kv_cache.store(layer, start, k, v)?;
             let cache = &**kv_cache;
             kernels.attention_batch(
@@ -379,6 +392,8 @@ fn embed(embedding: &MatRef<'_>, token: u32, out: &mut [f32]) -> Result<()> {
         MatRef::F32(m) => out.copy_from_slice(m.row(row).ok_or_else(invalid)?),
         MatRef::Int8(m) => m.dequantize_row(row, out)?,
         MatRef::Int4(m) => m.dequantize_row(row, out)?,
+        // GGUF blocks: the row dequantized exactly (as gguf-py does).
+        MatRef::Blocks(m) => m.dequantize_row(row, out)?,
     }
     Ok(())
 }

@@ -47,7 +47,7 @@ pub use kv_cache::KvCache;
 pub use model::{
     Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency, Resident,
 };
-pub use perplexity::{Divergence, Perplexity};
+pub use perplexity::{Divergence, Perplexity, Scoring};
 pub use sampling::{Sampler, SamplingParams};
 pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 pub use session::{Session, SessionOptions};

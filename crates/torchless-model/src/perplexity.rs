@@ -1,9 +1,36 @@
-//! Teacher-forced evaluation: the mean negative log-likelihood of a text under the model.
+//! Teacher-forced evaluation: the mean negative log-likelihood of a text under the model, and
+//! the divergence of two sessions' next-token distributions, with two ways of cutting the text
+//! into windows and choosing the positions scored ([`Scoring`]).
 
 use crate::error::{ModelError, Result};
 use crate::model::Residency;
 use crate::sampling::logsumexp;
 use crate::session::Session;
+
+/// How a text is cut into windows evaluated from an empty cache, and which positions count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scoring {
+    /// Chunks of at most `ctx` tokens, each starting with BOS (for a model whose prompts have
+    /// none, plain windows whose first token is context only); every token after the first of
+    /// its chunk is predicted and scored, the last chunk may be short. Hugging Face's strided
+    /// evaluation without overlap.
+    #[default]
+    EveryPosition,
+    /// As llama.cpp's `llama-perplexity` (and its `--kl-divergence`): the ids (with BOS first
+    /// when the model's prompts start with it) cut into `len / ctx` windows of exactly `ctx`
+    /// tokens, the rest dropped; the first token of each window replaced by BOS when the model
+    /// uses one; only the second half scored: the predictions made at positions
+    /// `ctx/2 .. ctx-1` (of tokens `ctx/2 + 1 ..= ctx - 1`), so every scored token has at least
+    /// `ctx/2` tokens of context. Figures comparable to llama.cpp's on the same file and text.
+    LlamaPerplexity,
+}
+
+/// One window of a text: its tokens and the positions whose predictions are scored.
+struct Window {
+    tokens: Vec<u32>,
+    /// Positions whose logits count (each predicts the token after it, if any).
+    scored: std::ops::Range<usize>,
+}
 
 /// Result of [`Session::perplexity`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,7 +49,8 @@ pub struct Perplexity {
 /// from this one's (e.g. the inexact int8-activation path against the exact one).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Divergence {
-    /// Positions compared (every position of every chunk).
+    /// Positions compared (every position of every chunk; with
+    /// [`Scoring::LlamaPerplexity`], the scored ones).
     pub positions: usize,
     /// Mean of `KL(P_self || P_other)` over the positions, in nats.
     pub mean_kl: f64,
@@ -37,6 +65,55 @@ pub struct Divergence {
 }
 
 impl<R: Residency> Session<'_, R> {
+    /// `ids` cut into windows as `scoring` says.
+    fn windows(&self, ids: &[u32], ctx: usize, scoring: Scoring) -> Result<Vec<Window>> {
+        match scoring {
+            Scoring::EveryPosition => Ok(self
+                .chunks(ids, ctx)?
+                .into_iter()
+                .map(|tokens| Window {
+                    scored: 0..tokens.len(),
+                    tokens,
+                })
+                .collect()),
+            Scoring::LlamaPerplexity => {
+                if ctx < 4 {
+                    return Err(ModelError::InvalidOption {
+                        option: "ctx".into(),
+                        message: format!(
+                            "{ctx} leaves no second half to score in a window; use 4 or more"
+                        ),
+                    });
+                }
+                if ids.len() < ctx {
+                    return Err(ModelError::InvalidOption {
+                        option: "ctx".into(),
+                        message: format!(
+                            "llama-perplexity scoring needs at least one window of {ctx} tokens; \
+                             the text has {}",
+                            ids.len()
+                        ),
+                    });
+                }
+                let tokenizer = self.model().tokenizer();
+                let bos = tokenizer.adds_bos().then(|| tokenizer.bos_id()).flatten();
+                Ok(ids
+                    .chunks_exact(ctx)
+                    .map(|chunk| {
+                        let mut tokens = chunk.to_vec();
+                        if let Some(bos) = bos {
+                            tokens[0] = bos;
+                        }
+                        Window {
+                            tokens,
+                            scored: ctx / 2..ctx - 1,
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+
     /// `ids` cut into chunks of at most `ctx` tokens, each starting with BOS (a leading BOS in
     /// `ids` is not counted twice). For a model whose prompts have no BOS (SmolLM2, GPT-2
     /// style), the chunks are plain windows of `ctx` tokens and each window's first token is
@@ -90,6 +167,18 @@ impl<R: Residency> Session<'_, R> {
         other: &mut Session<'_, R2>,
         ids: &[u32],
         ctx: usize,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Divergence> {
+        self.divergence_with(other, ids, ctx, Scoring::EveryPosition, progress)
+    }
+
+    /// [`divergence`](Self::divergence) with the windows and positions of `scoring`.
+    pub fn divergence_with<R2: Residency>(
+        &mut self,
+        other: &mut Session<'_, R2>,
+        ids: &[u32],
+        ctx: usize,
+        scoring: Scoring,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Divergence> {
         let vocab = self.model().config().vocab_size;
@@ -102,20 +191,27 @@ impl<R: Residency> Session<'_, R> {
                 ),
             });
         }
-        let chunks = self.chunks(ids, ctx)?;
+        let windows = self.windows(ids, ctx, scoring)?;
         let (mut sum_kl, mut max_kl, mut agree, mut positions) = (0.0f64, 0.0f64, 0usize, 0usize);
         let (mut nll, mut other_nll, mut predicted) = (0.0f64, 0.0f64, 0usize);
-        for (i, input) in chunks.iter().enumerate() {
+        for (i, window) in windows.iter().enumerate() {
+            let (input, first) = (&window.tokens, window.scored.start);
             self.reset();
             other.reset();
-            // This session's log-probabilities for the whole chunk, then the other's row by row.
-            let mut reference: Vec<f64> = Vec::with_capacity(input.len() * vocab);
-            self.evaluate(input, |_, logits| {
-                let lse = logsumexp(logits);
-                reference.extend(logits.iter().map(|&l| f64::from(l) - lse));
+            // This session's log-probabilities for the scored rows, then the other's row by row.
+            let mut reference: Vec<f64> = Vec::with_capacity(window.scored.len() * vocab);
+            self.evaluate_from(input, first, |t, logits| {
+                if window.scored.contains(&t) {
+                    let lse = logsumexp(logits);
+                    reference.extend(logits.iter().map(|&l| f64::from(l) - lse));
+                }
             })?;
-            other.evaluate(input, |t, logits| {
-                let log_p = &reference[t * vocab..(t + 1) * vocab];
+            other.evaluate_from(input, first, |t, logits| {
+                if !window.scored.contains(&t) {
+                    return;
+                }
+                let row = t - first;
+                let log_p = &reference[row * vocab..(row + 1) * vocab];
                 let lse = logsumexp(logits);
                 let kl: f64 = log_p
                     .iter()
@@ -132,7 +228,7 @@ impl<R: Residency> Session<'_, R> {
                     predicted += 1;
                 }
             })?;
-            progress(i + 1, chunks.len());
+            progress(i + 1, windows.len());
         }
         self.reset();
         other.reset();
@@ -157,15 +253,31 @@ impl<R: Residency> Session<'_, R> {
         &mut self,
         ids: &[u32],
         ctx: usize,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Perplexity> {
+        self.perplexity_with(ids, ctx, Scoring::EveryPosition, progress)
+    }
+
+    /// [`perplexity`](Self::perplexity) with the windows and positions of `scoring`
+    /// ([`Scoring::LlamaPerplexity`]: figures comparable to `llama-perplexity`'s).
+    pub fn perplexity_with(
+        &mut self,
+        ids: &[u32],
+        ctx: usize,
+        scoring: Scoring,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Perplexity> {
-        let chunks = self.chunks(ids, ctx)?;
+        let windows = self.windows(ids, ctx, scoring)?;
         let mut total_nll = 0.0f64;
         let mut count = 0usize;
-        for (i, input) in chunks.iter().enumerate() {
+        for (i, window) in windows.iter().enumerate() {
+            let input = &window.tokens;
             self.reset();
             let mut failed = None;
-            self.evaluate(input, |t, logits| {
+            self.evaluate_from(input, window.scored.start, |t, logits| {
+                if !window.scored.contains(&t) {
+                    return;
+                }
                 // Logits at position t predict token t + 1.
                 if let Some(&next) = input.get(t + 1) {
                     match logits.get(next as usize) {
@@ -183,13 +295,13 @@ impl<R: Residency> Session<'_, R> {
                     vocab_size: self.model().config().vocab_size,
                 });
             }
-            progress(i + 1, chunks.len());
+            progress(i + 1, windows.len());
         }
         self.reset();
         let mean_nll = total_nll / count as f64;
         Ok(Perplexity {
             tokens: count,
-            chunks: chunks.len(),
+            chunks: windows.len(),
             mean_nll,
             perplexity: mean_nll.exp(),
         })

@@ -34,6 +34,12 @@ pub struct SessionOptions {
     /// (see [`crate::kernels::Kernels::with_int8_activations`]). Generating one token at a time,
     /// batches of fewer than 5 tokens and f32 models are unaffected.
     pub int8_activations: bool,
+    /// GGUF weights (ggml blocks) multiplied exactly (default off): dequantized to f32 and
+    /// multiplied with f32 activations, the reference path that matches `transformers` on the
+    /// same file to f32 rounding (see [`crate::kernels::Kernels::with_exact_blocks`]). Off, the
+    /// activations are quantized per block as llama.cpp does (Q8_0 per 32 for the 32-value
+    /// formats, Q8_K per 256 for the K-quants), faster. Other weights are unaffected.
+    pub exact_activations: bool,
 }
 
 impl Default for SessionOptions {
@@ -44,6 +50,7 @@ impl Default for SessionOptions {
             threads: 0,
             batch_threads: 0,
             int8_activations: false,
+            exact_activations: false,
         }
     }
 }
@@ -152,7 +159,9 @@ impl<'m, R: Residency> Session<'m, R> {
         Ok(Self {
             model,
             weights: model.weights()?,
-            kernels: Kernels::auto().with_int8_activations(options.int8_activations),
+            kernels: Kernels::auto()
+                .with_int8_activations(options.int8_activations)
+                .with_exact_blocks(options.exact_activations),
             kv_cache,
             scratch,
             logits: Vec::new(),
@@ -420,10 +429,22 @@ impl<'m, R: Residency> Session<'m, R> {
     pub fn evaluate(
         &mut self,
         tokens: &[u32],
+        on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.evaluate_from(tokens, 0, on_logits)
+    }
+
+    /// Like [`evaluate`](Self::evaluate), computing logits (and calling `on_logits`) only for
+    /// the tokens from index `first` on: the output projection of the others is skipped.
+    pub fn evaluate_from(
+        &mut self,
+        tokens: &[u32],
+        first: usize,
         mut on_logits: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
         let offset = usize::from(self.pending.is_some());
         let input = self.take_input(tokens)?;
+        let wanted = (first + offset).min(input.len())..input.len();
         self.run(
             &input,
             |i, row| {
@@ -431,7 +452,7 @@ impl<'m, R: Residency> Session<'m, R> {
                     on_logits(i - offset, row)
                 }
             },
-            0..input.len(),
+            wanted,
         )
     }
 

@@ -4,8 +4,9 @@
 
 use std::ops::Range;
 
+use torchless_format::gguf::BlockFormat;
 use torchless_format::{layer_tensor_name, Config, ModelFile, TensorData, TensorRef};
-use torchless_kernels::MatRef;
+use torchless_kernels::{BlockType, MatRef};
 
 use crate::error::{ModelError, Result};
 
@@ -132,22 +133,43 @@ fn norm_view(tensor: TensorRef<'_>, len: usize) -> Result<&[f32]> {
     check_shape(&tensor, &[len])?;
     match tensor.data {
         TensorData::F32(values) => Ok(values),
-        TensorData::Int8(_) | TensorData::Int4(_) => Err(ModelError::TensorDtype {
+        TensorData::Int8(_) | TensorData::Int4(_) | TensorData::Blocks(_) => {
+            Err(ModelError::TensorDtype {
             tensor: tensor.info.name.clone(),
             expected: "f32",
             found: tensor.info.dtype.to_string(),
-        }),
+            })
+        }
     }
 }
 
-/// A `[rows, cols]` matrix in any dtype the kernels take.
+/// A `[rows, cols]` matrix in any dtype the kernels take: GGUF blocks go to the kernels as the
+/// file holds them (a [`BlockType`] view of the mapped bytes: no copy, no conversion).
 fn matrix_view(tensor: TensorRef<'_>, [rows, cols]: [usize; 2]) -> Result<MatRef<'_>> {
     check_shape(&tensor, &[rows, cols])?;
     Ok(match tensor.data {
         TensorData::F32(values) => MatRef::f32(values, rows, cols)?,
         TensorData::Int8(view) => MatRef::int8(view.values, view.inv_scales, rows, cols)?,
         TensorData::Int4(view) => MatRef::int4(view.packed, view.scales, rows, cols)?,
+        TensorData::Blocks(view) => MatRef::blocks(block_type(view.format), view.data, rows, cols)?,
     })
+}
+
+/// The kernels' name for a GGUF block format (the format crate and the kernels know nothing of
+/// each other; the model joins them here).
+fn block_type(format: BlockFormat) -> BlockType {
+    match format {
+        BlockFormat::F16 => BlockType::F16,
+        BlockFormat::BF16 => BlockType::BF16,
+        BlockFormat::Q8_0 => BlockType::Q8_0,
+        BlockFormat::Q4_0 => BlockType::Q4_0,
+        BlockFormat::Q4_1 => BlockType::Q4_1,
+        BlockFormat::Q5_0 => BlockType::Q5_0,
+        BlockFormat::Q5_1 => BlockType::Q5_1,
+        BlockFormat::Q4_K => BlockType::Q4K,
+        BlockFormat::Q5_K => BlockType::Q5K,
+        BlockFormat::Q6_K => BlockType::Q6K,
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +213,17 @@ mod tests {
                 inter + 1
             )
         );
+    }
+
+    /// Each block format is the kernels' type of the same ggml name and block size.
+    #[test]
+    fn block_formats_map_to_the_kernels_types() {
+        for format in BlockFormat::ALL {
+            let ty = block_type(format);
+            assert_eq!(ty.name(), format.name());
+            assert_eq!(ty.block_values(), format.block_values());
+            assert_eq!(ty.block_bytes(), format.block_bytes());
+        }
     }
 
     #[test]

@@ -104,6 +104,8 @@ fn gguf_converts_to_the_exported_tensors() {
             tensors: reference.n_tensors(),
             types: vec!["F32"],
             file_bytes,
+            copied: reference.n_tensors(),
+            dequantized: vec![],
         }
     );
     for info in reference.tensors() {

@@ -1030,6 +1030,353 @@ fn corrupted_model_files_end_in_errors_or_results_never_panics() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// GGUF files.
+
+#[path = "../../torchless-format/tests/common/gguf_writer.rs"]
+mod gguf_writer;
+
+use gguf_writer::{RawGguf, RawTensor};
+use torchless_model::format::gguf::{GgufArray, GgufValue};
+
+/// The cases of one GGUF fixture: truncations at every structural boundary, seeded bit flips in
+/// the header, every key removed or of the wrong type or out of range, tensor infos pushed out
+/// of range (offsets, dims, types, names), vocabularies with holes, and NaN/Inf in weights and
+/// block scales.
+fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
+    let mut rng = Rng(seed);
+    let mut cases = Vec::new();
+    let bytes = raw.to_bytes();
+    let push = |cases: &mut Vec<Case>, class, label: String, bytes, expect| {
+        cases.push(Case {
+            class,
+            label,
+            bytes,
+            expect,
+        })
+    };
+    push(
+        &mut cases,
+        "gguf structure",
+        "unchanged, re-serialized".into(),
+        bytes.clone(),
+        Expect::Finite,
+    );
+    // Truncations: every boundary the writer knows, and one byte before and after.
+    let data_start = raw
+        .boundaries()
+        .into_iter()
+        .find(|&b| b > 24 && b % raw.alignment == 0 && bytes.len() > b)
+        .unwrap_or(0);
+    let mut cuts: Vec<usize> = raw
+        .boundaries()
+        .into_iter()
+        .flat_map(|b| [b.saturating_sub(1), b, b + 1])
+        .filter(|&b| b < bytes.len())
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    for cut in cuts {
+        push(
+            &mut cases,
+            "gguf truncation",
+            format!("cut at {cut}"),
+            bytes[..cut].to_vec(),
+            Expect::Err,
+        );
+    }
+    // Bit flips in the header (metadata and tensor infos): anything but a panic.
+    let header_end = raw.boundaries().into_iter().filter(|&b| b <= data_start).max().unwrap_or(24);
+    for _ in 0..160 {
+        let at = rng.below(header_end.max(1));
+        let bit = rng.below(8);
+        let mut b = bytes.clone();
+        b[at] ^= 1 << bit;
+        push(&mut cases, "gguf header bit flip", format!("byte {at} bit {bit}"), b, Expect::Any);
+    }
+    // Metadata: each key removed, given the wrong type, or out of range.
+    let required = [
+        "general.architecture",
+        "llama.block_count",
+        "llama.context_length",
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.attention.head_count",
+        "llama.attention.layer_norm_rms_epsilon",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+    ];
+    for (key, value) in &raw.metadata {
+        let mut r = raw.clone();
+        r.remove(key);
+        let expect = if required.contains(&key.as_str()) || key == "tokenizer.ggml.merges" {
+            Expect::Err
+        } else {
+            // Optional keys fall back to llama.cpp's defaults.
+            Expect::ErrOrFinite
+        };
+        push(&mut cases, "gguf metadata", format!("{key} removed"), r.to_bytes(), expect);
+        let wrong = match value {
+            GgufValue::String(_) => GgufValue::U32(7),
+            GgufValue::Array(_) => GgufValue::String("not an array".into()),
+            _ => GgufValue::String("7".into()),
+        };
+        let mut r = raw.clone();
+        r.set(key, wrong);
+        let read = key.starts_with("llama.") || key.starts_with("tokenizer.") || key == "general.architecture";
+        let expect = if read { Expect::Err } else { Expect::ErrOrFinite };
+        push(&mut cases, "gguf metadata", format!("{key} of the wrong type"), r.to_bytes(), expect);
+    }
+    let u = GgufValue::U32;
+    let u64v = GgufValue::U64;
+    let f = GgufValue::F32;
+    let edits: Vec<(&str, GgufValue, Expect)> = vec![
+        ("llama.block_count", u(0), Expect::Err),
+        ("llama.block_count", u(1), Expect::Err),
+        ("llama.block_count", u(3), Expect::Err),
+        ("llama.block_count", u64v(u64::MAX), Expect::Err),
+        ("llama.embedding_length", u(0), Expect::Err),
+        ("llama.embedding_length", u(1 << 30), Expect::Err),
+        ("llama.feed_forward_length", u(1), Expect::Err),
+        ("llama.attention.head_count", u(0), Expect::Err),
+        ("llama.attention.head_count", u(3), Expect::Err),
+        ("llama.attention.head_count", u(1 << 24), Expect::Err),
+        ("llama.attention.head_count_kv", u(0), Expect::Err),
+        ("llama.attention.head_count_kv", u(3), Expect::Err),
+        ("llama.attention.key_length", u(17), Expect::Err),
+        ("llama.attention.key_length", u(1 << 24), Expect::Err),
+        ("llama.rope.dimension_count", u(2), Expect::Err),
+        ("llama.context_length", u(0), Expect::Err),
+        ("llama.context_length", u(1), Expect::Finite),
+        ("llama.context_length", u(1 << 24), Expect::ErrOrFinite),
+        ("llama.attention.sliding_window", u(0), Expect::Finite),
+        ("llama.attention.sliding_window", u(1), Expect::Finite),
+        ("llama.attention.sliding_window", u64v(u64::MAX), Expect::ErrOrFinite),
+        ("llama.rope.freq_base", f(0.0), Expect::Err),
+        ("llama.rope.freq_base", f(f32::NAN), Expect::Err),
+        ("llama.rope.freq_base", f(f32::INFINITY), Expect::Err),
+        ("llama.rope.freq_base", f(1e30), Expect::ErrOrFinite),
+        ("llama.attention.layer_norm_rms_epsilon", f(-1.0), Expect::Err),
+        ("llama.attention.layer_norm_rms_epsilon", f(1e30), Expect::ErrOrFinite),
+        ("llama.vocab_size", u(1), Expect::Err),
+        ("llama.expert_count", u(8), Expect::Err),
+        ("llama.expert_count", u(0), Expect::Finite),
+        ("llama.rope.scaling.type", GgufValue::String("linear".into()), Expect::Err),
+        ("llama.rope.scaling.type", GgufValue::String("none".into()), Expect::Finite),
+        ("general.architecture", GgufValue::String("gemma".into()), Expect::Err),
+        ("general.alignment", u(3), Expect::Err),
+        ("general.alignment", u(0), Expect::Err),
+        ("tokenizer.ggml.model", GgufValue::String("bert".into()), Expect::Err),
+        ("tokenizer.ggml.bos_token_id", u(u32::MAX), Expect::Err),
+        ("tokenizer.ggml.eos_token_id", u(1 << 20), Expect::Err),
+        ("tokenizer.ggml.unknown_token_id", u(1 << 20), Expect::Err),
+        ("tokenizer.ggml.pre", GgufValue::String("no-such-pre".into()), Expect::Err),
+        ("tokenizer.ggml.add_bos_token", GgufValue::Bool(true), Expect::Finite),
+        ("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(vec![1; 3])), Expect::Err),
+        ("tokenizer.ggml.scores", GgufValue::Array(GgufArray::F32(vec![0.0; 3])), Expect::Err),
+        ("tokenizer.ggml.merges", GgufValue::Array(GgufArray::String(vec!["x".into()])), Expect::ErrOrFinite),
+        ("tokenizer.chat_template", GgufValue::String("{% for".into()), Expect::Finite),
+    ];
+    for (key, value, expect) in edits {
+        let mut r = raw.clone();
+        let label = format!("{key} = {value:?}");
+        r.set(key, value);
+        push(&mut cases, "gguf metadata", label, r.to_bytes(), expect);
+    }
+    // The vocabulary with holes: fewer pieces than embedding rows, or none.
+    if let Some(GgufValue::Array(GgufArray::String(tokens))) = raw.get("tokenizer.ggml.tokens") {
+        for keep in [0, 1, tokens.len() / 2, tokens.len() - 1] {
+            let mut r = raw.clone();
+            r.set(
+                "tokenizer.ggml.tokens",
+                GgufValue::Array(GgufArray::String(tokens[..keep].to_vec())),
+            );
+            push(&mut cases, "gguf vocabulary", format!("{keep} pieces"), r.to_bytes(), Expect::Err);
+        }
+    }
+    // Tensor infos: offsets, dims, types, names.
+    for (i, t) in raw.tensors.iter().enumerate() {
+        let n = &t.name;
+        let mut edit = |label: &str, expect: Expect, change: &dyn Fn(&mut RawTensor)| {
+            let mut r = raw.clone();
+            change(&mut r.tensors[i]);
+            push(&mut cases, "gguf tensor", format!("{n}: {label}"), r.to_bytes(), expect);
+        };
+        edit("one more row", Expect::Err, &|t| *t.dims.last_mut().unwrap() += 1);
+        edit("no dims", Expect::Err, &|t| t.dims.clear());
+        edit("5 dims", Expect::Err, &|t| t.dims.extend([1, 1, 1, 1]));
+        edit("a huge dim", Expect::Err, &|t| t.dims[0] = u64::MAX / 2);
+        edit("renamed", Expect::Err, &|t| t.name.push('x'));
+        edit("an unknown type", Expect::Err, &|t| t.type_id = 99);
+        edit("type Q2_K", Expect::Err, &|t| t.type_id = 10);
+        edit("type IQ4_NL", Expect::Err, &|t| t.type_id = 20);
+        edit("type I32", Expect::Err, &|t| t.type_id = 26);
+        edit("data cut", Expect::Err, &|t| {
+            let keep = t.data.len() / 2;
+            t.data.truncate(keep)
+        });
+        for other in [0u32, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30] {
+            if other != t.type_id {
+                // Another supported type: the data no longer has that type's size (refused),
+                // or happens to (then it must load, or be refused, cleanly).
+                edit(&format!("type {other}"), Expect::Any, &|t| t.type_id = other);
+            }
+        }
+    }
+    // Offsets in the table, patched in place: past the end, misaligned, onto another tensor.
+    let infos_at: Vec<usize> = raw
+        .tensors
+        .iter()
+        .map(|t| {
+            let mut needle = (t.name.len() as u64).to_le_bytes().to_vec();
+            needle.extend_from_slice(t.name.as_bytes());
+            let at = bytes.windows(needle.len()).position(|w| w == needle.as_slice()).unwrap();
+            at + needle.len() + 4 + 8 * t.dims.len() + 4
+        })
+        .collect();
+    for (t, &at) in raw.tensors.iter().zip(&infos_at) {
+        for (label, offset, expect) in [
+            ("offset past the end", bytes.len() as u64, Expect::Err),
+            ("offset u64::MAX", u64::MAX, Expect::Err),
+            ("offset misaligned", 1, Expect::Err),
+            ("offset onto the first tensor", 0, Expect::Any),
+        ] {
+            let mut b = bytes.clone();
+            b[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+            push(&mut cases, "gguf tensor", format!("{}: {label}", t.name), b, expect);
+        }
+    }
+    // NaN and infinities in weights and block scales.
+    for t in &raw.tensors {
+        let (at, width) = match t.type_id {
+            0 => (4 * rng.below(t.data.len() / 4), 4),
+            // The f16 scale of a random block.
+            2 | 8 => {
+                let block = if t.type_id == 2 { 18 } else { 34 };
+                (rng.below(t.data.len() / block) * block, 2)
+            }
+            _ => continue,
+        };
+        for (label, bits) in [("NaN", 0x7fc0_0000u32), ("+Inf", 0x7f80_0000)] {
+            let mut r = raw.clone();
+            let data = &mut r.tensor_mut(&t.name).data;
+            if width == 4 {
+                data[at..at + 4].copy_from_slice(&bits.to_le_bytes());
+            } else {
+                let half: u16 = if label == "NaN" { 0x7e00 } else { 0x7c00 };
+                data[at..at + 2].copy_from_slice(&half.to_le_bytes());
+            }
+            // Every weight reaches the logits of one token in these tied models: a norm value or
+            // a matrix value (every row of a product is computed), and any embedding row (the
+            // embedding is the output matrix too).
+            push(
+                &mut cases,
+                "gguf non-finite",
+                format!("{}: {label} at byte {at}", t.name),
+                r.to_bytes(),
+                Expect::Flagged {
+                    tensor: hf_name(&t.name),
+                    reaches_logits: true,
+                },
+            );
+        }
+    }
+    cases
+}
+
+/// The model's name of a GGUF tensor (what `non_finite_tensors` reports).
+fn hf_name(gguf: &str) -> String {
+    match gguf {
+        "token_embd.weight" => "model.embed_tokens.weight".into(),
+        "output_norm.weight" => "model.norm.weight".into(),
+        "output.weight" => "lm_head.weight".into(),
+        _ => {
+            let rest = gguf.strip_prefix("blk.").unwrap();
+            let (layer, rest) = rest.split_once('.').unwrap();
+            let suffix = match rest.strip_suffix(".weight").unwrap() {
+                "attn_norm" => "input_layernorm.weight",
+                "attn_q" => "self_attn.q_proj.weight",
+                "attn_k" => "self_attn.k_proj.weight",
+                "attn_v" => "self_attn.v_proj.weight",
+                "attn_output" => "self_attn.o_proj.weight",
+                "ffn_norm" => "post_attention_layernorm.weight",
+                "ffn_gate" => "mlp.gate_proj.weight",
+                "ffn_up" => "mlp.up_proj.weight",
+                "ffn_down" => "mlp.down_proj.weight",
+                other => panic!("{other}"),
+            };
+            format!("model.layers.{layer}.{suffix}")
+        }
+    }
+}
+
+#[test]
+fn corrupted_gguf_files_end_in_errors_or_results_never_panics() {
+    // (fixture, seed): GGUFs written by gguf-py (Q4_0 matrices with a Q8_0 embedding; Q8_0).
+    let fixtures = [
+        ("llama-tied-q4_0.gguf", 0x6605_0001u64),
+        ("llama-tied-q8_0.gguf", 0x6605_0002),
+    ];
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (name, seed) in fixtures {
+        let raw = RawGguf::open(&common::fixtures().join(name));
+        let clean = run::<torchless_model::Resident>(&raw.to_bytes());
+        assert_eq!(clean.outcome, Outcome::Finite, "{name}: the fixture itself runs");
+        assert!(clean.flagged.is_empty(), "{name}: the fixture is clean");
+        let cases = gguf_cases(&raw, seed);
+        let start = Instant::now();
+        let mut by_class: BTreeMap<&str, BTreeMap<Outcome, usize>> = BTreeMap::new();
+        let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+        for case in &cases {
+            match check(case) {
+                Ok(run) => {
+                    *by_class
+                        .entry(case.class)
+                        .or_default()
+                        .entry(run.outcome)
+                        .or_default() += 1;
+                    if std::env::var_os("MUTATION_VERBOSE").is_some() && run.class.is_empty() {
+                        eprintln!("{name}: {} / {}: {:?}", case.class, case.label, run.outcome);
+                    }
+                    if !run.class.is_empty() {
+                        *errors.entry(run.class).or_default() += 1;
+                    }
+                    if case.label == "unchanged, re-serialized" && run.logits != clean.logits {
+                        failures.push(format!("{name}: re-serializing changed the logits"));
+                    }
+                }
+                Err(problem) => failures.push(format!(
+                    "{name}: {} / {}: {problem}",
+                    case.class, case.label
+                )),
+            }
+        }
+        writeln!(
+            report,
+            "{name}: {} cases (x2: resident and lazy) in {:.1?}",
+            cases.len(),
+            start.elapsed()
+        )
+        .unwrap();
+        for (class, outcomes) in &by_class {
+            writeln!(report, "  {class:<26} {outcomes:?}").unwrap();
+        }
+        writeln!(report, "  errors: {errors:?}").unwrap();
+        total += cases.len();
+    }
+    eprintln!("GGUF mutation test: {total} cases\n{report}");
+    assert!(total > 1000, "{total} cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_no_absurd_allocation();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Resource limits.
 
 /// Runs `f`, which must fail quickly: an answer in milliseconds means nothing big was allocated

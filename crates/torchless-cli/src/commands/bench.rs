@@ -98,8 +98,9 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
         let value = serde_json::json!({
             "model": args.model.model.display().to_string(),
             "residency": model.residency(),
-            "quant": config.quant.as_str(),
+            "quant": super::weight_types(model.file()),
             "int8_activations": args.model.int8_activations,
+            "exact": args.model.exact,
             "batch_size": report.batch_size,
             "threads": threads,
             "n_prompt": args.n_prompt,
@@ -130,20 +131,22 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         if args.n_prompt > 0 {
             println!(
-                "| {name} | {}{} | {threads} | pp{} | {pp_median:.2} | | | |",
+                "| {name} | {}{}{} | {threads} | pp{} | {pp_median:.2} | | | |",
                 model.residency(),
                 if args.model.int8_activations {
                     ", int8 activations"
                 } else {
                     ""
                 },
+                if args.model.exact { ", exact" } else { "" },
                 args.n_prompt
             );
         }
         if args.n_gen > 0 {
             println!(
-                "| {name} | {}{} | {threads} | tg{} | {tg_median:.3} | {bytes_per_token} | {gb_per_s:.2} | {} |",
+                "| {name} | {}{}{} | {threads} | tg{} | {tg_median:.3} | {bytes_per_token} | {gb_per_s:.2} | {} |",
                 model.residency(),
+                if args.model.exact { ", exact" } else { "" },
                 if args.parallel > 1 {
                     format!(", {} sequences", args.parallel)
                 } else {

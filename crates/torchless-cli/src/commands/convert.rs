@@ -15,8 +15,12 @@ use crate::output;
 #[derive(Args, Debug, Clone)]
 pub struct ConvertArgs {
     /// Hugging Face checkpoint directory (config.json, tokenizer.json, *.safetensors), or a
-    /// llama.cpp GGUF file (architecture `llama`; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K,
-    /// Q6_K tensors).
+    /// llama.cpp GGUF file (architecture `llama`, byte-level vocabulary; F32, F16, BF16, Q8_0,
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors). A GGUF needs no conversion to run
+    /// (`torchless MODEL.gguf "..."` uses its weights as they are); converting keeps a tensor's
+    /// values bit for bit where a torchless dtype holds its type (F32 as f32, Q4_0 as int4: the
+    /// same bytes) and otherwise dequantizes it exactly, then stores it as --quant says (f32,
+    /// or quantized again to int8/int4).
     pub input: PathBuf,
     /// Output model file.
     pub output: PathBuf,
@@ -118,11 +122,24 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
             tensors,
             types,
             file_bytes,
-        } => format!(
-            "{input} (GGUF v{version}, {tensors} tensors: {}, {})",
-            types.join("/"),
-            human_size(*file_bytes)
-        ),
+            copied,
+            dequantized,
+        } => {
+            let dequantized = if dequantized.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} dequantized from {}",
+                    tensors - copied,
+                    dequantized.join("/")
+                )
+            };
+            format!(
+                "{input} (GGUF v{version}, {tensors} tensors: {}, {}; {copied} copied as they are{dequantized})",
+                types.join("/"),
+                human_size(*file_bytes)
+            )
+        }
         other => format!("{input} ({other:?})"),
     };
     eprintln!(

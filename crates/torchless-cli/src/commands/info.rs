@@ -1,16 +1,18 @@
 //! `torchless info MODEL`: configuration, tensors, dtypes and sizes (`--json` for scripts,
-//! `--check` to scan the weights for NaN and infinities).
+//! `--check` to scan the weights for NaN and infinities). A GGUF file also shows its version, a
+//! summary of its metadata and each tensor's ggml type under its own name.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use torchless_model::format::{Architecture, ModelFile};
+use torchless_model::format::gguf::GgufValue;
+use torchless_model::format::{Architecture, FileFormat, ModelFile};
 
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
-    /// Model file.
+    /// Model file (GGUF or torchless).
     pub model: PathBuf,
     /// Print one JSON object.
     #[arg(long)]
@@ -42,6 +44,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         None
     };
 
+    let gguf_version = match file.format() {
+        FileFormat::Gguf { version } => Some(version),
+        FileFormat::Torchless => None,
+    };
+    let summary = gguf_summary(&file);
     if args.json {
         let dtypes: serde_json::Map<String, serde_json::Value> = by_dtype
             .iter()
@@ -72,6 +79,9 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
                 "architecture": c.architecture.as_str(),
                 "tie_word_embeddings": c.tie_word_embeddings,
             },
+            "format": if gguf_version.is_some() { "gguf" } else { "torchless" },
+            "gguf_version": gguf_version,
+            "weights": super::weight_types(&file),
             "metadata": file.metadata(),
             "n_tensors": file.n_tensors(),
             "parameters": params,
@@ -80,7 +90,13 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         if args.tensors {
             value["tensors"] = file
                 .tensors()
-                .map(|t| serde_json::json!({"name": t.name, "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.bytes_read()}))
+                .map(|t| {
+                    let mut v = serde_json::json!({"name": file.stored_name(&t.name), "dtype": t.dtype.as_str(), "shape": t.shape, "bytes": t.bytes_read()});
+                    if gguf_version.is_some() {
+                        v["model_name"] = t.name.clone().into();
+                    }
+                    v
+                })
                 .collect::<Vec<_>>()
                 .into();
         }
@@ -93,11 +109,18 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         }
         println!("{value}");
     } else {
+        let kind = match gguf_version {
+            Some(v) => format!(", GGUF v{v}"),
+            None => String::new(),
+        };
         println!(
-            "file            {} ({} bytes)",
+            "file            {} ({} bytes{kind})",
             args.model.display(),
             file.file_len()
         );
+        for (key, value) in &summary {
+            println!("{key:<15} {value}");
+        }
         let family = match c.architecture {
             Architecture::Mistral => "Mistral",
             Architecture::Llama => "Llama",
@@ -124,14 +147,23 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         );
         println!("rope_theta      {}", c.rope_theta);
         println!("norm_eps        {}", c.norm_eps);
-        println!("quant           {}", c.quant.as_str());
+        if gguf_version.is_some() {
+            println!("weights         {}", super::weight_types(&file));
+        } else {
+            println!("quant           {}", c.quant.as_str());
+        }
         println!("tensors         {}", file.n_tensors());
         for (dtype, (n, elements, bytes)) in &by_dtype {
             println!("  {dtype:<5} {n:>5} tensors {elements:>14} values {bytes:>14} bytes");
         }
         if args.tensors {
             for t in file.tensors() {
-                println!("  {:<52} {:<5} {:?}", t.name, t.dtype.as_str(), t.shape);
+                println!(
+                    "  {:<52} {:<5} {:?}",
+                    file.stored_name(&t.name),
+                    t.dtype.as_str(),
+                    t.shape
+                );
             }
         }
         if let Some(bad) = &non_finite {
@@ -149,4 +181,73 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A GGUF file's metadata in a few lines: its name, llama.cpp's file type (`Q4_K_M`, ...),
+/// quantization version and tokenizer (nothing for a torchless file).
+fn gguf_summary(file: &ModelFile) -> Vec<(&'static str, String)> {
+    let Some(metadata) = file.gguf_metadata() else {
+        return Vec::new();
+    };
+    let get = |key: &str| metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let text = |key: &str| get(key).and_then(GgufValue::as_str).map(str::to_string);
+    let mut lines = Vec::new();
+    if let Some(name) = text("general.name") {
+        lines.push(("name", name));
+    }
+    if let Some(ftype) = get("general.file_type").and_then(GgufValue::as_u64) {
+        lines.push((
+            "file type",
+            match file_type_name(ftype) {
+                Some(name) => format!("{name} (general.file_type {ftype})"),
+                None => format!("general.file_type {ftype}"),
+            },
+        ));
+    }
+    if let Some(v) = get("general.quantization_version").and_then(GgufValue::as_u64) {
+        lines.push(("quant version", v.to_string()));
+    }
+    if let Some(model) = text("tokenizer.ggml.model") {
+        let pre = text("tokenizer.ggml.pre").map_or(String::new(), |p| format!(", pre {p}"));
+        let pieces = get("tokenizer.ggml.tokens")
+            .and_then(GgufValue::as_array)
+            .map_or(0, |a| a.len());
+        let kind = match model.as_str() {
+            "llama" => "SentencePiece",
+            "gpt2" => "byte-level BPE",
+            _ => "unknown",
+        };
+        lines.push((
+            "tokenizer",
+            format!("{kind} ({model}{pre}), {pieces} pieces"),
+        ));
+    }
+    if let Some(template) = file.chat_template() {
+        lines.push(("chat template", format!("{} bytes", template.len())));
+    }
+    lines
+}
+
+/// llama.cpp's names of its file types (`llama_ftype`).
+fn file_type_name(ftype: u64) -> Option<&'static str> {
+    Some(match ftype {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
 }

@@ -30,7 +30,7 @@ pub fn load_model<R: Residency>(args: &ModelArgs) -> anyhow::Result<Model<R>> {
     bar.finish_and_clear();
     let model = model.with_context(|| {
         format!(
-            "cannot load model {} (a torchless model file; make one with `torchless convert`)",
+            "cannot load model {} (a GGUF file or a torchless model file)",
             args.model.display()
         )
     })?;
@@ -46,7 +46,7 @@ fn print_debug_header<R: Residency>(model: &Model<R>, args: &ModelArgs) {
         "model: {} ({}, {} weights)",
         args.model.display(),
         model.residency(),
-        c.quant.as_str()
+        weight_types(model.file())
     );
     eprintln!(
         "config: hidden {} | intermediate {} | layers {} | heads {} | kv heads {} | head_dim {} | vocab {} | window {:?} | rope_theta {} | eps {} | max positions {}",
@@ -54,10 +54,15 @@ fn print_debug_header<R: Residency>(model: &Model<R>, args: &ModelArgs) {
         c.vocab_size, c.sliding_window, c.rope_theta, c.norm_eps, c.max_position_embeddings
     );
     eprintln!(
-        "kernels: {}{} | blas: {} | threads {} (batch {}) | load {:.3} s",
+        "kernels: {}{}{} | blas: {} | threads {} (batch {}) | load {:.3} s",
         torchless_model::kernels::cpu_path(),
         if args.int8_activations {
             " (int8 activations in batches)"
+        } else {
+            ""
+        },
+        if args.exact {
+            " (GGUF blocks exact)"
         } else {
             ""
         },
@@ -67,4 +72,28 @@ fn print_debug_header<R: Residency>(model: &Model<R>, args: &ModelArgs) {
             .map_or("same".to_string(), |t| t.to_string()),
         model.load_time().as_secs_f64()
     );
+}
+
+/// What a file's weights are stored as, for messages: `int8` (a torchless file's `quant`), or a
+/// GGUF file's ggml types with their tensor counts, most frequent first (`Q4_K ×113, Q6_K ×18,
+/// F32 ×61`).
+pub fn weight_types(file: &torchless_model::format::ModelFile) -> String {
+    use torchless_model::format::FileFormat;
+    if file.format() == FileFormat::Torchless {
+        return file.config().quant.as_str().to_string();
+    }
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for t in file.tensors() {
+        let name = t.dtype.as_str();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts
+        .iter()
+        .map(|(n, c)| format!("{} ×{c}", n.to_uppercase()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

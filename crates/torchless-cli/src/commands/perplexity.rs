@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use torchless_model::{Lazy, Residency, Resident};
+use torchless_model::{Lazy, Residency, Resident, Scoring};
 
 use super::load_model;
 use crate::options::ModelArgs;
@@ -31,8 +31,19 @@ pub struct PerplexityArgs {
     /// Instead of the perplexity alone: evaluate the text both exactly and with
     /// --int8-activations, and report the KL divergence of the second's next-token distributions
     /// from the first's (mean, max), their top-1 agreement and both perplexities.
-    #[arg(long = "kl-int8-activations", conflicts_with = "kl_reference")]
+    #[arg(long = "kl-int8-activations", conflicts_with_all = ["kl_reference", "kl_exact"])]
     pub kl_int8_activations: bool,
+    /// Instead of the perplexity alone (GGUF files): evaluate the text with the weights
+    /// multiplied exactly and with the activations quantized per block (the default, as
+    /// llama.cpp), and report the KL divergence of the second from the first.
+    #[arg(long = "kl-exact", conflicts_with = "kl_reference")]
+    pub kl_exact: bool,
+    /// Score as llama.cpp's `llama-perplexity` does, for figures comparable to its own on the
+    /// same file and text: windows of exactly --ctx tokens (the text with BOS first, cut into
+    /// len / ctx windows, the rest dropped), each window's first token replaced by BOS when the
+    /// model uses one, and only the second half of each window scored (perplexity and KL).
+    #[arg(long = "llama-compat")]
+    pub llama_compat: bool,
     /// Instead of the perplexity alone: evaluate the text with this model and with REF (the
     /// same model in another precision, e.g. its f32 file for an int8 one; same vocabulary)
     /// and report the KL divergence of this model's next-token distributions from REF's, their
@@ -85,8 +96,18 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
     };
     let mut options = args.model.session_options();
     options.context_len = Some(ctx.clamp(1, max));
-    if args.kl_int8_activations {
-        return run_divergence(&model, options, &ids, ctx, args.model.json);
+    let scoring = if args.llama_compat {
+        Scoring::LlamaPerplexity
+    } else {
+        Scoring::EveryPosition
+    };
+    if args.kl_int8_activations || args.kl_exact {
+        let pair = if args.kl_exact {
+            Pair::ExactBlocks
+        } else {
+            Pair::Int8Activations
+        };
+        return run_divergence(&model, options, &ids, ctx, scoring, pair, args.model.json);
     }
     if let Some(reference) = &args.kl_reference {
         let reference_model = torchless_model::Mistral::load(reference)
@@ -106,7 +127,7 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
             .session_with(options)
             .context("cannot create a session")?;
         let start = Instant::now();
-        let d = reference_session.divergence(&mut session, &ids, ctx, |_, _| {})?;
+        let d = reference_session.divergence_with(&mut session, &ids, ctx, scoring, |_, _| {})?;
         print_divergence(
             &d,
             "this model vs the reference",
@@ -122,7 +143,7 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
         .context("cannot create a session")?;
     let bar = output::progress_bar(0, "perplexity", false);
     let start = Instant::now();
-    let result = session.perplexity(&ids, ctx, |done, total| {
+    let result = session.perplexity_with(&ids, ctx, scoring, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
@@ -135,40 +156,77 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
             "chunks": result.chunks,
             "mean_nll": result.mean_nll,
             "ppl": result.perplexity,
+            "scoring": if args.llama_compat { "llama-perplexity" } else { "every position" },
             "seconds": seconds,
         });
         println!("{value}");
     } else {
+        let scoring = if args.llama_compat {
+            " (second halves, as llama-perplexity)"
+        } else {
+            ""
+        };
         println!(
-            "tokens {} | chunks {} | mean NLL {:.6} | perplexity {:.4}",
+            "tokens {} | chunks {} | mean NLL {:.6} | perplexity {:.4}{scoring}",
             result.tokens, result.chunks, result.mean_nll, result.perplexity
         );
     }
+    let evaluated = if args.llama_compat {
+        result.chunks * ctx
+    } else {
+        result.tokens + result.chunks
+    };
     eprintln!(
         "load {:.2} s | evaluated {} tokens in {:.2} s ({:.1} tok/s)",
         model.load_time().as_secs_f64(),
-        result.tokens + result.chunks,
+        evaluated,
         seconds,
-        (result.tokens + result.chunks) as f64 / seconds.max(1e-9)
+        evaluated as f64 / seconds.max(1e-9)
     );
     Ok(())
 }
 
-/// `--kl-int8-activations`: the exact path against the int8-activation path on the same text.
+/// Which two paths of one model `run_divergence` compares.
+#[derive(Clone, Copy)]
+enum Pair {
+    /// Exact int8 products against `--int8-activations`.
+    Int8Activations,
+    /// GGUF blocks multiplied exactly (`--exact`) against quantized activations (the default).
+    ExactBlocks,
+}
+
+/// `--kl-int8-activations` / `--kl-exact`: the exact path against the faster one on the same
+/// text.
 fn run_divergence<R: Residency>(
     model: &torchless_model::Model<R>,
     options: torchless_model::SessionOptions,
     ids: &[u32],
     ctx: usize,
+    scoring: Scoring,
+    pair: Pair,
     json: bool,
 ) -> anyhow::Result<()> {
-    let exact_options = torchless_model::SessionOptions {
-        int8_activations: false,
-        ..options.clone()
-    };
-    let fast_options = torchless_model::SessionOptions {
-        int8_activations: true,
-        ..options
+    let (exact_options, fast_options) = match pair {
+        Pair::Int8Activations => (
+            torchless_model::SessionOptions {
+                int8_activations: false,
+                ..options.clone()
+            },
+            torchless_model::SessionOptions {
+                int8_activations: true,
+                ..options
+            },
+        ),
+        Pair::ExactBlocks => (
+            torchless_model::SessionOptions {
+                exact_activations: true,
+                ..options.clone()
+            },
+            torchless_model::SessionOptions {
+                exact_activations: false,
+                ..options
+            },
+        ),
     };
     let mut exact = model
         .session_with(exact_options)
@@ -178,20 +236,17 @@ fn run_divergence<R: Residency>(
         .context("cannot create a session")?;
     let bar = output::progress_bar(0, "kl divergence", false);
     let start = Instant::now();
-    let result = exact.divergence(&mut fast, ids, ctx, |done, total| {
+    let result = exact.divergence_with(&mut fast, ids, ctx, scoring, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
     let d = result?;
-    print_divergence(
-        &d,
-        "int8 activations vs exact",
-        "int8_activations",
-        "exact",
-        start,
-        json,
-    );
+    let (title, other) = match pair {
+        Pair::Int8Activations => ("int8 activations vs exact", "int8_activations"),
+        Pair::ExactBlocks => ("quantized activations vs exact", "quantized_activations"),
+    };
+    print_divergence(&d, title, other, "exact", start, json);
     Ok(())
 }
 

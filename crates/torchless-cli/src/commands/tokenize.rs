@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use torchless_model::format::ModelFile;
 use torchless_model::{DecodeOptions, EncodeOptions, Tokenizer};
 
 #[derive(Args, Debug, Clone)]
 pub struct TokenizeArgs {
-    /// A torchless model file or a Hugging Face tokenizer.json.
+    /// A GGUF file (a vocabulary-only one too), a torchless model file or a Hugging Face
+    /// tokenizer.json.
     pub source: PathBuf,
     /// Text to encode; without it, stdin is read verbatim (nothing stripped).
     pub text: Option<String>,
@@ -25,23 +25,15 @@ pub struct TokenizeArgs {
     pub json: bool,
 }
 
-/// Loads a tokenizer from a model file (the one [`torchless_model::Model::load`] builds) or a
-/// tokenizer.json.
+/// Loads a tokenizer from a model file (torchless or GGUF, including a vocabulary-only GGUF:
+/// the one [`torchless_model::Model::load`] builds) or a tokenizer.json.
 pub fn load_tokenizer(source: &Path) -> anyhow::Result<Tokenizer> {
-    let is_json = source
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    if is_json {
-        return Tokenizer::from_file(source)
-            .with_context(|| format!("cannot load tokenizer {}", source.display()));
-    }
-    let file = ModelFile::open(source).with_context(|| {
+    torchless_model::load_tokenizer(source).with_context(|| {
         format!(
-            "cannot open {} (a model file or a tokenizer.json)",
+            "cannot load a tokenizer from {} (a GGUF file, a model file or a tokenizer.json)",
             source.display()
         )
-    })?;
-    Ok(torchless_model::tokenizer_for(&file)?)
+    })
 }
 
 pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {

@@ -318,6 +318,13 @@ pub(crate) fn open_model(header: &GgufHeader) -> Res<GgufModel> {
             })
         }
     };
+    if vocab_size == 0 || hidden_size as u64 != embedding.dims()[0] {
+        return Err(FormatErrorKind::WrongShape {
+            tensor: "token_embd.weight".into(),
+            expected: vec![vocab_size.max(1), hidden_size],
+            found: embedding.shape_rows_major(),
+        });
+    }
     if let Some(declared) = meta.uint(&key("vocab_size"))? {
         if declared != vocab_size as u64 {
             return Err(FormatErrorKind::BadMetadata {
@@ -460,12 +467,9 @@ pub(crate) fn chat_template(header: &GgufHeader) -> Res<Option<&str>> {
     Meta(header).string("tokenizer.chat_template")
 }
 
-/// The pre-tokenizers for which llama.cpp puts BOS first when the file does not say
-/// (`tokenizer.ggml.add_bos_token` absent), as its `llama_vocab::load` does.
-const BPE_ADDS_BOS: [&str; 5] = ["llama3", "llama-v3", "llama-bpe", "tekken", "pixtral"];
-
-/// The tokenizer of a GGUF file, from `tokenizer.ggml.*`, with llama.cpp's defaults where a
-/// key is absent. `embedding_rows`: the model's, when the file has weights (the vocabulary must
+/// The tokenizer of a GGUF file, from `tokenizer.ggml.*`, with llama.cpp's default ids and
+/// pre-tokenizer where a key is absent (`add_bos` and `add_space_prefix` stay `None`: their
+/// defaults depend on the tokenizer, which applies them). `embedding_rows`: the model's, when the file has weights (the vocabulary must
 /// have exactly one piece per row, as llama.cpp requires); `None` for a vocabulary-only file.
 pub(crate) fn tokenizer_data(
     header: &GgufHeader,
@@ -479,7 +483,7 @@ pub(crate) fn tokenizer_data(
         .ok_or_else(|| Meta::missing(model_key))?;
     let kind = match model {
         "llama" => TokenizerKind::ScoredSentencePiece,
-        "gpt2" => TokenizerKind::ByteLevelBpe,
+        "gpt2" => TokenizerKind::GgufByteLevelBpe,
         other => {
             return Err(bad(format!(
                 "{model_key} {other:?} is not supported: torchless reads \"llama\" (SentencePiece) \
@@ -535,7 +539,7 @@ pub(crate) fn tokenizer_data(
         .map(|(i, piece)| (piece.clone(), i as u32))
         .collect();
     Ok(match kind {
-        TokenizerKind::ByteLevelBpe => {
+        TokenizerKind::GgufByteLevelBpe => {
             let merges_key = "tokenizer.ggml.merges";
             let merges = meta
                 .strings(merges_key)?
@@ -562,14 +566,15 @@ pub(crate) fn tokenizer_data(
                 vocab,
                 merges: merges.to_vec(),
                 added_tokens,
-                add_bos: Some(add_bos.unwrap_or(BPE_ADDS_BOS.contains(&pre.as_str()))),
+                // Absent: llama.cpp's default for the pre-tokenizer (the tokenizer knows it).
+                add_bos,
                 pretokenizer: Some(pre),
                 bos_id,
                 eos_id,
                 scores: Vec::new(),
                 token_types: Vec::new(),
                 unk_id,
-                add_space_prefix: Some(add_space_prefix.unwrap_or(false)),
+                add_space_prefix,
             }
         }
         _ => TokenizerData {
@@ -581,11 +586,12 @@ pub(crate) fn tokenizer_data(
             // llama.cpp's defaults for a SentencePiece vocabulary.
             bos_id: bos_id.or(Some(1).filter(|_| n > 1)),
             eos_id: eos_id.or(Some(2).filter(|_| n > 2)),
-            add_bos: Some(add_bos.unwrap_or(true)),
+            // Absent: llama.cpp's default, true for both (the tokenizer's too).
+            add_bos,
             scores,
             token_types,
             unk_id: unk_id.or(Some(0)),
-            add_space_prefix: Some(add_space_prefix.unwrap_or(true)),
+            add_space_prefix,
         },
     })
 }

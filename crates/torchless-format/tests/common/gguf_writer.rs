@@ -74,19 +74,33 @@ impl RawGguf {
 
     /// The file's bytes: header, metadata, tensor infos, padding, data (each tensor aligned).
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.layout().0
+    }
+
+    /// Offsets where the file's structures start and end: the counts, each metadata entry and
+    /// tensor info, the data section, each tensor's data (start, middle, end).
+    pub fn boundaries(&self) -> Vec<usize> {
+        self.layout().1
+    }
+
+    fn layout(&self) -> (Vec<u8>, Vec<usize>) {
+        let mut marks = vec![0, 4, 8, 16, 24];
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
+            marks.push(out.len());
             write_string(&mut out, key);
+            marks.push(out.len());
             write_value(&mut out, value);
         }
         let align = self.alignment as u64;
         let mut offset = 0u64;
         let mut offsets = Vec::new();
         for t in &self.tensors {
+            marks.push(out.len());
             write_string(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {
@@ -97,13 +111,19 @@ impl RawGguf {
             offsets.push(offset);
             offset = (offset + t.data.len() as u64).next_multiple_of(align);
         }
+        marks.push(out.len());
         let start = (out.len() as u64).next_multiple_of(align);
         out.resize(start as usize, 0);
         for (t, o) in self.tensors.iter().zip(offsets) {
             out.resize((start + o) as usize, 0);
+            marks.push(out.len());
+            marks.push(out.len() + t.data.len() / 2);
             out.extend_from_slice(&t.data);
+            marks.push(out.len());
         }
-        out
+        marks.sort_unstable();
+        marks.dedup();
+        (out, marks)
     }
 }
 

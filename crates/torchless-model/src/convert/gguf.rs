@@ -1,25 +1,26 @@
 //! A llama.cpp GGUF file (architecture `llama`, which also covers Mistral and SmolLM files) into
 //! a torchless model file.
 //!
-//! Tensors are dequantized row by row (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) and
-//! renamed to their Hugging Face names. llama.cpp's converter interleaves the two rotary halves
+//! The file is read as a model by the format crate (`ModelFile::open`: configuration, tensor
+//! names and types, tokenizer, every check), then tensors are dequantized row by row (F32, F16,
+//! BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) under their Hugging Face names. llama.cpp's converter interleaves the two rotary halves
 //! of every head in `attn_q` and `attn_k` (it stores row `2i + j` of a head where Hugging Face has
 //! row `j * head_dim / 2 + i`); the rows are put back in Hugging Face order here, so the model's
 //! RoPE (rotate-half, as in `transformers`) applies unchanged. The tokenizer and the chat template
 //! come from the metadata. With int4 storage, Q4_0 tensors keep their bytes: a Q4_0 block is
-//! exactly an int4 group ([`copy_q4_0`]).
+//! exactly an int4 group ([`copy_q4_0`]). SentencePiece vocabularies (pieces with scores) have no
+//! place in a torchless file: such a GGUF is refused, and runs as it is instead.
 
 use std::fs::File;
 use std::io::{BufWriter, Read};
 use std::path::Path;
 
-use torchless_format::gguf::{GgmlType, GgufFile, GgufTensorInfo, GgufValue};
+use torchless_format::gguf::{GgmlType, GgufFile, GgufTensorInfo};
 use torchless_format::{
-    int4, layer_tensor_name, Activation, AddedTokenData, Architecture, Config, DType, ModelWriter,
-    QuantKind, TensorSpec, TokenizerData, TokenizerKind,
+    int4, DType, ModelFile, ModelWriter, RopeLayout, TensorSpec, TokenizerKind,
 };
 
-use super::error::{refuse, ConvertError};
+use super::error::ConvertError;
 use super::options::{report, ConvertOptions, ConvertProgress, ConvertReport, ConvertedFrom};
 use super::output::ModelOutput;
 
@@ -48,18 +49,30 @@ pub fn convert_gguf(
 ) -> Result<ConvertReport, ConvertError> {
     let gguf = GgufFile::open(input)?;
     let what = input.display().to_string();
-    let config = read_config(&gguf, &what)?;
-    let tokenizer = read_tokenizer(&gguf, &what, config.vocab_size)?;
-    let mappings = map_tensors(&gguf, &config, &what)?;
+    // The model the file holds, read as `Model::load` reads it: configuration, tensors under
+    // their Hugging Face names, tokenizer (one reader of GGUF metadata for both).
+    let model = ModelFile::open(input)?;
+    let tokenizer = model.tokenizer_data()?;
+    if tokenizer.kind == TokenizerKind::ScoredSentencePiece {
+        return Err(ConvertError::tokenizer(
+            &what,
+            format!(
+                "{what}: its SentencePiece vocabulary (tokenizer.ggml.model \"llama\": pieces with \
+                 scores) cannot be stored in a torchless file, which holds merges; run the .gguf \
+                 as it is (`torchless {what} \"...\"`), or convert the Hugging Face checkpoint"
+            ),
+            None,
+        ));
+    }
+    let mappings = map_tensors(&model, &gguf, &what)?;
 
     let storage = options.storage;
-    let mut config = config;
+    let mut config = model.config().clone();
     config.quant = storage.kind();
+    // The rows of attn_q/attn_k are written back in Hugging Face order.
+    config.rope_layout = RopeLayout::Halves;
     let mut metadata = config.to_metadata();
-    if let Some(template) = gguf.get("tokenizer.chat_template") {
-        let Some(template) = template.as_str() else {
-            refuse!(&what, "{what}: tokenizer.chat_template is not a string");
-        };
+    if let Some(template) = model.chat_template() {
         metadata.push(("chat_template".into(), template.to_string()));
     }
     let specs: Vec<TensorSpec> = mappings
@@ -82,6 +95,8 @@ pub fn convert_gguf(
     );
     let mut row = Vec::new();
     let mut done = 0;
+    let mut copied = 0;
+    let mut dequantized: Vec<&'static str> = Vec::new();
     for (index, m) in mappings.iter().enumerate() {
         report(&mut options.progress, ConvertProgress::Tensor { index });
         let Some(info) = gguf.tensor(&m.gguf_name) else {
@@ -91,11 +106,17 @@ pub fn convert_gguf(
                 format!("{what}: tensor {} vanished", m.gguf_name),
             ));
         };
-        if storage.dtype_of(&m.name, &m.shape) == DType::Int4 && info.ggml_type() == GgmlType::Q4_0
-        {
+        let dtype = storage.dtype_of(&m.name, &m.shape);
+        if dtype == DType::Int4 && info.ggml_type() == GgmlType::Q4_0 {
             copy_q4_0(&gguf, info, m, out.writer(), &what)?;
+            copied += 1;
         } else {
             write_tensor(&gguf, info, m, out.writer(), &mut row)?;
+            if dtype == DType::F32 && info.ggml_type() == GgmlType::F32 {
+                copied += 1;
+            } else {
+                dequantized.push(info.ggml_type().name());
+            }
         }
         done += info.byte_size();
         report(&mut options.progress, ConvertProgress::Bytes { done });
@@ -115,6 +136,12 @@ pub fn convert_gguf(
             tensors: gguf.tensors().len(),
             types,
             file_bytes: gguf.file_len(),
+            copied,
+            dequantized: {
+                dequantized.sort_unstable();
+                dequantized.dedup();
+                dequantized
+            },
         },
         storage,
         output_bytes: model.file_len() as u64,
@@ -229,342 +256,47 @@ fn gguf_row_of(hf_row: usize, head_dim: usize, half: usize) -> usize {
     head * head_dim + 2 * i + j
 }
 
-fn get_u64(gguf: &GgufFile, key: &str, what: &str) -> Result<Option<u64>, ConvertError> {
-    let Some(v) = gguf.get(key) else {
-        return Ok(None);
-    };
-    v.as_u64().map(Some).ok_or_else(|| {
-        let message = format!(
-            "{what}: metadata {key} is {} {v:?}, expected an unsigned integer",
-            v.type_name()
-        );
-        ConvertError::input(what, message)
-    })
-}
-
-fn get_usize(gguf: &GgufFile, key: &str, what: &str) -> Result<Option<usize>, ConvertError> {
-    get_u64(gguf, key, what)?
-        .map(|v| {
-            usize::try_from(v).map_err(|_| {
-                ConvertError::input(what, format!("{what}: metadata {key} = {v} is too large"))
-            })
-        })
-        .transpose()
-}
-
-fn need_usize(gguf: &GgufFile, key: &str, what: &str) -> Result<usize, ConvertError> {
-    get_usize(gguf, key, what)?
-        .ok_or_else(|| ConvertError::input(what, format!("{what}: metadata {key} is missing")))
-}
-
-/// A number from the metadata. llama.cpp stores `1e-5` as an f32 (9.99999974737875e-6); the
-/// shortest decimal that round-trips that f32 gives back the value of `config.json`.
-fn get_f64(gguf: &GgufFile, key: &str, what: &str) -> Result<Option<f64>, ConvertError> {
-    let Some(v) = gguf.get(key) else {
-        return Ok(None);
-    };
-    if let GgufValue::F32(x) = v {
-        return Ok(Some(format!("{x}").parse::<f64>().unwrap_or(f64::from(*x))));
-    }
-    v.as_f64().map(Some).ok_or_else(|| {
-        let message = format!(
-            "{what}: metadata {key} is {}, expected a number",
-            v.type_name()
-        );
-        ConvertError::input(what, message)
-    })
-}
-
-/// The model configuration from the `llama.*` metadata.
-fn read_config(gguf: &GgufFile, what: &str) -> Result<Config, ConvertError> {
-    let Some(arch) = gguf.get("general.architecture").and_then(GgufValue::as_str) else {
-        refuse!(
-            what,
-            "{what}: general.architecture is missing (not a model GGUF file?)"
-        );
-    };
-    if arch != "llama" {
-        refuse!(what, "{what}: architecture {arch:?} is not supported (only \"llama\", which covers Llama, Mistral and SmolLM files)");
-    }
-    let key = |k: &str| format!("llama.{k}");
-    if let Some(kind) = gguf
-        .get(&key("rope.scaling.type"))
-        .and_then(GgufValue::as_str)
-    {
-        if kind != "none" {
-            refuse!(
-                what,
-                "{what}: RoPE scaling {kind:?} (llama.rope.scaling.type) is not supported"
-            );
-        }
-    }
-    if gguf.tensor("rope_freqs.weight").is_some() {
-        refuse!(what, "{what}: has rope_freqs.weight (Llama 3.1-style RoPE frequency scaling), which is not supported");
-    }
-    let hidden_size = need_usize(gguf, &key("embedding_length"), what)?;
-    let n_heads = need_usize(gguf, &key("attention.head_count"), what)?;
-    let n_kv_heads = get_usize(gguf, &key("attention.head_count_kv"), what)?.unwrap_or(n_heads);
-    if n_heads == 0 {
-        refuse!(what, "{what}: llama.attention.head_count is 0");
-    }
-    let head_dim =
-        get_usize(gguf, &key("attention.key_length"), what)?.unwrap_or(hidden_size / n_heads);
-    if let Some(rot) = get_u64(gguf, &key("rope.dimension_count"), what)? {
-        if rot as usize != head_dim {
-            refuse!(what, "{what}: partial rotary embeddings (llama.rope.dimension_count {rot} < head_dim {head_dim}) are not supported");
-        }
-    }
-    let Some(embd) = gguf.tensor("token_embd.weight") else {
-        return Err(ConvertError::tensor(
-            what,
-            "token_embd.weight",
-            format!("{what}: tensor token_embd.weight is missing"),
-        ));
-    };
-    let vocab_size = embd.n_rows() as usize;
-    let intermediate_size = need_usize(gguf, &key("feed_forward_length"), what)?;
-    let n_layers = need_usize(gguf, &key("block_count"), what)?;
-    let max_position_embeddings = need_usize(gguf, &key("context_length"), what)?;
-    let rope_theta = get_f64(gguf, &key("rope.freq_base"), what)?.unwrap_or(10_000.0);
-    let Some(norm_eps) = get_f64(gguf, &key("attention.layer_norm_rms_epsilon"), what)? else {
-        refuse!(
-            what,
-            "{what}: llama.attention.layer_norm_rms_epsilon is missing"
-        );
-    };
-    let config = Config {
-        hidden_size,
-        intermediate_size,
-        n_layers,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        vocab_size,
-        max_position_embeddings,
-        sliding_window: None,
-        rope_theta,
-        norm_eps,
-        activation: Activation::Silu,
-        quant: QuantKind::F32,
-        architecture: Architecture::Llama,
-        tie_word_embeddings: gguf.tensor("output.weight").is_none(),
-    };
-    if let Err(e) = config.validate() {
-        refuse!(what, "{what}: the metadata describes an invalid model: {e}");
-    }
-    if head_dim % 2 != 0 {
-        refuse!(
-            what,
-            "{what}: head_dim {head_dim} is odd (RoPE needs pairs)"
-        );
-    }
-    Ok(config)
-}
-
-/// The tokenizer from the `tokenizer.ggml.*` metadata (byte-level BPE, `tokenizer.ggml.model`
-/// = `gpt2`).
-fn read_tokenizer(
+/// Every tensor of the model with its name in the file, its Hugging Face name and shape, and
+/// whether its rows need llama.cpp's rotary permutation undone (query: `n_heads`, key:
+/// `n_kv_heads`). The model file has checked every tensor against the configuration.
+fn map_tensors(
+    model: &ModelFile,
     gguf: &GgufFile,
     what: &str,
-    vocab_size: usize,
-) -> Result<TokenizerData, ConvertError> {
-    let refuse = |message: String| ConvertError::tokenizer(what, message, None);
-    let Some(model) = gguf.get("tokenizer.ggml.model").and_then(GgufValue::as_str) else {
-        return Err(refuse(format!(
-            "{what}: tokenizer.ggml.model is missing (the file has no tokenizer)"
-        )));
-    };
-    if model != "gpt2" {
-        return Err(refuse(format!(
-            "{what}: tokenizer.ggml.model {model:?} is not supported from GGUF (only \"gpt2\", byte-level BPE); \
-             for SentencePiece models convert the Hugging Face checkpoint directory instead"
-        )));
-    }
-    let strings = |key: &str| {
-        gguf.get(key)
-            .and_then(GgufValue::as_str_array)
-            .ok_or_else(|| {
-                refuse(format!(
-                    "{what}: {key} is missing or not an array of strings"
-                ))
-            })
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    if tokens.len() > vocab_size {
-        return Err(refuse(format!(
-            "{what}: tokenizer.ggml.tokens has {} entries but token_embd.weight has {vocab_size} rows",
-            tokens.len()
-        )));
-    }
-    let merges = strings("tokenizer.ggml.merges")?;
-    let types = match gguf.get("tokenizer.ggml.token_type") {
-        None => vec![1; tokens.len()],
-        Some(v) => v
-            .as_i64_array()
-            .filter(|t| t.len() == tokens.len())
-            .ok_or_else(|| refuse(format!("{what}: tokenizer.ggml.token_type is not an integer array of one entry per token")))?,
-    };
-    // llama.cpp's token types: 3 = control (special), 4 = user-defined (added, matched in text).
-    let added_tokens = tokens
-        .iter()
-        .zip(&types)
-        .enumerate()
-        .filter(|(_, (_, &t))| t == 3 || t == 4)
-        .map(|(id, (content, &t))| AddedTokenData {
-            id: id as u32,
-            content: content.clone(),
-            special: t == 3,
-        })
-        .collect();
-    let id_of = |key: &str| -> Result<Option<u32>, ConvertError> {
-        match get_u64(gguf, key, what)? {
-            None => Ok(None),
-            Some(id) if (id as usize) < tokens.len() => Ok(Some(id as u32)),
-            Some(id) => Err(refuse(format!(
-                "{what}: {key} = {id} is outside the vocabulary of {}",
-                tokens.len()
-            ))),
-        }
-    };
-    let add_bos = match gguf.get("tokenizer.ggml.add_bos_token") {
-        None => None,
-        Some(v) => Some(v.as_bool().ok_or_else(|| {
-            refuse(format!(
-                "{what}: tokenizer.ggml.add_bos_token is not a bool"
-            ))
-        })?),
-    };
-    let pretokenizer = gguf
-        .get("tokenizer.ggml.pre")
-        .and_then(GgufValue::as_str)
-        .map(str::to_string);
-    Ok(TokenizerData {
-        kind: TokenizerKind::ByteLevelBpe,
-        vocab: tokens
-            .iter()
-            .enumerate()
-            .map(|(id, piece)| (piece.clone(), id as u32))
-            .collect(),
-        merges: merges.to_vec(),
-        added_tokens,
-        pretokenizer,
-        bos_id: id_of("tokenizer.ggml.bos_token_id")?,
-        eos_id: id_of("tokenizer.ggml.eos_token_id")?,
-        add_bos,
-    })
-}
-
-/// Every GGUF tensor with its Hugging Face name and shape; tensors the model does not use are
-/// refused by name (they would change its output).
-fn map_tensors(gguf: &GgufFile, config: &Config, what: &str) -> Result<Vec<Mapping>, ConvertError> {
-    let mut by_gguf: Vec<(String, String, Option<usize>)> = vec![
-        (
-            "token_embd.weight".into(),
-            "model.embed_tokens.weight".into(),
-            None,
-        ),
-        (
-            "output_norm.weight".into(),
-            "model.norm.weight".into(),
-            None,
-        ),
-    ];
-    if !config.tie_word_embeddings {
-        by_gguf.push(("output.weight".into(), "lm_head.weight".into(), None));
-    }
-    for layer in 0..config.n_layers {
-        let hf = |suffix: &str| layer_tensor_name(layer, suffix);
-        let blk = |suffix: &str| format!("blk.{layer}.{suffix}.weight");
-        by_gguf.extend([
-            (blk("attn_norm"), hf("input_layernorm.weight"), None),
-            (blk("ffn_norm"), hf("post_attention_layernorm.weight"), None),
-            (
-                blk("attn_q"),
-                hf("self_attn.q_proj.weight"),
-                Some(config.n_heads),
-            ),
-            (
-                blk("attn_k"),
-                hf("self_attn.k_proj.weight"),
-                Some(config.n_kv_heads),
-            ),
-            (blk("attn_v"), hf("self_attn.v_proj.weight"), None),
-            (blk("attn_output"), hf("self_attn.o_proj.weight"), None),
-            (blk("ffn_gate"), hf("mlp.gate_proj.weight"), None),
-            (blk("ffn_up"), hf("mlp.up_proj.weight"), None),
-            (blk("ffn_down"), hf("mlp.down_proj.weight"), None),
-        ]);
-    }
-    let used: std::collections::HashSet<&str> =
-        by_gguf.iter().map(|(g, _, _)| g.as_str()).collect();
-    let unused: Vec<&str> = gguf
-        .tensors()
-        .iter()
-        .map(GgufTensorInfo::name)
-        .filter(|n| !used.contains(n))
-        .collect();
-    if let Some(first) = unused.first() {
-        return Err(ConvertError::tensor(
-            what,
-            *first,
-            format!(
-                "{what}: {} tensor(s) this engine's Llama model has no place for: {}",
-                unused.len(),
-                unused
-                    .iter()
-                    .take(5)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
-    let expected = config.expected_tensors();
-    let mut mappings = Vec::with_capacity(by_gguf.len());
-    for (gguf_name, name, unpermute_heads) in by_gguf {
-        let refuse = |message: String| ConvertError::tensor(what, &gguf_name, message);
-        let Some(info) = gguf.tensor(&gguf_name) else {
-            return Err(refuse(format!("{what}: tensor {gguf_name} is missing")));
+) -> Result<Vec<Mapping>, ConvertError> {
+    let config = model.config();
+    let mut mappings = Vec::with_capacity(model.n_tensors());
+    for info in model.tensors() {
+        let gguf_name = model.stored_name(&info.name).to_string();
+        let unpermute_heads = if info.name.ends_with("self_attn.q_proj.weight") {
+            Some(config.n_heads)
+        } else if info.name.ends_with("self_attn.k_proj.weight") {
+            Some(config.n_kv_heads)
+        } else {
+            None
         };
-        if !info.ggml_type().can_dequantize() {
-            return Err(refuse(format!(
-                "{what}: tensor {gguf_name} has type {}, which this converter does not read \
-                 (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K)",
-                info.ggml_type().name()
-            )));
-        }
-        let shape = info.shape_rows_major();
-        let Some(want) = expected.iter().find(|t| t.name == name) else {
-            return Err(ConvertError::Internal(format!(
-                "{name} is not an expected tensor"
-            )));
-        };
-        // Norm vectors may be stored as [1, n] in some files; compare element layouts.
-        let same = shape == want.shape
-            || (want.shape.len() == 1 && shape.iter().product::<usize>() == want.shape[0]);
-        if !same {
-            return Err(refuse(format!(
-                "{what}: tensor {gguf_name} has shape {shape:?}, expected {:?} for {name}",
-                want.shape
-            )));
-        }
-        if let Some(heads) = unpermute_heads {
-            if !(info.n_rows() as usize).is_multiple_of(heads)
-                || !(info.n_rows() as usize / heads).is_multiple_of(2)
-            {
-                return Err(refuse(format!(
-                    "{what}: tensor {gguf_name} has {} rows, not whole heads of even size",
-                    info.n_rows()
-                )));
-            }
+        if gguf.tensor(&gguf_name).is_none() {
+            return Err(ConvertError::tensor(
+                what,
+                &gguf_name,
+                format!("{what}: tensor {gguf_name} is missing"),
+            ));
         }
         mappings.push(Mapping {
             gguf_name,
-            name,
-            shape: want.shape.clone(),
+            name: info.name.clone(),
+            shape: info.shape.clone(),
             unpermute_heads,
         });
     }
+    // In the order of the file's tensor table, as before.
+    let order: std::collections::HashMap<&str, usize> = gguf
+        .tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name(), i))
+        .collect();
+    mappings.sort_by_key(|m| order.get(m.gguf_name.as_str()).copied());
     Ok(mappings)
 }
 

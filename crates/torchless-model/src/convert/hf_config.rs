@@ -278,6 +278,7 @@ fn parse_config(text: &str, what: &str) -> Result<HfConfig, ConvertError> {
         quant: QuantKind::F32,
         architecture,
         tie_word_embeddings,
+        rope_layout: Default::default(),
     };
     config.validate().map_err(|e| {
         ConvertError::input(what, format!("{what}: inconsistent configuration: {e}"))

@@ -154,6 +154,12 @@ pub enum ConvertedFrom {
         types: Vec<&'static str>,
         /// The file's size.
         file_bytes: u64,
+        /// Tensors whose values were kept bit for bit: F32 stored as f32, Q4_0 stored as int4
+        /// (a Q4_0 block is an int4 group: its bytes are copied).
+        copied: usize,
+        /// The ggml types of the other tensors, which were dequantized (exactly, as gguf-py
+        /// does) and stored as f32, or quantized again to int8/int4; sorted.
+        dequantized: Vec<&'static str>,
     },
 }
 

@@ -22,7 +22,7 @@ use crate::options::ModelArgs;
 /// `torchless serve`.
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Model file (torchless format; make one with `torchless convert`).
+    /// Model file: a llama.cpp GGUF file (used as it is) or a torchless model file.
     pub model: PathBuf,
     /// Address to listen on (keep 127.0.0.1 unless the port is protected, e.g. by --api-key).
     #[arg(long, default_value = "127.0.0.1")]
@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Read the whole model file into memory instead of mapping it (as llama.cpp's --no-mmap).
     #[arg(long = "no-mmap", conflicts_with = "lazy")]
     pub no_mmap: bool,
+    /// GGUF weights: multiply exactly (f32 activations) instead of quantizing the activations
+    /// per block as llama.cpp does.
+    #[arg(long)]
+    pub exact: bool,
     /// Request logs on stderr as one JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -96,6 +100,7 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
         ctx_size: None,
         batch_size: args.batch_size,
         int8_activations: false,
+        exact: args.exact,
         json: false,
         debug: false,
     };
@@ -108,6 +113,7 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
         threads: args.threads.unwrap_or(0),
         batch_threads: 0,
         int8_activations: false,
+        exact_activations: args.exact,
     };
     let (engine, engine_thread) = SchedulerHandle::spawn(
         model.clone(),

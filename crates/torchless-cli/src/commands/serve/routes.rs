@@ -263,7 +263,7 @@ async fn models<R: Residency>(State(state): Shared<R>) -> Response {
                 "n_ctx": state.ctx,
                 "n_vocab": c.vocab_size,
                 "n_layers": c.n_layers,
-                "quant": c.quant.as_str(),
+                "quant": super::super::weight_types(state.model.file()),
             }
         }]
     }))

@@ -86,6 +86,7 @@ impl Shape {
             quant,
             architecture: Architecture::Mistral,
             tie_word_embeddings: false,
+            rope_layout: Default::default(),
         }
     }
 }
@@ -322,7 +323,8 @@ fn write_jobs<W: std::io::Write>(
             return Err(ConvertError::Internal("a generator thread stopped".into()));
         };
         match p.dtype {
-            DType::F32 => writer.push(&block.values)?,
+            // Storage gives torchless dtypes only (never ggml blocks).
+            DType::F32 | DType::Blocks(_) => writer.push(&block.values)?,
             DType::Int8 => writer.push_int8_groups(&block.codes, &block.inv_scales)?,
             DType::Int4 => writer.push_int4_groups(&block.packed, &block.scales)?,
         }
@@ -361,7 +363,7 @@ fn generate(p: &Planned, job: &Job, seed: u64, block: &mut Block) {
     let mut rng = Rng::for_stream(seed, job.tensor as u64, job.chunk as u64);
     let mut group = [0.0f32; GROUP_SIZE];
     match p.dtype {
-        DType::F32 => {
+        DType::F32 | DType::Blocks(_) => {
             block.values.resize(job.len, 0.0);
             for out in block.values.chunks_mut(GROUP_SIZE) {
                 rng.fill_normal(out, p.mean, STD);
