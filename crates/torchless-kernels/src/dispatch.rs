@@ -163,13 +163,15 @@ impl Isa for Scalar {
     type Micro = Scalar;
     type QMicro = Scalar;
     type Q4Micro = Scalar;
+    type Blocks = Scalar;
 
     fn matvec_many(self) -> Option<NoKernel> {
         None
     }
 }
 
-/// `wide` vectors for the f32 work; the integer kernels are the scalar ones.
+/// `wide` vectors for the f32 work; the integer kernels and the ggml block rows are the scalar
+/// ones.
 #[cfg(feature = "simd")]
 impl Isa for Wide {
     type Elementwise = Wide;
@@ -179,6 +181,7 @@ impl Isa for Wide {
     type Micro = WideTile;
     type QMicro = Scalar;
     type Q4Micro = Scalar;
+    type Blocks = Scalar;
 
     fn matvec_many(self) -> Option<NoKernel> {
         None
@@ -195,13 +198,14 @@ impl Isa for Avx2 {
     type Micro = Avx2;
     type QMicro = Avx2;
     type Q4Micro = Avx2;
+    type Blocks = Avx2;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self)
     }
 }
 
-/// The AVX2 path with the AVX-512 VNNI int4 kernels.
+/// The AVX2 path with the AVX-512 VNNI int4 and ggml block kernels.
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 impl Isa for Avx512 {
     type Elementwise = Avx2;
@@ -211,6 +215,7 @@ impl Isa for Avx512 {
     type Micro = Avx2;
     type QMicro = Avx2;
     type Q4Micro = Avx512;
+    type Blocks = Avx512;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self.avx2())

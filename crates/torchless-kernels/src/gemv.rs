@@ -1,16 +1,24 @@
 //! Decode products on one instruction set: `y = W x` for every weight type split over the threads
 //! in row chunks, several inputs at once, several matrices in one parallel job. Where rows are cut
-//! never changes a row's result.
+//! never changes a row's result. ggml block matrices take either arithmetic of `block_input.rs`
+//! (`exact` chooses), and their batches (prefill in the default arithmetic) are the same rows
+//! kernel over all inputs, so a batch is bit-identical to one product per input.
 
+use crate::block_input::{ActKind, BlockInput};
+use crate::blocks::BlockMat;
 use crate::int4::Int4Input;
-use crate::isa::traits::{Int4Matvec, Isa, Matvec, MatvecMany};
+use crate::isa::traits::{BlockMatvec, Int4Matvec, Isa, Matvec, MatvecMany};
 use crate::mat::{Int8Mat, MatRef};
 use crate::parallel;
 
 /// `y = W x`; shapes validated by the caller. Rows are split over the current pool in large
-/// chunks; an int4 input is quantized once.
-pub(crate) fn matvec<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32]) {
+/// chunks; an int4 or block input is quantized once.
+pub(crate) fn matvec<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32], exact: bool) {
     let cols = w.cols();
+    if let MatRef::Blocks(m) = w {
+        blocks(isa, m, x, y, 1, exact);
+        return;
+    }
     if let MatRef::Int4(m) = w {
         let input = [Int4Input::quantize(x)];
         parallel::par_rows(y, 4, cols / 4, |r0, yc| {
@@ -21,24 +29,92 @@ pub(crate) fn matvec<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32]) {
     parallel::par_rows(y, 4, cols, |r0, yc| {
         // In bounds: the chunk's rows lie inside 0..rows by construction.
         if let Ok(sub) = w.rows_range(r0..r0 + yc.len()) {
-            rows(isa, &sub, x, yc);
+            rows(isa, &sub, x, yc, exact);
         }
     });
 }
 
 /// `y = W x` on this thread.
-fn rows<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32]) {
+fn rows<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32], exact: bool) {
     match w {
         MatRef::F32(m) => isa.matvec().matvec_f32(m, x, y),
         MatRef::Int8(m) => isa.matvec().matvec_i8(m, x, y),
         // Not reached (`matvec` quantizes the input first); kept total for safety.
         MatRef::Int4(m) => isa.int4_matvec().rows(m, &[Int4Input::quantize(x)], 0, y),
+        MatRef::Blocks(m) => match block_kind(m, exact) {
+            Some(kind) => isa.blocks().rows(m, &[BlockInput::quantize(kind, x)], 0, y),
+            None => isa.blocks().rows_exact(m, x, 1, 0, y),
+        },
+    }
+}
+
+/// How a block matrix's activations are quantized (`None`: f32, the exact arithmetic or
+/// F16 / BF16 weights).
+fn block_kind(m: &BlockMat<'_>, exact: bool) -> Option<ActKind> {
+    ActKind::of(m.ty()).filter(|_| !exact)
+}
+
+/// Quantizes each of the `cols`-long inputs in `xs` (in parallel for a prompt's worth).
+fn quantize_inputs(kind: ActKind, xs: &[f32], cols: usize) -> Vec<BlockInput> {
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        if xs.len() >= 1 << 16 && parallel::current_num_threads() > 1 {
+            return xs
+                .par_chunks_exact(cols)
+                .map(|x| BlockInput::quantize(kind, x))
+                .collect();
+        }
+    }
+    xs.chunks_exact(cols)
+        .map(|x| BlockInput::quantize(kind, x))
+        .collect()
+}
+
+/// `ys[b] = W xs[b]` for a block matrix and `batch` inputs (decode, a batch of sequences, or a
+/// prompt in the default arithmetic), rows split over the threads, each row's blocks read from
+/// memory once per tile of rows for all inputs; shapes validated by the caller.
+pub(crate) fn blocks<I: Isa>(
+    isa: I,
+    m: &BlockMat<'_>,
+    xs: &[f32],
+    ys: &mut [f32],
+    batch: usize,
+    exact: bool,
+) {
+    let (rows, cols) = (m.rows(), m.cols());
+    if rows == 0 || batch == 0 {
+        return;
+    }
+    if cols == 0 {
+        ys.fill(0.0);
+        return;
+    }
+    let work = cols;
+    match block_kind(m, exact) {
+        Some(kind) => {
+            let inputs = quantize_inputs(kind, xs, cols);
+            let f = |r0: usize, yt: &mut [f32]| isa.blocks().rows(m, &inputs, r0, yt);
+            if batch == 1 {
+                parallel::par_rows(ys, 4, work, f);
+            } else {
+                par_rows_transposed(ys, rows, work, batch, f);
+            }
+        }
+        None => {
+            let f = |r0: usize, yt: &mut [f32]| isa.blocks().rows_exact(m, xs, batch, r0, yt);
+            if batch == 1 {
+                parallel::par_rows(ys, 4, work, f);
+            } else {
+                par_rows_transposed(ys, rows, work, batch, f);
+            }
+        }
     }
 }
 
 /// The products of `Kernels::matvec_batch` that read the weights once for all `batch` inputs:
-/// int4 always, f32 and int8 when the path has multi-input kernels and BLAS does not take `w`.
-/// Returns `false`, without computing, for the others (one matvec per input).
+/// int4 and blocks always, f32 and int8 when the path has multi-input kernels and BLAS does not
+/// take `w`. Returns `false`, without computing, for the others (one matvec per input).
 pub(crate) fn batch<I: Isa>(
     isa: I,
     w: &MatRef<'_>,
@@ -46,8 +122,13 @@ pub(crate) fn batch<I: Isa>(
     ys: &mut [f32],
     batch: usize,
     blas: bool,
+    exact: bool,
 ) -> bool {
     let (rows, cols) = (w.rows(), w.cols());
+    if let MatRef::Blocks(m) = w {
+        blocks(isa, m, xs, ys, batch, exact);
+        return true;
+    }
     if let MatRef::Int4(m) = w {
         let inputs: Vec<Int4Input> = xs.chunks_exact(cols).map(Int4Input::quantize).collect();
         par_rows_transposed(ys, rows, cols / 4, batch, |r0, yt| {
@@ -59,7 +140,7 @@ pub(crate) fn batch<I: Isa>(
         par_rows_transposed(ys, rows, cols, batch, |r0, yt| match w {
             MatRef::F32(m) => many.matvec_f32(m, xs, batch, r0, yt),
             MatRef::Int8(m) => many.matvec_i8(m, xs, batch, r0, yt),
-            MatRef::Int4(_) => {}
+            MatRef::Int4(_) | MatRef::Blocks(_) => {}
         });
         return true;
     }
@@ -67,12 +148,25 @@ pub(crate) fn batch<I: Isa>(
 }
 
 /// `ys[i] = ws[i] x` as one parallel job over every matrix's rows (one dispatch instead of one
-/// per matrix), an int4 input quantized once; shapes validated by the caller.
-pub(crate) fn many<I: Isa>(isa: I, ws: &[MatRef<'_>], x: &[f32], ys: &mut [&mut [f32]]) {
+/// per matrix), an int4 input, and a block input of each kind needed, quantized once; shapes
+/// validated by the caller.
+pub(crate) fn many<I: Isa>(
+    isa: I,
+    ws: &[MatRef<'_>],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    exact: bool,
+) {
     let input = ws
         .iter()
         .any(|w| matches!(w, MatRef::Int4(_)))
         .then(|| [Int4Input::quantize(x)]);
+    let block_input = |kind: ActKind| {
+        ws.iter()
+            .any(|w| matches!(w, MatRef::Blocks(m) if block_kind(m, exact) == Some(kind)))
+            .then(|| [BlockInput::quantize(kind, x)])
+    };
+    let (q8_0, q8_k) = (block_input(ActKind::Q8_0), block_input(ActKind::Q8K));
     let all_int4 = ws.iter().all(|w| matches!(w, MatRef::Int4(_)));
     let work_per_row = if all_int4 { x.len() / 4 } else { x.len() };
     let segments = ws
@@ -82,10 +176,16 @@ pub(crate) fn many<I: Isa>(isa: I, ws: &[MatRef<'_>], x: &[f32], ys: &mut [&mut 
         .collect();
     parallel::par_segments(segments, 4, work_per_row, |w, r0, c| match (w, &input) {
         (MatRef::Int4(m), Some(input)) => isa.int4_matvec().rows(m, input, r0, c),
+        (MatRef::Blocks(m), _) => match (block_kind(m, exact), &q8_0, &q8_k) {
+            (Some(ActKind::Q8_0), Some(q), _) | (Some(ActKind::Q8K), _, Some(q)) => {
+                isa.blocks().rows(m, q, r0, c)
+            }
+            _ => isa.blocks().rows_exact(m, x, 1, r0, c),
+        },
         _ => {
             // In bounds: the chunk's rows lie inside the matrix by construction.
             if let Ok(sub) = w.rows_range(r0..r0 + c.len()) {
-                rows(isa, &sub, x, c);
+                rows(isa, &sub, x, c, exact);
             }
         }
     });

@@ -27,6 +27,7 @@ pub struct Kernels {
     path: Path,
     blas: bool,
     int8_activations: bool,
+    exact_blocks: bool,
 }
 
 impl Default for Kernels {
@@ -37,6 +38,9 @@ impl Default for Kernels {
 
 /// Largest batch of int8 rows handled as repeated dot products rather than a GEMM.
 const SMALL_BATCH: usize = 16;
+/// Smallest batch of ggml block weights in f32 arithmetic (F16 / BF16, or the exact arithmetic)
+/// that takes the f32 GEMM; smaller ones stream the weights once through the rows kernel.
+const BLOCK_GEMM_MIN_BATCH: usize = 5;
 
 impl Kernels {
     /// The fastest path this CPU supports (or `$TORCHLESS_SIMD`, see [`crate::PATH_ENV`]), with
@@ -46,6 +50,7 @@ impl Kernels {
             path: auto_path(),
             blas: blas_backend().is_some(),
             int8_activations: false,
+            exact_blocks: false,
         }
     }
 
@@ -55,6 +60,7 @@ impl Kernels {
             path: require(path)?,
             blas: false,
             int8_activations: false,
+            exact_blocks: false,
         })
     }
 
@@ -81,6 +87,31 @@ impl Kernels {
             int8_activations: enabled,
             ..self
         }
+    }
+
+    /// Chooses the arithmetic of ggml block weights ([`MatRef::Blocks`]); default off:
+    ///
+    /// - **off (default), as llama.cpp:** the activations are quantized once per product, per 32
+    ///   values to Q8_0 for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 weights and per 256 to Q8_K for
+    ///   Q4_K / Q5_K / Q6_K, and each block is an integer dot product scaled in f32. Prefill
+    ///   (`matmul`) computes exactly what decode does: a batch is bit-identical to one
+    ///   [`matvec`](Self::matvec) per token, on every SIMD path and thread count.
+    /// - **on (exact):** the weights are dequantized exactly to f32 and multiplied with the f32
+    ///   activations; prefill goes through the f32 GEMM with panels dequantized while packing
+    ///   (what the f32 kernels would give on the dequantized matrix).
+    ///
+    /// F16 and BF16 weights always multiply f32 activations. The arithmetic, its error and the
+    /// order of operations are in the crate's `block_input` module docs (IMPLEMENTATION.md).
+    pub fn with_exact_blocks(self, enabled: bool) -> Self {
+        Self {
+            exact_blocks: enabled,
+            ..self
+        }
+    }
+
+    /// Whether ggml block weights use the exact arithmetic (see [`Self::with_exact_blocks`]).
+    pub fn uses_exact_blocks(&self) -> bool {
+        self.exact_blocks
     }
 
     /// Whether int8 GEMMs quantize their activations (see [`Self::with_int8_activations`]).
@@ -205,7 +236,8 @@ impl Kernels {
                 return Ok(());
             }
         }
-        on_isa!(self.path, |isa| gemv::matvec(isa, w, x, y));
+        let exact = self.exact_blocks;
+        on_isa!(self.path, |isa| gemv::matvec(isa, w, x, y, exact));
         Ok(())
     }
 
@@ -227,8 +259,10 @@ impl Kernels {
             ys,
             batch,
         )?;
-        let blas = self.blas_f32(w).is_some();
-        if on_isa!(self.path, |isa| gemv::batch(isa, w, xs, ys, batch, blas)) {
+        let (blas, exact) = (self.blas_f32(w).is_some(), self.exact_blocks);
+        if on_isa!(self.path, |isa| gemv::batch(
+            isa, w, xs, ys, batch, blas, exact
+        )) {
             return Ok(());
         }
         let (rows, cols) = (w.rows(), w.cols());
@@ -260,7 +294,8 @@ impl Kernels {
             check_len("matvec output", w.rows(), y.len())?;
         }
         if !ws.iter().any(|w| self.blas_f32(w).is_some()) {
-            on_isa!(self.path, |isa| gemv::many(isa, ws, x, ys));
+            let exact = self.exact_blocks;
+            on_isa!(self.path, |isa| gemv::many(isa, ws, x, ys, exact));
             return Ok(());
         }
         #[cfg(feature = "parallel")]
@@ -286,7 +321,9 @@ impl Kernels {
     /// dequantized (exactly `q / inv_scale`) into a small packed panel reused across the batch.
     /// int4 weights take int8 activations as in [`matvec`](Self::matvec) (same quantization,
     /// products summed in another f32 order): an integer GEMM from 5 tokens, below that the
-    /// decode kernel, bit-identical to [`matvec_batch`](Self::matvec_batch).
+    /// decode kernel, bit-identical to [`matvec_batch`](Self::matvec_batch). ggml block weights
+    /// (see [`Self::with_exact_blocks`]): in the default arithmetic the decode kernel over the
+    /// whole batch (bit-identical to one matvec per token), else the f32 GEMM from 5 tokens.
     pub fn matmul(
         &self,
         w: &MatRef<'_>,
@@ -297,6 +334,13 @@ impl Kernels {
         check_batch_shapes(["matmul input", "matmul output"], w, xs, ys, batch)?;
         if batch == 1 {
             return self.matvec(w, xs, ys);
+        }
+        if let MatRef::Blocks(m) = w {
+            if (m.ty().is_quantized() && !self.exact_blocks) || batch < BLOCK_GEMM_MIN_BATCH {
+                return self.matvec_batch(w, xs, ys, batch);
+            }
+            on_isa!(self.path, |isa| float::gemm(isa.micro(), w, xs, ys, batch));
+            return Ok(());
         }
         if let Some(m) = self.blas_f32(w) {
             if blas::sgemm(&m, xs, ys, batch) {

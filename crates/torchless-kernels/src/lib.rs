@@ -57,10 +57,13 @@ mod attention;
     all(feature = "accelerate", target_os = "macos")
 ))]
 mod blas;
+mod block_input;
+mod blocks;
 mod dispatch;
 mod error;
 mod gemm;
 mod gemv;
+mod half;
 mod int4;
 mod isa;
 mod kernels;
@@ -75,6 +78,7 @@ mod rope;
 mod team;
 
 pub use attention::{KvCacheView, RowsRef, SlotRanges};
+pub use blocks::{BlockMat, BlockType};
 pub use dispatch::{blas_backend, cpu_path, SimdPath, PATH_ENV};
 pub use error::KernelError;
 pub use kernels::Kernels;
@@ -83,7 +87,7 @@ pub use mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
 pub use parallel::thread_pool;
 pub use parallel::{current_num_threads, for_each_chunk_mut};
 pub use probe::{measure_fma_peak, measure_read_bandwidth, BandwidthProbe};
-pub use rope::{rope_apply, rope_cos_sin, rope_inv_freq, RopeTable};
+pub use rope::{rope_apply, rope_apply_adjacent, rope_cos_sin, rope_inv_freq, RopeTable};
 #[cfg(feature = "parallel")]
 pub use team::with_spinning_workers;
 

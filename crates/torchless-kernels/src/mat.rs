@@ -1,6 +1,8 @@
 //! Borrowed weight-matrix views, validated once at construction.
 
+use crate::blocks::{BlockMat, BlockType};
 use crate::error::{check_len, checked_mul, KernelError};
+pub(crate) use crate::half::f16_to_f32;
 use std::ops::Range;
 
 /// Number of consecutive (row-major, flattened) int8 values that share one inverse scale.
@@ -299,21 +301,6 @@ impl<'a> Int4Mat<'a> {
     }
 }
 
-/// IEEE half to f32 (exact).
-#[inline]
-pub(crate) fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h & 0x8000) << 16;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    let bits = match exp {
-        0 if man == 0 => sign,
-        0 => sign | (man as f32 * (1.0 / 16_777_216.0)).to_bits(),
-        31 => sign | 0x7f80_0000 | (man << 13),
-        _ => sign | ((exp + 112) << 23) | (man << 13),
-    };
-    f32::from_bits(bits)
-}
-
 fn check_row_range(range: &Range<usize>, rows: usize) -> Result<(), KernelError> {
     if range.start <= range.end && range.end <= rows {
         Ok(())
@@ -335,6 +322,8 @@ pub enum MatRef<'a> {
     Int8(Int8Mat<'a>),
     /// int4 weights with per-32-group f16 scales.
     Int4(Int4Mat<'a>),
+    /// ggml blocks (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), used in place.
+    Blocks(BlockMat<'a>),
 }
 
 impl<'a> MatRef<'a> {
@@ -363,12 +352,23 @@ impl<'a> MatRef<'a> {
         Int4Mat::new(packed, scales, rows, cols).map(Self::Int4)
     }
 
+    /// A ggml block matrix view; see [`BlockMat::new`].
+    pub fn blocks(
+        ty: BlockType,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, KernelError> {
+        BlockMat::new(ty, data, rows, cols).map(Self::Blocks)
+    }
+
     /// Number of rows (output features).
     pub fn rows(&self) -> usize {
         match self {
             Self::F32(m) => m.rows(),
             Self::Int8(m) => m.rows(),
             Self::Int4(m) => m.rows(),
+            Self::Blocks(m) => m.rows(),
         }
     }
 
@@ -378,15 +378,18 @@ impl<'a> MatRef<'a> {
             Self::F32(m) => m.cols(),
             Self::Int8(m) => m.cols(),
             Self::Int4(m) => m.cols(),
+            Self::Blocks(m) => m.cols(),
         }
     }
 
-    /// Bytes a matvec has to stream: values plus the scales (int8: f32, int4: f16).
+    /// Bytes a matvec has to stream: values plus the scales (int8: f32, int4: f16; blocks: their
+    /// bytes).
     pub fn weight_bytes(&self) -> usize {
         match self {
             Self::F32(m) => m.data().len() * 4,
             Self::Int8(m) => m.q().len() + m.inv_scales().len() * 4,
             Self::Int4(m) => m.packed().len() + m.scales().len() * 2,
+            Self::Blocks(m) => m.data().len(),
         }
     }
 
@@ -396,11 +399,31 @@ impl<'a> MatRef<'a> {
             Self::F32(m) => m.rows_range(range).map(Self::F32),
             Self::Int8(m) => m.rows_range(range).map(Self::Int8),
             Self::Int4(m) => m.rows_range(range).map(Self::Int4),
+            Self::Blocks(m) => m.rows_range(range).map(Self::Blocks),
         }
     }
 
-    /// Element (`r`, `c`) as f32 (int8: `q / inv_scale`, int4: `d · (u − 8)`). For tests and
-    /// debugging, not hot loops.
+    /// Row `row` as f32 into `out` (`cols` values): copied (f32) or dequantized exactly (int8:
+    /// `q / inv_scale`, int4: `d · (u − 8)`, blocks: as ggml's `dequantize_row_*`). The embedding
+    /// lookup.
+    pub fn row_f32(&self, row: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        match self {
+            Self::F32(m) => {
+                check_len("row_f32 output", m.cols(), out.len())?;
+                let r = m.row(row).ok_or_else(|| {
+                    KernelError::Shape(format!("row {row} outside 0..{}", m.rows()))
+                })?;
+                out.copy_from_slice(r);
+                Ok(())
+            }
+            Self::Int8(m) => m.dequantize_row(row, out),
+            Self::Int4(m) => m.dequantize_row(row, out),
+            Self::Blocks(m) => m.dequantize_row(row, out),
+        }
+    }
+
+    /// Element (`r`, `c`) as f32 (int8: `q / inv_scale`, int4: `d · (u − 8)`, blocks: their
+    /// dequantization). For tests and debugging, not hot loops.
     pub fn get(&self, r: usize, c: usize) -> Option<f32> {
         if r >= self.rows() || c >= self.cols() {
             return None;
@@ -409,6 +432,7 @@ impl<'a> MatRef<'a> {
             Self::F32(m) => m.data()[r * m.cols() + c],
             Self::Int8(m) => f32::from(m.q()[r * m.cols() + c]) / m.inv_scale_at(r, c),
             Self::Int4(m) => m.value_at(r, c),
+            Self::Blocks(m) => m.get(r, c),
         })
     }
 }

@@ -1,7 +1,12 @@
 //! Naive, obviously-correct implementations that the fast kernels are tested against (and that
 //! other crates may use in their own tests). Weights are dequantized exactly like the reference
 //! model (`q / inv_scale` in f32); sums are accumulated in f64. Slow by design.
+//!
+//! ggml blocks ([`dequantize_blocks`], [`matvec_blocks`], [`matvec_blocks_exact`]) are written
+//! here a second time, in f64, straight from ggml's `dequantize_row_*` loops and llama.cpp's
+//! activation quantization, independently of the kernels' code.
 
+use crate::blocks::{BlockMat, BlockType};
 use crate::mat::MatRef;
 
 /// `y = W x` with f64 accumulation. Panics on shape mismatch (test helper).
@@ -194,4 +199,245 @@ pub fn attention(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f32) -> V
         }
     }
     out.into_iter().map(|v| v as f32).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// ggml blocks.
+
+/// An IEEE half (bits) as f64.
+fn half(bits: u16) -> f64 {
+    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((bits >> 10) & 0x1f);
+    let man = f64::from(bits & 0x3ff);
+    sign * match exp {
+        0 => man * 2f64.powi(-24),
+        31 if man == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        _ => (1024.0 + man) * 2f64.powi(exp - 25),
+    }
+}
+
+fn half_at(b: &[u8], at: usize) -> f64 {
+    half(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// `v` (finite, an f32's value) rounded to the nearest half's value, ties to even; beyond the
+/// largest half, infinity.
+fn round_to_half(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let a = v.abs();
+    let exp = ((a.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    let ulp = 2f64.powi(exp.max(-14) - 10);
+    let r = (a / ulp).round_ties_even() * ulp;
+    let r = if r > 65504.0 { f64::INFINITY } else { r };
+    r.copysign(v)
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K / Q5_K block (`get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (f64, f64) {
+    let (d, m) = if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    };
+    (f64::from(d), f64::from(m))
+}
+
+/// Dequantizes `data` (whole blocks of `ty`) to f64, as ggml's `dequantize_row_*` (the products
+/// and sums exact in f64).
+// ggml's loops, index for index.
+#[allow(clippy::needless_range_loop)]
+pub fn dequantize_blocks(ty: BlockType, data: &[u8]) -> Vec<f64> {
+    let mut y = Vec::with_capacity(data.len() / ty.block_bytes() * ty.block_values());
+    for b in data.chunks_exact(ty.block_bytes()) {
+        match ty {
+            BlockType::F16 => y.push(half_at(b, 0)),
+            BlockType::BF16 => y.push(f64::from(f32::from_bits(
+                u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+            ))),
+            BlockType::Q8_0 => {
+                let d = half_at(b, 0);
+                y.extend(b[2..34].iter().map(|&q| f64::from(q as i8) * d));
+            }
+            BlockType::Q4_0 | BlockType::Q4_1 => {
+                let d = half_at(b, 0);
+                let (m, qs) = if ty == BlockType::Q4_1 {
+                    (Some(half_at(b, 2)), &b[4..20])
+                } else {
+                    (None, &b[2..18])
+                };
+                let mut v = [0.0f64; 32];
+                for j in 0..16 {
+                    let (x0, x1) = (f64::from(qs[j] & 0x0f), f64::from(qs[j] >> 4));
+                    (v[j], v[j + 16]) = match m {
+                        None => ((x0 - 8.0) * d, (x1 - 8.0) * d),
+                        Some(m) => (x0 * d + m, x1 * d + m),
+                    };
+                }
+                y.extend(v);
+            }
+            BlockType::Q5_0 | BlockType::Q5_1 => {
+                let d = half_at(b, 0);
+                let (m, at) = if ty == BlockType::Q5_1 {
+                    (Some(half_at(b, 2)), 4)
+                } else {
+                    (None, 2)
+                };
+                let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                let qs = &b[at + 4..at + 20];
+                let mut v = [0.0f64; 32];
+                for j in 0..16 {
+                    let xh_0 = ((qh >> j) << 4) & 0x10;
+                    let xh_1 = (qh >> (j + 12)) & 0x10;
+                    let x0 = f64::from((u32::from(qs[j]) & 0x0f) | xh_0);
+                    let x1 = f64::from((u32::from(qs[j]) >> 4) | xh_1);
+                    (v[j], v[j + 16]) = match m {
+                        None => ((x0 - 16.0) * d, (x1 - 16.0) * d),
+                        Some(m) => (x0 * d + m, x1 * d + m),
+                    };
+                }
+                y.extend(v);
+            }
+            BlockType::Q4K | BlockType::Q5K => {
+                let (d, min) = (half_at(b, 0), half_at(b, 2));
+                let scales = &b[4..16];
+                let (qh, mut ql) = if ty == BlockType::Q5K {
+                    (&b[16..48], &b[48..176])
+                } else {
+                    (&b[0..0], &b[16..144])
+                };
+                let (mut u1, mut u2) = (1u8, 2u8);
+                for is in (0..8).step_by(2) {
+                    let (sc, m) = scale_min_k4(is, scales);
+                    let (d1, m1) = (d * sc, min * m);
+                    let (sc, m) = scale_min_k4(is + 1, scales);
+                    let (d2, m2) = (d * sc, min * m);
+                    let high = |l: usize, u: u8| {
+                        if !qh.is_empty() && qh[l] & u != 0 {
+                            16.0
+                        } else {
+                            0.0
+                        }
+                    };
+                    for l in 0..32 {
+                        y.push(d1 * (f64::from(ql[l] & 0xf) + high(l, u1)) - m1);
+                    }
+                    for l in 0..32 {
+                        y.push(d2 * (f64::from(ql[l] >> 4) + high(l, u2)) - m2);
+                    }
+                    ql = &ql[32..];
+                    u1 <<= 2;
+                    u2 <<= 2;
+                }
+            }
+            BlockType::Q6K => {
+                let d = half_at(b, 208);
+                let mut v = [0.0f64; 256];
+                for n in 0..2 {
+                    let ql = &b[64 * n..];
+                    let qh = &b[128 + 32 * n..];
+                    let sc = |i: usize| f64::from(b[192 + 8 * n + i] as i8);
+                    let out = &mut v[128 * n..];
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q1 = i32::from((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32;
+                        let q2 = i32::from((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                        let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                        let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                        out[l] = d * sc(is) * f64::from(q1);
+                        out[l + 32] = d * sc(is + 2) * f64::from(q2);
+                        out[l + 64] = d * sc(is + 4) * f64::from(q3);
+                        out[l + 96] = d * sc(is + 6) * f64::from(q4);
+                    }
+                }
+                y.extend(v);
+            }
+        }
+    }
+    y
+}
+
+/// Row `r` of a block matrix in f64 (see [`dequantize_blocks`]).
+pub fn dequantize_block_row(w: &BlockMat<'_>, r: usize) -> Vec<f64> {
+    let rb = w.row_bytes();
+    dequantize_blocks(w.ty(), &w.data()[r * rb..(r + 1) * rb])
+}
+
+/// The activations the default arithmetic multiplies `ty` weights with, as f64 values `d · q`:
+/// per 32 values llama.cpp's Q8_0 (`d` = `max|x| / 127` rounded to a half, `q =
+/// round_ties_even(x · (127 / max|x|))`) for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1; per 256 its Q8_K
+/// (`max` the first value of largest magnitude, `iscale = −127 / max`, `q =
+/// round_ties_even(iscale · x)`, `d = 1 / iscale`, in f32) for Q4_K / Q5_K / Q6_K; `x` itself for
+/// F16 / BF16. A block with an infinity or NaN is NaN.
+pub fn block_activations(ty: BlockType, x: &[f32]) -> Vec<f64> {
+    let n = match ty {
+        BlockType::F16 | BlockType::BF16 => return x.iter().map(|&v| f64::from(v)).collect(),
+        BlockType::Q4K | BlockType::Q5K | BlockType::Q6K => 256,
+        _ => 32,
+    };
+    let mut out = Vec::with_capacity(x.len());
+    for xb in x.chunks(n) {
+        if xb.iter().any(|v| !v.is_finite()) {
+            out.extend(xb.iter().map(|_| f64::NAN));
+            continue;
+        }
+        if n == 32 {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = round_to_half(f64::from(amax / 127.0));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            out.extend(xb.iter().map(|&v| {
+                let q = (v * id).round_ties_even().clamp(-127.0, 127.0);
+                f64::from(q) * d
+            }));
+        } else {
+            let mut max = 0.0f32;
+            for &v in xb {
+                if v.abs() > max.abs() {
+                    max = v;
+                }
+            }
+            if max == 0.0 {
+                out.extend(xb.iter().map(|_| 0.0));
+                continue;
+            }
+            let iscale = -127.0 / max;
+            let d = f64::from(1.0 / iscale);
+            out.extend(xb.iter().map(|&v| {
+                let q = (iscale * v).round_ties_even().clamp(-127.0, 127.0);
+                f64::from(q) * d
+            }));
+        }
+    }
+    out
+}
+
+/// `y = W x` for a block matrix in the exact arithmetic ([`crate::Kernels::with_exact_blocks`]):
+/// the f64 dequantized weights times the f32 activations, summed in f64.
+pub fn matvec_blocks_exact(w: &BlockMat<'_>, x: &[f32]) -> Vec<f64> {
+    let xs: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    block_products(w, &xs)
+}
+
+/// `y = W x` for a block matrix in the default arithmetic: the f64 dequantized weights times
+/// [`block_activations`], summed in f64.
+pub fn matvec_blocks(w: &BlockMat<'_>, x: &[f32]) -> Vec<f64> {
+    block_products(w, &block_activations(w.ty(), x))
+}
+
+fn block_products(w: &BlockMat<'_>, x: &[f64]) -> Vec<f64> {
+    assert_eq!(w.cols(), x.len(), "reference::matvec_blocks shapes");
+    (0..w.rows())
+        .map(|r| {
+            dequantize_block_row(w, r)
+                .iter()
+                .zip(x)
+                .map(|(a, b)| a * b)
+                .sum()
+        })
+        .collect()
 }

@@ -1,5 +1,9 @@
 //! Rotary position embeddings, Hugging Face "rotate half" convention: dimension `i` pairs with
-//! `i + head_dim/2`, `inv_freq[k] = theta^(-2k/head_dim)`.
+//! `i + head_dim/2`, `inv_freq[k] = theta^(-2k/head_dim)`; and the adjacent-pairs form that
+//! GGUF files need (llama.cpp's "normal" RoPE: dimensions `2j` and `2j + 1` rotate together at
+//! frequency `j`, because `convert_hf_to_gguf.py` permutes the rows of `attn_q` / `attn_k` so that
+//! pair `(j, j + head_dim/2)` lands there). Both use the same tables and the same arithmetic per
+//! pair, so the adjacent form on permuted weights gives the rotate-half values, permuted.
 //!
 //! The tables reproduce HF's float32 computation step by step (inverse frequencies in f32, angle
 //! `pos * inv_freq` rounded to f32, then cos/sin of that f32 angle), and the rotation uses the same
@@ -61,6 +65,29 @@ pub fn rope_apply(x: &mut [f32], cos: &[f32], sin: &[f32]) -> Result<(), KernelE
             let (v1, v2) = (*x1, *x2);
             *x1 = v1 * c - v2 * s;
             *x2 = v2 * c + v1 * s;
+        }
+    }
+    Ok(())
+}
+
+/// Rotates every head of `x` in place, adjacent pairs: `(x[2j], x[2j + 1])` by the angle of
+/// frequency `j` (`cos`/`sin`: `head_dim / 2` values each, one position's). Per pair the same two
+/// products and one sum per output as [`rope_apply`].
+pub fn rope_apply_adjacent(x: &mut [f32], cos: &[f32], sin: &[f32]) -> Result<(), KernelError> {
+    let half = cos.len();
+    check_len("rope sin", half, sin.len())?;
+    if half == 0 || !x.len().is_multiple_of(2 * half) {
+        return Err(KernelError::Shape(format!(
+            "{} values are not whole heads of {}",
+            x.len(),
+            2 * half
+        )));
+    }
+    for head in x.chunks_exact_mut(2 * half) {
+        for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+            let (v1, v2) = (pair[0], pair[1]);
+            pair[0] = v1 * c - v2 * s;
+            pair[1] = v2 * c + v1 * s;
         }
     }
     Ok(())
@@ -140,15 +167,27 @@ impl RopeTable {
         })
     }
 
-    /// Rotates every head in `x` (`n_heads * head_dim` values) for position `pos`.
-    pub fn apply(&self, x: &mut [f32], pos: usize) -> Result<(), KernelError> {
-        let (c, s) = self.cos_sin(pos).ok_or_else(|| {
+    /// The tables of `pos`, or an error naming it.
+    fn row(&self, pos: usize) -> Result<(&[f32], &[f32]), KernelError> {
+        self.cos_sin(pos).ok_or_else(|| {
             KernelError::Shape(format!(
                 "position {pos} beyond RoPE table of {}",
                 self.max_positions
             ))
-        })?;
+        })
+    }
+
+    /// Rotates every head in `x` (`n_heads * head_dim` values) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) -> Result<(), KernelError> {
+        let (c, s) = self.row(pos)?;
         rope_apply(x, c, s)
+    }
+
+    /// [`RopeTable::apply`] with adjacent pairs `(2j, 2j + 1)` (GGUF's permuted q/k rows; see
+    /// [`rope_apply_adjacent`]).
+    pub fn apply_adjacent(&self, x: &mut [f32], pos: usize) -> Result<(), KernelError> {
+        let (c, s) = self.row(pos)?;
+        rope_apply_adjacent(x, c, s)
     }
 
     /// Rotates `n_tokens` consecutive rows of `row_len` values (each a whole number of heads),
@@ -167,6 +206,25 @@ impl RopeTable {
         }
         for (t, row) in xs.chunks_exact_mut(row_len).enumerate() {
             self.apply(row, start_pos + t)?;
+        }
+        Ok(())
+    }
+
+    /// [`RopeTable::apply_batch`] with adjacent pairs (see [`RopeTable::apply_adjacent`]).
+    pub fn apply_batch_adjacent(
+        &self,
+        xs: &mut [f32],
+        row_len: usize,
+        start_pos: usize,
+    ) -> Result<(), KernelError> {
+        if row_len == 0 || !xs.len().is_multiple_of(row_len) {
+            return Err(KernelError::Shape(format!(
+                "{} values are not whole rows of {row_len}",
+                xs.len()
+            )));
+        }
+        for (t, row) in xs.chunks_exact_mut(row_len).enumerate() {
+            self.apply_adjacent(row, start_pos + t)?;
         }
         Ok(())
     }

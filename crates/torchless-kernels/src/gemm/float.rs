@@ -1,7 +1,8 @@
-//! The GEMM in f32 arithmetic: f32 weights, and int8 (or int4) weights dequantized exactly
-//! (`q / inv_scale`) into each packed panel.
+//! The GEMM in f32 arithmetic: f32 weights, and int8, int4 or ggml block weights dequantized
+//! exactly (int8: `q / inv_scale`) into each packed panel.
 
 use super::{by_columns, is_trivial, panels, store_partial, PanelLines, F32_POOL};
+use crate::blocks::dequantize_range;
 use crate::isa::traits::{Micro, Operands};
 use crate::mat::{MatRef, GROUP_SIZE};
 use std::ops::Range;
@@ -96,6 +97,21 @@ pub(crate) fn pack_b_generic(
                         let k = gi * G + i;
                         out[k * nr_full + j] = d * f32::from((byte & 0x0f) as i8 - 8);
                         out[(k + 16) * nr_full + j] = d * f32::from((byte >> 4) as i8 - 8);
+                    }
+                }
+            }
+        }
+        MatRef::Blocks(m) => {
+            // Exact dequantization of the panel's columns of each row (a block that straddles
+            // two depth blocks is dequantized for each).
+            let mut buf = [0.0f32; KC_MAX];
+            for j in 0..nr {
+                let row = &m.data()[(n0 + j) * m.row_bytes()..(n0 + j + 1) * m.row_bytes()];
+                for k0 in (0..kc).step_by(KC_MAX) {
+                    let vals = &mut buf[..KC_MAX.min(kc - k0)];
+                    dequantize_range(m.ty(), row, pc + k0, vals);
+                    for (k, &v) in vals.iter().enumerate() {
+                        out[(k0 + k) * nr_full + j] = v;
                     }
                 }
             }

@@ -46,6 +46,20 @@ impl<'a> PanelLines<'a> {
             MatRef::F32(m) => (m.data().as_ptr().cast::<u8>(), 8, m.cols()),
             MatRef::Int8(m) => (m.q().as_ptr().cast::<u8>(), 2, m.cols()),
             MatRef::Int4(m) => (m.packed().as_ptr(), 1, m.cols()),
+            MatRef::Blocks(m) => {
+                // The blocks holding columns pc..pc + kc of each row.
+                let (bv, bb) = (m.ty().block_values(), m.ty().block_bytes());
+                return Self {
+                    base: m
+                        .data()
+                        .as_ptr()
+                        .wrapping_add(n0 * m.row_bytes() + pc / bv * bb),
+                    row_bytes: m.row_bytes(),
+                    per_row: ((pc + kc).div_ceil(bv) - pc / bv) * bb / 64 + 1,
+                    rows: nr,
+                    _w: std::marker::PhantomData,
+                };
+            }
         };
         // `elem` is in half bytes, so int4's two codes per byte count right.
         Self {

@@ -1,11 +1,14 @@
 //! What the drivers ask of an instruction set, and the shapes both sides agree on: one trait per
-//! family of kernels ([`Elementwise`], [`Matvec`], [`Int4Matvec`], [`MatvecMany`], and the GEMM
-//! micro-kernels [`Micro`], [`QMicro`], [`Q4Micro`] with their operands and tile sizes), and
-//! [`Isa`], which names one implementation of each family for a SIMD path.
+//! family of kernels ([`Elementwise`], [`Matvec`], [`Int4Matvec`], [`MatvecMany`],
+//! [`BlockMatvec`], and the GEMM micro-kernels [`Micro`], [`QMicro`], [`Q4Micro`] with their
+//! operands and tile sizes), and [`Isa`], which names one implementation of each family for a
+//! SIMD path.
 //!
-//! The leaf of the crate's kernel modules: it imports only the matrix views and the int4 input
-//! layout. Drivers and instruction sets both depend on it, never it on them.
+//! The leaf of the crate's kernel modules: it imports only the matrix views and the int4 and
+//! block input layouts. Drivers and instruction sets both depend on it, never it on them.
 
+use crate::block_input::BlockInput;
+use crate::blocks::BlockMat;
 use crate::int4::Int4Input;
 use crate::mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
 
@@ -27,6 +30,8 @@ pub(crate) trait Isa: Copy + Send + Sync {
     type QMicro: QMicro + From<Self>;
     /// The int4 integer-GEMM tile.
     type Q4Micro: Q4Micro + From<Self>;
+    /// ggml block rows (both arithmetics).
+    type Blocks: BlockMatvec + From<Self>;
 
     /// The multi-input decode kernels; `None` where the path has none (callers then run one
     /// matvec per input).
@@ -54,6 +59,10 @@ pub(crate) trait Isa: Copy + Send + Sync {
     }
     /// The int4 integer-GEMM micro-kernel.
     fn q4micro(self) -> Self::Q4Micro {
+        self.into()
+    }
+    /// The ggml block kernels.
+    fn blocks(self) -> Self::Blocks {
         self.into()
     }
 }
@@ -156,6 +165,19 @@ pub(crate) trait Int4Matvec: Copy + Send + Sync {
     /// `yt[i * inputs.len() + b]` = row `r0 + i` of `w` times input `b`, for every row of
     /// `yt.len() / inputs.len()`.
     fn rows(self, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, yt: &mut [f32]);
+}
+
+/// Rows of a ggml block matrix times several inputs (`block_input.rs` defines both arithmetics;
+/// every path is bit-identical to the scalar one). Results are written transposed:
+/// `yt[i * batch + b]` = row `r0 + i` times input `b`, for every row of `yt.len() / batch`. Each
+/// (row, input) result is the same whatever rows and inputs it is computed with.
+pub(crate) trait BlockMatvec: Copy + Send + Sync {
+    /// Default arithmetic: quantized `inputs` (of the kind `w`'s type takes), integer sums per
+    /// block.
+    fn rows(self, w: &BlockMat<'_>, inputs: &[BlockInput], r0: usize, yt: &mut [f32]);
+    /// Exact arithmetic: f32 inputs `xs` (`batch` rows of `w.cols()`), the weights dequantized
+    /// exactly.
+    fn rows_exact(self, w: &BlockMat<'_>, xs: &[f32], batch: usize, r0: usize, yt: &mut [f32]);
 }
 
 /// Decode rows of `batch` inputs at once (`xs` row-major `batch x w.cols()`), each weight row read

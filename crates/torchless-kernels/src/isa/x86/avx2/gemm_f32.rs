@@ -295,7 +295,7 @@ impl Micro for Avx2 {
                 pack_b_i8(self, q, cols, inv, groups, kc, out);
                 true
             }
-            MatRef::Int8(_) | MatRef::Int4(_) => false,
+            MatRef::Int8(_) | MatRef::Int4(_) | MatRef::Blocks(_) => false,
         }
     }
 }

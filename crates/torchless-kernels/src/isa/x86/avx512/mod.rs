@@ -11,6 +11,7 @@
 //! calling the `#[target_feature]` functions sound, and the safe wrappers check every extent the
 //! raw loops rely on.
 
+mod blocks;
 mod gemm_int;
 mod matvec;
 
