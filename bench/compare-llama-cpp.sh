@@ -7,7 +7,7 @@
 #   bench/compare-llama-cpp.sh --shapes 7b-q4 -r 5   # torchless int4 vs llama.cpp Q4_0
 #
 # Builds llama.cpp's llama-bench from the llama-cpp-python sdist on PyPI (vendor/llama.cpp) into a
-# cache outside the repository, writes GGUF files with bench/make_gguf.py and torchless files with
+# cache outside the repository (or uses scripts/llama_cpp.sh's build of the same version there), writes GGUF files with bench/make_gguf.py and torchless files with
 # `torchless synth`, then runs both engines alternately (ABBA order over rounds) and prints pp/tg
 # tokens/s and the ratios torchless / llama.cpp. See bench/README.md.
 
@@ -210,6 +210,14 @@ build_llama_bench() {
         log "llama-bench: $LLAMA_BENCH_BIN (already built)"
         return
     fi
+    # The shared build of scripts/llama_cpp.sh (same sdist version), if there is one.
+    if [[ $LLAMA_VERSION != latest && -f $CACHE/llama.cpp-tools/READY && -x $CACHE/llama.cpp-tools/bin/llama-bench
+          && $(cat "$CACHE/llama.cpp-src/VERSION" 2>/dev/null) == "$LLAMA_VERSION"
+          && ( $WITH_INT4 == 0 || -x $CACHE/llama.cpp-tools/bin/llama-quantize ) ]]; then
+        LLAMA_BENCH_BIN=$CACHE/llama.cpp-tools/bin/llama-bench
+        log "llama-bench: $LLAMA_BENCH_BIN (scripts/llama_cpp.sh's build)"
+        return
+    fi
     [[ $SKIP_BUILD == 0 ]] || die "--skip-build, but there is no $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench"
     tmp=$(mktemp -d "$CACHE/download.XXXXXX")
     tarball=$(fetch_sdist "$tmp")
@@ -253,23 +261,29 @@ build_llama_bench() {
 # has (what -march=native gives ggml, minus its AMX backend). Sets LLAMA_BENCH_NOAMX.
 LLAMA_BENCH_NOAMX=
 build_llama_bench_noamx() {
-    local src_root build flags=() f
+    local src_root build flags=() f llama_src
     src_root=$(cd "$(dirname "$LLAMA_BENCH_BIN")/../.." && pwd)
     build=$src_root/build-noamx
+    llama_src=$src_root/vendor/llama.cpp
+    if [[ $LLAMA_BENCH_BIN == "$CACHE/llama.cpp-tools/bin/llama-bench" ]]; then
+        # scripts/llama_cpp.sh's layout: sources in llama.cpp-src, builds in llama.cpp-tools.
+        llama_src=$CACHE/llama.cpp-src
+        build=$CACHE/llama.cpp-tools/build-noamx
+    fi
     LLAMA_BENCH_NOAMX=$build/bin/llama-bench
     if [[ -x $LLAMA_BENCH_NOAMX ]]; then
         log "llama-bench without AMX: $LLAMA_BENCH_NOAMX (already built)"
         return
     fi
-    [[ -f $src_root/vendor/llama.cpp/CMakeLists.txt ]] \
-        || die "--llama-no-amx needs the llama.cpp sources beside $LLAMA_BENCH_BIN (in $src_root/vendor/llama.cpp)"
+    [[ -f $llama_src/CMakeLists.txt ]] \
+        || die "--llama-no-amx needs the llama.cpp sources beside $LLAMA_BENCH_BIN (in $llama_src)"
     [[ $SKIP_BUILD == 0 ]] || die "--skip-build, but there is no $LLAMA_BENCH_NOAMX"
     for f in sse4_2:SSE42 f16c:F16C fma:FMA bmi2:BMI2 avx:AVX avx2:AVX2 avx_vnni:AVX_VNNI avx512f:AVX512 \
              avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
         if grep -qw "${f%%:*}" /proc/cpuinfo; then flags+=("-DGGML_${f#*:}=ON"); else flags+=("-DGGML_${f#*:}=OFF"); fi
     done
     log "building llama-bench without AMX in $build (${flags[*]})"
-    cmake -S "$src_root/vendor/llama.cpp" -B "$build" \
+    cmake -S "$llama_src" -B "$build" \
         -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF "${flags[@]}" -DBUILD_SHARED_LIBS=OFF \
         -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
