@@ -120,16 +120,21 @@ fn kl_against_another_gguf_and_against_the_exact_path() {
     assert!(v["mean_kl"].as_f64().unwrap() > 0.0);
     assert_eq!(v["positions"].as_u64().unwrap() as usize, ids.len());
     // The default path (activations quantized per block) against the exact one.
-    let out = run(torchless()
-        .arg("perplexity")
-        .arg(q4_0())
-        .args(["--prompt-ids", &ids_arg(ids), "--json", "--kl-exact"]));
+    let out = run(torchless().arg("perplexity").arg(q4_0()).args([
+        "--prompt-ids",
+        &ids_arg(ids),
+        "--json",
+        "--kl-exact",
+    ]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     let exact = v["mean_nll_exact"].as_f64().unwrap();
     let want = g["prompts"][0]["nll"]["mean"].as_f64().unwrap();
     assert!((exact - want).abs() <= 1e-4 * want, "{exact} vs {want}");
-    assert!(v["mean_nll_quantized_activations"].as_f64().unwrap().is_finite());
+    assert!(v["mean_nll_quantized_activations"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
 }
 
 #[test]
@@ -141,10 +146,17 @@ fn chat_and_bench_run_on_a_gguf() {
         .write_stdin("Hello\nAnd again?\n"));
     assert_eq!(out.code, 0, "{}", out.stderr);
 
-    let out = run(torchless()
-        .arg("bench")
-        .arg(q4_0())
-        .args(["-p", "8", "-n", "4", "-r", "1", "--json", "--probe-mib", "0"]));
+    let out = run(torchless().arg("bench").arg(q4_0()).args([
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--json",
+        "--probe-mib",
+        "0",
+    ]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert!(v["quant"].as_str().unwrap().starts_with("Q4_0"), "{v}");
@@ -170,7 +182,10 @@ fn info_shows_gguf_types_and_metadata() {
     ] {
         assert!(out.stdout.contains(needle), "{needle:?} in\n{}", out.stdout);
     }
-    let out = run(torchless().arg("info").arg(q4_0()).args(["--json", "--tensors"]));
+    let out = run(torchless()
+        .arg("info")
+        .arg(q4_0())
+        .args(["--json", "--tensors"]));
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(v["format"], "gguf");
     assert_eq!(v["gguf_version"], 3);
@@ -195,7 +210,11 @@ fn tokenize_reads_a_gguf_and_a_vocabulary_only_gguf() {
     let g = q4_0_goldens();
     let text = g["prompts"][0]["text"].as_str().unwrap();
     let want = &g["prompts"][0]["ids"];
-    let out = run(torchless().arg("tokenize").arg(q4_0()).arg(text).arg("--json"));
+    let out = run(torchless()
+        .arg("tokenize")
+        .arg(q4_0())
+        .arg(text)
+        .arg("--json"));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(&v["ids"], want);
@@ -206,7 +225,11 @@ fn tokenize_reads_a_gguf_and_a_vocabulary_only_gguf() {
     let dir = tempfile::tempdir().unwrap();
     let vocab = dir.path().join("vocab.gguf");
     std::fs::write(&vocab, vocab_only(&std::fs::read(q4_0()).unwrap())).unwrap();
-    let out = run(torchless().arg("tokenize").arg(&vocab).arg(text).arg("--json"));
+    let out = run(torchless()
+        .arg("tokenize")
+        .arg(&vocab)
+        .arg(text)
+        .arg("--json"));
     assert_eq!(out.code, 0, "{}", out.stderr);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(&v["ids"], want);
@@ -237,11 +260,12 @@ fn vocab_only(gguf: &[u8]) -> Vec<u8> {
 fn convert_says_what_it_copies_and_what_it_dequantizes() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("q4.bin");
-    let out = run(torchless()
-        .arg("convert")
-        .arg(q4_0())
-        .arg(&out_path)
-        .args(["--quant", "int4", "--quant-output", "int8"]));
+    let out = run(torchless().arg("convert").arg(q4_0()).arg(&out_path).args([
+        "--quant",
+        "int4",
+        "--quant-output",
+        "int8",
+    ]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     // 14 Q4_0 matrices copied into int4, 5 F32 norms... stored f32, bit for bit; the Q8_0
     // embedding dequantized and quantized again to int8.
@@ -281,7 +305,11 @@ fn bad_gguf_files_give_one_line() {
         ] {
             let out = run(torchless().arg(command).arg(&path).args(rest));
             assert_eq!(out.code, 1, "{command:?} {name}: {}", out.stderr);
-            assert!(out.stderr.contains(needle), "{command:?} {name}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(needle),
+                "{command:?} {name}: {}",
+                out.stderr
+            );
             assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
         }
     }

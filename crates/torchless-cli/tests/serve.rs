@@ -792,11 +792,22 @@ fn a_gguf_file_is_served_as_it_is() {
             let mut cli = torchless();
             cli.arg(&path)
                 .args(["--prompt-ids", &ids_arg(prompt["ids"].as_array().unwrap())])
-                .args(["-n", &n.to_string(), "--temp", "0", "--ignore-eos", "-b", "64"])
+                .args([
+                    "-n",
+                    &n.to_string(),
+                    "--temp",
+                    "0",
+                    "--ignore-eos",
+                    "-b",
+                    "64",
+                ])
                 .args(flags);
             let out = run(&mut cli);
             assert_eq!(out.code, 0, "{}", out.stderr);
-            assert_eq!(text_out, out.stdout, "{text:?}: server vs CLI (exact {exact})");
+            assert_eq!(
+                text_out, out.stdout,
+                "{text:?}: server vs CLI (exact {exact})"
+            );
         }
     }
 }

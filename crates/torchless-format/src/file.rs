@@ -60,7 +60,9 @@ pub enum FileFormat {
 #[derive(Debug)]
 enum Source {
     /// Byte range of the tokenizer JSON inside the file, if the header has one.
-    Torchless { tokenizer_range: Option<(usize, usize)> },
+    Torchless {
+        tokenizer_range: Option<(usize, usize)>,
+    },
     Gguf(Box<GgufSource>),
 }
 

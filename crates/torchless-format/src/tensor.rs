@@ -186,7 +186,9 @@ impl BlockView<'_> {
     /// The dequantized value at flat index `i` (`None` out of range).
     pub fn get(&self, i: usize) -> Option<f32> {
         let (values, bytes) = (self.format.block_values(), self.format.block_bytes());
-        let block = self.data.get(i / values * bytes..(i / values + 1) * bytes)?;
+        let block = self
+            .data
+            .get(i / values * bytes..(i / values + 1) * bytes)?;
         let mut out = vec![0.0; values];
         crate::gguf::dequantize_blocks(self.format, block, &mut out);
         out.get(i % values).copied()
@@ -250,4 +252,3 @@ impl<'a> TensorRef<'a> {
         }
     }
 }
-

@@ -7,10 +7,10 @@ use std::path::Path;
 
 use crate::error::{FormatError, FormatErrorKind};
 use crate::file::{ALIGNMENT, PAGE};
-use crate::tensor::DType;
-use crate::tokenizer_data::TokenizerData;
 use crate::int4::{self, Int4Method};
 use crate::quant::{quantize_group, GROUP_SIZE};
+use crate::tensor::DType;
+use crate::tokenizer_data::TokenizerData;
 
 /// A tensor to be written: name, storage type and shape.
 #[derive(Debug, Clone, PartialEq, Eq)]

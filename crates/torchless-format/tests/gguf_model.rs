@@ -65,7 +65,10 @@ fn a_gguf_opens_as_the_model_it_holds() {
         let values = ours.to_f32_vec();
         let want = gguf.tensor_f32(stored).unwrap();
         assert!(
-            values.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            values
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{stored}"
         );
     }
@@ -73,18 +76,27 @@ fn a_gguf_opens_as_the_model_it_holds() {
         model.stored_name("model.layers.1.self_attn.q_proj.weight"),
         "blk.1.attn_q.weight"
     );
-    assert_eq!(model.stored_name("model.embed_tokens.weight"), "token_embd.weight");
+    assert_eq!(
+        model.stored_name("model.embed_tokens.weight"),
+        "token_embd.weight"
+    );
     assert_eq!(
         model.chat_template(),
         exported.chat_template(),
         "tokenizer.chat_template"
     );
     assert_eq!(
-        model.metadata().get("general.architecture").map(String::as_str),
+        model
+            .metadata()
+            .get("general.architecture")
+            .map(String::as_str),
         Some("llama")
     );
     assert_eq!(
-        model.metadata().get("tokenizer.ggml.tokens").map(String::as_str),
+        model
+            .metadata()
+            .get("tokenizer.ggml.tokens")
+            .map(String::as_str),
         Some("[768 × STRING]")
     );
     assert!(model.gguf_metadata().is_some() && exported.gguf_metadata().is_none());
@@ -192,7 +204,13 @@ fn sentencepiece_vocabularies_keep_scores_types_and_llama_cpp_defaults() {
     assert!(data.merges.is_empty());
     // llama.cpp's default ids for a "llama" vocabulary; the flags are left to the tokenizer.
     assert_eq!(
-        (data.bos_id, data.eos_id, data.unk_id, data.add_bos, data.add_space_prefix),
+        (
+            data.bos_id,
+            data.eos_id,
+            data.unk_id,
+            data.add_bos,
+            data.add_space_prefix
+        ),
         (Some(1), Some(2), Some(0), None, None)
     );
     raw.set("tokenizer.ggml.add_space_prefix", GgufValue::Bool(false));
@@ -213,7 +231,10 @@ fn in_memory_and_paged_views_are_the_mapped_ones() {
     assert_eq!(copied.format(), mapped.format());
     assert_eq!(copied.config(), mapped.config());
     for info in mapped.tensors() {
-        let (a, b) = (mapped.tensor(&info.name).unwrap(), copied.tensor(&info.name).unwrap());
+        let (a, b) = (
+            mapped.tensor(&info.name).unwrap(),
+            copied.tensor(&info.name).unwrap(),
+        );
         assert_eq!(a.to_f32_vec(), b.to_f32_vec(), "{}", info.name);
     }
     // The copy puts the data section on a page boundary.
@@ -236,7 +257,11 @@ fn in_memory_and_paged_views_are_the_mapped_ones() {
         .collect();
     let names: Vec<&str> = layer.iter().map(String::as_str).collect();
     assert_eq!(names.len(), 9);
-    for advice in [Residency::Populate, Residency::DontNeed, Residency::WillNeed] {
+    for advice in [
+        Residency::Populate,
+        Residency::DontNeed,
+        Residency::WillNeed,
+    ] {
         mapped.set_group_residency(&names, advice).unwrap();
         mapped
             .set_rows_residency("model.embed_tokens.weight", 3..700, advice)
@@ -511,19 +536,28 @@ fn structural_errors_keep_the_readers_words() {
     let bytes = std::fs::read(q4_0()).unwrap();
     let e = ModelFile::from_bytes(&bytes[..bytes.len() / 2]).unwrap_err();
     assert!(
-        matches!(e.kind(), FormatErrorKind::Gguf(GgufErrorKind::OutOfBounds { .. })),
+        matches!(
+            e.kind(),
+            FormatErrorKind::Gguf(GgufErrorKind::OutOfBounds { .. })
+        ),
         "{e}"
     );
     let e = ModelFile::from_bytes(&bytes[..100]).unwrap_err();
     assert!(
-        matches!(e.kind(), FormatErrorKind::Gguf(GgufErrorKind::CountTooLarge { .. })),
+        matches!(
+            e.kind(),
+            FormatErrorKind::Gguf(GgufErrorKind::CountTooLarge { .. })
+        ),
         "{e}"
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cut.gguf");
     std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
     let e = ModelFile::open(&path).unwrap_err();
-    assert!(e.to_string().starts_with(&path.display().to_string()), "{e}");
+    assert!(
+        e.to_string().starts_with(&path.display().to_string()),
+        "{e}"
+    );
     let e = read_tokenizer_data(&path).unwrap_err();
     assert!(e.to_string().contains("lies outside"), "{e}");
 }

@@ -161,10 +161,13 @@ impl<R: Residency> Model<R> {
         }
         report(LoadProgress::TokenizerReady);
 
+        // The first positions' angles, shared by every session; a session whose context is
+        // longer builds its own table (so a file claiming millions of positions costs nothing
+        // until a session asks for them).
         let rope = RopeTable::new(
             config.head_dim,
             config.rope_theta,
-            config.max_position_embeddings,
+            config.max_position_embeddings.min(SHARED_ROPE_POSITIONS),
         )?;
         let paging = PagingPlan::new(&file, &config)?;
         // Every tensor's shape and dtype, checked here once: sessions resolve the same views.
@@ -241,6 +244,10 @@ impl<R: Residency> Model<R> {
         &mut self.paging
     }
 }
+
+/// Positions whose RoPE angles the model computes at load (the table is `head_dim` floats per
+/// position: 32 MiB for head_dim 128). Mistral 7B's 32768 positions fit.
+pub(crate) const SHARED_ROPE_POSITIONS: usize = 1 << 16;
 
 /// See [`Model::bytes_per_token`].
 fn weight_bytes_per_token(file: &ModelFile, config: &Config) -> Result<u64> {

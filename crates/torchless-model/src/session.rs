@@ -5,7 +5,7 @@ use std::ops::Range;
 #[cfg(feature = "parallel")]
 use std::sync::Arc;
 
-use torchless_kernels::Kernels;
+use torchless_kernels::{Kernels, RopeTable};
 
 use crate::error::{ModelError, Result};
 use crate::forward::{Forward, Pass, Scratch, SequenceRows};
@@ -13,6 +13,10 @@ use crate::kv_cache::KvCache;
 use crate::model::Model;
 use crate::residency::Residency;
 use crate::weights::Weights;
+
+/// Largest RoPE table a session builds for itself (contexts longer than the model's shared
+/// table): 1 GiB, two million positions at head_dim 128.
+const MAX_ROPE_BYTES: u128 = 1 << 30;
 
 /// Options for a [`Session`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,8 @@ pub struct Session<'m, R: Residency> {
     model: &'m Model<R>,
     /// The model's weights, resolved once for the session's life.
     weights: Weights<'m>,
+    /// RoPE angles for a context longer than the model's shared table covers.
+    own_rope: Option<RopeTable>,
     kernels: Kernels,
     kv_cache: KvCache,
     scratch: Scratch,
@@ -140,6 +146,25 @@ impl<'m, R: Residency> Session<'m, R> {
             .min(kv_cache.max_batch_at())
             .min(context_len);
         let scratch = Scratch::new(batch_size, config);
+        let own_rope = if context_len > model.rope().max_positions() {
+            let bytes = 4 * config.head_dim as u128 * context_len as u128;
+            if bytes > MAX_ROPE_BYTES {
+                return Err(ModelError::InvalidOption {
+                    option: "context length".into(),
+                    message: format!(
+                        "{context_len} positions need a RoPE table of {bytes} bytes, more than \
+                         {MAX_ROPE_BYTES}; use a shorter context"
+                    ),
+                });
+            }
+            Some(RopeTable::new(
+                config.head_dim,
+                config.rope_theta,
+                context_len,
+            )?)
+        } else {
+            None
+        };
         #[cfg(feature = "parallel")]
         let (decode_pool, batch_pool) = {
             let pool = |n: usize| -> Result<Option<Arc<rayon::ThreadPool>>> {
@@ -159,6 +184,7 @@ impl<'m, R: Residency> Session<'m, R> {
         Ok(Self {
             model,
             weights: model.weights()?,
+            own_rope,
             kernels: Kernels::auto()
                 .with_int8_activations(options.int8_activations)
                 .with_exact_blocks(options.exact_activations),
@@ -345,6 +371,24 @@ impl<'m, R: Residency> Session<'m, R> {
     /// The forward pass of [`step_batch`](Self::step_batch) (inputs validated), in the first
     /// session's decode pool and with its weights and scratch buffers.
     fn forward_sessions(sessions: &mut [&mut Session<'m, R>], tokens: &[u32]) -> Result<()> {
+        // The RoPE table must cover every session's position: the longest one any of them has
+        // (lent for the pass, given back after).
+        let longest = (0..sessions.len())
+            .filter(|&i| sessions[i].own_rope.is_some())
+            .max_by_key(|&i| sessions[i].context_len);
+        let own_rope = longest.and_then(|i| sessions[i].own_rope.take());
+        let result = Self::forward_sessions_with(sessions, tokens, own_rope.as_ref());
+        if let Some(i) = longest {
+            sessions[i].own_rope = own_rope;
+        }
+        result
+    }
+
+    fn forward_sessions_with(
+        sessions: &mut [&mut Session<'m, R>],
+        tokens: &[u32],
+        own_rope: Option<&RopeTable>,
+    ) -> Result<()> {
         let [first, rest @ ..] = sessions else {
             return Ok(());
         };
@@ -366,7 +410,8 @@ impl<'m, R: Residency> Session<'m, R> {
                 rows: i + 1..i + 2,
             });
         }
-        let forward = Forward::new(model.config(), model.rope(), &first.weights, first.kernels);
+        let rope = own_rope.unwrap_or(model.rope());
+        let forward = Forward::new(model.config(), rope, &first.weights, first.kernels);
         let mut pass = Pass {
             scratch: &mut first.scratch,
             tokens,
@@ -405,7 +450,8 @@ impl<'m, R: Residency> Session<'m, R> {
     /// `self.logits` (row-major, `logit_rows.len() x vocab`).
     fn forward_batch(&mut self, tokens: &[u32], logit_rows: Range<usize>) -> Result<()> {
         let model = self.model;
-        let forward = Forward::new(model.config(), model.rope(), &self.weights, self.kernels);
+        let rope = self.own_rope.as_ref().unwrap_or(model.rope());
+        let forward = Forward::new(model.config(), rope, &self.weights, self.kernels);
         let mut sequences = [SequenceRows {
             kv_cache: &mut self.kv_cache,
             start: self.position,
@@ -426,11 +472,7 @@ impl<'m, R: Residency> Session<'m, R> {
     /// Runs `tokens` and calls `on_logits(i, logits)` for every one of them (teacher forcing, e.g.
     /// for perplexity). `i` indexes `tokens` (a pending token, if any, is processed first and
     /// gets no call).
-    pub fn evaluate(
-        &mut self,
-        tokens: &[u32],
-        on_logits: impl FnMut(usize, &[f32]),
-    ) -> Result<()> {
+    pub fn evaluate(&mut self, tokens: &[u32], on_logits: impl FnMut(usize, &[f32])) -> Result<()> {
         self.evaluate_from(tokens, 0, on_logits)
     }
 

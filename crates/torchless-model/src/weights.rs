@@ -135,9 +135,9 @@ fn norm_view(tensor: TensorRef<'_>, len: usize) -> Result<&[f32]> {
         TensorData::F32(values) => Ok(values),
         TensorData::Int8(_) | TensorData::Int4(_) | TensorData::Blocks(_) => {
             Err(ModelError::TensorDtype {
-            tensor: tensor.info.name.clone(),
-            expected: "f32",
-            found: tensor.info.dtype.to_string(),
+                tensor: tensor.info.name.clone(),
+                expected: "f32",
+                found: tensor.info.dtype.to_string(),
             })
         }
     }

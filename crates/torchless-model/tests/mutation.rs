@@ -1085,13 +1085,24 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
         );
     }
     // Bit flips in the header (metadata and tensor infos): anything but a panic.
-    let header_end = raw.boundaries().into_iter().filter(|&b| b <= data_start).max().unwrap_or(24);
+    let header_end = raw
+        .boundaries()
+        .into_iter()
+        .filter(|&b| b <= data_start)
+        .max()
+        .unwrap_or(24);
     for _ in 0..160 {
         let at = rng.below(header_end.max(1));
         let bit = rng.below(8);
         let mut b = bytes.clone();
         b[at] ^= 1 << bit;
-        push(&mut cases, "gguf header bit flip", format!("byte {at} bit {bit}"), b, Expect::Any);
+        push(
+            &mut cases,
+            "gguf header bit flip",
+            format!("byte {at} bit {bit}"),
+            b,
+            Expect::Any,
+        );
     }
     // Metadata: each key removed, given the wrong type, or out of range.
     let required = [
@@ -1114,7 +1125,13 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
             // Optional keys fall back to llama.cpp's defaults.
             Expect::ErrOrFinite
         };
-        push(&mut cases, "gguf metadata", format!("{key} removed"), r.to_bytes(), expect);
+        push(
+            &mut cases,
+            "gguf metadata",
+            format!("{key} removed"),
+            r.to_bytes(),
+            expect,
+        );
         let wrong = match value {
             GgufValue::String(_) => GgufValue::U32(7),
             GgufValue::Array(_) => GgufValue::String("not an array".into()),
@@ -1122,9 +1139,21 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
         };
         let mut r = raw.clone();
         r.set(key, wrong);
-        let read = key.starts_with("llama.") || key.starts_with("tokenizer.") || key == "general.architecture";
-        let expect = if read { Expect::Err } else { Expect::ErrOrFinite };
-        push(&mut cases, "gguf metadata", format!("{key} of the wrong type"), r.to_bytes(), expect);
+        let read = key.starts_with("llama.")
+            || key.starts_with("tokenizer.")
+            || key == "general.architecture";
+        let expect = if read {
+            Expect::Err
+        } else {
+            Expect::ErrOrFinite
+        };
+        push(
+            &mut cases,
+            "gguf metadata",
+            format!("{key} of the wrong type"),
+            r.to_bytes(),
+            expect,
+        );
     }
     let u = GgufValue::U32;
     let u64v = GgufValue::U64;
@@ -1150,31 +1179,83 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
         ("llama.context_length", u(1 << 24), Expect::ErrOrFinite),
         ("llama.attention.sliding_window", u(0), Expect::Finite),
         ("llama.attention.sliding_window", u(1), Expect::Finite),
-        ("llama.attention.sliding_window", u64v(u64::MAX), Expect::ErrOrFinite),
+        (
+            "llama.attention.sliding_window",
+            u64v(u64::MAX),
+            Expect::ErrOrFinite,
+        ),
         ("llama.rope.freq_base", f(0.0), Expect::Err),
         ("llama.rope.freq_base", f(f32::NAN), Expect::Err),
         ("llama.rope.freq_base", f(f32::INFINITY), Expect::Err),
         ("llama.rope.freq_base", f(1e30), Expect::ErrOrFinite),
-        ("llama.attention.layer_norm_rms_epsilon", f(-1.0), Expect::Err),
-        ("llama.attention.layer_norm_rms_epsilon", f(1e30), Expect::ErrOrFinite),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            f(-1.0),
+            Expect::Err,
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            f(1e30),
+            Expect::ErrOrFinite,
+        ),
         ("llama.vocab_size", u(1), Expect::Err),
         ("llama.expert_count", u(8), Expect::Err),
         ("llama.expert_count", u(0), Expect::Finite),
-        ("llama.rope.scaling.type", GgufValue::String("linear".into()), Expect::Err),
-        ("llama.rope.scaling.type", GgufValue::String("none".into()), Expect::Finite),
-        ("general.architecture", GgufValue::String("gemma".into()), Expect::Err),
+        (
+            "llama.rope.scaling.type",
+            GgufValue::String("linear".into()),
+            Expect::Err,
+        ),
+        (
+            "llama.rope.scaling.type",
+            GgufValue::String("none".into()),
+            Expect::Finite,
+        ),
+        (
+            "general.architecture",
+            GgufValue::String("gemma".into()),
+            Expect::Err,
+        ),
         ("general.alignment", u(3), Expect::Err),
         ("general.alignment", u(0), Expect::Err),
-        ("tokenizer.ggml.model", GgufValue::String("bert".into()), Expect::Err),
+        (
+            "tokenizer.ggml.model",
+            GgufValue::String("bert".into()),
+            Expect::Err,
+        ),
         ("tokenizer.ggml.bos_token_id", u(u32::MAX), Expect::Err),
         ("tokenizer.ggml.eos_token_id", u(1 << 20), Expect::Err),
         ("tokenizer.ggml.unknown_token_id", u(1 << 20), Expect::Err),
-        ("tokenizer.ggml.pre", GgufValue::String("no-such-pre".into()), Expect::Err),
-        ("tokenizer.ggml.add_bos_token", GgufValue::Bool(true), Expect::Finite),
-        ("tokenizer.ggml.token_type", GgufValue::Array(GgufArray::I32(vec![1; 3])), Expect::Err),
-        ("tokenizer.ggml.scores", GgufValue::Array(GgufArray::F32(vec![0.0; 3])), Expect::Err),
-        ("tokenizer.ggml.merges", GgufValue::Array(GgufArray::String(vec!["x".into()])), Expect::ErrOrFinite),
-        ("tokenizer.chat_template", GgufValue::String("{% for".into()), Expect::Finite),
+        (
+            "tokenizer.ggml.pre",
+            GgufValue::String("no-such-pre".into()),
+            Expect::Err,
+        ),
+        (
+            "tokenizer.ggml.add_bos_token",
+            GgufValue::Bool(true),
+            Expect::Finite,
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            GgufValue::Array(GgufArray::I32(vec![1; 3])),
+            Expect::Err,
+        ),
+        (
+            "tokenizer.ggml.scores",
+            GgufValue::Array(GgufArray::F32(vec![0.0; 3])),
+            Expect::Err,
+        ),
+        (
+            "tokenizer.ggml.merges",
+            GgufValue::Array(GgufArray::String(vec!["x".into()])),
+            Expect::ErrOrFinite,
+        ),
+        (
+            "tokenizer.chat_template",
+            GgufValue::String("{% for".into()),
+            Expect::Finite,
+        ),
     ];
     for (key, value, expect) in edits {
         let mut r = raw.clone();
@@ -1190,7 +1271,13 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
                 "tokenizer.ggml.tokens",
                 GgufValue::Array(GgufArray::String(tokens[..keep].to_vec())),
             );
-            push(&mut cases, "gguf vocabulary", format!("{keep} pieces"), r.to_bytes(), Expect::Err);
+            push(
+                &mut cases,
+                "gguf vocabulary",
+                format!("{keep} pieces"),
+                r.to_bytes(),
+                Expect::Err,
+            );
         }
     }
     // Tensor infos: offsets, dims, types, names.
@@ -1199,9 +1286,17 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
         let mut edit = |label: &str, expect: Expect, change: &dyn Fn(&mut RawTensor)| {
             let mut r = raw.clone();
             change(&mut r.tensors[i]);
-            push(&mut cases, "gguf tensor", format!("{n}: {label}"), r.to_bytes(), expect);
+            push(
+                &mut cases,
+                "gguf tensor",
+                format!("{n}: {label}"),
+                r.to_bytes(),
+                expect,
+            );
         };
-        edit("one more row", Expect::Err, &|t| *t.dims.last_mut().unwrap() += 1);
+        edit("one more row", Expect::Err, &|t| {
+            *t.dims.last_mut().unwrap() += 1
+        });
         edit("no dims", Expect::Err, &|t| t.dims.clear());
         edit("5 dims", Expect::Err, &|t| t.dims.extend([1, 1, 1, 1]));
         edit("a huge dim", Expect::Err, &|t| t.dims[0] = u64::MAX / 2);
@@ -1218,7 +1313,9 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
             if other != t.type_id {
                 // Another supported type: the data no longer has that type's size (refused),
                 // or happens to (then it must load, or be refused, cleanly).
-                edit(&format!("type {other}"), Expect::Any, &|t| t.type_id = other);
+                edit(&format!("type {other}"), Expect::Any, &|t| {
+                    t.type_id = other
+                });
             }
         }
     }
@@ -1229,7 +1326,10 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
         .map(|t| {
             let mut needle = (t.name.len() as u64).to_le_bytes().to_vec();
             needle.extend_from_slice(t.name.as_bytes());
-            let at = bytes.windows(needle.len()).position(|w| w == needle.as_slice()).unwrap();
+            let at = bytes
+                .windows(needle.len())
+                .position(|w| w == needle.as_slice())
+                .unwrap();
             at + needle.len() + 4 + 8 * t.dims.len() + 4
         })
         .collect();
@@ -1242,7 +1342,13 @@ fn gguf_cases(raw: &RawGguf, seed: u64) -> Vec<Case> {
         ] {
             let mut b = bytes.clone();
             b[at..at + 8].copy_from_slice(&offset.to_le_bytes());
-            push(&mut cases, "gguf tensor", format!("{}: {label}", t.name), b, expect);
+            push(
+                &mut cases,
+                "gguf tensor",
+                format!("{}: {label}", t.name),
+                b,
+                expect,
+            );
         }
     }
     // NaN and infinities in weights and block scales.
@@ -1322,7 +1428,11 @@ fn corrupted_gguf_files_end_in_errors_or_results_never_panics() {
     for (name, seed) in fixtures {
         let raw = RawGguf::open(&common::fixtures().join(name));
         let clean = run::<torchless_model::Resident>(&raw.to_bytes());
-        assert_eq!(clean.outcome, Outcome::Finite, "{name}: the fixture itself runs");
+        assert_eq!(
+            clean.outcome,
+            Outcome::Finite,
+            "{name}: the fixture itself runs"
+        );
         assert!(clean.flagged.is_empty(), "{name}: the fixture is clean");
         let cases = gguf_cases(&raw, seed);
         let start = Instant::now();

@@ -53,7 +53,10 @@ fn hf_name(name: &str, n_layers: usize) -> Option<String> {
     let (layer, rest) = rest.split_once('.')?;
     let suffix = rest.strip_suffix(".weight")?;
     // Canonical decimal only ("blk.01" is not block 1).
-    let layer: usize = layer.parse().ok().filter(|l: &usize| l.to_string() == layer)?;
+    let layer: usize = layer
+        .parse()
+        .ok()
+        .filter(|l: &usize| l.to_string() == layer)?;
     if layer >= n_layers {
         return None;
     }
@@ -143,9 +146,9 @@ impl<'a> Meta<'a> {
     fn float(&self, key: &str) -> Res<Option<f64>> {
         match self.0.get(key) {
             None => Ok(None),
-            Some(GgufValue::F32(x)) => Ok(Some(
-                format!("{x}").parse::<f64>().unwrap_or(f64::from(*x)),
-            )),
+            Some(GgufValue::F32(x)) => {
+                Ok(Some(format!("{x}").parse::<f64>().unwrap_or(f64::from(*x))))
+            }
             Some(GgufValue::F64(x)) => Ok(Some(*x)),
             Some(v) => Err(Self::wrong(key, v, "a FLOAT32")),
         }
@@ -218,7 +221,9 @@ impl<'a> Meta<'a> {
 pub(crate) fn open_model(header: &GgufHeader) -> Res<GgufModel> {
     let meta = Meta(header);
     let arch_key = "general.architecture";
-    let arch = meta.string(arch_key)?.ok_or_else(|| Meta::missing(arch_key))?;
+    let arch = meta
+        .string(arch_key)?
+        .ok_or_else(|| Meta::missing(arch_key))?;
     if arch != "llama" {
         return Err(FormatErrorKind::UnsupportedArchitecture {
             architecture: arch.into(),
@@ -250,7 +255,9 @@ pub(crate) fn open_model(header: &GgufHeader) -> Res<GgufModel> {
     }
     let hidden_size = meta.need_dim(&key("embedding_length"))?;
     let n_heads = meta.need_dim(&key("attention.head_count"))?;
-    let n_kv_heads = meta.dim(&key("attention.head_count_kv"))?.unwrap_or(n_heads);
+    let n_kv_heads = meta
+        .dim(&key("attention.head_count_kv"))?
+        .unwrap_or(n_heads);
     let head_dim = match meta.dim(&key("attention.key_length"))? {
         Some(d) => d,
         None if hidden_size % n_heads == 0 => hidden_size / n_heads,
@@ -303,11 +310,12 @@ pub(crate) fn open_model(header: &GgufHeader) -> Res<GgufModel> {
                 .into(),
         });
     }
-    let embedding = header
-        .tensor("token_embd.weight")
-        .ok_or_else(|| FormatErrorKind::MissingTensor {
-            name: "token_embd.weight".into(),
-        })?;
+    let embedding =
+        header
+            .tensor("token_embd.weight")
+            .ok_or_else(|| FormatErrorKind::MissingTensor {
+                name: "token_embd.weight".into(),
+            })?;
     let vocab_size = match embedding.dims() {
         [_, rows] => usize::try_from(*rows).unwrap_or(usize::MAX),
         _ => {
@@ -513,7 +521,12 @@ pub(crate) fn tokenizer_data(
         .numbers(
             "tokenizer.ggml.token_type",
             n,
-            |a| a.to_i64_vec()?.into_iter().map(|t| i32::try_from(t).ok()).collect(),
+            |a| {
+                a.to_i64_vec()?
+                    .into_iter()
+                    .map(|t| i32::try_from(t).ok())
+                    .collect()
+            },
             "an ARRAY of INT32",
         )?
         .unwrap_or_else(|| vec![1; n]);
@@ -615,9 +628,18 @@ mod tests {
             ("token_embd.weight", "model.embed_tokens.weight"),
             ("output.weight", "lm_head.weight"),
             ("output_norm.weight", "model.norm.weight"),
-            ("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight"),
-            ("blk.11.ffn_down.weight", "model.layers.11.mlp.down_proj.weight"),
-            ("blk.3.ffn_norm.weight", "model.layers.3.post_attention_layernorm.weight"),
+            (
+                "blk.0.attn_q.weight",
+                "model.layers.0.self_attn.q_proj.weight",
+            ),
+            (
+                "blk.11.ffn_down.weight",
+                "model.layers.11.mlp.down_proj.weight",
+            ),
+            (
+                "blk.3.ffn_norm.weight",
+                "model.layers.3.post_attention_layernorm.weight",
+            ),
         ] {
             assert_eq!(hf_name(gguf, 12).as_deref(), Some(hf), "{gguf}");
             assert_eq!(gguf_name(hf), gguf, "{hf}");

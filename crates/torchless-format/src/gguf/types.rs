@@ -564,7 +564,18 @@ mod tests {
             .collect();
         assert_eq!(
             sizes,
-            [(1, 2), (32, 18), (32, 20), (32, 22), (32, 24), (32, 34), (256, 144), (256, 176), (256, 210), (1, 2)]
+            [
+                (1, 2),
+                (32, 18),
+                (32, 20),
+                (32, 22),
+                (32, 24),
+                (32, 34),
+                (256, 144),
+                (256, 176),
+                (256, 210),
+                (1, 2)
+            ]
         );
         assert_eq!(BlockFormat::from_ggml(GgmlType::Q3_K), None);
         assert_eq!(BlockFormat::from_ggml(GgmlType::F32), None);
