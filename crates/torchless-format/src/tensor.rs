@@ -176,7 +176,7 @@ impl BlockView<'_> {
     ///
     /// Returns `false`, writing nothing, when the lengths disagree.
     pub fn dequantize_into(&self, out: &mut [f32]) -> bool {
-        if out.len() != self.len() || self.data.len() % self.format.block_bytes() != 0 {
+        if out.len() != self.len() || !self.data.len().is_multiple_of(self.format.block_bytes()) {
             return false;
         }
         crate::gguf::dequantize_blocks(self.format, self.data, out);

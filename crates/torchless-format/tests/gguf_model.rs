@@ -269,8 +269,8 @@ fn in_memory_and_paged_views_are_the_mapped_ones() {
         copied.set_group_residency(&names, advice).unwrap();
     }
     assert_eq!(
-        mapped.tensor(&names[1]).unwrap().to_f32_vec(),
-        copied.tensor(&names[1]).unwrap().to_f32_vec()
+        mapped.tensor(names[1]).unwrap().to_f32_vec(),
+        copied.tensor(names[1]).unwrap().to_f32_vec()
     );
     let from_bytes = ModelFile::from_bytes(&std::fs::read(q4_0()).unwrap()).unwrap();
     assert_eq!(from_bytes.config(), mapped.config());

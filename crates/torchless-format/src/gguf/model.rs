@@ -451,7 +451,7 @@ pub(crate) fn open_model(header: &GgufHeader) -> Res<GgufModel> {
 fn tensor_dtype(info: &GgufTensorInfo, data_start: usize) -> Res<DType> {
     if info.ggml_type() == GgmlType::F32 {
         let absolute = data_start as u64 + info.offset();
-        if absolute % 4 != 0 {
+        if !absolute.is_multiple_of(4) {
             return Err(FormatErrorKind::Misaligned {
                 tensor: info.name().into(),
                 what: "data",
