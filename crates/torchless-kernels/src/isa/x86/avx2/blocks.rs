@@ -723,3 +723,65 @@ impl BlockMatvec for Avx2 {
         unsafe { rows_exact_avx2(w, xs, batch, r0, yt) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::{block_codes, dequantize_range};
+
+    #[test]
+    fn vector_unpacking_and_dequantization_match_the_scalar_ones() {
+        let Some(t) = Avx2::detect() else { return };
+        let _ = t;
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for ty in BlockType::ALL {
+            let (bv, bb) = (ty.block_values(), ty.block_bytes());
+            let blocks = (2 * PIECE / bv).max(2) + 1;
+            let mut row: Vec<u8> = (0..blocks * bb).map(|_| next() as u8).collect();
+            // Finite halves where scales live (random exponents 0..29, signs).
+            for b in row.chunks_exact_mut(bb) {
+                let mut h = || ((next() as u16) & 0x83ff) | (((next() % 30) as u16) << 10);
+                match ty {
+                    BlockType::F16 => b.copy_from_slice(&h().to_le_bytes()),
+                    BlockType::BF16 => {}
+                    BlockType::Q6K => b[208..210].copy_from_slice(&h().to_le_bytes()),
+                    _ => {
+                        b[0..2].copy_from_slice(&h().to_le_bytes());
+                        b[2..4].copy_from_slice(&h().to_le_bytes());
+                    }
+                }
+            }
+            if ty.is_quantized() {
+                for b in row.chunks_exact(bb) {
+                    let (mut want, mut got) = ([0i8; 256], [0i8; 256]);
+                    block_codes(ty, b, &mut want[..bv]);
+                    // SAFETY: the token proves the features.
+                    unsafe { block_codes_simd(ty, b, &mut got[..bv]) };
+                    assert_eq!(want, got, "{}", ty.name());
+                }
+            }
+            let cols = blocks * bv;
+            for c0 in (0..cols).step_by(PIECE) {
+                let n = PIECE.min(cols - c0);
+                let mut want = vec![0.0f32; n];
+                dequantize_range(ty, &row, c0, &mut want);
+                let mut got = [f32::NAN; PIECE];
+                // SAFETY: the token proves the features.
+                unsafe { dequantize_piece(ty, &row, c0, n, &mut got) };
+                for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits() || a.is_nan() && b.is_nan(),
+                        "{} {c0}+{i}",
+                        ty.name()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! ggml block rows with AVX-512 VNNI: the AVX2 row loop (`avx2::blocks::rows_body`) with
 //! `vpdpbusd` on 256-bit vectors as its integer dot product (four products summed into each i32
-//! lane in one instruction, where AVX2 needs `vpmaddubsw` and `vpmaddwd`; the K-quants' sub-block
-//! scales then multiply the i32 sums with `vpmulld`). The integer sums are exact either way and
+//! lane in one instruction, where AVX2 needs `vpmaddubsw` and `vpmaddwd`; for the K-quants'
+//! sub-block scales, `vpmaddubsw` then `vpdpwssd`, which multiplies the i16 pair sums by the
+//! scales and adds them into the i32 lanes in one instruction: `vpmulld` on `vpdpbusd`'s sums
+//! was slower than AVX2). The integer sums are exact either way and
 //! the f32 operations after them are the shared ones, so results are bit-identical to the scalar
 //! and AVX2 paths. The exact arithmetic runs the AVX2 kernel.
 
@@ -25,11 +27,13 @@ impl I8Dot for Dpbusd {
 
     #[inline(always)]
     unsafe fn dot_scaled(acc: __m256i, u: __m256i, s: __m256i, lo: i32, hi: i32) -> __m256i {
-        // SAFETY: caller contract: AVX-512 VNNI and VL available (and AVX2).
+        // SAFETY: caller contract: AVX-512 VNNI and VL available (and AVX2). The pair sums of
+        // `vpmaddubsw` fit an i16 (as in AVX2) and `vpdpwssd` multiplies them by the scales and
+        // adds pairs into i32, exactly.
         unsafe {
-            let d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-            let sc = _mm256_set_m128i(_mm_set1_epi32(hi), _mm_set1_epi32(lo));
-            _mm256_add_epi32(acc, _mm256_mullo_epi32(d, sc))
+            let p = _mm256_maddubs_epi16(u, s);
+            let sc = _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16));
+            _mm256_dpwssd_epi32(acc, p, sc)
         }
     }
 }
