@@ -1,8 +1,10 @@
-//! Decode matvec `y = W x` at the Mistral 7B shapes, f32, int8 and int4, 1 and 2 threads.
+//! Decode matvec `y = W x` at the Mistral 7B shapes, f32, int8 and int4, 1 and 2 threads; at
+//! the headline shape also every ggml block type (`Q4_K` etc., default arithmetic; `Q4_K-exact`
+//! etc. for the exact one: `Kernels::with_exact_blocks`).
 //!
 //! Criterion reports throughput as weight bytes streamed per second (`Throughput::BytesDecimal`:
 //! int8 = rows*cols + rows*cols/64*4 bytes, int4 = rows*cols/2 + rows*cols/32*2, f32 =
-//! rows*cols*4).
+//! rows*cols*4, blocks: their bytes).
 //!
 //! After each benchmark a summary line compares the kernel with the STREAM-like read bandwidth
 //! (`BandwidthProbe`, 512 MB buffer, same thread count), measured *side by side*: 11 pairs of
@@ -15,7 +17,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-use torchless_kernels::{BandwidthProbe, Kernels, MatRef, SimdPath};
+use torchless_kernels::{BandwidthProbe, BlockType, Kernels, MatRef, SimdPath};
 
 mod util;
 use util::*;
@@ -86,17 +88,41 @@ fn bench(c: &mut Criterion) {
         let (q4, s4) = random_int4(rows, cols, 4);
         let x = random_f32(cols, 3);
         let mut y = vec![0.0f32; rows];
-        let mats = [
-            ("f32", MatRef::f32(&wf, rows, cols).unwrap()),
-            ("int8", MatRef::int8(&q, &inv, rows, cols).unwrap()),
-            ("int4", MatRef::int4(&q4, &s4, rows, cols).unwrap()),
+        let headline = (rows, cols) == (14336, 4096);
+        let blocks: Vec<(BlockType, Vec<u8>)> = if headline {
+            BlockType::ALL
+                .into_iter()
+                .map(|t| (t, random_blocks(t, rows, cols, 5)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut mats: Vec<(String, MatRef<'_>, bool)> = vec![
+            ("f32".into(), MatRef::f32(&wf, rows, cols).unwrap(), false),
+            (
+                "int8".into(),
+                MatRef::int8(&q, &inv, rows, cols).unwrap(),
+                false,
+            ),
+            (
+                "int4".into(),
+                MatRef::int4(&q4, &s4, rows, cols).unwrap(),
+                false,
+            ),
         ];
+        for (t, data) in &blocks {
+            let m = MatRef::blocks(*t, data, rows, cols).unwrap();
+            mats.push((t.name().into(), m, false));
+            if t.is_quantized() {
+                mats.push((format!("{}-exact", t.name()), m, true));
+            }
+        }
         let mut variants: Vec<(String, Kernels, usize)> = thread_counts()
             .into_iter()
             .map(|t| (String::new(), k, t))
             .collect();
         // The headline shape on every SIMD path (and BLAS sgemv for f32 when compiled in).
-        if (rows, cols) == (14336, 4096) {
+        if headline {
             let t = *thread_counts().last().unwrap();
             for p in SimdPath::supported() {
                 variants.push((format!("/{}", p.name()), Kernels::with_path(p).unwrap(), t));
@@ -110,10 +136,11 @@ fn bench(c: &mut Criterion) {
             }
         }
         for (label, kv, t) in &variants {
-            for (dtype, m) in &mats {
-                if label.starts_with("/blas") && *dtype != "f32" {
+            for (dtype, m, exact) in &mats {
+                if label.starts_with("/blas") && dtype != "f32" {
                     continue;
                 }
+                let kv = &kv.with_exact_blocks(*exact);
                 let name = format!("matvec/{dtype}/{rows}x{cols}/t{t}{label}");
                 let mut g = c.benchmark_group("matvec");
                 g.throughput(Throughput::BytesDecimal(m.weight_bytes() as u64));

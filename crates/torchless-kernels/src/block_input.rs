@@ -8,8 +8,10 @@
 //! an exact integer), per 256 values to Q8_K for Q4_K / Q5_K / Q6_K (`max` the value of largest
 //! magnitude, the first one among equals; `iscale = −127 / max`, `q = round_ties_even(iscale ·
 //! x)`, `d = 1 / iscale` in f32, so `d` has the opposite sign of `max`; `bsums`: `Σ q` per 16). An
-//! all-zero block has `d = 0` and zero codes; a block holding an infinity or NaN gets `d = NaN`
-//! (the products are NaN, as they would be in f32).
+//! all-zero block has `d = 0` and zero codes (so does a block whose largest magnitude is below
+//! `127 / f32::MAX`, where `127 / max` overflows: its half `d` is zero, and llama.cpp's Q8_K `d`
+//! is `−0`); a block holding an infinity or NaN gets `d = NaN` (the products are NaN, as they
+//! would be in f32). A Q8_0 block beyond `127 · 65504` overflows its half scale, as in llama.cpp.
 //!
 //! A weight block `b` of a row then contributes an exact integer sum `S` (and for the types with
 //! mins a second one), scaled in f32. Blocks are taken in groups of 8; block `b` adds into lane
@@ -212,6 +214,11 @@ fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = f16_to_f32(f32_to_f16(amax / 127.0));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    if !id.is_finite() {
+        // `amax` below 127 / f32::MAX: `d` is a zero half, the block contributes nothing.
+        q.fill(0);
+        return d;
+    }
     for (o, &v) in q.iter_mut().zip(x) {
         *o = round_even(v * id).clamp(-127.0, 127.0) as i8;
     }
@@ -236,6 +243,11 @@ fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
         return 0.0;
     }
     let iscale = -127.0 / max;
+    if !iscale.is_finite() {
+        // `|max|` below 127 / f32::MAX: a zero block (llama.cpp's `d` is −0 there).
+        q.fill(0);
+        return 0.0;
+    }
     for (o, &v) in q.iter_mut().zip(x) {
         *o = round_even(iscale * v).clamp(-127.0, 127.0) as i8;
     }

@@ -227,7 +227,8 @@ impl Kernels {
 
     /// `y = W x` (decode): `x.len() == w.cols()`, `y.len() == w.rows()`. int8 weights are
     /// dequantized on the fly: per 64-group, `Σ q·x` in f32 then one division by the group's inverse
-    /// scale. Rows are split over the current rayon pool in large chunks.
+    /// scale; ggml blocks take the arithmetic [`Self::with_exact_blocks`] chooses. Rows are split
+    /// over the current rayon pool in large chunks.
     pub fn matvec(&self, w: &MatRef<'_>, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
         check_len("matvec input", w.cols(), x.len())?;
         check_len("matvec output", w.rows(), y.len())?;

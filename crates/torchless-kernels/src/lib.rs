@@ -3,7 +3,10 @@
 //! - Matrix products: [`matvec`] (`y = W x`, decode) and [`matmul`] (`Y = X Wᵀ`, prefill) for f32,
 //!   int8 and int4 weights ([`MatRef`]); int8 weights use the torchless file layout (groups of 64
 //!   with one stored *inverse* scale each) and are dequantized on the fly, never copied out as
-//!   f32; int4 weights (groups of 32, f16 scales) are multiplied in integers.
+//!   f32; int4 weights (groups of 32, f16 scales) are multiplied in integers; ggml blocks
+//!   ([`BlockMat`]: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, as GGUF files
+//!   store them) are used in place, multiplied in integers with quantized activations as
+//!   llama.cpp does, or exactly ([`Kernels::with_exact_blocks`]).
 //! - [`rmsnorm`], [`softmax`], [`silu_mul`], [`add`], RoPE ([`RopeTable`]) and the attention
 //!   inner loops ([`Kernels::attention`], [`KvCacheView`], [`RowsRef`]).
 //! - Run-time dispatch: [`SimdPath`] (scalar / `wide` / AVX2+FMA / AVX-512 VNNI) detected once; [`cpu_path`]
@@ -24,10 +27,11 @@
 //! The tests hold every path to `|y − y_ref| ≤ 1e-5 · Σ|wᵢxᵢ| + 1e-6` against an f64 reference
 //! (element-wise kernels: relative 1e-5); RoPE matches the Hugging Face formula bit for bit.
 //! Our kernels' results never depend on the thread count (BLAS libraries give no such promise).
-//! Two exceptions to "exact f32": int4 weights ([`Int4Mat`]) always multiply int8 activations
-//! (per 32 values, `round(x · 127 / max|x|)`, in decode and prefill alike), and, opt-in,
-//! [`Kernels::with_int8_activations`] quantizes the activations of large int8 GEMMs to 7-bit
-//! integers; both are tested against their own f64 definitions.
+//! Exceptions to "exact f32": int4 weights ([`Int4Mat`]) always multiply int8 activations
+//! (per 32 values, `round(x · 127 / max|x|)`, in decode and prefill alike); quantized ggml
+//! blocks multiply llama.cpp's Q8_0 / Q8_K activations unless [`Kernels::with_exact_blocks`]
+//! is on; and, opt-in, [`Kernels::with_int8_activations`] quantizes the activations of large
+//! int8 GEMMs to 7-bit integers; all are tested against their own f64 definitions.
 //!
 //! ```
 //! use torchless_kernels::{matvec, MatRef};
@@ -42,7 +46,8 @@
 
 // The crate's modules, from the leaves up (a module imports only modules listed before it):
 //
-// - data and helpers: `error`, `mat` (weight views), `int4` (the int4 input layout), `team`
+// - data and helpers: `error`, `half`, `blocks` (ggml block types, layouts, dequantization),
+//   `mat` (weight views), `int4` and `block_input` (the int4 and block input layouts), `team`
 //   and `parallel` (threads), `rope`, `reference`;
 // - `isa::traits`: what drivers ask of an instruction set (families of kernels, tile sizes,
 //   operands); `isa::{scalar, wide, x86}`: one folder per instruction set implementing them;

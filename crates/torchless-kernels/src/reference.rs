@@ -373,7 +373,8 @@ pub fn dequantize_block_row(w: &BlockMat<'_>, r: usize) -> Vec<f64> {
 /// round_ties_even(x · (127 / max|x|))`) for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1; per 256 its Q8_K
 /// (`max` the first value of largest magnitude, `iscale = −127 / max`, `q =
 /// round_ties_even(iscale · x)`, `d = 1 / iscale`, in f32) for Q4_K / Q5_K / Q6_K; `x` itself for
-/// F16 / BF16. A block with an infinity or NaN is NaN.
+/// F16 / BF16. A block with an infinity or NaN is NaN; a block whose largest magnitude is
+/// below `127 / f32::MAX` is zero.
 pub fn block_activations(ty: BlockType, x: &[f32]) -> Vec<f64> {
     let n = match ty {
         BlockType::F16 | BlockType::BF16 => return x.iter().map(|&v| f64::from(v)).collect(),
@@ -390,6 +391,10 @@ pub fn block_activations(ty: BlockType, x: &[f32]) -> Vec<f64> {
             let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = round_to_half(f64::from(amax / 127.0));
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            if !id.is_finite() {
+                out.extend(xb.iter().map(|_| 0.0));
+                continue;
+            }
             out.extend(xb.iter().map(|&v| {
                 let q = (v * id).round_ties_even().clamp(-127.0, 127.0);
                 f64::from(q) * d
@@ -406,6 +411,10 @@ pub fn block_activations(ty: BlockType, x: &[f32]) -> Vec<f64> {
                 continue;
             }
             let iscale = -127.0 / max;
+            if !iscale.is_finite() {
+                out.extend(xb.iter().map(|_| 0.0));
+                continue;
+            }
             let d = f64::from(1.0 / iscale);
             out.extend(xb.iter().map(|&v| {
                 let q = (iscale * v).round_ties_even().clamp(-127.0, 127.0);

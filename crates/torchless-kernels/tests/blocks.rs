@@ -621,6 +621,7 @@ fn extreme_activations_and_all_zero_inputs() {
                 (0..cols).map(|_| rng.f32() * 1e6).collect::<Vec<_>>(),
             ),
             ("tiny", (0..cols).map(|_| rng.f32() * 1e-6).collect()),
+            ("subnormal", (0..cols).map(|_| rng.f32() * 1e-39).collect()),
             (
                 "max codes",
                 (0..cols)

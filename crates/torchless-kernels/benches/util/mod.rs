@@ -46,6 +46,37 @@ pub fn random_int4(rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<u16>) {
     (packed, scales)
 }
 
+/// Random ggml blocks of `ty` for a `rows x cols` matrix: random code bytes, every half scale
+/// (and min) around 0.006, as [`random_int4`]'s (F16 / BF16: values around 0.006).
+pub fn random_blocks(
+    ty: torchless_kernels::BlockType,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Vec<u8> {
+    use torchless_kernels::BlockType as T;
+    let (bv, bb) = (ty.block_values(), ty.block_bytes());
+    let mut data: Vec<u8> = random_f32(rows * cols / bv * bb, seed)
+        .iter()
+        .map(|v| ((v + 1.0) * 127.9) as u8)
+        .collect();
+    let half = 0x1f00u16.to_le_bytes();
+    let bf16 = ((0.006f32.to_bits() >> 16) as u16).to_le_bytes();
+    for b in data.chunks_exact_mut(bb) {
+        match ty {
+            T::F16 => b.copy_from_slice(&half),
+            T::BF16 => b.copy_from_slice(&bf16),
+            T::Q6K => b[208..210].copy_from_slice(&half),
+            T::Q4_1 | T::Q5_1 | T::Q4K | T::Q5K => {
+                b[0..2].copy_from_slice(&half);
+                b[2..4].copy_from_slice(&half);
+            }
+            _ => b[0..2].copy_from_slice(&half),
+        }
+    }
+    data
+}
+
 /// Runs `f` in a pool of `threads` (or inline without the `parallel` feature).
 pub fn with_threads<R: Send>(
     threads: usize,

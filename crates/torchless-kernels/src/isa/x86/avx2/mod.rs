@@ -40,7 +40,7 @@ macro_rules! for_input_blocks {
     }};
 }
 
-mod blocks;
+pub(crate) mod blocks;
 mod elementwise;
 mod gemm_f32;
 mod gemm_int;
