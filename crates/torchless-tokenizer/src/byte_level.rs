@@ -435,7 +435,7 @@ impl ByteVocab {
                 *slot = id;
             }
         }
-        let bytes = pieces
+        let mut bytes: Vec<Box<[u8]>> = pieces
             .iter()
             .map(|piece| {
                 let mapped: Option<Vec<u8>> = piece
@@ -447,6 +447,12 @@ impl ByteVocab {
                     .into_boxed_slice()
             })
             .collect();
+        // llama.cpp decodes control and user-defined tokens as their text as it is.
+        if llama_cpp {
+            for token in &added_tokens {
+                bytes[token.id as usize] = token.content.as_bytes().into();
+            }
+        }
 
         // Later duplicates of a merge replace earlier ones, as in Hugging Face's table; llama.cpp
         // keeps the first.
@@ -613,6 +619,55 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), 256, "the table is a bijection");
+    }
+
+    fn pieces(p: Pretokenizer, llama_cpp: bool, text: &str) -> Vec<String> {
+        let steps = p.steps(llama_cpp).expect("compiles");
+        let mut out = Vec::new();
+        split(&steps, text, &mut |piece| out.push(piece.to_owned()));
+        assert_eq!(out.concat(), text, "pieces cover the text");
+        out
+    }
+
+    #[test]
+    fn pretokenizers_split_as_llama_cpp() {
+        // `default`: punctuation runs, then GPT-2's regex, then number runs, then ASCII
+        // digits in threes.
+        assert_eq!(
+            pieces(Pretokenizer::Default, true, "Hello, world!! 12345 $x"),
+            ["Hello", ",", " world", "!!", " ", "123", "45", " ", "$", "x"]
+        );
+        // Qwen 2: case-spelled contractions, one number character at a time.
+        assert_eq!(
+            pieces(Pretokenizer::Qwen2, true, "I'M 2024 ok"),
+            ["I", "'M", " ", "2", "0", "2", "4", " ok"]
+        );
+        // Tekken: words cut where ASCII case goes from lower to upper, `/` kept with the
+        // letters after it; a combining mark is not a letter (llama.cpp's regex).
+        assert_eq!(
+            pieces(Pretokenizer::Tekken, true, "camelCaseWORD fooBar/baz"),
+            ["camel", "Case", "WORD", " foo", "Bar", "/baz"]
+        );
+        assert_eq!(
+            pieces(Pretokenizer::Tekken, true, "cafe\u{301}"),
+            ["cafe", "\u{301}"]
+        );
+        // SmolLM: each digit on its own before GPT-2's regex.
+        assert_eq!(
+            pieces(Pretokenizer::SmolLm, true, "a12 b"),
+            ["a", "1", "2", " b"]
+        );
+        // Llama 3: `'ſ` (long s) is a contraction for Hugging Face's case-insensitive regex,
+        // not for llama.cpp's `'[sS]`.
+        assert_eq!(
+            pieces(Pretokenizer::Llama3, false, "x'ſa"),
+            ["x", "'ſ", "a"]
+        );
+        assert_eq!(pieces(Pretokenizer::Llama3, true, "x'ſa"), ["x", "'ſa"]);
+        assert_eq!(
+            pieces(Pretokenizer::Llama3, true, "x'Sa 1234"),
+            ["x", "'S", "a", " ", "123", "4"]
+        );
     }
 
     #[test]

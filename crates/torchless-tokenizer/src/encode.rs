@@ -342,6 +342,41 @@ mod tests {
         }
     }
 
+    /// The Mistral pieces as a GGUF-style vocabulary with coarse scores (200 pieces per
+    /// score), so that pairs of equal rank forming different pieces are common.
+    fn tied_scores() -> &'static Vocab {
+        static VOCAB: OnceLock<Vocab> = OnceLock::new();
+        VOCAB.get_or_init(|| {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tests/fixtures/tokenizer/mistral-v0.1-tokenizer.json"
+            );
+            let json = std::fs::read_to_string(path).expect("fixture");
+            let mut vocab = parse_tokenizer_json(&json).expect("parses").vocab;
+            vocab.sort_by_key(|&(_, id)| id);
+            let pieces: Vec<String> = vocab.into_iter().map(|(p, _)| p).collect();
+            let types = (0..pieces.len())
+                .map(|id| match id {
+                    0..=2 => 3,
+                    3..=258 => 6,
+                    _ => 1,
+                })
+                .collect();
+            let scores = (0..pieces.len()).map(|id| -((id / 200) as f32)).collect();
+            Vocab::from_sentencepiece(crate::SentencePieceVocab {
+                pieces,
+                scores,
+                token_types: types,
+                bos_id: Some(1),
+                eos_id: Some(2),
+                unk_id: Some(0),
+                add_bos: true,
+                add_space_prefix: true,
+            })
+            .expect("builds")
+        })
+    }
+
     fn text() -> impl Strategy<Value = String> {
         prop_oneof![
             "[ ▁\t\na-e]{0,300}",
@@ -362,6 +397,23 @@ mod tests {
         #[test]
         fn scan_and_heap_merge_identically(text in text()) {
             let vocab = vocab(false);
+            let mut scratch = Scratch::default();
+            vocab.load_symbols(&text, true, &mut scratch);
+            let mut by_scan = scratch.symbols.clone();
+            merge_by_scan(vocab, &mut by_scan, &mut Vec::new());
+            merge_by_heap(vocab, &mut scratch);
+            let mut by_heap = Vec::new();
+            let mut at = if scratch.symbols.is_empty() { NONE } else { 0 };
+            while at != NONE {
+                by_heap.push(scratch.symbols[at as usize]);
+                at = scratch.next[at as usize];
+            }
+            prop_assert_eq!(by_scan, by_heap);
+        }
+
+        #[test]
+        fn scan_and_heap_merge_identically_with_tied_scores(text in text()) {
+            let vocab = tied_scores();
             let mut scratch = Scratch::default();
             vocab.load_symbols(&text, true, &mut scratch);
             let mut by_scan = scratch.symbols.clone();

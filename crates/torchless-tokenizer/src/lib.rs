@@ -2,6 +2,12 @@
 //! BPE of the Llama family (GPT-2's byte table; GPT-2, SmolLM and Llama 3 pre-tokenizers; ids
 //! identical to Hugging Face `tokenizers`, see [`Tokenizer::from_byte_level_bpe`]).
 //!
+//! GGUF vocabularies are encoded exactly as llama.cpp encodes them: SentencePiece ones
+//! (`tokenizer.ggml.model = "llama"`) from pieces, scores and token types
+//! ([`Tokenizer::from_sentencepiece_vocab`]), byte-level ones with the pre-tokenizer that
+//! `tokenizer.ggml.pre` names ([`Pretokenizer::from_gguf_name`],
+//! [`Tokenizer::from_gguf_byte_level_bpe`]).
+//!
 //! Produces exactly the ids Mistral's own SentencePiece model produces, from
 //! the vocabulary and merges stored in a torchless model file header
 //! ([`Tokenizer::from_vocab_and_merges`]) or from a Hugging Face

@@ -456,8 +456,16 @@ impl Vocab {
             });
         }
 
-        // Ranks: scores in decreasing order, equal scores sharing a rank.
-        let score = |id: usize| scores.get(id).copied().unwrap_or(0.0);
+        // Ranks: scores in decreasing order, equal scores sharing a rank (`-0.0` equals `0.0`,
+        // as in llama.cpp's float comparison).
+        let score = |id: usize| {
+            let s = scores.get(id).copied().unwrap_or(0.0);
+            if s == 0.0 {
+                0.0
+            } else {
+                s
+            }
+        };
         let mut order: Vec<usize> = (0..size).collect();
         order.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
         let mut rank_of = vec![0u32; size];
