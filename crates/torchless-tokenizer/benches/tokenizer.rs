@@ -22,14 +22,20 @@ const TOKENIZER_JSON: &str = concat!(
 );
 const CASES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/tokenizer/cases.jsonl"
+    "/../../tests/fixtures/tokenizer/cases.jsonl.gz"
 );
 const TARGET_BYTES: usize = 3 << 20;
 const DOCUMENT_BYTES: usize = 4 << 10;
 
 /// Documents of roughly `DOCUMENT_BYTES` each, `TARGET_BYTES` in all.
 fn documents() -> Vec<String> {
-    let cases = std::fs::read_to_string(CASES).expect("fixture cases.jsonl");
+    let mut cases = String::new();
+    let compressed = std::fs::read(CASES).expect("fixture cases.jsonl.gz");
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut cases,
+    )
+    .expect("fixture cases.jsonl.gz decompresses");
     let texts: Vec<String> = cases
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())

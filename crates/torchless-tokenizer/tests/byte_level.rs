@@ -3,6 +3,8 @@
 //! tokenizer and for trained Llama 3-style and GPT-2-style ones. Regenerate with
 //! `scripts/fixtures/make_byte_level_fixtures.py`.
 
+mod common;
+
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -34,14 +36,15 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let text = std::fs::read_to_string(fixture("cases.jsonl")).expect("cases.jsonl");
+    let text = common::read_text(&fixture("cases.jsonl.gz"));
     text.lines()
         .map(|line| serde_json::from_str(line).expect("case parses"))
         .collect()
 }
 
 fn load(name: &str) -> Tokenizer {
-    Tokenizer::from_file(fixture(&format!("{name}-tokenizer.json"))).expect("tokenizer loads")
+    let json = common::read_text(&fixture(&format!("{name}-tokenizer.json.gz")));
+    Tokenizer::from_tokenizer_json_str(&json).expect("tokenizer loads")
 }
 
 fn stream(tokenizer: &Tokenizer, ids: &[u32], skip_special: bool) -> String {
@@ -175,10 +178,8 @@ fn stream_decoding_is_utf8_safe_for_split_characters() {
 
 #[test]
 fn refuses_settings_it_would_get_wrong() {
-    let base: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("gpt2-style-tokenizer.json")).unwrap(),
-    )
-    .unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&common::read_text(&fixture("gpt2-style-tokenizer.json.gz"))).unwrap();
     let with = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut v = base.clone();
         edit(&mut v);

@@ -12,6 +12,8 @@
 //! The files are read by a small GGUF metadata reader below: the tokenizer crate knows no other
 //! crate of the workspace.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -38,7 +40,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    common::read_text(&path)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,8 +251,8 @@ fn texts() -> &'static [String] {
                 .map(|l| serde_json::from_str(l).expect("JSON line"))
                 .collect()
         };
-        let sp = lines("cases.jsonl");
-        let bl = lines("byte_level/cases.jsonl");
+        let sp = lines("cases.jsonl.gz");
+        let bl = lines("byte_level/cases.jsonl.gz");
         read(fixtures().join("gguf/texts.jsonl"))
             .lines()
             .map(|line| {
@@ -315,7 +317,7 @@ fn unpack(packed: &str, header: &Header) -> Vec<u32> {
 }
 
 fn expected(name: &str) -> (Header, Vec<Expected>) {
-    let text = read(fixtures().join(format!("gguf/{name}.jsonl")));
+    let text = read(fixtures().join(format!("gguf/{name}.jsonl.gz")));
     let mut lines = text.lines();
     let header: Header =
         serde_json::from_str(lines.next().expect("header")).expect("header parses");

@@ -13,11 +13,27 @@ pub const TOKENIZER_JSON: &str = concat!(
 );
 pub const CASES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/tokenizer/cases.jsonl"
+    "/../../tests/fixtures/tokenizer/cases.jsonl.gz"
 );
 
+/// A fixture's text; `.gz` files (the large case lists, kept compressed to hold the repository's
+/// fixture budget) are decompressed.
 pub fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read fixture {path}: {e}"))
+    read_text(std::path::Path::new(path))
+}
+
+/// [`read`] for any path.
+pub fn read_text(path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+            .unwrap_or_else(|e| panic!("cannot decompress fixture {}: {e}", path.display()));
+        text
+    } else {
+        String::from_utf8(bytes).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+    }
 }
 
 /// The tokenizer loaded from the tokenizer.json fixture (loaded once).
