@@ -151,6 +151,17 @@ macro_rules! on_isa {
 }
 pub(crate) use on_isa;
 
+/// Sum of `x` with the path's 512-bit read loop, `None` on paths without one (the
+/// read-bandwidth probe tries it beside the element-wise `sum`).
+pub(crate) fn wide_sum(path: Path, x: &[f32]) -> Option<f32> {
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    if let Path::Avx512(t) = path {
+        return Some(t.sum_zmm(x));
+    }
+    let _ = (path, x);
+    None
+}
+
 // The table: which implementation each path runs for each family of kernels (a family another
 // instruction set implements is made from the path's token by the `From` impls below).
 

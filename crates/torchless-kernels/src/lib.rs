@@ -91,7 +91,10 @@ pub use mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
 #[cfg(feature = "parallel")]
 pub use parallel::thread_pool;
 pub use parallel::{current_num_threads, for_each_chunk_mut};
-pub use probe::{measure_fma_peak, measure_read_bandwidth, BandwidthProbe};
+pub use probe::{
+    measure_fma_peak, measure_read_bandwidth, measure_read_bandwidth_best, BandwidthProbe,
+    LoopBandwidth, ReadLoop,
+};
 pub use rope::{rope_apply, rope_apply_adjacent, rope_cos_sin, rope_inv_freq, RopeTable};
 #[cfg(feature = "parallel")]
 pub use team::with_spinning_workers;

@@ -1,7 +1,7 @@
 //! Machine probes the kernels are judged against: a STREAM-like read bandwidth (decode is
 //! bandwidth-bound) and the FMA peak (prefill is compute-bound).
 
-use crate::dispatch::{auto_path, on_isa, Path};
+use crate::dispatch::{auto_path, on_isa, wide_sum, Path};
 use crate::isa::traits::{Elementwise, Isa};
 use std::sync::Barrier;
 use std::time::Instant;
@@ -9,6 +9,98 @@ use std::time::Instant;
 /// Sum of `x` on the given path (the bandwidth probe's per-thread work).
 fn sum(path: Path, x: &[f32]) -> f32 {
     on_isa!(path, |isa| isa.elementwise().sum(x))
+}
+
+/// Values per chunk when a thread interleaves streams or prefetches: 16 KiB, long enough that
+/// the call per chunk costs nothing next to its loads, short enough that the streams advance
+/// together.
+const CHUNK: usize = 4096;
+
+/// How far ahead of the chunk being summed [`ReadLoop::Prefetched`] asks for lines: one chunk.
+const PREFETCH_AHEAD: usize = CHUNK;
+
+/// Bytes per cache line, the prefetch stride.
+const LINE: usize = 64;
+
+/// One way a thread reads its part of the probe's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadLoop {
+    /// The element-wise sum (eight independent accumulators of the path's vector width), left
+    /// to the hardware prefetchers.
+    Plain,
+    /// The same sum chunk by chunk, each chunk's successor prefetched line by line first.
+    Prefetched,
+    /// 512-bit loads (AVX-512 paths only).
+    Wide,
+}
+
+impl ReadLoop {
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadLoop::Plain => "plain",
+            ReadLoop::Prefetched => "prefetched",
+            ReadLoop::Wide => "zmm",
+        }
+    }
+}
+
+/// What one read loop achieved: `streams` sequential streams per thread (each thread's part cut
+/// into that many pieces walked chunk by chunk in lockstep, as the decode kernels walk two rows
+/// at once).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoopBandwidth {
+    /// The loop each thread ran.
+    pub read_loop: ReadLoop,
+    /// Streams per thread.
+    pub streams: usize,
+    /// 10⁹ bytes per second, median pass.
+    pub gb_per_s: f64,
+}
+
+/// Sum of `x` the way `read_loop` reads, `None` if the path has no such loop.
+fn read(path: Path, read_loop: ReadLoop, x: &[f32]) -> Option<f32> {
+    match read_loop {
+        ReadLoop::Plain => Some(sum(path, x)),
+        ReadLoop::Wide => wide_sum(path, x),
+        ReadLoop::Prefetched => Some(on_isa!(path, |isa| {
+            let e = isa.elementwise();
+            let mut total = 0.0;
+            for (c, chunk) in x.chunks(CHUNK).enumerate() {
+                let ahead = x
+                    .as_ptr()
+                    .wrapping_add(c * CHUNK + PREFETCH_AHEAD)
+                    .cast::<u8>();
+                for line in (0..CHUNK * 4).step_by(LINE) {
+                    // A hint: addresses past the end are never dereferenced.
+                    e.prefetch(ahead.wrapping_add(line));
+                }
+                total += e.sum(chunk);
+            }
+            total
+        })),
+    }
+}
+
+/// `parts` (equal lengths but the last) read in lockstep, chunk by chunk.
+fn read_streams(path: Path, read_loop: ReadLoop, parts: &[&[f32]]) -> Option<f32> {
+    if let [one] = parts {
+        return read(path, read_loop, one);
+    }
+    let longest = parts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut total = 0.0;
+    for start in (0..longest).step_by(CHUNK) {
+        for part in parts {
+            if start < part.len() {
+                total += read(
+                    path,
+                    read_loop,
+                    &part[start..(start + CHUNK).min(part.len())],
+                )?;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// `n` steps of 12 independent 8-lane FMA chains on the given path (the FMA probe's per-thread
@@ -91,24 +183,71 @@ impl BandwidthProbe {
         self.buf.len() * 4
     }
 
-    /// Runs `passes` passes with `threads` OS threads summing disjoint equal parts (fastest SIMD
-    /// path), each pass timed from a common start (a barrier) to the last thread's finish; returns
-    /// the GB/s (10⁹ bytes per second) of the median pass.
+    /// The best of [`measure_each`](Self::measure_each): the read bandwidth `threads` threads
+    /// reach with the fastest loop this CPU has, in GB/s (10⁹ bytes per second). Kernels are
+    /// compared with this, so their share of it cannot exceed 100% for want of a better loop.
     pub fn measure(&self, threads: usize, passes: usize) -> f64 {
+        self.best(threads, passes).map_or(0.0, |b| b.gb_per_s)
+    }
+
+    /// The fastest of [`measure_each`](Self::measure_each), `None` if no pass completed.
+    pub fn best(&self, threads: usize, passes: usize) -> Option<LoopBandwidth> {
+        self.measure_each(threads, passes)
+            .into_iter()
+            .max_by(|a, b| a.gb_per_s.total_cmp(&b.gb_per_s))
+    }
+
+    /// Every read loop the fastest SIMD path has ([`ReadLoop`]), with one and with two streams per
+    /// thread: `passes` passes each, `threads` OS threads reading disjoint equal parts, each pass
+    /// timed from a common start (a barrier) to the last thread's finish; the median pass of each.
+    pub fn measure_each(&self, threads: usize, passes: usize) -> Vec<LoopBandwidth> {
         let passes = passes.max(1);
         let n = self.buf.len();
         let path = auto_path();
         let per = n.div_ceil(threads.max(1));
-        let parts: Vec<&[f32]> = self.buf.chunks(per).collect();
-        let secs = median_pass(
-            &parts,
-            passes,
-            |_| {},
-            |part| {
-                std::hint::black_box(sum(path, std::hint::black_box(part)));
-            },
-        );
-        secs.map_or(0.0, |s| (n * 4) as f64 / s.max(1e-9) / 1e9)
+        let mut out = Vec::new();
+        for read_loop in [ReadLoop::Plain, ReadLoop::Prefetched, ReadLoop::Wide] {
+            if read(path, read_loop, &[]).is_none() {
+                continue;
+            }
+            for streams in [1, 2] {
+                let parts: Vec<Vec<&[f32]>> = self
+                    .buf
+                    .chunks(per)
+                    .map(|part| part.chunks(part.len().div_ceil(streams)).collect())
+                    .collect();
+                let secs = median_pass(
+                    &parts,
+                    passes,
+                    |_| {},
+                    |streams| {
+                        std::hint::black_box(read_streams(
+                            path,
+                            read_loop,
+                            std::hint::black_box(streams),
+                        ));
+                    },
+                );
+                if let Some(s) = secs {
+                    out.push(LoopBandwidth {
+                        read_loop,
+                        streams,
+                        gb_per_s: (n * 4) as f64 / s.max(1e-9) / 1e9,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Sum of the buffer read as `read_loop` with `streams` streams by one thread (what each
+    /// pass computes, for tests): `None` where the path has no such loop.
+    pub fn checksum(&self, read_loop: ReadLoop, streams: usize) -> Option<f32> {
+        let parts: Vec<&[f32]> = self
+            .buf
+            .chunks(self.buf.len().div_ceil(streams.max(1)))
+            .collect();
+        read_streams(auto_path(), read_loop, &parts)
     }
 }
 
@@ -134,9 +273,14 @@ fn advise_huge_pages(v: &Vec<f32>) {
 }
 
 /// Measures how fast `threads` threads can read memory, in GB/s (10⁹ bytes per second): a
-/// [`BandwidthProbe`] of `bytes`, median of 5 passes.
+/// [`BandwidthProbe`] of `bytes`, the best read loop's median of 5 passes.
 pub fn measure_read_bandwidth(bytes: usize, threads: usize) -> f64 {
     BandwidthProbe::new(bytes).measure(threads, 5)
+}
+
+/// [`measure_read_bandwidth`] with the loop that reached it.
+pub fn measure_read_bandwidth_best(bytes: usize, threads: usize) -> Option<LoopBandwidth> {
+    BandwidthProbe::new(bytes).best(threads, 5)
 }
 
 /// Measures the f32 multiply-add peak of `threads` threads in GFLOP/s (an FMA counts 2 flops), with

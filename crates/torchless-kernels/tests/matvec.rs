@@ -264,6 +264,48 @@ fn read_bandwidth_probe_runs() {
     }
 }
 
+/// Every read loop the probe times reads every value once: on a buffer of small integers (sums
+/// exact in f32 in any order) each loop, with one to three streams, gives the exact total; the
+/// probe reports the best of the loops it timed, and the widest loop exists where AVX-512 does.
+#[test]
+fn read_bandwidth_probe_loops_read_every_value_once() {
+    use torchless_kernels::{BandwidthProbe, ReadLoop};
+    // 70001 values `i % 251` (an odd length: every loop's tail runs), total < 2^24.
+    let n = 70_001usize;
+    let probe = BandwidthProbe::new(n * 4);
+    let want: f64 = (0..n).map(|i| (i % 251) as f64).sum();
+    for read_loop in [ReadLoop::Plain, ReadLoop::Prefetched, ReadLoop::Wide] {
+        for streams in 1..=3 {
+            match probe.checksum(read_loop, streams) {
+                Some(total) => assert_eq!(f64::from(total), want, "{read_loop:?} x{streams}"),
+                None => assert_eq!(
+                    read_loop,
+                    ReadLoop::Wide,
+                    "only the zmm loop may be missing"
+                ),
+            }
+        }
+    }
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    assert_eq!(
+        probe.checksum(ReadLoop::Wide, 1).is_some(),
+        SimdPath::best() == SimdPath::Avx512Vnni,
+        "the zmm loop runs exactly on the AVX-512 path"
+    );
+    let each = probe.measure_each(2, 1);
+    assert!(each.len() >= 4, "{each:?}");
+    let best = probe.best(2, 1).expect("passes complete");
+    assert!(
+        each.iter()
+            .all(|l| l.gb_per_s > 0.0 && l.gb_per_s.is_finite()),
+        "{each:?}"
+    );
+    assert!(
+        best.gb_per_s > 0.0 && [1, 2].contains(&best.streams),
+        "{best:?}"
+    );
+}
+
 /// `matvec_batch` against the f64 reference, and bit for bit against one `matvec` per input (the
 /// server batches sequences and must not change what any of them generates).
 fn check_batch(k: &Kernels, m: &MatRef<'_>, xs: &[f32], batch: usize, what: &str) {

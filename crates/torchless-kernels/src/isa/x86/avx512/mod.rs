@@ -14,6 +14,7 @@
 mod blocks;
 mod gemm_int;
 mod matvec;
+mod probe;
 
 use super::avx2::Avx2;
 
