@@ -558,7 +558,7 @@ async fn generate<R: Residency>(
     Ok(response)
 }
 
-/// OpenAI's `usage`, with the prompt tokens taken from the prompt cache.
+/// OpenAI's `usage`, with how many prompt tokens came from the prompt cache.
 fn usage_json(finish: &Finish) -> Value {
     json!({
         "prompt_tokens": finish.prompt_tokens,
