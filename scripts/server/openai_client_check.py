@@ -76,6 +76,30 @@ check(len(content) == lp.usage.completion_tokens and all(len(t.top_logprobs) == 
       "chat logprobs: one entry per token, 3 alternatives each")
 check(all(t.logprob >= max(a.logprob for a in t.top_logprobs) - 1e-6 for t in content), "greedy picks the top token")
 
+# The prompt cache across the turns of a conversation: the second turn reports cached tokens
+# (a long system prompt, so the first turn fills at least one 64-token prompt chunk) and
+# answers exactly as with `cache_prompt: false`.
+system = ("You are a patient assistant who answers questions about animals, plants and the weather "
+          "in one or two short sentences, with plain words, and never uses lists or headings; "
+          "when you do not know, you say so.")
+turn = [{"role": "system", "content": system}, {"role": "user", "content": "What do foxes eat?"}]
+first = client.chat.completions.create(model=name, messages=turn, max_tokens=8, temperature=0)
+turn += [{"role": "assistant", "content": first.choices[0].message.content},
+         {"role": "user", "content": "And owls?"}]
+second = client.chat.completions.create(model=name, messages=turn, max_tokens=8, temperature=0,
+                                        logprobs=True)
+fresh = client.chat.completions.create(model=name, messages=turn, max_tokens=8, temperature=0,
+                                       logprobs=True, extra_body={"cache_prompt": False})
+cached = second.usage.prompt_tokens_details.cached_tokens
+check(first.usage.prompt_tokens >= 64 and first.usage.prompt_tokens_details.cached_tokens == 0,
+      f"first turn: {first.usage.prompt_tokens} prompt tokens, none cached")
+check(0 < cached < second.usage.prompt_tokens, f"second turn: {cached} of {second.usage.prompt_tokens} cached")
+check(fresh.usage.prompt_tokens_details.cached_tokens == 0, "cache_prompt: false caches nothing")
+check(second.choices[0].message.content == fresh.choices[0].message.content
+      and [t.logprob for t in second.choices[0].logprobs.content]
+      == [t.logprob for t in fresh.choices[0].logprobs.content],
+      "the cached turn answers as without the cache")
+
 # Errors surface as the client's exception types.
 try:
     client.completions.create(model=name, prompt="Hi", max_tokens="ten")

@@ -353,11 +353,16 @@ fn endpoints_answer_like_the_references() {
     let (streamed, finish, usage) = stream_text(&events);
     assert_eq!(streamed, message["content"].as_str().unwrap());
     assert_eq!(finish, c["choices"][0]["finish_reason"].as_str().unwrap());
-    assert_eq!(usage, c["usage"]);
+    // The same counts, but the streamed request found its prompt in the slot the first one
+    // left: one whole chunk of 16 of its 22 tokens (the prompt cache).
+    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let mut expected_usage = c["usage"].clone();
+    expected_usage["prompt_tokens_details"]["cached_tokens"] = json!(16);
+    assert_eq!(usage, expected_usage);
     // include_usage: a last chunk with no choices and the usage.
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(last["choices"], json!([]));
-    assert_eq!(last["usage"], c["usage"]);
+    assert_eq!(last["usage"], expected_usage);
 
     // Stop texts: the text ends before the first occurrence, in both forms.
     let body = json!({"prompt": "The capital of France is", "max_tokens": 40, "temperature": 0, "ignore_eos": true});
@@ -810,4 +815,88 @@ fn a_gguf_file_is_served_as_it_is() {
             );
         }
     }
+}
+
+#[test]
+fn a_second_chat_turn_reuses_the_first_and_answers_as_without_the_cache() {
+    // No sliding window on this model, so the whole first turn stays in its slot's cache.
+    let server = Server::start(
+        "small-mqa-int8.bin",
+        &["--parallel", "2", "--batch-size", "8"],
+    );
+    let chat = server.url("/v1/chat/completions");
+    let cached = |v: &Value| v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    let mut messages = vec![
+        json!({"role": "system", "content": "You answer questions about animals briefly."}),
+        json!({"role": "user", "content": "What do foxes eat in winter?"}),
+    ];
+    let ask = |messages: &[Value], extra: Value| {
+        let mut body = json!({"messages": messages, "max_tokens": 12, "temperature": 0,
+                              "logprobs": true, "top_logprobs": 2});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let first = post_ok(&chat, ask(&messages, json!({})));
+    assert_eq!(cached(&first), Some(0), "{first}");
+    let answer = first["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!answer.is_empty());
+    messages.push(json!({"role": "assistant", "content": answer}));
+    messages.push(json!({"role": "user", "content": "And in summer, when food is easy?"}));
+
+    let with_cache = post_ok(&chat, ask(&messages, json!({})));
+    let without = post_ok(&chat, ask(&messages, json!({"cache_prompt": false})));
+    let hit = cached(&with_cache).unwrap();
+    assert!(hit > 0, "{with_cache}");
+    assert!(hit < with_cache["usage"]["prompt_tokens"].as_u64().unwrap());
+    assert_eq!(cached(&without), Some(0), "{without}");
+    // The same answer, token for token and log-probability for log-probability.
+    assert_eq!(with_cache["choices"], without["choices"]);
+    assert_eq!(
+        with_cache["usage"]["prompt_tokens"],
+        without["usage"]["prompt_tokens"]
+    );
+
+    // Streamed, the final usage chunk says it too (the slot now holds all of turn 2's prompt).
+    let events = post_stream(
+        &chat,
+        ask(
+            &messages,
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    );
+    let (streamed, _, _) = stream_text(&events);
+    assert_eq!(
+        streamed,
+        without["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert!(cached(&last).unwrap() > hit, "{last}");
+
+    // /v1/completions reports it as well.
+    let completions = server.url("/v1/completions");
+    let body = json!({"prompt": "Once upon a time there was a fox who lived in a den near the river",
+                      "max_tokens": 8, "temperature": 0});
+    let cold = post_ok(&completions, body.clone());
+    let warm = post_ok(&completions, body.clone());
+    assert_eq!(cached(&cold), Some(0), "{cold}");
+    assert!(cached(&warm).unwrap() > 0, "{warm}");
+    assert_eq!(warm["choices"], cold["choices"]);
+    // The request log says how much came from the cache.
+    let log = server.log_lines().join("\n");
+    assert!(log.contains(&format!("cached={hit} ")), "{log}");
+
+    let (status, _, v) = post(
+        &chat,
+        &ask(&messages, json!({"cache_prompt": "yes"})).to_string(),
+        None,
+    );
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("cache_prompt"))
+    );
 }

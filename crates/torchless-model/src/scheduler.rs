@@ -9,6 +9,11 @@
 //! result: each request gets exactly the tokens, text and log-probabilities that
 //! [`Session::generate`] gives it alone with the same options.
 //!
+//! A slot keeps its KV cache when its request ends (the prompt cache): a new request goes to
+//! the free slot whose cached prompt shares the longest prefix with its own and prefills only
+//! the rest. Only whole prompt chunks are reused, aligned as a fresh prefill would run them, so
+//! a cached prefix changes no result either (see [`Request::cache_prompt`]).
+//!
 //! [`Scheduler`] is the loop's state, driven by its owner one turn at a time;
 //! [`SchedulerHandle::spawn`] runs it on a thread of its own and lets any thread submit requests.
 //! Results arrive as [`Event`]s through each request's [`EventSink`] (a
@@ -52,25 +57,31 @@ impl Default for SchedulerOptions {
 /// One generation request: a prompt, how to generate, and where the events go.
 #[derive(Debug)]
 pub struct Request<S = mpsc::Sender<Event>> {
-    /// Prompt token ids (with BOS if the model wants one); each request starts from an empty
-    /// session.
+    /// Prompt token ids (with BOS if the model wants one).
     pub prompt: Vec<u32>,
     /// Sampling, limits, stop tokens and log-probabilities, as for [`Session::generate`].
     pub options: GenerateOptions,
     /// Texts that end the generation; the text is cut where the first one starts, and text
     /// that could be the beginning of one is sent only once it cannot.
     pub stop_texts: Vec<String>,
+    /// Reuse a free slot's cached prefix of this prompt (default `true`, as llama-server's
+    /// `cache_prompt`); `false` prefills the whole prompt. Either way the result is the same:
+    /// what is reused is the whole `batch_size` chunks of an earlier prompt that a fresh prefill
+    /// of this one would compute from the same tokens, so the arithmetic is identical; the
+    /// last prompt token is always run, for fresh logits.
+    pub cache_prompt: bool,
     /// Where this request's events go.
     pub events: S,
 }
 
 impl<S> Request<S> {
-    /// A request without stop texts.
+    /// A request without stop texts, using the prompt cache.
     pub fn new(prompt: Vec<u32>, options: GenerateOptions, events: S) -> Self {
         Self {
             prompt,
             options,
             stop_texts: Vec::new(),
+            cache_prompt: true,
             events,
         }
     }
@@ -95,6 +106,9 @@ pub struct Finish {
     pub reason: FinishReason,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens taken from the slot's cache instead of being prefilled (OpenAI's
+    /// `usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
     /// Tokens generated (a stop token included).
     pub completion_tokens: usize,
     /// From the request's submission to its first token.
@@ -152,8 +166,12 @@ pub struct SchedulerStats {
     pub turns: u64,
     /// Prompt chunks prefilled.
     pub prefill_chunks: u64,
-    /// Prompt tokens prefilled.
+    /// Prompt tokens prefilled (cached ones not included).
     pub prompt_tokens: u64,
+    /// Requests that reused a cached prompt prefix.
+    pub prompt_cache_hits: u64,
+    /// Prompt tokens reused from the cache instead of prefilled.
+    pub cached_prompt_tokens: u64,
     /// Batched forward passes of decode steps run (several per turn when more slots decode
     /// than one pass takes).
     pub decode_steps: u64,
@@ -211,8 +229,10 @@ struct Active<'m, S> {
     request: Request<S>,
     submitted: Instant,
     step: TokenStep<'m>,
-    /// Prompt tokens run so far.
+    /// Prompt tokens run so far (the cached ones included).
     prefilled: usize,
+    /// Prompt tokens reused from the slot's cache.
+    cached: usize,
     /// The token picked last, to be run by the next decode step (`None` while prefilling).
     next_token: Option<u32>,
     time_to_first_token: Duration,
@@ -221,6 +241,15 @@ struct Active<'m, S> {
 struct Slot<'m, R: Residency, S> {
     session: Session<'m, R>,
     active: Option<Active<'m, S>>,
+    /// How many of the session's first tokens were prefilled by whole chunks starting at
+    /// multiples of the batch size: exactly as a fresh prefill of any prompt beginning with
+    /// those tokens computes them. Positions run in a shorter chunk or by decode steps are
+    /// computed by other kernels (one-token matvec rather than GEMM), whose rounding differs,
+    /// so they are never reused.
+    reusable: usize,
+    /// When the slot was last given a request or freed ([`Books::tick`]), for least recently
+    /// used among equally good slots.
+    last_used: u64,
 }
 
 /// The counters every slot operation updates.
@@ -228,11 +257,18 @@ struct Slot<'m, R: Residency, S> {
 struct Books {
     load: Arc<Load>,
     stats: SchedulerStats,
+    clock: u64,
 }
 
 impl Books {
     fn release_slot(&mut self) {
         self.load.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A new time stamp for [`Slot::last_used`].
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
     }
 }
 
@@ -273,6 +309,8 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
                 Ok(Slot {
                     session: model.session_with(options.session.clone())?,
                     active: None,
+                    reusable: 0,
+                    last_used: 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -285,6 +323,7 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
             books: Books {
                 load: Arc::default(),
                 stats: SchedulerStats::default(),
+                clock: 0,
             },
         })
     }
@@ -370,63 +409,76 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
                 .as_ref()
                 .is_some_and(|a| a.request.events.is_closed())
             {
-                slot.active = None;
-                self.books.release_slot();
+                slot.release(&mut self.books);
                 self.books.stats.cancelled += 1;
             }
         }
     }
 
+    /// Gives free slots to waiting requests, in order of arrival, each to the free slot that
+    /// holds the longest usable prefix of its prompt.
     fn admit(&mut self) {
         let tokenizer = self.model.tokenizer();
-        for slot in self.slots.iter_mut().filter(|s| s.active.is_none()) {
-            while let Some(Queued {
+        while self.slots.iter().any(|s| s.active.is_none()) {
+            let Some(Queued {
                 mut request,
                 submitted,
             }) = self.queue.pop_front()
-            {
-                let books = &mut self.books;
-                books.load.waiting.fetch_sub(1, Ordering::AcqRel);
-                if request.events.is_closed() {
-                    books.stats.cancelled += 1;
-                    continue;
-                }
-                let stop_texts = std::mem::take(&mut request.stop_texts);
-                let rules = request.options.step_rules(tokenizer, stop_texts);
-                let step = match TokenStep::new(tokenizer, request.options.sampling.clone(), rules)
-                {
-                    Ok(step) => step,
-                    Err(e) => {
-                        request
-                            .events
-                            .send(Event::Failed(Failure::Error(e.to_string())));
-                        books.stats.failed += 1;
-                        continue;
-                    }
-                };
-                if let Some(reason) = step.done_before_start() {
-                    request.events.send(Event::Done(Finish {
-                        reason,
-                        prompt_tokens: request.prompt.len(),
-                        completion_tokens: 0,
-                        time_to_first_token: Duration::ZERO,
-                    }));
-                    books.stats.completed += 1;
-                    continue;
-                }
-                slot.session.reset();
-                slot.active = Some(Active {
-                    request,
-                    submitted,
-                    step,
-                    prefilled: 0,
-                    next_token: None,
-                    time_to_first_token: Duration::ZERO,
-                });
-                books.load.busy.fetch_add(1, Ordering::AcqRel);
+            else {
                 break;
+            };
+            let books = &mut self.books;
+            books.load.waiting.fetch_sub(1, Ordering::AcqRel);
+            if request.events.is_closed() {
+                books.stats.cancelled += 1;
+                continue;
             }
+            let stop_texts = std::mem::take(&mut request.stop_texts);
+            let rules = request.options.step_rules(tokenizer, stop_texts);
+            let step = match TokenStep::new(tokenizer, request.options.sampling.clone(), rules) {
+                Ok(step) => step,
+                Err(e) => {
+                    request
+                        .events
+                        .send(Event::Failed(Failure::Error(e.to_string())));
+                    books.stats.failed += 1;
+                    continue;
+                }
+            };
+            if let Some(reason) = step.done_before_start() {
+                request.events.send(Event::Done(Finish {
+                    reason,
+                    prompt_tokens: request.prompt.len(),
+                    cached_tokens: 0,
+                    completion_tokens: 0,
+                    time_to_first_token: Duration::ZERO,
+                }));
+                books.stats.completed += 1;
+                continue;
+            }
+            let Some(i) = self.best_slot(&request) else {
+                break;
+            };
+            self.slots[i].start(&mut self.books, request, submitted, step);
         }
+    }
+
+    /// The free slot to serve `request`: the one with the most prompt tokens it can reuse, the
+    /// least recently used among equals (a prefix too short to reuse, such as a shared BOS,
+    /// does not count: it would send every request to the same slot and evict the others).
+    fn best_slot(&self, request: &Request<S>) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_none())
+            .max_by_key(|(_, s)| {
+                let usable = match request.cache_prompt {
+                    true => s.cached_prefix(&request.prompt),
+                    false => 0,
+                };
+                (usable, std::cmp::Reverse(s.last_used))
+            })
+            .map(|(i, _)| i)
     }
 
     /// Prefills one chunk of the next prompt in round-robin order; returns its length.
@@ -481,15 +533,75 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
 }
 
 impl<'m, R: Residency, S: EventSink> Slot<'m, R, S> {
+    /// How many of `prompt`'s first tokens this slot can reuse.
+    ///
+    /// The reusable part is a whole number of prefill chunks, and leaves at least one prompt
+    /// token to run: the logits of the first generated token are then computed by the same
+    /// chunk as in a fresh prefill.
+    fn cached_prefix(&self, prompt: &[u32]) -> usize {
+        let held = self.session.tokens();
+        let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let reusable = self.reusable.min(self.session.position()).min(held.len());
+        let chunk = self.session.batch_size().max(1);
+        common.min(reusable).min(prompt.len().saturating_sub(1)) / chunk * chunk
+    }
+
+    /// Takes `request`, keeping the cached prefix it can reuse (none if it asks so).
+    fn start(
+        &mut self,
+        books: &mut Books,
+        request: Request<S>,
+        submitted: Instant,
+        step: TokenStep<'m>,
+    ) {
+        let mut cached = match request.cache_prompt {
+            true => self.cached_prefix(&request.prompt),
+            false => 0,
+        };
+        // The rolling cache of a sliding-window model may have overwritten what the positions
+        // after the prefix attend to: then start afresh.
+        if cached == 0 || self.session.rewind(cached).is_err() {
+            self.session.reset();
+            cached = 0;
+        }
+        self.reusable = cached;
+        if cached > 0 {
+            books.stats.prompt_cache_hits += 1;
+            books.stats.cached_prompt_tokens += cached as u64;
+        }
+        self.active = Some(Active {
+            request,
+            submitted,
+            step,
+            prefilled: cached,
+            cached,
+            next_token: None,
+            time_to_first_token: Duration::ZERO,
+        });
+        self.last_used = books.tick();
+        books.load.busy.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Frees the slot; its session keeps its tokens for the prompt cache.
+    fn release(&mut self, books: &mut Books) {
+        self.active = None;
+        self.last_used = books.tick();
+        books.release_slot();
+    }
+
     fn prefill_chunk(&mut self, books: &mut Books) -> usize {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
         let prompt = &active.request.prompt;
-        let end = (active.prefilled + self.session.batch_size()).min(prompt.len());
+        let batch = self.session.batch_size();
+        let end = (active.prefilled + batch).min(prompt.len());
         let chunk = end - active.prefilled;
         match self.session.prefill(&prompt[active.prefilled..end]) {
             Ok(_) => {
+                if chunk == batch && self.reusable == active.prefilled {
+                    self.reusable = end;
+                }
                 active.prefilled = end;
                 books.stats.prefill_chunks += 1;
                 books.stats.prompt_tokens += chunk as u64;
@@ -503,9 +615,9 @@ impl<'m, R: Residency, S: EventSink> Slot<'m, R, S> {
     }
 
     fn fail(&mut self, books: &mut Books, failure: Failure) {
-        if let Some(mut active) = self.active.take() {
+        if let Some(active) = self.active.as_mut() {
             active.request.events.send(Event::Failed(failure));
-            books.release_slot();
+            self.release(books);
             books.stats.failed += 1;
         }
     }
@@ -536,17 +648,16 @@ impl<'m, R: Residency, S: EventSink> Slot<'m, R, S> {
                 let done = Finish {
                     reason,
                     prompt_tokens: active.request.prompt.len(),
+                    cached_tokens: active.cached,
                     completion_tokens: active.step.generated(),
                     time_to_first_token: active.time_to_first_token,
                 };
                 active.request.events.send(Event::Done(done));
-                self.active = None;
-                books.release_slot();
+                self.release(books);
                 books.stats.completed += 1;
             }
             None if !sent => {
-                self.active = None;
-                books.release_slot();
+                self.release(books);
                 books.stats.cancelled += 1;
             }
             None => active.next_token = Some(id),

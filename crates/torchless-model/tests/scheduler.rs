@@ -451,3 +451,268 @@ fn more_slots_than_one_pass_takes_step_in_several_passes() {
     }
     assert_eq!((stats.completed, stats.failed), (3, 0));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The prompt cache. The reference for every cached request is the same request with
+// `cache_prompt: false` on a fresh scheduler (and `Session::generate` alone): equal bit for bit.
+
+/// Submits `prompt` alone and runs the scheduler until it is done.
+fn run_one<R: Residency>(
+    scheduler: &mut Scheduler<'_, R>,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    cache_prompt: bool,
+) -> Received {
+    let (events, receiver) = mpsc::channel();
+    let mut request = Request::new(prompt.to_vec(), options.clone(), events);
+    request.cache_prompt = cache_prompt;
+    scheduler.submit(request).unwrap();
+    scheduler.run_until_idle();
+    let mut got = Received::default();
+    got.drain(&receiver);
+    got
+}
+
+/// The reference: `prompt` without the cache on a fresh scheduler, which must also be what a
+/// session generates alone.
+fn fresh<R: Residency>(model: &Model<R>, prompt: &[u32], options: &GenerateOptions) -> Received {
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(model, scheduler_options(1, 1)).unwrap();
+    let got = run_one(&mut scheduler, prompt, options, false);
+    assert_eq!(got.finish().cached_tokens, 0);
+    assert_same("fresh", &got, &alone(model, prompt, options));
+    got
+}
+
+/// Same tokens, text and log-probabilities as the reference, bit for bit.
+fn assert_equal(label: &str, got: &Received, reference: &Received) {
+    assert_eq!(got.ids(), reference.ids(), "{label}: ids");
+    assert_eq!(got.text(), reference.text(), "{label}: text");
+    for (t, (a, b)) in got.tokens.iter().zip(&reference.tokens).enumerate() {
+        assert_eq!(a.logprob.to_bits(), b.logprob.to_bits(), "{label} {t}");
+        assert_eq!(a.top_logprobs, b.top_logprobs, "{label} {t}: top");
+    }
+    let (a, b) = (got.finish(), reference.finish());
+    assert_eq!(
+        (a.reason, a.prompt_tokens, a.completion_tokens),
+        (b.reason, b.prompt_tokens, b.completion_tokens),
+        "{label}"
+    );
+}
+
+/// The prompt cache's rule, stated independently of the scheduler: of a slot that last ran
+/// `previous`, a request reuses the common prefix, only in whole prefill chunks of `previous`,
+/// and never the last prompt token.
+fn expected_cached(previous: &[u32], prompt: &[u32], chunk: usize) -> usize {
+    let common = previous
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let whole_chunks = previous.len() / chunk * chunk;
+    common.min(whole_chunks).min(prompt.len() - 1) / chunk * chunk
+}
+
+fn encode<R: Residency>(model: &Model<R>, text: &str) -> Vec<u32> {
+    let tokenizer = model.tokenizer();
+    tokenizer.encode(text, tokenizer.prompt_options())
+}
+
+/// Text to append to a conversation (no BOS).
+fn more<R: Residency>(model: &Model<R>, text: &str) -> Vec<u32> {
+    let tokenizer = model.tokenizer();
+    let mut options = tokenizer.prompt_options();
+    options.add_bos = false;
+    tokenizer.encode(text, options)
+}
+
+#[test]
+fn a_conversation_reuses_its_prefix_and_generates_what_it_generates_without() {
+    let chunk = session_options().batch_size;
+    let seeded = GenerateOptions {
+        max_tokens: 12,
+        sampling: SamplingParams {
+            temperature: 0.9,
+            top_k: 40,
+            repeat_penalty: 1.1,
+            seed: 11,
+            ..Default::default()
+        },
+        stop_at_eos: false,
+        logprobs: 2,
+        ..Default::default()
+    };
+    for name in ["small-mqa-int8", "llama-tied-int8", "llama-untied-f32"] {
+        let model = load(name);
+        let turn1 = encode(
+            &model,
+            "The quick brown fox jumps over the lazy dog. Then it",
+        );
+        let reference1 = fresh(&model, &turn1, &greedy(10));
+        for (label, options) in [("greedy", greedy(10)), ("seeded", seeded.clone())] {
+            let label = format!("{name} {label}");
+            let mut scheduler: Scheduler<'_, _> =
+                Scheduler::new(&model, scheduler_options(2, 4)).unwrap();
+            let first = run_one(&mut scheduler, &turn1, &greedy(10), true);
+            assert_eq!(first.finish().cached_tokens, 0);
+            assert_equal(&format!("{label} turn 1"), &first, &reference1);
+
+            // Turn 2: turn 1's prompt, its answer, a new message.
+            let mut turn2 = turn1.clone();
+            turn2.extend(first.ids());
+            turn2.extend(more(&model, " And what did the dog say to that?"));
+            let got = run_one(&mut scheduler, &turn2, &options, true);
+            let cached = got.finish().cached_tokens;
+            assert!(cached > 0, "{label}: nothing cached");
+            assert_eq!(cached, expected_cached(&turn1, &turn2, chunk), "{label}");
+            let reference2 = fresh(&model, &turn2, &options);
+            assert_equal(&format!("{label} turn 2"), &got, &reference2);
+
+            // Turn 2's slot now holds turn 2's prompt: asked again, all of it but the last
+            // chunk (at least one token runs) comes from the cache.
+            let again = run_one(&mut scheduler, &turn2, &options, true);
+            let cached_again = again.finish().cached_tokens;
+            assert_eq!(cached_again, (turn2.len() - 1) / chunk * chunk, "{label}");
+            assert_equal(&format!("{label} again"), &again, &reference2);
+            // `cache_prompt: false` prefills everything, with the same result.
+            let uncached = run_one(&mut scheduler, &turn2, &options, false);
+            assert_eq!(uncached.finish().cached_tokens, 0);
+            assert_equal(&format!("{label} uncached"), &uncached, &reference2);
+
+            let stats = scheduler.stats();
+            assert_eq!(
+                (stats.prompt_cache_hits, stats.cached_prompt_tokens),
+                (2, (cached + cached_again) as u64),
+                "{label}"
+            );
+            assert_eq!(
+                stats.prompt_tokens + stats.cached_prompt_tokens,
+                (turn1.len() + 3 * turn2.len()) as u64,
+                "{label}: every prompt token prefilled or cached"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_whole_prompt_in_the_cache_still_runs_its_last_token() {
+    // A prompt of exactly two chunks asked twice: the second time one chunk is reused and the
+    // other runs, so the first token's logits are computed as in a fresh prefill.
+    let model = load("small-mqa-f32");
+    let chunk = session_options().batch_size;
+    let prompt: Vec<u32> = (0..2 * chunk as u32).map(|i| 1 + i * 37 % 1000).collect();
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(1, 1)).unwrap();
+    run_one(&mut scheduler, &prompt, &greedy(6), true);
+    let got = run_one(&mut scheduler, &prompt, &greedy(6), true);
+    assert_eq!(got.finish().cached_tokens, chunk);
+    assert_equal("whole", &got, &fresh(&model, &prompt, &greedy(6)));
+}
+
+#[test]
+fn more_conversations_than_slots_evict_the_least_recently_used() {
+    let model = load("llama-tied-int8");
+    let chunk = session_options().batch_size;
+    let users = [
+        "Foxes live in forests and fields; tell me what they hunt at night.",
+        "Owls sleep during the day, so when do they eat and what?",
+        "Why do cats purr when they are happy, and also when hurt?",
+    ];
+    let opening: Vec<Vec<u32>> = users.iter().map(|u| encode(&model, u)).collect();
+    for (i, a) in opening.iter().enumerate() {
+        for b in &opening[i + 1..] {
+            assert_eq!(
+                expected_cached(a, b, chunk),
+                0,
+                "the openings share a chunk"
+            );
+        }
+    }
+    // Two slots, three conversations, one turn each in order: the third takes the slot of the
+    // first (least recently used).
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(2, 4)).unwrap();
+    for (i, prompt) in opening.iter().enumerate() {
+        let got = run_one(&mut scheduler, prompt, &greedy(8), true);
+        assert_eq!(got.finish().cached_tokens, 0, "opening {i}");
+    }
+    let second: Vec<Vec<u32>> = opening
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            p.extend(fresh(&model, &p, &greedy(8)).ids());
+            p.extend(more(&model, " Tell me more, please."));
+            p
+        })
+        .collect();
+    // Conversation 0's second turn finds nothing of its own and evicts the least recently used
+    // slot, conversation 1's; conversation 2 finds its whole first prompt, conversation 1
+    // nothing.
+    let evicted = run_one(&mut scheduler, &second[0], &greedy(8), true);
+    let kept = run_one(&mut scheduler, &second[2], &greedy(8), true);
+    let evicted_too = run_one(&mut scheduler, &second[1], &greedy(8), true);
+    let expected_kept = expected_cached(&opening[2], &second[2], chunk);
+    assert!(expected_kept > 0);
+    for (got, expected, i) in [
+        (&evicted, 0, 0),
+        (&kept, expected_kept, 2),
+        (&evicted_too, 0, 1),
+    ] {
+        let label = format!("conversation {i}, turn 2");
+        assert_eq!(got.finish().cached_tokens, expected, "{label}");
+        assert_equal(&label, got, &fresh(&model, &second[i], &greedy(8)));
+    }
+    let stats = scheduler.stats();
+    assert_eq!(stats.prompt_cache_hits, 1);
+}
+
+#[test]
+fn a_request_goes_to_the_slot_with_the_longer_prefix() {
+    let model = load("small-mqa-int8");
+    let chunk = session_options().batch_size;
+    let base: Vec<u32> = (0..40).map(|i| 1 + (i * 53 + 9) % 1000).collect();
+    let diverge = |at: usize| {
+        let mut p = base.clone();
+        p[at] = 1023 - p[at] % 7;
+        p
+    };
+    // `long` shares 3 chunks with the query, `short` one. Without the cache (which would put
+    // both in one slot, as they share a chunk), `short` runs first and `long` then takes the
+    // other slot, so `short`'s is the least recently used: the query must pick `long`'s anyway.
+    let (long, short) = (diverge(3 * chunk + 2), diverge(chunk + 3));
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(2, 4)).unwrap();
+    run_one(&mut scheduler, &short, &greedy(4), false);
+    run_one(&mut scheduler, &long, &greedy(4), false);
+    let got = run_one(&mut scheduler, &base, &greedy(6), true);
+    assert_eq!(got.finish().cached_tokens, 3 * chunk);
+    assert_equal("longer", &got, &fresh(&model, &base, &greedy(6)));
+    // `short`'s slot was left alone: a request close to it reuses its chunk.
+    let near_short = diverge(chunk + 5);
+    let got = run_one(&mut scheduler, &near_short, &greedy(6), true);
+    assert_eq!(got.finish().cached_tokens, chunk);
+    assert_equal("shorter", &got, &fresh(&model, &near_short, &greedy(6)));
+    let stats = scheduler.stats();
+    assert_eq!(
+        (stats.prompt_cache_hits, stats.cached_prompt_tokens),
+        (2, 4 * chunk as u64)
+    );
+}
+
+#[test]
+fn a_sliding_window_model_reuses_only_what_its_rolling_cache_still_holds() {
+    // Window 12 and chunks of 8: the cache holds 20 positions. After 17 prompt tokens and a
+    // 10-token answer (26 positions run), position 5, which position 16 attends to, is
+    // overwritten: the next turn starts afresh. After a 1-token answer it is still there.
+    let model = load("small-gqa-int8");
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(1, 2)).unwrap();
+    let turn1: Vec<u32> = (0..17).map(|i| 1 + (i * 71 + 5) % 1000).collect();
+    let first = run_one(&mut scheduler, &turn1, &greedy(10), true);
+    let mut turn2 = turn1.clone();
+    turn2.extend(first.ids());
+    turn2.extend([40, 41, 42]);
+    let got = run_one(&mut scheduler, &turn2, &greedy(10), true);
+    assert_eq!(got.finish().cached_tokens, 0);
+    assert_equal("window turn 2", &got, &fresh(&model, &turn2, &greedy(10)));
+
+    run_one(&mut scheduler, &turn1, &greedy(1), true);
+    let again = run_one(&mut scheduler, &turn1, &greedy(5), true);
+    assert_eq!(again.finish().cached_tokens, 16);
+    assert_equal("window again", &again, &fresh(&model, &turn1, &greedy(5)));
+}

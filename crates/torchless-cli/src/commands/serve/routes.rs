@@ -144,6 +144,7 @@ async fn authenticate<R: Residency>(
 #[derive(Debug, Default, Clone)]
 struct Usage {
     prompt_tokens: usize,
+    cached_tokens: usize,
     completion_tokens: usize,
     finish: Option<&'static str>,
     time_to_first_token: Option<Duration>,
@@ -185,6 +186,7 @@ impl Drop for LogLine {
             });
             if let Some(u) = usage {
                 line["prompt_tokens"] = json!(u.prompt_tokens);
+                line["cached_tokens"] = json!(u.cached_tokens);
                 line["completion_tokens"] = json!(u.completion_tokens);
                 line["finish_reason"] = json!(u.finish.unwrap_or("disconnected"));
                 if let Some(t) = u.time_to_first_token {
@@ -195,8 +197,9 @@ impl Drop for LogLine {
         } else {
             let tokens = usage.map_or(String::new(), |u| {
                 format!(
-                    " prompt={} completion={} finish={}",
+                    " prompt={} cached={} completion={} finish={}",
                     u.prompt_tokens,
+                    u.cached_tokens,
                     u.completion_tokens,
                     u.finish.unwrap_or("disconnected")
                 )
@@ -504,6 +507,8 @@ async fn generate<R: Residency>(
         .validate()
         .map_err(|e| ApiError::invalid("temperature", e.to_string()))?;
     let stop = f.stop()?;
+    // llama-server's field: reuse a slot's cached prefix of this prompt (the output is the same).
+    let cache_prompt = f.bool("cache_prompt")?.unwrap_or(true);
 
     let (events, receiver) = unbounded_channel();
     let prompt_tokens = prompt.len();
@@ -518,6 +523,7 @@ async fn generate<R: Residency>(
             stop_tokens,
         },
         stop_texts: stop,
+        cache_prompt,
         events: ToResponse(events),
     };
     state.engine.submit(job).map_err(|e| match e {
@@ -552,11 +558,13 @@ async fn generate<R: Residency>(
     Ok(response)
 }
 
-fn usage_json(prompt_tokens: usize, completion_tokens: usize) -> Value {
+/// OpenAI's `usage`, with how many prompt tokens came from the prompt cache.
+fn usage_json(finish: &Finish) -> Value {
     json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.completion_tokens,
+        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": finish.cached_tokens},
     })
 }
 
@@ -669,7 +677,7 @@ async fn collect_response<R: Residency>(
                 "logprobs": logprobs,
                 "finish_reason": finish_reason(finish.reason),
             }],
-            "usage": usage_json(finish.prompt_tokens, finish.completion_tokens),
+            "usage": usage_json(&finish),
         }),
         Kind::Chat => json!({
             "id": id,
@@ -682,7 +690,7 @@ async fn collect_response<R: Residency>(
                 "logprobs": logprobs,
                 "finish_reason": finish_reason(finish.reason),
             }],
-            "usage": usage_json(finish.prompt_tokens, finish.completion_tokens),
+            "usage": usage_json(&finish),
         }),
     };
     Ok(json_body(&body).into_response())
@@ -691,6 +699,7 @@ async fn collect_response<R: Residency>(
 fn record(usage: &SharedUsage, finish: &Finish) {
     usage.update(|u| {
         u.prompt_tokens = finish.prompt_tokens;
+        u.cached_tokens = finish.cached_tokens;
         u.completion_tokens = finish.completion_tokens;
         u.finish = Some(finish_reason(finish.reason));
         u.time_to_first_token = Some(finish.time_to_first_token);
@@ -772,7 +781,7 @@ fn stream_response<R: Residency>(
                 }
                 Some(Event::Done(finish)) => {
                     record(&usage, &finish);
-                    let totals = usage_json(finish.prompt_tokens, finish.completion_tokens);
+                    let totals = usage_json(&finish);
                     let reason = finish_reason(finish.reason);
                     let choice = match shape.kind {
                         Kind::Completion => json!({"index": 0, "text": "", "logprobs": null, "finish_reason": reason}),
