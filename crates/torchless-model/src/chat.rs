@@ -5,22 +5,25 @@
 //! Message text is always encoded as plain text: only the template's own markers become control
 //! tokens, so a user who types `<|im_end|>` cannot end a turn or inject a role.
 
-use std::collections::BTreeMap;
-
+use minijinja::Value;
 use torchless_tokenizer::{EncodeOptions, Tokenizer};
 
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 use crate::generate::{GenerateOptions, GeneratedToken, Generation, StopReason};
 use crate::model::{Model, Residency};
 use crate::session::Session;
+use crate::template::{template_error, ChatOptions, ChatRenderer};
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatMessage {
-    /// `"system"`, `"user"` or `"assistant"` (templates may know others, e.g. `"tool"`).
+    /// `"system"`, `"user"`, `"assistant"` or `"tool"` (templates may know others).
     pub role: String,
     /// The message text.
     pub content: String,
+    /// Further fields the template sees on the message, in order: an assistant's `tool_calls`,
+    /// a tool result's `tool_call_id`, `name`, ... (passed through as the client sent them).
+    pub extra: Vec<(String, Value)>,
 }
 
 impl ChatMessage {
@@ -29,6 +32,7 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            extra: Vec::new(),
         }
     }
 
@@ -45,6 +49,22 @@ impl ChatMessage {
     /// An `"assistant"` message.
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::new("assistant", content)
+    }
+
+    /// The message with one more field for the template (e.g. `tool_calls`).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.extra.push((name.into(), value.into()));
+        self
+    }
+
+    /// The message as the template sees it: a dict of `role`, `content` and the extra fields.
+    pub(crate) fn to_value(&self) -> Value {
+        let mut fields = vec![
+            ("role".to_string(), Value::from(self.role.as_str())),
+            ("content".to_string(), Value::from(self.content.as_str())),
+        ];
+        fields.extend(self.extra.iter().cloned());
+        Value::from_iter(fields)
     }
 }
 
@@ -73,11 +93,39 @@ const SLOT_OPEN: char = '\u{F8F0}';
 const SLOT_CLOSE: char = '\u{F8F1}';
 
 impl<R: Residency> Model<R> {
-    /// The model's chat template: the file's own, or [`ChatTemplate::MistralInstruct`].
+    /// The model's chat template: the one set by [`Model::set_chat_template`], else the file's
+    /// own, else [`ChatTemplate::MistralInstruct`].
     pub fn chat_template(&self) -> ChatTemplate {
-        match self.file().chat_template() {
+        let source = self
+            .chat_template_override
+            .as_deref()
+            .or(self.file().chat_template());
+        match source {
             Some(source) if !source.trim().is_empty() => ChatTemplate::Jinja(source.to_string()),
             _ => ChatTemplate::MistralInstruct,
+        }
+    }
+
+    /// Replaces the file's chat template (`None`: back to the file's). A template that does
+    /// not parse is an error, and the model keeps the template it had.
+    pub fn set_chat_template(&mut self, source: Option<String>) -> Result<()> {
+        if let Some(source) = &source {
+            ChatRenderer::new(source)?;
+        }
+        self.chat_template_override = source;
+        Ok(())
+    }
+
+    /// The text of a conversation in the model's template, as Hugging Face's
+    /// `apply_chat_template(tokenize=False)` renders it (`/apply-template`).
+    pub fn render_chat(&self, messages: &[ChatMessage], options: &ChatOptions) -> Result<String> {
+        let tokenizer = self.tokenizer();
+        match self.chat_template() {
+            ChatTemplate::MistralInstruct => Ok(mistral_text(tokenizer, messages, options)),
+            ChatTemplate::Jinja(source) => {
+                let (bos, eos) = special_texts(tokenizer);
+                ChatRenderer::new(&source)?.render(messages, options, &bos, &eos)
+            }
         }
     }
 
@@ -88,12 +136,22 @@ impl<R: Residency> Model<R> {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
+        self.encode_chat_with(
+            messages,
+            &ChatOptions::generation_prompt(add_generation_prompt),
+        )
+    }
+
+    /// [`Model::encode_chat`] with the template's other inputs (`tools`, ...).
+    pub fn encode_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+    ) -> Result<Vec<u32>> {
         let tokenizer = self.tokenizer();
         match self.chat_template() {
             ChatTemplate::MistralInstruct => Ok(mistral_ids(tokenizer, messages)),
-            ChatTemplate::Jinja(source) => {
-                jinja_ids(tokenizer, &source, messages, add_generation_prompt)
-            }
+            ChatTemplate::Jinja(source) => jinja_ids(tokenizer, &source, messages, options),
         }
     }
 
@@ -161,58 +219,58 @@ fn mistral_ids(tokenizer: &Tokenizer, messages: &[ChatMessage]) -> Vec<u32> {
     ids
 }
 
-fn template_error(message: impl std::fmt::Display) -> ModelError {
-    ModelError::InvalidOption {
-        option: "chat_template".into(),
-        message: message.to_string(),
+/// The text [`mistral_ids`] encodes: `<s>[INST] question [/INST] answer</s>...`.
+fn mistral_text(tokenizer: &Tokenizer, messages: &[ChatMessage], options: &ChatOptions) -> String {
+    let (bos, eos) = special_texts(tokenizer);
+    let mut text = bos;
+    let mut system = String::new();
+    for message in messages {
+        match message.role.as_str() {
+            "system" => {
+                system.push_str(message.content.trim());
+                system.push_str("\n\n");
+            }
+            "assistant" => {
+                text.push(' ');
+                text.push_str(message.content.trim());
+                text.push_str(&eos);
+            }
+            _ => {
+                text.push_str(&format!(
+                    "[INST] {system}{} [/INST]",
+                    message.content.trim()
+                ));
+                system.clear();
+            }
+        }
     }
+    // The layout has no separate opening of the assistant's turn: `[/INST]` is it.
+    let _ = options.add_generation_prompt;
+    text
 }
 
-/// Renders a Jinja chat template with each message's content replaced by a numbered slot, then
-/// encodes the template's text with special tokens parsed and each message's text without.
-fn jinja_ids(
-    tokenizer: &Tokenizer,
-    source: &str,
-    messages: &[ChatMessage],
-    add_generation_prompt: bool,
-) -> Result<Vec<u32>> {
-    let mut env = minijinja::Environment::new();
-    env.add_function(
-        "raise_exception",
-        |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                message,
-            ))
-        },
-    );
-    env.add_template("chat", source)
-        .map_err(|e| template_error(format!("does not parse: {e}")))?;
-    let template = env.get_template("chat").map_err(template_error)?;
-    let slots: Vec<BTreeMap<&str, String>> = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            BTreeMap::from([
-                ("role", m.role.clone()),
-                ("content", format!("{SLOT_OPEN}{i}{SLOT_CLOSE}")),
-            ])
-        })
-        .collect();
+/// The texts of BOS and EOS, as templates see them in `bos_token` and `eos_token`.
+fn special_texts(tokenizer: &Tokenizer) -> (String, String) {
     let piece = |id: Option<u32>| {
         id.and_then(|id| tokenizer.token_to_piece(id))
             .unwrap_or("")
             .to_string()
     };
-    let rendered = template
-        .render(minijinja::context! {
-            messages => slots,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => piece(tokenizer.bos_id()),
-            eos_token => piece(tokenizer.eos_id()),
-        })
-        .map_err(|e| template_error(format!("cannot be rendered: {e}")))?;
+    (piece(tokenizer.bos_id()), piece(tokenizer.eos_id()))
+}
 
+/// Encodes a Jinja template's rendering. When no message's text holds a control token's text,
+/// that is the rendering encoded whole, as Hugging Face does. Otherwise each message's content
+/// is replaced by a numbered slot, and the template's text is encoded with special tokens parsed
+/// and each message's text without, so a message cannot forge a turn.
+fn jinja_ids(
+    tokenizer: &Tokenizer,
+    source: &str,
+    messages: &[ChatMessage],
+    options: &ChatOptions,
+) -> Result<Vec<u32>> {
+    let renderer = ChatRenderer::new(source)?;
+    let (bos, eos) = special_texts(tokenizer);
     let markup = EncodeOptions {
         add_bos: false,
         parse_special: true,
@@ -221,6 +279,33 @@ fn jinja_ids(
         add_bos: false,
         parse_special: false,
     };
+    let forges = messages
+        .iter()
+        .any(|m| tokenizer.encode(&m.content, markup) != tokenizer.encode(&m.content, plain));
+    let with_bos = |mut ids: Vec<u32>| {
+        // A template that writes `bos_token` itself has put it in already; otherwise the
+        // tokenizer's convention decides.
+        if let Some(bos) = tokenizer.bos_id().filter(|_| tokenizer.adds_bos()) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        ids
+    };
+    if !forges {
+        let text = renderer.render(messages, options, &bos, &eos)?;
+        return Ok(with_bos(tokenizer.encode(&text, markup)));
+    }
+    let slots: Vec<ChatMessage> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ChatMessage {
+            content: format!("{SLOT_OPEN}{i}{SLOT_CLOSE}"),
+            ..m.clone()
+        })
+        .collect();
+    let rendered = renderer.render(&slots, options, &bos, &eos)?;
+
     let mut ids = Vec::new();
     let mut rest = rendered.as_str();
     while let Some(open) = rest.find(SLOT_OPEN) {
@@ -240,14 +325,7 @@ fn jinja_ids(
         rest = &after[close + SLOT_CLOSE.len_utf8()..];
     }
     ids.extend(tokenizer.encode(rest, markup));
-    // A template that writes `bos_token` itself has put it in already; otherwise the tokenizer's
-    // convention decides, as Hugging Face's `apply_chat_template(tokenize=True)` does.
-    if let Some(bos) = tokenizer.bos_id().filter(|_| tokenizer.adds_bos()) {
-        if ids.first() != Some(&bos) {
-            ids.insert(0, bos);
-        }
-    }
-    Ok(ids)
+    Ok(with_bos(ids))
 }
 
 /// A conversation over one session: the KV cache is kept across turns, so each turn only

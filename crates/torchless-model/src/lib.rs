@@ -34,6 +34,7 @@ mod residency;
 pub mod sampling;
 pub mod scheduler;
 mod session;
+mod template;
 mod token_step;
 mod vocab;
 mod weights;
@@ -44,6 +45,8 @@ pub use generate::{
     GenerateOptions, GeneratedToken, Generation, GenerationStats, StopReason, TokenStream,
 };
 pub use kv_cache::KvCache;
+/// Values handed to chat templates (`tools`, a message's `tool_calls`): minijinja's.
+pub use minijinja::Value as TemplateValue;
 pub use model::{
     Lazy, LazyMistral, LoadOptions, LoadProgress, Mistral, Model, Residency, Resident,
 };
@@ -51,6 +54,7 @@ pub use perplexity::{Divergence, Perplexity, Scoring};
 pub use sampling::{Sampler, SamplingParams};
 pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 pub use session::{Session, SessionOptions};
+pub use template::{strftime, ChatOptions, ChatRenderer};
 pub use vocab::{load_tokenizer, tokenizer_for, tokenizer_from_data};
 
 /// The file format crate, re-exported for [`Config`] and direct file access.

@@ -85,6 +85,8 @@ pub struct Model<R: Residency = Resident> {
     paging: PagingPlan,
     bytes_per_token: u64,
     load_time: Duration,
+    /// A chat template that replaces the file's (`--chat-template-file`).
+    pub(crate) chat_template_override: Option<String>,
     _residency: PhantomData<R>,
 }
 
@@ -181,6 +183,7 @@ impl<R: Residency> Model<R> {
             paging,
             bytes_per_token,
             load_time: Duration::ZERO,
+            chat_template_override: None,
             _residency: PhantomData,
         };
         report(LoadProgress::Done);

@@ -1,0 +1,439 @@
+//! Chat templates rendered as Hugging Face `transformers` renders them with Python `jinja2`
+//! (`apply_chat_template(tokenize=False)`): `trim_blocks` and `lstrip_blocks`, Python's string
+//! and dict methods (`strip`, `startswith`, `split`, `items`, ... from minijinja's `pycompat`),
+//! `raise_exception(message)`, `strftime_now(format)`, and a `tojson` that writes what Python's
+//! `json.dumps` does (transformers replaces Jinja's HTML-escaping `tojson` with it), with its
+//! `indent`, `ensure_ascii`, `separators` and `sort_keys`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use minijinja::value::{Kwargs, Rest, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, Value};
+
+use crate::chat::ChatMessage;
+use crate::error::{ModelError, Result};
+
+/// What a template sees besides the messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatOptions {
+    /// Open an assistant turn after the messages (what a reply is generated after).
+    pub add_generation_prompt: bool,
+    /// Tool definitions (OpenAI's `tools`: `[{"type": "function", "function": {...}}]`); the
+    /// template sees `none` without them, as with transformers.
+    pub tools: Option<Value>,
+    /// Further variables (`documents`, `date_string`, `enable_thinking`, ...).
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl ChatOptions {
+    /// Options with only `add_generation_prompt` set.
+    pub fn generation_prompt(add_generation_prompt: bool) -> Self {
+        Self {
+            add_generation_prompt,
+            ..Self::default()
+        }
+    }
+}
+
+/// A compiled chat template.
+#[derive(Debug)]
+pub struct ChatRenderer {
+    env: Environment<'static>,
+}
+
+const NAME: &str = "chat_template";
+
+pub(crate) fn template_error(message: impl std::fmt::Display) -> ModelError {
+    ModelError::InvalidOption {
+        option: "chat_template".into(),
+        message: message.to_string(),
+    }
+}
+
+impl ChatRenderer {
+    /// Compiles a template; a syntax error is reported with its line.
+    pub fn new(source: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        // transformers' environment: ImmutableSandboxedEnvironment(trim_blocks=True,
+        // lstrip_blocks=True); jinja2's default drops one trailing newline, as minijinja does.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", |format: String| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            strftime(&format, now)
+        });
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| template_error(format!("does not parse: {e}")))?;
+        Ok(Self { env })
+    }
+
+    /// The text of a conversation, as `apply_chat_template(tokenize=False)` renders it.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String> {
+        let template = self.env.get_template(NAME).map_err(template_error)?;
+        let messages: Vec<Value> = messages.iter().map(ChatMessage::to_value).collect();
+        // The keyword arguments of transformers' `compiled_template.render(...)`, extra last so
+        // that it may override (as `**kwargs` there).
+        let mut context: Vec<(String, Value)> = vec![
+            ("messages".into(), Value::from(messages)),
+            (
+                "tools".into(),
+                options.tools.clone().unwrap_or(Value::from(())),
+            ),
+            ("documents".into(), Value::from(())),
+            (
+                "add_generation_prompt".into(),
+                Value::from(options.add_generation_prompt),
+            ),
+            ("bos_token".into(), Value::from(bos_token)),
+            ("eos_token".into(), Value::from(eos_token)),
+        ];
+        context.extend(options.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        template
+            .render(Value::from_iter(context))
+            .map_err(|e| template_error(format!("cannot be rendered: {}", describe(&e))))
+    }
+}
+
+/// The error's message, with `raise_exception`'s own text first.
+fn describe(e: &Error) -> String {
+    match (e.kind(), e.detail()) {
+        (ErrorKind::InvalidOperation, Some(detail)) if e.name() == Some(NAME) => {
+            format!("{detail} (line {})", e.line().unwrap_or(0))
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn raise_exception(message: String) -> std::result::Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+// ---------------------------------------------------------------------------------------------
+// tojson: Python's json.dumps.
+
+/// `tojson(ensure_ascii=False, indent=None, separators=None, sort_keys=False)`, the signature of
+/// transformers' filter (positional arguments in that order).
+fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> std::result::Result<String, Error> {
+    let arg = |i: usize, name: &str| -> std::result::Result<Option<Value>, Error> {
+        match kwargs.get::<Option<Value>>(name)? {
+            Some(v) => Ok(Some(v)),
+            None => Ok(args.get(i).cloned()),
+        }
+    };
+    let truthy = |v: Option<Value>| v.is_some_and(|v| v.is_true());
+    let ensure_ascii = truthy(arg(0, "ensure_ascii")?);
+    let indent = match arg(1, "indent")? {
+        None => None,
+        Some(v) if v.is_none() || v.is_undefined() => None,
+        Some(v) => match v.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                let n = i64::try_from(v.clone()).map_err(|_| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an integer or a string",
+                    )
+                })?;
+                Some(" ".repeat(n.max(0) as usize))
+            }
+        },
+    };
+    let (item_sep, key_sep) = match arg(2, "separators")? {
+        Some(v) if !v.is_none() && !v.is_undefined() => {
+            let parts: Vec<String> = v
+                .try_iter()?
+                .map(|p| p.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .filter(|p: &Vec<String>| p.len() == 2)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be two strings",
+                    )
+                })?;
+            (parts[0].clone(), parts[1].clone())
+        }
+        // json.dumps: ", " and ": ", but "," at line ends when indenting.
+        _ if indent.is_some() => (",".into(), ": ".into()),
+        _ => (", ".into(), ": ".into()),
+    };
+    let sort_keys = truthy(arg(3, "sort_keys")?);
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    let style = JsonStyle {
+        ensure_ascii,
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys,
+    };
+    write_json(&mut out, value, &style, 0)?;
+    Ok(out)
+}
+
+struct JsonStyle {
+    ensure_ascii: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+impl JsonStyle {
+    fn newline(&self, out: &mut String, depth: usize) {
+        if let Some(indent) = &self.indent {
+            out.push('\n');
+            for _ in 0..depth {
+                out.push_str(indent);
+            }
+        }
+    }
+}
+
+fn not_serializable(value: &Value) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!(
+            "tojson: a value of type {} is not JSON serializable",
+            value.kind()
+        ),
+    )
+}
+
+fn write_json(
+    out: &mut String,
+    value: &Value,
+    style: &JsonStyle,
+    depth: usize,
+) -> std::result::Result<(), Error> {
+    match value.kind() {
+        ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            if value.is_integer() {
+                out.push_str(&value.to_string());
+            } else {
+                let f = f64::try_from(value.clone()).map_err(|_| not_serializable(value))?;
+                out.push_str(&python_float(f));
+            }
+        }
+        ValueKind::String => write_string(out, value.as_str().unwrap_or(""), style.ensure_ascii),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                style.newline(out, depth + 1);
+                write_json(out, item, style, depth + 1)?;
+            }
+            style.newline(out, depth);
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let mut entries: Vec<(String, Value)> = Vec::new();
+            for key in value.try_iter()? {
+                let item = value.get_item(&key)?;
+                // json.dumps turns None/bool/number keys into their JSON text.
+                let key = match key.kind() {
+                    ValueKind::String => key.as_str().unwrap_or("").to_string(),
+                    ValueKind::None => "null".into(),
+                    ValueKind::Bool => if key.is_true() { "true" } else { "false" }.into(),
+                    ValueKind::Number => {
+                        let mut s = String::new();
+                        write_json(&mut s, &key, style, 0)?;
+                        s
+                    }
+                    _ => return Err(not_serializable(&key)),
+                };
+                entries.push((key, item));
+            }
+            if style.sort_keys {
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            if entries.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, (key, item)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&style.item_sep);
+                }
+                style.newline(out, depth + 1);
+                write_string(out, key, style.ensure_ascii);
+                out.push_str(&style.key_sep);
+                write_json(out, item, style, depth + 1)?;
+            }
+            style.newline(out, depth);
+            out.push('}');
+        }
+        _ => return Err(not_serializable(value)),
+    }
+    Ok(())
+}
+
+/// Python's `json` string escapes: the short forms, `\u00XX` for other control characters and,
+/// with `ensure_ascii`, `\uXXXX` (UTF-16, surrogate pairs) for everything past ASCII.
+fn write_string(out: &mut String, s: &str, ensure_ascii: bool) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (ensure_ascii && (c as u32) > 0x7e) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `repr(float)`: the shortest round-trip digits, in exponent form below 1e-4 and from 1e16.
+fn python_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let magnitude = f.abs();
+    if magnitude != 0.0 && !(1e-4..1e16).contains(&magnitude) {
+        // Rust: "1.5e20", "1e-5"; Python: "1.5e+20", "1e-05".
+        let text = format!("{f:e}");
+        let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
+        let (sign, digits) = match exponent.strip_prefix('-') {
+            Some(d) => ('-', d),
+            None => ('+', exponent),
+        };
+        return format!("{mantissa}e{sign}{digits:0>2}");
+    }
+    let text = format!("{f}");
+    if text.contains('.') {
+        text
+    } else {
+        format!("{text}.0")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// strftime_now: the C library's strftime, in UTC.
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const DAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// Formats a Unix time (UTC) with the strftime directives templates use (`%d %b %Y`, ...);
+/// a directive it does not know is written as it stands.
+pub fn strftime(format: &str, unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let seconds = unix.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let (hour, minute, second) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    // 1970-01-01 was a Thursday (index 3 from Monday).
+    let weekday = (days + 3).rem_euclid(7) as usize;
+    let year_day = days - days_from_civil(year, 1, 1) + 1;
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(d) = chars.next() else {
+            out.push('%');
+            break;
+        };
+        let month_name = MONTHS[(month - 1) as usize];
+        let _ = match d {
+            'Y' => write!(out, "{year}"),
+            'y' => write!(out, "{:02}", year.rem_euclid(100)),
+            'm' => write!(out, "{month:02}"),
+            'd' => write!(out, "{day:02}"),
+            'e' => write!(out, "{day:>2}"),
+            'H' => write!(out, "{hour:02}"),
+            'I' => write!(out, "{:02}", (hour + 11) % 12 + 1),
+            'p' => write!(out, "{}", if hour < 12 { "AM" } else { "PM" }),
+            'M' => write!(out, "{minute:02}"),
+            'S' => write!(out, "{second:02}"),
+            'j' => write!(out, "{year_day:03}"),
+            'b' | 'h' => write!(out, "{}", &month_name[..3]),
+            'B' => write!(out, "{month_name}"),
+            'a' => write!(out, "{}", &DAYS[weekday][..3]),
+            'A' => write!(out, "{}", DAYS[weekday]),
+            '%' => write!(out, "%"),
+            other => write!(out, "%{other}"),
+        };
+    }
+    out
+}
+
+/// Howard Hinnant's days-to-civil-date algorithm (proleptic Gregorian).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
