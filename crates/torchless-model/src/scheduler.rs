@@ -200,6 +200,23 @@ struct Load {
     waiting: AtomicUsize,
     busy: AtomicUsize,
     generated: AtomicU64,
+    /// The counts and slots as of the scheduler thread's last turn (for `/metrics`, `/slots`).
+    snapshot: Mutex<(SchedulerStats, Vec<SlotState>)>,
+}
+
+/// One slot, as [`Scheduler::slot_states`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotState {
+    /// The slot's index.
+    pub id: usize,
+    /// Whether it serves a request.
+    pub busy: bool,
+    /// Tokens its KV cache holds (the last request's prompt and answer when idle).
+    pub cached_tokens: usize,
+    /// How many of those a following request with the same beginning can reuse.
+    pub reusable_tokens: usize,
+    /// The slot's context length.
+    pub context_len: usize,
 }
 
 impl Load {
@@ -364,6 +381,32 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
     /// The counts so far.
     pub fn stats(&self) -> SchedulerStats {
         self.books.stats
+    }
+
+    /// Each slot's use and cache.
+    pub fn slot_states(&self) -> Vec<SlotState> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(id, slot)| SlotState {
+                id,
+                busy: slot.active.is_some(),
+                cached_tokens: slot.session.position(),
+                reusable_tokens: slot.reusable.min(slot.session.position()),
+                context_len: slot.session.context_len(),
+            })
+            .collect()
+    }
+
+    /// Shares the counts and slots with the handles.
+    fn publish(&self) {
+        let mut snapshot = self
+            .books
+            .load
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *snapshot = (self.stats(), self.slot_states());
     }
 
     /// One turn: free the slots whose reader went away, give free slots to waiting requests,
@@ -791,6 +834,24 @@ impl<S: EventSink> SchedulerHandle<S> {
         self.load.generated.load(Ordering::Relaxed)
     }
 
+    /// The scheduler's counts as of its last turn.
+    pub fn stats(&self) -> SchedulerStats {
+        self.snapshot().0
+    }
+
+    /// Each slot's use and cache as of the scheduler's last turn.
+    pub fn slot_states(&self) -> Vec<SlotState> {
+        self.snapshot().1
+    }
+
+    fn snapshot(&self) -> (SchedulerStats, Vec<SlotState>) {
+        self.load
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Ends every request (with [`Failure::ShuttingDown`]) and stops the thread; later
     /// submissions are refused.
     pub fn shutdown(&self) {
@@ -805,6 +866,7 @@ impl<S: EventSink> SchedulerHandle<S> {
 impl<R: Residency, S: EventSink> Scheduler<'_, R, S> {
     /// The thread's loop: take what arrived (waiting only when idle), then one turn.
     fn serve(mut self, receiver: &mpsc::Receiver<Message<S>>) -> SchedulerStats {
+        self.publish();
         loop {
             let mut shutdown = false;
             if self.is_idle() {
@@ -821,9 +883,11 @@ impl<R: Residency, S: EventSink> Scheduler<'_, R, S> {
             }
             if shutdown {
                 self.shutdown();
+                self.publish();
                 return self.stats();
             }
             self.turn();
+            self.publish();
         }
     }
 }
