@@ -27,12 +27,26 @@ impl Server {
         Self::start_path(&model(model_file), args)
     }
 
+    /// Starts a server and waits (bounded) until its model is loaded: /health answers 200.
     fn start_path(model_path: &std::path::Path, args: &[&str]) -> Server {
+        let server = Self::start_loading(model_path, args, &[]);
+        let health = server.url("/health");
+        assert!(
+            wait_until(Duration::from_secs(60), || get(&health).0 == 200),
+            "the server did not finish loading: {:?}",
+            server.log_lines()
+        );
+        server
+    }
+
+    /// Starts a server and returns once it listens (its model may still be loading).
+    fn start_loading(model_path: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_torchless"))
             .arg("serve")
             .arg(model_path)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -612,7 +626,7 @@ fn faults_get_clear_errors_and_the_server_keeps_serving() {
         r#"{"messages": "hi"}"#,
         r#"{"messages": []}"#,
         r#"{"messages": [{"role": "user"}]}"#,
-        r#"{"messages": [{"role": "tool", "content": "x"}]}"#,
+        r#"{"messages": [{"role": "robot", "content": "x"}]}"#,
     ] {
         let (status, _, v) = post(&chat, body, None);
         assert_eq!(status, 400, "{body}: {v}");
@@ -898,5 +912,388 @@ fn a_second_chat_turn_reuses_the_first_and_answers_as_without_the_cache() {
     assert_eq!(
         (status, v["error"]["param"].as_str()),
         (400, Some("cache_prompt"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat templates (expected texts: Python jinja2 through transformers, in
+// tests/fixtures/chat-templates, written by scripts/fixtures/make_chat_template_fixtures.py).
+
+fn template_fixture(name: &str) -> Value {
+    goldens(&fixtures().join(format!("chat-templates/{name}.json")))
+}
+
+/// The body of a fixture case as an OpenAI request.
+fn template_request(case: &Value) -> Value {
+    let mut body = json!({"messages": case["messages"],
+                          "add_generation_prompt": case["add_generation_prompt"]});
+    if let Some(tools) = case.get("tools") {
+        body["tools"] = tools.clone();
+    }
+    if let Some(extra) = case.get("extra") {
+        body["chat_template_kwargs"] = extra.clone();
+    }
+    body
+}
+
+#[test]
+fn apply_template_renders_as_jinja2_and_is_the_chat_prompt() {
+    // Qwen2.5's template (tools, tool calls, tool results) replaces the file's: it writes no
+    // bos_token or eos_token, so jinja2's text is what this model must render too.
+    let dir = tempfile::tempdir().unwrap();
+    let qwen = template_fixture("qwen25");
+    let template = dir.path().join("qwen25.jinja");
+    std::fs::write(&template, qwen["template"].as_str().unwrap()).unwrap();
+    let server = Server::start(
+        "small-gqa-int8.bin",
+        &[
+            "--parallel",
+            "1",
+            "--chat-template-file",
+            template.to_str().unwrap(),
+        ],
+    );
+    let apply = server.url("/apply-template");
+    for case in qwen["cases"].as_array().unwrap() {
+        let v = post_ok(&apply, template_request(case));
+        assert_eq!(v["prompt"], case["expected"], "{}", case["name"]);
+    }
+
+    // The chat endpoint's prompt is that text, tokenized.
+    let case = &qwen["cases"][2];
+    let prompt = post_ok(&apply, template_request(case))["prompt"].clone();
+    let tokens = post_ok(
+        &server.url("/tokenize"),
+        json!({"content": prompt, "add_special": true}),
+    );
+    let mut body = template_request(case);
+    body["max_tokens"] = json!(1);
+    let chat = post_ok(&server.url("/v1/chat/completions"), body);
+    assert_eq!(
+        chat["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        tokens["tokens"].as_array().unwrap().len(),
+        "{chat}"
+    );
+
+    // Bad requests: a 400 in OpenAI's shape.
+    let (status, _, v) = post(&apply, "{\"messages\": [", None);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let (status, _, v) = post(
+        &apply,
+        &json!({"messages": [{"role": "robot", "content": "x"}]}).to_string(),
+        None,
+    );
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("messages[0]")),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_template_that_raises_gets_a_400_naming_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let gemma = template_fixture("gemma2");
+    let template = dir.path().join("gemma2.jinja");
+    std::fs::write(&template, gemma["template"].as_str().unwrap()).unwrap();
+    let server = Server::start(
+        "small-gqa-int8.bin",
+        &[
+            "--parallel",
+            "1",
+            "--chat-template-file",
+            template.to_str().unwrap(),
+        ],
+    );
+    let body = json!({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                      "max_tokens": 2});
+    for path in ["/apply-template", "/v1/chat/completions"] {
+        let (status, _, v) = post(&server.url(path), &body.to_string(), None);
+        assert_eq!(status, 400, "{path}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("System role not supported"), "{message}");
+    }
+}
+
+#[test]
+fn a_chat_template_file_that_does_not_parse_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("broken.jinja");
+    std::fs::write(
+        &template,
+        "{% for message in messages %}{{ message.content }",
+    )
+    .unwrap();
+    for command in ["serve", "chat"] {
+        let mut cmd = torchless();
+        cmd.arg(command).arg(model("small-gqa-int8.bin"));
+        if command == "serve" {
+            cmd.args(["--port", "0"]);
+        }
+        let out = run(cmd.arg("--chat-template-file").arg(&template));
+        assert_ne!(out.code, 0);
+        let stderr = out.stderr.trim();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("broken.jinja") && stderr.contains("does not parse"),
+            "{stderr}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations: /metrics, /slots, /health while loading.
+
+/// One sample of Prometheus' text format.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// A small parser of Prometheus' text exposition format: `# TYPE` lines, `name{k="v",...} value`
+/// lines; every sample must belong to a declared family (histograms: `_bucket`, `_sum`,
+/// `_count`).
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut families: Vec<(String, String)> = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut words = rest.splitn(3, ' ');
+            match words.next() {
+                Some("TYPE") => {
+                    let name = words.next().expect("a TYPE line names a metric");
+                    let kind = words.next().expect("a TYPE line gives a type");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                        "{line}"
+                    );
+                    families.push((name.to_string(), kind.to_string()));
+                }
+                Some("HELP") => {}
+                _ => panic!("unexpected comment {line:?}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                let labels = body
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line:?}"));
+                        let v = v
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .unwrap_or_else(|| panic!("unquoted label in {line:?}"));
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect();
+                (name.to_string(), labels)
+            }
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line:?}"
+        );
+        let declared = families.iter().any(|(family, kind)| {
+            name == *family
+                || (kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name == format!("{family}{s}")))
+        });
+        assert!(declared, "{name} has no # TYPE line");
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .find(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map_or(0.0, |s| s.value)
+}
+
+fn get_text(url: &str) -> (u16, String) {
+    let mut response = agent().get(url).call().expect("request");
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn metrics_count_requests_tokens_and_the_prompt_cache() {
+    let server = Server::start(
+        "small-mqa-int8.bin",
+        &["--parallel", "2", "--batch-size", "8", "--metrics"],
+    );
+    let metrics = || {
+        let (status, text) = get_text(&server.url("/metrics"));
+        assert_eq!(status, 200);
+        parse_prometheus(&text)
+    };
+    let before = metrics();
+    assert_eq!(sample(&before, "torchless_slots_total", &[]), 2.0);
+    assert_eq!(sample(&before, "torchless_requests_processing", &[]), 0.0);
+    assert_eq!(
+        sample(&before, "torchless_prompt_cache_hits_total", &[]),
+        0.0
+    );
+
+    // The same prompt twice: the second reuses the first's cache.
+    let body = json!({"prompt": "Once upon a time there was a fox who lived in a den near the river",
+                      "max_tokens": 5, "temperature": 0});
+    let first = post_ok(&server.url("/v1/completions"), body.clone());
+    let second = post_ok(&server.url("/v1/completions"), body);
+    let (status, _, _) = post(&server.url("/v1/completions"), "{bad json", None);
+    assert_eq!(status, 400);
+    let completions = |s: &[Sample], class: &str| {
+        sample(
+            s,
+            "torchless_requests_total",
+            &[("endpoint", "/v1/completions"), ("status", class)],
+        )
+    };
+    // A response is counted when its body has ended, just after the client has it.
+    let mut after = metrics();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            after = metrics();
+            completions(&after, "2xx") == 2.0 && completions(&after, "4xx") == 1.0
+        }),
+        "{after:?}"
+    );
+    let usage = |v: &Value, field: &str| v["usage"][field].as_f64().unwrap();
+    assert_eq!(
+        sample(&after, "torchless_prompt_tokens_total", &[]),
+        usage(&first, "prompt_tokens") + usage(&second, "prompt_tokens")
+    );
+    assert_eq!(
+        sample(&after, "torchless_tokens_predicted_total", &[]),
+        usage(&first, "completion_tokens") + usage(&second, "completion_tokens")
+    );
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_f64()
+        .unwrap();
+    assert!(cached > 0.0, "{second}");
+    assert_eq!(
+        sample(&after, "torchless_prompt_cache_hits_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        sample(&after, "torchless_cached_prompt_tokens_total", &[]),
+        cached
+    );
+    // Time to first token: one observation per generation; latency: one per request counted.
+    assert_eq!(
+        sample(&after, "torchless_time_to_first_token_seconds_count", &[]),
+        2.0
+    );
+    let counted: f64 = after
+        .iter()
+        .filter(|s| s.name == "torchless_requests_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        sample(&after, "torchless_request_duration_seconds_count", &[]),
+        counted
+    );
+    // Buckets are cumulative and end with +Inf = count.
+    for family in [
+        "torchless_request_duration_seconds",
+        "torchless_time_to_first_token_seconds",
+    ] {
+        let buckets: Vec<f64> = after
+            .iter()
+            .filter(|s| s.name == format!("{family}_bucket"))
+            .map(|s| s.value)
+            .collect();
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{family}: {buckets:?}"
+        );
+        assert_eq!(
+            sample(&after, &format!("{family}_bucket"), &[("le", "+Inf")]),
+            sample(&after, &format!("{family}_count"), &[])
+        );
+    }
+
+    // /slots: the slot that served the prompt holds it.
+    let (status, slots) = get(&server.url("/slots"));
+    assert_eq!(status, 200);
+    let slots = slots.as_array().unwrap();
+    assert_eq!(slots.len(), 2);
+    let prompt_tokens = usage(&second, "prompt_tokens");
+    assert!(
+        slots
+            .iter()
+            .any(|s| s["cached_tokens"].as_f64().unwrap() >= prompt_tokens
+                && s["busy"] == json!(false)),
+        "{slots:?}"
+    );
+    assert!(slots.iter().all(|s| s["n_ctx"].as_u64().unwrap() > 0));
+    assert_eq!(slots[1]["id"], 1);
+}
+
+#[test]
+fn metrics_are_absent_without_the_flag() {
+    let server = Server::start("small-mqa-int8.bin", &["--parallel", "1"]);
+    assert_eq!(get_text(&server.url("/metrics")).0, 404);
+}
+
+#[test]
+fn health_says_loading_until_the_model_is_ready() {
+    let server = Server::start_loading(
+        &model("small-mqa-int8.bin"),
+        &["--parallel", "1"],
+        &[("TORCHLESS_SERVE_LOAD_DELAY_MS", "1500")],
+    );
+    let (status, body) = get(&server.url("/health"));
+    assert_eq!((status, body), (503, json!({"status": "loading model"})));
+    let (status, retry, body) = post(&server.url("/v1/completions"), &good_owned(), None);
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loading"),
+        "{body}"
+    );
+    assert!(wait_until(Duration::from_secs(60), || get(
+        &server.url("/health")
+    )
+    .0 == 200));
+    let (_, body) = get(&server.url("/health"));
+    assert_eq!(body["status"], "ok");
+    post_ok(
+        &server.url("/v1/completions"),
+        json!({"prompt": "Hello", "max_tokens": 2}),
     );
 }

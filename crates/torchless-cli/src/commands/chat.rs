@@ -26,6 +26,9 @@ pub struct ChatArgs {
     pub max_tokens: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// A Jinja chat template to use instead of the file's (a Hugging Face `chat_template`).
+    #[arg(long = "chat-template-file", value_name = "PATH")]
+    pub chat_template_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
@@ -37,7 +40,11 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
 }
 
 fn run_with<R: Residency>(args: ChatArgs) -> anyhow::Result<()> {
-    let model = load_model::<R>(&args.model)?;
+    let template = super::read_chat_template(args.chat_template_file.as_deref())?;
+    let mut model = load_model::<R>(&args.model)?;
+    if template.is_some() {
+        model.set_chat_template(template)?;
+    }
     let mut session = model
         .session_with(args.model.session_options())
         .context("cannot create a session")?;

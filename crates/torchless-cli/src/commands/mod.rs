@@ -10,11 +10,24 @@ pub mod serve;
 pub mod synth;
 pub mod tokenize;
 
+use std::path::Path;
+
 use anyhow::Context;
-use torchless_model::{LoadOptions, Model, Residency};
+use torchless_model::{ChatRenderer, LoadOptions, Model, Residency};
 
 use crate::options::ModelArgs;
 use crate::output;
+
+/// Reads `--chat-template-file` and checks that it parses, before any model is loaded, so a bad
+/// template fails at once with one line.
+pub fn read_chat_template(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let source = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the chat template {}", path.display()))?;
+    ChatRenderer::new(&source)
+        .map_err(|e| anyhow::anyhow!("chat template {}: {e}", path.display()))?;
+    Ok(Some(source))
+}
 
 /// Loads the model named in `args` with a progress bar on stderr.
 pub fn load_model<R: Residency>(args: &ModelArgs) -> anyhow::Result<Model<R>> {

@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
-use torchless_model::{ChatMessage, SamplingParams};
+use torchless_model::{ChatMessage, ChatOptions, SamplingParams, TemplateValue};
 
 /// An error response: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -226,7 +226,9 @@ impl Fields<'_> {
         }
     }
 
-    /// `messages`: `[{"role": "system"|"user"|"assistant", "content": text or text parts}]`.
+    /// `messages`: `[{"role": "system"|"user"|"assistant"|"tool", "content": text, text parts
+    /// or null}]`; the other fields of a message (`tool_calls`, `tool_call_id`, `name`, ...)
+    /// reach the template as they are.
     pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         let Some(Value::Array(items)) = self.get("messages") else {
             return Err(ApiError::invalid(
@@ -248,13 +250,13 @@ impl Fields<'_> {
                 };
                 let role = match m.get("role") {
                     Some(Value::String(r))
-                        if matches!(r.as_str(), "system" | "user" | "assistant") =>
+                        if matches!(r.as_str(), "system" | "user" | "assistant" | "tool") =>
                     {
                         r
                     }
                     Some(Value::String(r)) => {
                         return Err(bad(&format!(
-                            "role `{r}` is not supported (system, user or assistant)"
+                            "role `{r}` is not supported (system, user, assistant or tool)"
                         )))
                     }
                     _ => return Err(bad("`role` must be a string")),
@@ -273,11 +275,50 @@ impl Fields<'_> {
                         }
                         text
                     }
+                    // An assistant message that only calls tools has no content.
+                    Some(Value::Null) | None if role == "assistant" || role == "tool" => {
+                        String::new()
+                    }
                     _ => return Err(bad("`content` must be a string or an array of text parts")),
                 };
-                Ok(ChatMessage::new(role.clone(), content))
+                let mut message = ChatMessage::new(role.clone(), content);
+                for (key, value) in m {
+                    if key != "role" && key != "content" {
+                        message = message.with(key.as_str(), TemplateValue::from_serialize(value));
+                    }
+                }
+                Ok(message)
             })
             .collect()
+    }
+
+    /// What the chat template sees besides the messages: `add_generation_prompt` (default
+    /// true), `tools`, and llama-server's `chat_template_kwargs` (extra template variables).
+    pub fn chat_options(&self) -> Result<ChatOptions, ApiError> {
+        let add_generation_prompt = self.bool("add_generation_prompt")?.unwrap_or(true);
+        let tools = match self.get("tools") {
+            None | Some(Value::Null) => None,
+            Some(tools @ Value::Array(_)) => Some(TemplateValue::from_serialize(tools)),
+            Some(_) => return Err(ApiError::invalid("tools", "`tools` must be an array")),
+        };
+        let extra = match self.get("chat_template_kwargs") {
+            None | Some(Value::Null) => Default::default(),
+            Some(Value::Object(kwargs)) => kwargs
+                .iter()
+                .map(|(k, v)| (k.clone(), TemplateValue::from_serialize(v)))
+                .collect(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "chat_template_kwargs",
+                    "`chat_template_kwargs` must be an object",
+                ))
+            }
+        };
+        Ok(ChatOptions {
+            add_generation_prompt,
+            tools,
+            extra,
+        })
     }
 
     /// The sampling fields, on top of llama.cpp's defaults (those of `torchless generate`).

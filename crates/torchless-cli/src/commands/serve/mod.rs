@@ -4,12 +4,13 @@
 //! continuous batching, on a thread of its own); this module is the HTTP side.
 
 mod api;
+mod metrics;
 mod routes;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
@@ -77,7 +78,17 @@ pub struct ServeArgs {
     /// Request logs on stderr as one JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// A Jinja chat template to use instead of the file's (a Hugging Face `chat_template`).
+    #[arg(long = "chat-template-file", value_name = "PATH")]
+    pub chat_template_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics.
+    #[arg(long)]
+    pub metrics: bool,
 }
+
+/// Milliseconds to wait before loading the model: lets tests (and load-balancer drills) watch
+/// /health answer 503 while a server loads.
+const LOAD_DELAY_VAR: &str = "TORCHLESS_SERVE_LOAD_DELAY_MS";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.parallel == 0 {
@@ -91,6 +102,43 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
+    let template = super::read_chat_template(args.chat_template_file.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Listen first, so that /health can say "loading model" (503) until the model is ready,
+    // as llama-server does: a load balancer or an orchestrator then sees a live, loading server.
+    let address = format!("{}:{}", args.host, args.port);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(&address))
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let local: SocketAddr = listener.local_addr()?;
+    // On stdout, for scripts and tests that started the server on port 0.
+    println!("listening on http://{local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let loaded: Arc<OnceLock<axum::Router>> = Arc::default();
+    let engine_slot: Arc<OnceLock<Arc<routes::Engine>>> = Arc::default();
+    let stop_engine = engine_slot.clone();
+    let serve = axum::serve(listener, routes::loading_gate(loaded.clone())).with_graceful_shutdown(
+        async move {
+            shutdown_signal().await;
+            eprintln!("torchless serve: shutting down");
+            if let Some(engine) = stop_engine.get() {
+                engine.shutdown();
+            }
+        },
+    );
+    let server = runtime.spawn(async move { serve.await });
+
+    if let Some(ms) = std::env::var(LOAD_DELAY_VAR)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let model_args = ModelArgs {
         model: args.model.clone(),
         lazy: args.lazy,
@@ -104,7 +152,11 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
         json: false,
         debug: false,
     };
-    let model: Arc<Model<R>> = Arc::new(super::load_model::<R>(&model_args)?);
+    let mut model = super::load_model::<R>(&model_args)?;
+    if template.is_some() {
+        model.set_chat_template(template)?;
+    }
+    let model: Arc<Model<R>> = Arc::new(model);
     let max_positions = model.config().max_position_embeddings;
     let ctx = args.ctx_size.unwrap_or(max_positions.min(4096));
     let session = SessionOptions {
@@ -141,41 +193,21 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         json_logs: args.json,
+        metrics: args.metrics.then(Arc::default),
     });
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let result = runtime.block_on(async {
-        let address = format!("{}:{}", args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(&address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
-        let local: SocketAddr = listener.local_addr()?;
-        eprintln!(
-            "torchless serve: {} ({} slots, context {ctx}, queue {}, {})",
-            args.model.display(),
-            args.parallel,
-            args.queue,
-            torchless_model::kernels::cpu_path()
-        );
-        // On stdout, for scripts and tests that started the server on port 0.
-        println!("listening on http://{local}");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let app = routes::router(state);
-        let stop_engine = engine.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                eprintln!("torchless serve: shutting down");
-                stop_engine.shutdown();
-            })
-            .await
-            .context("server error")
-    });
+    eprintln!(
+        "torchless serve: {} ({} slots, context {ctx}, queue {}, {})",
+        args.model.display(),
+        args.parallel,
+        args.queue,
+        torchless_model::kernels::cpu_path()
+    );
+    let _ = engine_slot.set(engine.clone());
+    let _ = loaded.set(routes::router(state));
+    let result = match runtime.block_on(server) {
+        Ok(served) => served.context("server error"),
+        Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+    };
     engine.shutdown();
     let _ = engine_thread.join();
     result

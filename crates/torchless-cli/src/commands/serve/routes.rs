@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -23,8 +23,10 @@ use torchless_model::{
     DecodeOptions, EncodeOptions, GenerateOptions, GeneratedToken, Model, Residency,
     SchedulerHandle,
 };
+use tower::ServiceExt;
 
 use super::api::{json_body, parse_object, ApiError, Fields, Prompt};
+use super::metrics::{Metrics, Observation};
 
 /// The scheduler running the requests, each answering into its response's channel.
 pub type Engine = SchedulerHandle<ToResponse>;
@@ -56,18 +58,26 @@ pub struct AppState<R: Residency> {
     pub ctx: usize,
     pub created: u64,
     pub json_logs: bool,
+    /// `--metrics`: the counters behind `/metrics` (the endpoint is absent without it).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 type Shared<R> = State<Arc<AppState<R>>>;
 
 pub fn router<R: Residency>(state: Arc<AppState<R>>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.metrics.is_some() {
+        router = router.route("/metrics", get(metrics::<R>));
+    }
+    router
         .route("/health", get(health::<R>))
+        .route("/slots", get(slots::<R>))
         .route("/v1/models", get(models::<R>))
         .route("/v1/completions", post(completions::<R>))
         .route("/v1/chat/completions", post(chat_completions::<R>))
         .route("/tokenize", post(tokenize::<R>))
         .route("/detokenize", post(detokenize::<R>))
+        .route("/apply-template", post(apply_template::<R>))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -91,6 +101,36 @@ pub fn router<R: Residency>(state: Arc<AppState<R>>) -> Router {
             log_request::<R>,
         ))
         .with_state(state)
+}
+
+/// The server while the model loads: `/health` answers 503 `{"status": "loading model"}` and
+/// every other endpoint 503 in OpenAI's error shape (as llama-server); once `loaded` is set,
+/// every request goes to that router.
+pub fn loading_gate(loaded: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback(move |request: Request| {
+        let loaded = loaded.clone();
+        async move {
+            if let Some(router) = loaded.get() {
+                let router = router.clone();
+                return match router.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+            }
+            if request.uri().path() == "/health" {
+                let mut response = json_body(&json!({"status": "loading model"})).into_response();
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
+            let mut error = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable_error",
+                "the model is loading",
+            );
+            error.retry_after = Some(1);
+            error.into_response()
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,12 +210,24 @@ struct LogLine {
     started: Instant,
     usage: Option<SharedUsage>,
     json: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Drop for LogLine {
     fn drop(&mut self) {
-        let ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let elapsed = self.started.elapsed();
+        let ms = elapsed.as_secs_f64() * 1e3;
         let usage = self.usage.as_ref().map(SharedUsage::get);
+        if let Some(metrics) = &self.metrics {
+            metrics.record(Observation {
+                path: &self.path,
+                status: self.status,
+                elapsed,
+                tokens: usage
+                    .as_ref()
+                    .map(|u| (u.prompt_tokens, u.completion_tokens, u.time_to_first_token)),
+            });
+        }
         if self.json {
             let mut line = json!({
                 "time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
@@ -228,6 +280,7 @@ async fn log_request<R: Residency>(
         started,
         usage: response.extensions().get::<SharedUsage>().cloned(),
         json: state.json_logs,
+        metrics: state.metrics.clone(),
     };
     let (parts, body) = response.into_parts();
     // The line moves into the body stream and is written when the stream is dropped.
@@ -251,6 +304,42 @@ async fn health<R: Residency>(State(state): Shared<R>) -> Response {
         "tokens_generated": state.engine.tokens_generated(),
     }))
     .into_response()
+}
+
+/// `GET /slots`: each slot's use and how many tokens its KV cache holds.
+async fn slots<R: Residency>(State(state): Shared<R>) -> Response {
+    let slots: Vec<Value> = state
+        .engine
+        .slot_states()
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "busy": s.busy,
+                "n_ctx": s.context_len,
+                "cached_tokens": s.cached_tokens,
+                "reusable_tokens": s.reusable_tokens,
+            })
+        })
+        .collect();
+    json_body(&Value::Array(slots)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics<R: Residency>(State(state): Shared<R>) -> Response {
+    let Some(metrics) = &state.metrics else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let engine = &state.engine;
+    let text = metrics.render(&engine.stats(), &engine.slot_states(), engine.waiting());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn models<R: Residency>(State(state): Shared<R>) -> Response {
@@ -315,6 +404,29 @@ async fn tokenize<R: Residency>(
         ids.iter().map(|&id| json!(id)).collect()
     };
     Ok(json_body(&json!({ "tokens": tokens })).into_response())
+}
+
+/// A chat template that raised (`raise_exception`) or failed on these messages: a 400 that
+/// names the template's message.
+fn template_failure(e: torchless_model::ModelError) -> ApiError {
+    ApiError::invalid("messages", format!("cannot apply the chat template: {e}"))
+}
+
+/// llama-server's `/apply-template`: the prompt text `messages` renders to in the model's
+/// template (the text `/v1/chat/completions` tokenizes).
+async fn apply_template<R: Residency>(
+    State(state): Shared<R>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let body = parse_object(&read_body(&state, request).await?)?;
+    let f = Fields(&body);
+    let messages = f.messages()?;
+    let options = f.chat_options()?;
+    let prompt = state
+        .model
+        .render_chat(&messages, &options)
+        .map_err(template_failure)?;
+    Ok(json_body(&json!({ "prompt": prompt })).into_response())
 }
 
 async fn detokenize<R: Residency>(
@@ -442,9 +554,10 @@ async fn generate<R: Residency>(
         }
         Kind::Chat => {
             let messages = f.messages()?;
-            let prompt = model.encode_chat(&messages, true).map_err(|e| {
-                ApiError::invalid("messages", format!("cannot apply the chat template: {e}"))
-            })?;
+            let options = f.chat_options()?;
+            let prompt = model
+                .encode_chat_with(&messages, &options)
+                .map_err(template_failure)?;
             (prompt, model.end_of_turn_ids())
         }
     };

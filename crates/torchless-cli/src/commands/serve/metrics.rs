@@ -1,0 +1,201 @@
+//! `GET /metrics` (with `--metrics`): Prometheus' text exposition format, written by hand (it is
+//! a few lines per metric). Request counts, token counts and latencies are recorded when a
+//! response ends (its log line); the prompt cache and slot figures come from the scheduler.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use torchless_model::scheduler::{SchedulerStats, SlotState};
+
+/// Upper bounds (seconds) of the latency buckets: from a /health answer to a long generation.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The endpoints counted by name; anything else is counted as "other" so that clients probing
+/// random paths cannot grow the label set.
+const ENDPOINTS: [&str; 11] = [
+    "/health",
+    "/metrics",
+    "/slots",
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
+    "/completions",
+    "/chat/completions",
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        // Prometheus buckets are cumulative when written; here each observation lands in the
+        // first bucket that holds it.
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| seconds <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in LATENCY_BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    requests: BTreeMap<(&'static str, &'static str), u64>,
+    prompt_tokens: u64,
+    predicted_tokens: u64,
+    latency: Histogram,
+    time_to_first_token: Histogram,
+}
+
+/// What one finished response adds.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    pub path: &'a str,
+    pub status: u16,
+    pub elapsed: Duration,
+    /// Prompt and completion tokens and time to first token, for generations.
+    pub tokens: Option<(usize, usize, Option<Duration>)>,
+}
+
+/// The server's counters, shared by every request.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counts: Mutex<Counts>,
+}
+
+impl Metrics {
+    pub fn record(&self, o: Observation<'_>) {
+        let endpoint = ENDPOINTS
+            .iter()
+            .find(|&&e| e == o.path)
+            .copied()
+            .unwrap_or("other");
+        let class = match o.status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        *c.requests.entry((endpoint, class)).or_default() += 1;
+        c.latency.observe(o.elapsed.as_secs_f64());
+        if let Some((prompt, completion, ttft)) = o.tokens {
+            c.prompt_tokens += prompt as u64;
+            c.predicted_tokens += completion as u64;
+            if let Some(t) = ttft {
+                c.time_to_first_token.observe(t.as_secs_f64());
+            }
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self, stats: &SchedulerStats, slots: &[SlotState], waiting: usize) -> String {
+        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            &mut out,
+            "torchless_requests_total",
+            "counter",
+            "HTTP requests answered, by endpoint and status class.",
+        );
+        for ((endpoint, class), n) in &c.requests {
+            let _ = writeln!(
+                out,
+                "torchless_requests_total{{endpoint=\"{endpoint}\",status=\"{class}\"}} {n}"
+            );
+        }
+        let busy = slots.iter().filter(|s| s.busy).count();
+        let scalars: [(&str, &str, &str, u64); 8] = [
+            (
+                "torchless_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of finished generations (cached ones included).",
+                c.prompt_tokens,
+            ),
+            (
+                "torchless_tokens_predicted_total",
+                "counter",
+                "Tokens generated by finished generations.",
+                c.predicted_tokens,
+            ),
+            (
+                "torchless_prompt_cache_hits_total",
+                "counter",
+                "Requests that reused a cached prompt prefix.",
+                stats.prompt_cache_hits,
+            ),
+            (
+                "torchless_cached_prompt_tokens_total",
+                "counter",
+                "Prompt tokens reused from a slot's cache instead of prefilled.",
+                stats.cached_prompt_tokens,
+            ),
+            (
+                "torchless_requests_processing",
+                "gauge",
+                "Requests being generated (slots busy).",
+                busy as u64,
+            ),
+            (
+                "torchless_requests_deferred",
+                "gauge",
+                "Requests waiting for a free slot.",
+                waiting as u64,
+            ),
+            (
+                "torchless_slots_busy",
+                "gauge",
+                "Slots serving a request.",
+                busy as u64,
+            ),
+            (
+                "torchless_slots_total",
+                "gauge",
+                "Slots (--parallel).",
+                slots.len() as u64,
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            head(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        c.latency.write(
+            &mut out,
+            "torchless_request_duration_seconds",
+            "Time from a request's arrival to the end of its response body.",
+        );
+        c.time_to_first_token.write(
+            &mut out,
+            "torchless_time_to_first_token_seconds",
+            "Time from a generation's submission to its first token.",
+        );
+        out
+    }
+}
