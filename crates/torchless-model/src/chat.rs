@@ -22,7 +22,9 @@ pub struct ChatMessage {
     /// The message text.
     pub content: String,
     /// Further fields the template sees on the message, in order: an assistant's `tool_calls`,
-    /// a tool result's `tool_call_id`, `name`, ... (passed through as the client sent them).
+    /// a tool result's `tool_call_id`, `name`, ... (passed through as the client sent them). A
+    /// `content` here replaces the text in the template's view (e.g. `none` for a message that
+    /// only calls tools, as transformers passes it).
     pub extra: Vec<(String, Value)>,
 }
 

@@ -68,6 +68,19 @@ impl ChatRenderer {
             strftime(&format, now)
         });
         env.add_filter("tojson", tojson);
+        // jinja2's `iterable` is `iter(value)` succeeding: strings, sequences, mappings and
+        // undefined values, but not none (which minijinja iterates as empty).
+        env.add_test("iterable", |value: &Value| {
+            matches!(
+                value.kind(),
+                ValueKind::String
+                    | ValueKind::Bytes
+                    | ValueKind::Seq
+                    | ValueKind::Map
+                    | ValueKind::Iterable
+                    | ValueKind::Undefined
+            )
+        });
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| template_error(format!("does not parse: {e}")))?;
         Ok(Self { env })

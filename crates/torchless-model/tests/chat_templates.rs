@@ -18,10 +18,13 @@ fn value(json: &Json) -> TemplateValue {
 
 fn message(json: &Json) -> ChatMessage {
     let object = json.as_object().unwrap();
-    let mut message = ChatMessage::new(
-        object["role"].as_str().unwrap(),
-        object["content"].as_str().unwrap(),
-    );
+    let mut message = ChatMessage::new(object["role"].as_str().unwrap(), "");
+    match &object["content"] {
+        Json::String(text) => message.content = text.clone(),
+        // A null content (an assistant message that only calls tools) reaches the template as
+        // none, as the server's does not (it renders "", like llama-server).
+        other => message = message.with("content", value(other)),
+    }
     for (key, v) in object {
         if key != "role" && key != "content" {
             message = message.with(key.as_str(), value(v));
@@ -38,7 +41,7 @@ fn templates_render_as_jinja2_does() {
         .filter(|p| p.file_name().unwrap() != "strftime.json")
         .collect();
     files.sort();
-    assert!(files.len() >= 9, "fixtures missing: {files:?}");
+    assert!(files.len() >= 16, "fixtures missing: {files:?}");
     let mut checked = 0;
     let mut failures = Vec::new();
     for file in &files {
@@ -86,6 +89,8 @@ fn templates_render_as_jinja2_does() {
                 (None, _, Ok(text)) => {
                     failures.push(format!("{name}: rendered {text:?}, jinja2 raised"))
                 }
+                // Python itself failed (e.g. `str + dict`): it is enough that rendering fails.
+                (None, None, Err(_)) if case.get("error_any").is_some() => {}
                 (None, None, Err(e)) => failures.push(format!("{name}: bad fixture ({e})")),
             }
             checked += 1;
@@ -97,7 +102,7 @@ fn templates_render_as_jinja2_does() {
         failures.len(),
         failures.join("\n\n")
     );
-    assert!(checked >= 80);
+    assert!(checked >= 170, "{checked} cases");
 }
 
 #[test]

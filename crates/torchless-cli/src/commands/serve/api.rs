@@ -283,7 +283,9 @@ impl Fields<'_> {
                 };
                 let mut message = ChatMessage::new(role.clone(), content);
                 for (key, value) in m {
-                    if key != "role" && key != "content" {
+                    // A null content reaches the template as none, as in transformers.
+                    let null_content = key == "content" && value.is_null();
+                    if (key != "role" && key != "content") || null_content {
                         message = message.with(key.as_str(), TemplateValue::from_serialize(value));
                     }
                 }
