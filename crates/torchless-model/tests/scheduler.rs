@@ -716,3 +716,53 @@ fn a_sliding_window_model_reuses_only_what_its_rolling_cache_still_holds() {
     assert_eq!(again.finish().cached_tokens, 16);
     assert_equal("window again", &again, &fresh(&model, &turn1, &greedy(5)));
 }
+
+/// `slot_states` says which slot holds what: after a request, its slot is free and its cache
+/// holds the prompt and every answer token but the last (sampled, never run); the reusable part
+/// is the prompt's whole prefill chunks. The threaded handle reports the same after its turns.
+#[test]
+fn slot_states_report_each_slots_cache() {
+    let model = load("small-mqa-int8");
+    let chunk = session_options().batch_size;
+    let prompt: Vec<u32> = (1..=21).collect();
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_options(2, 1)).unwrap();
+    let before = scheduler.slot_states();
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|s| !s.busy && s.cached_tokens == 0));
+    let got = run_one(&mut scheduler, &prompt, &greedy(5), true);
+    let finish = got.finish();
+    let states = scheduler.slot_states();
+    let used: Vec<_> = states.iter().filter(|s| s.cached_tokens > 0).collect();
+    assert_eq!(used.len(), 1, "{states:?}");
+    assert!(!used[0].busy);
+    assert_eq!(
+        used[0].cached_tokens,
+        finish.prompt_tokens + finish.completion_tokens - 1
+    );
+    assert_eq!(used[0].reusable_tokens, prompt.len() / chunk * chunk);
+    assert_eq!(states[1].id, 1);
+    assert!(states
+        .iter()
+        .all(|s| s.context_len == states[0].context_len && s.context_len > 0));
+
+    let model = Arc::new(model);
+    let (handle, thread) = SchedulerHandle::spawn(model, scheduler_options(2, 1)).unwrap();
+    let (events, receiver) = mpsc::channel();
+    handle
+        .submit(Request::new(prompt.clone(), greedy(5), events))
+        .unwrap();
+    let mut received = Received::default();
+    while received.end.is_none() {
+        received.push(receiver.recv().unwrap());
+    }
+    handle.shutdown();
+    let stats = thread.join().unwrap();
+    // The last snapshot is published when the thread ends.
+    assert_eq!(handle.stats(), stats);
+    let cached: Vec<usize> = handle
+        .slot_states()
+        .iter()
+        .map(|s| s.cached_tokens)
+        .collect();
+    assert!(cached.contains(&(prompt.len() + 4)), "{cached:?}");
+}
