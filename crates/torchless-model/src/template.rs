@@ -68,6 +68,32 @@ impl ChatRenderer {
             strftime(&format, now)
         });
         env.add_filter("tojson", tojson);
+        // Python prints values as `str()` does: `True`, `None`, `['a', 1]`, `{'k': 'v'}` where
+        // minijinja would write `true`, `none`, `["a", 1]`; templates print tool results and
+        // arguments that way (`{{ arguments }}`, `content|string`).
+        env.set_formatter(|out, state, value| match value.kind() {
+            ValueKind::String | ValueKind::Undefined | ValueKind::Bytes | ValueKind::Plain => {
+                minijinja::escape_formatter(out, state, value)
+            }
+            _ => out
+                .write_str(&python_str(value))
+                .map_err(|_| Error::new(ErrorKind::WriteFailure, "cannot write")),
+        });
+        env.add_filter("trim", |value: &Value, chars: Option<String>| -> String {
+            // jinja2: str(value).strip(chars).
+            let text = python_str(value);
+            match chars {
+                Some(chars) => text.trim_matches(|c| chars.contains(c)).to_string(),
+                None => text.trim().to_string(),
+            }
+        });
+        env.add_filter("string", |value: &Value| -> Value {
+            if value.kind() == ValueKind::String {
+                value.clone()
+            } else {
+                Value::from(python_str(value))
+            }
+        });
         // jinja2's `iterable` is `iter(value)` succeeding: strings, sequences, mappings and
         // undefined values, but not none (which minijinja iterates as empty).
         env.add_test("iterable", |value: &Value| {
@@ -353,6 +379,92 @@ fn python_float(f: f64) -> String {
     } else {
         format!("{text}.0")
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python's str() and repr() of template values.
+
+/// `str(value)`: a string as it is, anything else as `repr`.
+fn python_str(value: &Value) -> String {
+    match value.as_str() {
+        Some(s) if value.kind() == ValueKind::String => s.to_string(),
+        _ => {
+            let mut out = String::new();
+            python_repr(&mut out, value);
+            out
+        }
+    }
+}
+
+fn python_repr(out: &mut String, value: &Value) {
+    match value.kind() {
+        ValueKind::None => out.push_str("None"),
+        ValueKind::Undefined => {}
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::Number if value.is_integer() => out.push_str(&value.to_string()),
+        ValueKind::Number => match f64::try_from(value.clone()) {
+            Ok(f) if f.is_nan() => out.push_str("nan"),
+            Ok(f) if f.is_infinite() => out.push_str(if f > 0.0 { "inf" } else { "-inf" }),
+            Ok(f) => out.push_str(&python_float(f)),
+            Err(_) => out.push_str(&value.to_string()),
+        },
+        ValueKind::String => string_repr(out, value.as_str().unwrap_or("")),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            if let Ok(items) = value.try_iter() {
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    python_repr(out, &item);
+                }
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            if let Ok(keys) = value.try_iter() {
+                for (i, key) in keys.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    python_repr(out, &key);
+                    out.push_str(": ");
+                    python_repr(out, &value.get_item(&key).unwrap_or_default());
+                }
+            }
+            out.push('}');
+        }
+        _ => out.push_str(&value.to_string()),
+    }
+}
+
+/// `repr(str)`: single quotes unless the text has one and no double quote; backslash escapes
+/// for the quote, backslashes and control characters.
+fn string_repr(out: &mut String, s: &str) {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (0x7f..0xa0).contains(&(c as u32)) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
 }
 
 // ---------------------------------------------------------------------------------------------
