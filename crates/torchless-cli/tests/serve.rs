@@ -954,10 +954,23 @@ fn apply_template_renders_as_jinja2_and_is_the_chat_prompt() {
         ],
     );
     let apply = server.url("/apply-template");
+    let mut checked = 0;
     for case in qwen["cases"].as_array().unwrap() {
+        // OpenAI's content is text (or null); a case with an object as content is the
+        // library's to check (tests/chat_templates.rs).
+        let openai_shaped = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["content"].is_string() || m["content"].is_null());
+        if !openai_shaped {
+            continue;
+        }
         let v = post_ok(&apply, template_request(case));
         assert_eq!(v["prompt"], case["expected"], "{}", case["name"]);
+        checked += 1;
     }
+    assert!(checked >= 10, "{checked}");
 
     // The chat endpoint's prompt is that text, tokenized.
     let case = &qwen["cases"][2];
