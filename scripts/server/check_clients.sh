@@ -8,7 +8,7 @@ BIN=${TORCHLESS_BIN:-target/debug/torchless}
 [ -x "$BIN" ] || cargo build -q -p torchless-cli
 KEY=ci-test-key
 OUT=$(mktemp) ERR=$(mktemp)
-"$BIN" serve tests/fixtures/models/small-gqa-int8.bin --port 0 --parallel 2 --api-key "$KEY" >"$OUT" 2>"$ERR" &
+"$BIN" serve tests/fixtures/models/small-gqa-int8.bin --port 0 --parallel 2 --api-key "$KEY" --metrics >"$OUT" 2>"$ERR" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$OUT" && break; sleep 0.1; done
@@ -18,9 +18,17 @@ echo "server at $BASE"
 
 fail() { echo "FAIL: $1"; cat "$ERR"; exit 1; }
 auth=(-H "Authorization: Bearer $KEY")
-[ "$(curl -s "$BASE/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')" = ok ] || fail "curl /health"
+# The port opens before the model is loaded: /health says "loading model" (503) until then.
+health() { curl -s "$BASE/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'; }
+for _ in $(seq 600); do [ "$(health)" = ok ] && break; sleep 0.1; done
+[ "$(health)" = ok ] || fail "curl /health"
 code=$(curl -s -o /dev/null -w '%{http_code}' "$BASE/v1/models")
 [ "$code" = 401 ] || fail "curl without a key gives $code, not 401"
+curl -sf "${auth[@]}" "$BASE/apply-template" -d '{"messages": [{"role": "user", "content": "Hi"}]}' \
+    | python3 -c 'import json,sys; assert "Hi" in json.load(sys.stdin)["prompt"]' || fail "curl /apply-template"
+curl -sf "${auth[@]}" "$BASE/slots" | python3 -c 'import json,sys; assert len(json.load(sys.stdin)) == 2' \
+    || fail "curl /slots"
+curl -sf "${auth[@]}" "$BASE/metrics" | grep -q '^torchless_slots_total 2$' || fail "curl /metrics"
 curl -sf "${auth[@]}" "$BASE/v1/completions" -H 'Content-Type: application/json' \
     -d '{"prompt": "Hello", "max_tokens": 8, "temperature": 0}' \
     | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["usage"]["completion_tokens"] >= 1 and r["choices"][0]["finish_reason"] in ("stop","length"), r' \
