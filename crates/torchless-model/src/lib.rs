@@ -39,7 +39,7 @@ mod token_step;
 mod vocab;
 mod weights;
 
-pub use chat::{Chat, ChatMessage, ChatTemplate};
+pub use chat::{Chat, ChatTemplate};
 pub use error::{ModelError, Result};
 pub use generate::{
     GenerateOptions, GeneratedToken, Generation, GenerationStats, StopReason, TokenStream,
@@ -54,7 +54,7 @@ pub use perplexity::{Divergence, Perplexity, Scoring};
 pub use sampling::{Sampler, SamplingParams};
 pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 pub use session::{Session, SessionOptions};
-pub use template::{strftime, ChatOptions, ChatRenderer};
+pub use template::{strftime, ChatMessage, ChatOptions, ChatRenderer};
 pub use vocab::{load_tokenizer, tokenizer_for, tokenizer_from_data};
 
 /// The file format crate, re-exported for [`Config`] and direct file access.

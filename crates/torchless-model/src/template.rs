@@ -11,8 +11,63 @@ use std::fmt::Write as _;
 use minijinja::value::{Kwargs, Rest, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
-use crate::chat::ChatMessage;
 use crate::error::{ModelError, Result};
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// `"system"`, `"user"`, `"assistant"` or `"tool"` (templates may know others).
+    pub role: String,
+    /// The message text.
+    pub content: String,
+    /// Further fields the template sees on the message, in order: an assistant's `tool_calls`,
+    /// a tool result's `tool_call_id`, `name`, ... (passed through as the client sent them). A
+    /// `content` here replaces the text in the template's view (e.g. `none` for a message that
+    /// only calls tools, as transformers passes it).
+    pub extra: Vec<(String, Value)>,
+}
+
+impl ChatMessage {
+    /// A message with the given role.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// A `"system"` message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+
+    /// A `"user"` message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+
+    /// An `"assistant"` message.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+
+    /// The message with one more field for the template (e.g. `tool_calls`).
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.extra.push((name.into(), value.into()));
+        self
+    }
+
+    /// The message as the template sees it: a dict of `role`, `content` and the extra fields.
+    pub(crate) fn to_value(&self) -> Value {
+        let mut fields = vec![
+            ("role".to_string(), Value::from(self.role.as_str())),
+            ("content".to_string(), Value::from(self.content.as_str())),
+        ];
+        fields.extend(self.extra.iter().cloned());
+        Value::from_iter(fields)
+    }
+}
 
 /// What a template sees besides the messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
