@@ -672,3 +672,40 @@ fn info_lists_every_tensor_with_its_stored_dtype() {
     }
     assert_eq!(dtypes, ["f32", "int4", "int8"].into());
 }
+
+/// `chat --chat-template-file`: the first turn's prompt is jinja2's rendering of the
+/// conversation in that template (tests/fixtures/chat-templates, written by Python jinja2),
+/// tokenized as `torchless tokenize --parse-special` tokenizes it.
+#[test]
+fn chat_uses_the_chat_template_file() {
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("chat-templates/smollm2.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &fixture["cases"][0];
+    assert_eq!(case["name"], "single");
+    let question = case["messages"][0]["content"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("smollm2.jinja");
+    std::fs::write(&template, fixture["template"].as_str().unwrap()).unwrap();
+    let out = run(torchless()
+        .args(["chat"])
+        .arg(model("small-gqa-int8.bin"))
+        .args(["-n", "2", "--temp", "0", "--json", "--chat-template-file"])
+        .arg(&template)
+        .write_stdin(format!("{question}\n")));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let turn: Value = serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    let tokens = run(torchless()
+        .args(["tokenize"])
+        .arg(model("small-gqa-int8.bin"))
+        .args(["--parse-special", "--json"])
+        .write_stdin(case["expected"].as_str().unwrap()));
+    assert_eq!(tokens.code, 0, "{}", tokens.stderr);
+    let ids: Value = serde_json::from_str(&tokens.stdout).unwrap();
+    assert_eq!(
+        turn["timings"]["prompt_tokens"].as_u64().unwrap() as usize,
+        ids["ids"].as_array().unwrap().len(),
+        "{turn}"
+    );
+}
