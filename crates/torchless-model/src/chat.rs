@@ -2,8 +2,10 @@
 //! SmolLM2-Instruct, Llama 3's headers, ...), or Mistral's `[INST]` format for files without one
 //! (`<s>[INST] question [/INST] answer</s>[INST] next question [/INST] ...`).
 //!
-//! Message text is always encoded as plain text: only the template's own markers become control
-//! tokens, so a user who types `<|im_end|>` cannot end a turn or inject a role.
+//! Message text never becomes control tokens: a rendering is encoded whole (as Hugging Face
+//! does) only when no message's text holds a control token's text; otherwise the messages are
+//! encoded as plain text between the template's parts, so a user who types `<|im_end|>` cannot
+//! end a turn or inject a role.
 
 use torchless_tokenizer::{EncodeOptions, Tokenizer};
 
