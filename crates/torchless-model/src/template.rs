@@ -21,9 +21,11 @@ pub struct ChatMessage {
     /// The message text.
     pub content: String,
     /// Further fields the template sees on the message, in order: an assistant's `tool_calls`,
-    /// a tool result's `tool_call_id`, `name`, ... (passed through as the client sent them). A
-    /// `content` here replaces the text in the template's view (e.g. `none` for a message that
-    /// only calls tools, as transformers passes it).
+    /// a tool result's `tool_call_id`, `name`, ... (passed through as the client sent them).
+    /// `role` and `content` may be listed too, to keep a client's field order (templates that
+    /// iterate a message see Python's dict order): a `role`, or a string `content`, stands for
+    /// the field above; a `content` of another kind replaces the text in the template's view
+    /// (e.g. `none` for a message that only calls tools, as transformers passes it).
     pub extra: Vec<(String, Value)>,
 }
 
@@ -60,11 +62,24 @@ impl ChatMessage {
 
     /// The message as the template sees it: a dict of `role`, `content` and the extra fields.
     pub(crate) fn to_value(&self) -> Value {
-        let mut fields = vec![
-            ("role".to_string(), Value::from(self.role.as_str())),
-            ("content".to_string(), Value::from(self.content.as_str())),
-        ];
-        fields.extend(self.extra.iter().cloned());
+        let listed = |name: &str| self.extra.iter().any(|(n, _)| n == name);
+        let mut fields = Vec::with_capacity(self.extra.len() + 2);
+        if !listed("role") {
+            fields.push(("role".to_string(), Value::from(self.role.as_str())));
+        }
+        if !listed("content") {
+            fields.push(("content".to_string(), Value::from(self.content.as_str())));
+        }
+        for (name, value) in &self.extra {
+            let value = match name.as_str() {
+                "role" => Value::from(self.role.as_str()),
+                "content" if value.kind() == ValueKind::String => {
+                    Value::from(self.content.as_str())
+                }
+                _ => value.clone(),
+            };
+            fields.push((name.clone(), value));
+        }
         Value::from_iter(fields)
     }
 }
@@ -114,7 +129,7 @@ impl ChatRenderer {
         // lstrip_blocks=True); jinja2's default drops one trailing newline, as minijinja does.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(python_method);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", |format: String| {
             let now = std::time::SystemTime::now()
@@ -208,6 +223,40 @@ fn describe(e: &Error) -> String {
         }
         _ => e.to_string(),
     }
+}
+
+/// Python's string and dict methods: minijinja-contrib's `pycompat`, except where it departs
+/// from Python: `find`/`rfind` count characters (not bytes), and `isalpha`-style tests are
+/// false on an empty string.
+fn python_method(
+    state: &minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> std::result::Result<Value, Error> {
+    if let (ValueKind::String, Some(text)) = (value.kind(), value.as_str()) {
+        match method {
+            "find" | "rfind" if args.len() == 1 => {
+                let needle = args[0].as_str().unwrap_or("");
+                let found = if method == "find" {
+                    text.find(needle)
+                } else {
+                    text.rfind(needle)
+                };
+                return Ok(Value::from(
+                    found.map_or(-1, |byte| text[..byte].chars().count() as i64),
+                ));
+            }
+            "isalpha" | "isalnum" | "isnumeric" | "isspace" | "islower" | "isupper" | "isascii"
+                if text.is_empty() =>
+            {
+                // Python: "".isascii() is True, the others False.
+                return Ok(Value::from(method == "isascii"));
+            }
+            _ => {}
+        }
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, Error> {

@@ -282,12 +282,16 @@ impl Fields<'_> {
                     _ => return Err(bad("`content` must be a string or an array of text parts")),
                 };
                 let mut message = ChatMessage::new(role.clone(), content);
+                // Every field in the client's order (templates see Python's dict order); text
+                // parts reach the template joined, as the text above.
                 for (key, value) in m {
-                    // A null content reaches the template as none, as in transformers.
-                    let null_content = key == "content" && value.is_null();
-                    if (key != "role" && key != "content") || null_content {
-                        message = message.with(key.as_str(), TemplateValue::from_serialize(value));
-                    }
+                    let value = match (key.as_str(), value) {
+                        ("content", Value::Array(_)) => {
+                            TemplateValue::from(message.content.as_str())
+                        }
+                        _ => TemplateValue::from_serialize(value),
+                    };
+                    message = message.with(key.as_str(), value);
                 }
                 Ok(message)
             })
