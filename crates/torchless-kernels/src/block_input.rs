@@ -112,6 +112,9 @@ pub(crate) struct BlockInput {
     pub(crate) d: Vec<f32>,
     /// `Σ q` per 32 values (Q8_0) or per 16 (Q8_K).
     pub(crate) sums: Vec<i32>,
+    /// The same sums as i16 (each at most `32 · 127` in magnitude), for the SIMD kernels'
+    /// `vpmaddwd` with the weights' sub-block scales.
+    pub(crate) sums16: Vec<i16>,
 }
 
 impl BlockInput {
@@ -124,6 +127,7 @@ impl BlockInput {
             qs: vec![0; x.len()],
             d: vec![0.0; blocks],
             sums: vec![0; x.len() / kind.sum_values()],
+            sums16: Vec::new(),
         };
         for (b, xb) in x.chunks_exact(bv).enumerate() {
             let q = &mut input.qs[b * bv..(b + 1) * bv];
@@ -136,6 +140,8 @@ impl BlockInput {
         for (s, q) in input.sums.iter_mut().zip(input.qs.chunks_exact(sv)) {
             *s = q.iter().map(|&v| i32::from(v)).sum();
         }
+        // In range: at most 32 codes of magnitude at most 127 per sum.
+        input.sums16 = input.sums.iter().map(|&s| s as i16).collect();
         input
     }
 
@@ -166,6 +172,7 @@ pub(crate) fn assert_block_shapes(
                     && x.qs.len() == w.cols()
                     && x.blocks() * x.kind.block_values() == w.cols()
                     && x.sums.len() * x.kind.sum_values() == w.cols()
+                    && x.sums16.len() == x.sums.len()
             }),
         "block matvec shapes"
     );

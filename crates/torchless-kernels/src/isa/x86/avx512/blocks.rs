@@ -36,6 +36,20 @@ impl I8Dot for Dpbusd {
             _mm256_dpwssd_epi32(acc, p, sc)
         }
     }
+
+    #[inline(always)]
+    unsafe fn dot_pairs(acc: __m256i, u: __m256i, s: __m256i, sc: __m256i) -> __m256i {
+        // SAFETY: caller contract: AVX-512 VNNI and VL available (and AVX2); exact as AVX2's
+        // `vpmaddwd` and add.
+        unsafe { _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), sc) }
+    }
+
+    #[inline(always)]
+    unsafe fn merge_nibble(x: __m256i, y: __m256i) -> __m256i {
+        // SAFETY: caller contract: AVX-512 F and VL available. Truth table 0xEC: (A & C) | B
+        // with A = x, B = y, C = 0x0f.
+        unsafe { _mm256_ternarylogic_epi32::<0xEC>(x, y, _mm256_set1_epi8(0x0f)) }
+    }
 }
 
 /// `rows_body` with `vpdpbusd`.
