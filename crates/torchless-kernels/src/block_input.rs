@@ -115,6 +115,10 @@ pub(crate) struct BlockInput {
     /// The same sums as i16 (each at most `32 · 127` in magnitude), for the SIMD kernels'
     /// `vpmaddwd` with the weights' sub-block scales.
     pub(crate) sums16: Vec<i16>,
+    /// Q8_K only (else empty): the codes with each 128 reordered as values `0..32, 64..96,
+    /// 32..64, 96..128`, so that one 64-byte load meets the low nibbles of a Q4_K block's 64
+    /// code bytes (sub-blocks `4k` and `4k + 2`) and the next one the high nibbles.
+    pub(crate) qs_k4: Vec<i8>,
 }
 
 impl BlockInput {
@@ -128,6 +132,7 @@ impl BlockInput {
             d: vec![0.0; blocks],
             sums: vec![0; x.len() / kind.sum_values()],
             sums16: Vec::new(),
+            qs_k4: Vec::new(),
         };
         for (b, xb) in x.chunks_exact(bv).enumerate() {
             let q = &mut input.qs[b * bv..(b + 1) * bv];
@@ -142,6 +147,15 @@ impl BlockInput {
         }
         // In range: at most 32 codes of magnitude at most 127 per sum.
         input.sums16 = input.sums.iter().map(|&s| s as i16).collect();
+        if kind == ActKind::Q8K {
+            input.qs_k4 = input
+                .qs
+                .chunks_exact(128)
+                .flat_map(|c| [&c[0..32], &c[64..96], &c[32..64], &c[96..128]])
+                .flatten()
+                .copied()
+                .collect();
+        }
         input
     }
 
@@ -173,6 +187,7 @@ pub(crate) fn assert_block_shapes(
                     && x.blocks() * x.kind.block_values() == w.cols()
                     && x.sums.len() * x.kind.sum_values() == w.cols()
                     && x.sums16.len() == x.sums.len()
+                    && (x.kind != ActKind::Q8K || x.qs_k4.len() == x.qs.len())
             }),
         "block matvec shapes"
     );
