@@ -322,6 +322,24 @@ mod tests {
     }
 
     #[test]
+    fn q8_k_keeps_i16_sums_and_the_q4_k_order() {
+        let x: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let input = BlockInput::quantize(ActKind::Q8K, &x);
+        let wide: Vec<i32> = input.sums16.iter().map(|&s| i32::from(s)).collect();
+        assert_eq!(wide, input.sums);
+        for c in 0..4 {
+            let (q, r) = (&input.qs[128 * c..], &input.qs_k4[128 * c..]);
+            assert_eq!(&r[0..32], &q[0..32]);
+            assert_eq!(&r[32..64], &q[64..96]);
+            assert_eq!(&r[64..96], &q[32..64]);
+            assert_eq!(&r[96..128], &q[96..128]);
+        }
+        assert!(BlockInput::quantize(ActKind::Q8_0, &x).qs_k4.is_empty());
+    }
+
+    #[test]
     fn reductions_are_the_documented_trees() {
         let a: [f32; 8] = [1e8, 1.0, -1e8, 1.0, 1.0, 1.0, 1.0, 1.0];
         assert_eq!(

@@ -333,10 +333,11 @@ unsafe fn row_dot<D: I8Dot, const T: u8, const B: usize>(
             // The halves gathered in registers (see `row_dot_k`); a constant loop, unrolled,
             // keeps `parts` in registers.
             let (mut dw, mut mw) = ([0u64; 2], [0u64; 2]);
+            // One prefetch per cache line of the group's blocks (small blocks share lines).
+            prefetch_ahead(row.wrapping_add(g0 * bb), 8 * bb);
             for j in 0..8 {
                 if j < m {
                     let blk = row.add((g0 + j) * bb);
-                    prefetch_ahead(blk, bb);
                     block_sums::<D, T, B>(blk, xs, g0 + j, &mut parts, j);
                     let sh = 16 * (j % 4);
                     dw[j / 4] |= u64::from(read_u16(blk.add(d_offset(T)))) << sh;
