@@ -112,6 +112,13 @@ pub(crate) struct BlockInput {
     pub(crate) d: Vec<f32>,
     /// `Σ q` per 32 values (Q8_0) or per 16 (Q8_K).
     pub(crate) sums: Vec<i32>,
+    /// The same sums as i16 (each at most `32 · 127` in magnitude), for the SIMD kernels'
+    /// `vpmaddwd` with the weights' sub-block scales.
+    pub(crate) sums16: Vec<i16>,
+    /// Q8_K only (else empty): the codes with each 128 reordered as values `0..32, 64..96,
+    /// 32..64, 96..128`, so that one 64-byte load meets the low nibbles of a Q4_K block's 64
+    /// code bytes (sub-blocks `4k` and `4k + 2`) and the next one the high nibbles.
+    pub(crate) qs_k4: Vec<i8>,
 }
 
 impl BlockInput {
@@ -124,6 +131,8 @@ impl BlockInput {
             qs: vec![0; x.len()],
             d: vec![0.0; blocks],
             sums: vec![0; x.len() / kind.sum_values()],
+            sums16: Vec::new(),
+            qs_k4: Vec::new(),
         };
         for (b, xb) in x.chunks_exact(bv).enumerate() {
             let q = &mut input.qs[b * bv..(b + 1) * bv];
@@ -135,6 +144,17 @@ impl BlockInput {
         let sv = kind.sum_values();
         for (s, q) in input.sums.iter_mut().zip(input.qs.chunks_exact(sv)) {
             *s = q.iter().map(|&v| i32::from(v)).sum();
+        }
+        // In range: at most 32 codes of magnitude at most 127 per sum.
+        input.sums16 = input.sums.iter().map(|&s| s as i16).collect();
+        if kind == ActKind::Q8K {
+            input.qs_k4 = input
+                .qs
+                .chunks_exact(128)
+                .flat_map(|c| [&c[0..32], &c[64..96], &c[32..64], &c[96..128]])
+                .flatten()
+                .copied()
+                .collect();
         }
         input
     }
@@ -166,6 +186,8 @@ pub(crate) fn assert_block_shapes(
                     && x.qs.len() == w.cols()
                     && x.blocks() * x.kind.block_values() == w.cols()
                     && x.sums.len() * x.kind.sum_values() == w.cols()
+                    && x.sums16.len() == x.sums.len()
+                    && (x.kind != ActKind::Q8K || x.qs_k4.len() == x.qs.len())
             }),
         "block matvec shapes"
     );
@@ -297,6 +319,24 @@ mod tests {
         assert_eq!(input.sums.len(), 16);
         assert_eq!(input.sums[0], 0);
         assert_eq!(input.sums[1], -64);
+    }
+
+    #[test]
+    fn q8_k_keeps_i16_sums_and_the_q4_k_order() {
+        let x: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let input = BlockInput::quantize(ActKind::Q8K, &x);
+        let wide: Vec<i32> = input.sums16.iter().map(|&s| i32::from(s)).collect();
+        assert_eq!(wide, input.sums);
+        for c in 0..4 {
+            let (q, r) = (&input.qs[128 * c..], &input.qs_k4[128 * c..]);
+            assert_eq!(&r[0..32], &q[0..32]);
+            assert_eq!(&r[32..64], &q[64..96]);
+            assert_eq!(&r[64..96], &q[32..64]);
+            assert_eq!(&r[96..128], &q[96..128]);
+        }
+        assert!(BlockInput::quantize(ActKind::Q8_0, &x).qs_k4.is_empty());
     }
 
     #[test]

@@ -6,10 +6,17 @@
 //! activations by `vpmaddubsw` (unsigned codes × signed activations; Q8_0's signed weights
 //! through `|w|` and `sign(q, w)`) and `vpmaddwd` (by ones, or by the sub-block scales of the
 //! K-quants), giving 8 partial i32 sums per block. Eight blocks' sums are reduced to one vector
-//! of 8 block sums (four `vphaddd`, a lane swap and an add); the integer corrections (Q4_0's
-//! `− 8 Σ q`, the K-quants' mins, …) are computed per block in scalar integers; then the f32
-//! products and sums run on 8 lanes exactly as the scalar definition orders them. No sum can
-//! saturate: a `vpmaddubsw` pair is at most `2 · 128 · 127 = 32512`.
+//! of 8 block sums (four `vphaddd`, a lane swap and an add); the integer corrections are vectors
+//! too (Q4_0's `− 8 Σ q` from the input's sums of 8 blocks; the K-quants' mins and Q6_K's
+//! `− 32 Σ sc · bsum` by one `vpmaddwd` of the unpacked scales with the input's i16 sums per
+//! 16); then the f32 products and sums run on 8 lanes exactly as the scalar definition orders
+//! them. No sum can saturate: a `vpmaddubsw` pair is at most `2 · 128 · 127 = 32512`.
+//!
+//! K-quant scales are unpacked once per block with integer operations on 32-bit words and
+//! widened to dwords holding the scale in both i16 halves, read back by broadcast loads (Q4_K,
+//! Q5_K: one per 32 codes) or `vpermd` (Q6_K: two per 32 codes). Blocks are taken in
+//! straight-line pairs so that every vector stays in a register, with a software prefetch
+//! `PF_BYTES` ahead.
 //!
 //! The row loop is written once ([`rows_body`], generic over the integer dot product [`I8Dot`])
 //! and instantiated here with `vpmaddubsw` / `vpmaddwd` and on the AVX-512 path with `vpdpbusd`:
@@ -24,7 +31,7 @@ use super::{hsum, Avx2, MULTI_B};
 use crate::block_input::{
     assert_block_shapes, assert_exact_shapes, BlockInput, EXACT_LANES, ROW_TILE,
 };
-use crate::blocks::{block_scales, has_min, k_scales, sub_values, BlockMat, BlockType};
+use crate::blocks::{block_scales, has_min, sub_values, BlockMat, BlockType};
 use crate::half::{bf16_to_f32, f16_to_f32};
 use crate::isa::traits::BlockMatvec;
 use core::arch::x86_64::*;
@@ -39,12 +46,66 @@ pub(crate) trait I8Dot: Copy {
     /// The instructions of the implementation must be available.
     unsafe fn dot(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
 
-    /// `acc + sc · Σ u·s` per lane, `sc` = `lo` for lanes 0-3 (bytes 0-15), `hi` for lanes 4-7
-    /// (`|sc| ≤ 128`).
+    /// `acc + Σ u·s` per lane, each `vpmaddubsw` pair sum multiplied by the i16 in its half of
+    /// `sc`'s dword (`sc`: a scale in both i16 halves of each dword).
     ///
     /// # Safety
     /// The instructions of the implementation must be available.
-    unsafe fn dot_scaled(acc: __m256i, u: __m256i, s: __m256i, lo: i32, hi: i32) -> __m256i;
+    #[inline(always)]
+    unsafe fn dot_pairs(acc: __m256i, u: __m256i, s: __m256i, sc: __m256i) -> __m256i {
+        // SAFETY: caller contract: AVX2 available.
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc)) }
+    }
+
+    /// The 8 partial i32 sums of `S = Σ_j sc_j Σ u·q` of one Q4_K block (no fifth bits) for
+    /// each of `B` inputs: `qs` its 128 code bytes, `x[i]` input `i`'s 256 codes of the block,
+    /// `xr[i]` the same reordered as `BlockInput::qs_k4`; `sp` the 16 scale dwords of
+    /// `k_block` (`sc_j` at dword `j` for `j < 4`, `j + 4` else), also in `lo` and `hi`.
+    ///
+    /// # Safety
+    /// The instructions of the implementation must be available; the pointers as described.
+    #[inline(always)]
+    unsafe fn q4k_sums<const B: usize>(
+        qs: *const u8,
+        x: [*const i8; B],
+        xr: [*const i8; B],
+        sp: *const i32,
+        lo: __m256i,
+        hi: __m256i,
+    ) -> [__m256i; B] {
+        let _ = (xr, lo, hi);
+        // SAFETY: caller contract.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let zero = _mm256_setzero_si256();
+            let (mut acc, mut acc2) = ([zero; B], [zero; B]);
+            for p in 0..4 {
+                let v = _mm256_loadu_si256(qs.add(32 * p).cast());
+                let lo = _mm256_and_si256(v, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                let dword = |j: usize| if j < 4 { j } else { j + 4 };
+                let s0 = _mm256_set1_epi32(*sp.add(dword(2 * p)));
+                let s1 = _mm256_set1_epi32(*sp.add(dword(2 * p + 1)));
+                for i in 0..B {
+                    let q0 = _mm256_loadu_si256(x[i].add(64 * p).cast());
+                    let q1 = _mm256_loadu_si256(x[i].add(64 * p + 32).cast());
+                    acc[i] = Self::dot_pairs(acc[i], lo, q0, s0);
+                    acc2[i] = Self::dot_pairs(acc2[i], hi, q1, s1);
+                }
+            }
+            std::array::from_fn(|i| _mm256_add_epi32(acc[i], acc2[i]))
+        }
+    }
+
+    /// `(x & 0x0f) | y` per byte.
+    ///
+    /// # Safety
+    /// The instructions of the implementation must be available.
+    #[inline(always)]
+    unsafe fn merge_nibble(x: __m256i, y: __m256i) -> __m256i {
+        // SAFETY: caller contract: AVX2 available.
+        unsafe { _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi8(0x0f)), y) }
+    }
 }
 
 /// `vpmaddubsw` then `vpmaddwd` (AVX2).
@@ -58,16 +119,6 @@ impl I8Dot for Maddubs {
         unsafe {
             let p = _mm256_maddubs_epi16(u, s);
             _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn dot_scaled(acc: __m256i, u: __m256i, s: __m256i, lo: i32, hi: i32) -> __m256i {
-        // SAFETY: caller contract: AVX2 available.
-        unsafe {
-            let p = _mm256_maddubs_epi16(u, s);
-            let sc = _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16));
-            _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc))
         }
     }
 }
@@ -193,9 +244,9 @@ unsafe fn sub8(v: __m256i, k: i8) -> __m256i {
     unsafe { _mm256_sub_epi8(v, _mm256_set1_epi8(k)) }
 }
 
-/// Block `b` (`blk`: its bytes) of type `T` times `B` inputs: the 8 partial i32 sums of each
-/// input's `S` into `parts[i][j]`, the integer extra into `extra[i][j]` (a correction of `S`, or
-/// the sum of the second term, see [`second_term`]).
+/// Block `b` (`blk`: its bytes) of a 32-value type `T` times `B` inputs: the 8 partial i32
+/// sums of each input's `S` into `parts[i][j]` (the integer extra, a correction of `S` or the
+/// sum of the second term, see [`second_term`], is taken per group from the inputs' sums).
 ///
 /// # Safety
 /// The features of `D` and AVX2 available; `blk` points to a whole block; every input holds
@@ -206,7 +257,6 @@ unsafe fn block_sums<D: I8Dot, const T: u8, const B: usize>(
     xs: &[&BlockInput; B],
     b: usize,
     parts: &mut [[__m256i; 8]; B],
-    extra: &mut [[i32; 8]; B],
     j: usize,
 ) {
     // SAFETY: caller contract: every load below stays inside the block (see the layouts in
@@ -230,95 +280,11 @@ unsafe fn block_sums<D: I8Dot, const T: u8, const B: usize>(
                     }
                     _ => _mm256_or_si256(nibbles16(blk.add(8)), fifth_bits(read_u32(blk.add(4)))),
                 };
-                let off = match T {
-                    Q4_0 => -8,
-                    Q5_0 => -16,
-                    _ => 1,
-                };
                 for i in 0..B {
                     parts[i][j] = D::dot(zero, u, load_q(xs[i], b * 32));
-                    extra[i][j] = off * xs[i].sums[b];
                 }
             }
-            Q4K | Q5K => {
-                let sb = std::slice::from_raw_parts(blk.add(4), 12);
-                let (sc, mn) = k_scales(sb);
-                let (qs, qh) = if T == Q5K {
-                    (blk.add(48), _mm256_loadu_si256(blk.add(16).cast()))
-                } else {
-                    (blk.add(16), zero)
-                };
-                let mut acc = [zero; B];
-                for p in 0..4 {
-                    let v = _mm256_loadu_si256(qs.add(32 * p).cast());
-                    let mut lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-                    let mut hi =
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), _mm256_set1_epi8(0x0f));
-                    if T == Q5K {
-                        lo = _mm256_or_si256(lo, high_bits(qh, 2 * p as i32, 1));
-                        hi = _mm256_or_si256(hi, high_bits(qh, 2 * p as i32 + 1, 1));
-                    }
-                    let (s0, s1) = (i32::from(sc[2 * p]), i32::from(sc[2 * p + 1]));
-                    for i in 0..B {
-                        let at = b * 256 + 64 * p;
-                        acc[i] = D::dot_scaled(acc[i], lo, load_q(xs[i], at), s0, s0);
-                        acc[i] = D::dot_scaled(acc[i], hi, load_q(xs[i], at + 32), s1, s1);
-                    }
-                }
-                for i in 0..B {
-                    parts[i][j] = acc[i];
-                    let sums = &xs[i].sums[b * 16..b * 16 + 16];
-                    let mut m = 0i32;
-                    for k in 0..8 {
-                        m += i32::from(mn[k]) * (sums[2 * k] + sums[2 * k + 1]);
-                    }
-                    extra[i][j] = -m;
-                }
-            }
-            _ => {
-                let scales = std::slice::from_raw_parts(blk.add(192).cast::<i8>(), 16);
-                let mut acc = [zero; B];
-                for n in 0..2 {
-                    let a = _mm256_loadu_si256(blk.add(64 * n).cast());
-                    let c = _mm256_loadu_si256(blk.add(64 * n + 32).cast());
-                    let h = _mm256_loadu_si256(blk.add(128 + 32 * n).cast());
-                    let m4 = _mm256_set1_epi8(0x0f);
-                    let codes = [
-                        _mm256_or_si256(_mm256_and_si256(a, m4), high_bits(h, 0, 3)),
-                        _mm256_or_si256(_mm256_and_si256(c, m4), high_bits(h, 2, 3)),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(a), m4),
-                            high_bits(h, 4, 3),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(c), m4),
-                            high_bits(h, 6, 3),
-                        ),
-                    ];
-                    for (k, &u) in codes.iter().enumerate() {
-                        let s = 8 * n + 2 * k;
-                        let (lo, hi) = (i32::from(scales[s]), i32::from(scales[s + 1]));
-                        for i in 0..B {
-                            acc[i] = D::dot_scaled(
-                                acc[i],
-                                u,
-                                load_q(xs[i], b * 256 + 128 * n + 32 * k),
-                                lo,
-                                hi,
-                            );
-                        }
-                    }
-                }
-                for i in 0..B {
-                    parts[i][j] = acc[i];
-                    let sums = &xs[i].sums[b * 16..b * 16 + 16];
-                    let mut c = 0i32;
-                    for k in 0..16 {
-                        c += i32::from(scales[k]) * sums[k];
-                    }
-                    extra[i][j] = -32 * c;
-                }
-            }
+            _ => unreachable!("K-quant blocks take `k_block`"),
         }
     }
 }
@@ -364,24 +330,54 @@ unsafe fn row_dot<D: I8Dot, const T: u8, const B: usize>(
         for g0 in (0..nb).step_by(8) {
             let m = (nb - g0).min(8);
             let mut parts = [[_mm256_setzero_si256(); 8]; B];
-            let mut extra = [[0i32; 8]; B];
-            let (mut dw, mut mw) = ([0u16; 8], [0u16; 8]);
-            for j in 0..m {
-                let blk = row.add((g0 + j) * bb);
-                block_sums::<D, T, B>(blk, xs, g0 + j, &mut parts, &mut extra, j);
-                dw[j] = read_u16(blk.add(d_offset(T)));
-                if second_term(T) {
-                    mw[j] = read_u16(blk.add(2));
+            // The halves gathered in registers (see `row_dot_k`); a constant loop, unrolled,
+            // keeps `parts` in registers.
+            let (mut dw, mut mw) = ([0u64; 2], [0u64; 2]);
+            // One prefetch per cache line of the group's blocks (small blocks share lines).
+            prefetch_ahead(row.wrapping_add(g0 * bb), 8 * bb);
+            for j in 0..8 {
+                if j < m {
+                    let blk = row.add((g0 + j) * bb);
+                    block_sums::<D, T, B>(blk, xs, g0 + j, &mut parts, j);
+                    let sh = 16 * (j % 4);
+                    dw[j / 4] |= u64::from(read_u16(blk.add(d_offset(T)))) << sh;
+                    if second_term(T) {
+                        mw[j / 4] |= u64::from(read_u16(blk.add(2))) << sh;
+                    }
                 }
             }
-            let dwv = _mm256_cvtph_ps(_mm_loadu_si128(dw.as_ptr().cast()));
-            let mwv = _mm256_cvtph_ps(_mm_loadu_si128(mw.as_ptr().cast()));
+            let dwv = _mm256_cvtph_ps(_mm_set_epi64x(dw[1] as i64, dw[0] as i64));
+            let mwv = _mm256_cvtph_ps(_mm_set_epi64x(mw[1] as i64, mw[0] as i64));
             for i in 0..B {
-                let mut dx = [0.0f32; 8];
-                dx[..m].copy_from_slice(&xs[i].d[g0..g0 + m]);
-                let dxv = _mm256_loadu_ps(dx.as_ptr());
+                let dxv = if m == 8 {
+                    _mm256_loadu_ps(xs[i].d.as_ptr().add(g0))
+                } else {
+                    let mut dx = [0.0f32; 8];
+                    dx[..m].copy_from_slice(&xs[i].d[g0..g0 + m]);
+                    _mm256_loadu_ps(dx.as_ptr())
+                };
                 let s = block_totals(&parts[i]);
-                let e = _mm256_loadu_si256(extra[i].as_ptr().cast());
+                // The extra: `off · Σ q` per block, from the input's sums of the group.
+                let e = if T == Q8_0 {
+                    _mm256_setzero_si256()
+                } else {
+                    let sums = if m == 8 {
+                        _mm256_loadu_si256(xs[i].sums.as_ptr().add(g0).cast())
+                    } else {
+                        let mut sv = [0i32; 8];
+                        sv[..m].copy_from_slice(&xs[i].sums[g0..g0 + m]);
+                        _mm256_loadu_si256(sv.as_ptr().cast())
+                    };
+                    match T {
+                        Q4_0 => {
+                            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<3>(sums))
+                        }
+                        Q5_0 => {
+                            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<4>(sums))
+                        }
+                        _ => sums,
+                    }
+                };
                 if second_term(T) {
                     let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dwv, dxv));
                     acc[i] = _mm256_add_ps(acc[i], t);
@@ -390,6 +386,278 @@ unsafe fn row_dot<D: I8Dot, const T: u8, const B: usize>(
                 } else {
                     let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s, e));
                     acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(s, _mm256_mul_ps(dwv, dxv)));
+                }
+            }
+        }
+        std::array::from_fn(|i| hsum(acc[i]))
+    }
+}
+
+/// Prefetch distance along a row, in bytes (as the int4 decode kernels').
+const PF_BYTES: usize = 2048;
+
+/// Prefetches the cache lines `PF_BYTES` ahead of a block of `bb` bytes at `blk`.
+#[inline(always)]
+fn prefetch_ahead(blk: *const u8, bb: usize) {
+    let mut off = 0;
+    while off < bb {
+        // SAFETY: a prefetch is a hint and never faults, whatever the address (SSE is part of
+        // x86_64); the address is computed without `add`'s in-bounds requirement.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PF_BYTES + off).cast()) };
+        off += 64;
+    }
+}
+
+/// Dword-aligned storage of one block's scales as dwords holding the scale in both i16 halves
+/// (read back by broadcasts, which are plain loads).
+#[repr(C, align(32))]
+struct ScaleDwords([i32; 16]);
+
+/// The 8 block sums of 8 vectors of partial sums, taken as pairs come (`h[k]` =
+/// `vphaddd(v[2k], v[2k + 1])`): the same tree as [`block_totals`].
+///
+/// # Safety
+/// AVX2 available.
+#[inline(always)]
+unsafe fn pair_totals(h: &[__m256i; 4]) -> __m256i {
+    // SAFETY: caller contract (register-only instructions).
+    unsafe {
+        let g0 = _mm256_hadd_epi32(h[0], h[1]);
+        let g1 = _mm256_hadd_epi32(h[2], h[3]);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(g0, g1),
+            _mm256_permute2x128_si256::<0x31>(g0, g1),
+        )
+    }
+}
+
+/// One K-quant block (`T` = Q4K, Q5K or Q6K) times `B` inputs: 8 partial i32 sums of each
+/// input's `S` (Q6_K: its `− 32 Σ sc · bsum` included) into `s[i]`, and for Q4K / Q5K 8 partial
+/// sums of `M = Σ m_j Σ q` into `m[i]`.
+///
+/// Scales and mins are unpacked with integer operations on 32-bit words, widened once per block
+/// to dwords holding the scale in both i16 halves, and applied by `vpmaddwd` / `vpdpwssd` on
+/// the `vpmaddubsw` pair sums: Q4K / Q5K one scale per 32 codes (a broadcast load), Q6K two
+/// (`vpermd`). The mins meet the activations' i16 sums per 16 in one `vpmaddwd`.
+///
+/// # Safety
+/// The features of `D` and AVX2 available; `blk` points to a whole block; every input holds
+/// block `b`.
+#[inline(always)]
+unsafe fn k_block<D: I8Dot, const T: u8, const B: usize>(
+    blk: *const u8,
+    xs: &[&BlockInput; B],
+    b: usize,
+    sd: &mut ScaleDwords,
+    s: &mut [__m256i; B],
+    m: &mut [__m256i; B],
+) {
+    // SAFETY: caller contract: every load below stays inside the block (layouts in `blocks.rs`)
+    // and inside each input's codes and sums of block `b`; `sd` holds 16 aligned dwords.
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let m4 = _mm256_set1_epi8(0x0f);
+        // Two independent chains of products per input.
+        let (mut acc, mut acc2) = ([zero; B], [zero; B]);
+        if T == Q6K {
+            // Words s0..s15; dwords (both halves): lo = [s0..s3 | s8..s11], hi = [s4..s7 |
+            // s12..s15].
+            let scw = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192).cast()));
+            let lo = _mm256_unpacklo_epi16(scw, scw);
+            let hi = _mm256_unpackhi_epi16(scw, scw);
+            let m30 = _mm256_set1_epi8(0x30);
+            for n in 0..2 {
+                let a = _mm256_loadu_si256(blk.add(64 * n).cast());
+                let c = _mm256_loadu_si256(blk.add(64 * n + 32).cast());
+                let h = _mm256_loadu_si256(blk.add(128 + 32 * n).cast());
+                let codes = [
+                    D::merge_nibble(a, _mm256_and_si256(_mm256_slli_epi16::<4>(h), m30)),
+                    D::merge_nibble(c, _mm256_and_si256(_mm256_slli_epi16::<2>(h), m30)),
+                    D::merge_nibble(_mm256_srli_epi16::<4>(a), _mm256_and_si256(h, m30)),
+                    D::merge_nibble(
+                        _mm256_srli_epi16::<4>(c),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(h), m30),
+                    ),
+                ];
+                for (k, &u) in codes.iter().enumerate() {
+                    // Sub-blocks 8n + 2k and 8n + 2k + 1: in group g = 2n + k / 2 of four.
+                    let g = 2 * n + k / 2;
+                    let src = if g % 2 == 0 { lo } else { hi };
+                    let o = (2 * (k % 2) + 4 * (g / 2)) as i32;
+                    let idx = _mm256_setr_epi32(o, o, o, o, o + 1, o + 1, o + 1, o + 1);
+                    let sc = _mm256_permutevar8x32_epi32(src, idx);
+                    for i in 0..B {
+                        let q = load_q(xs[i], b * 256 + 128 * n + 32 * k);
+                        if k % 2 == 0 {
+                            acc[i] = D::dot_pairs(acc[i], u, q, sc);
+                        } else {
+                            acc2[i] = D::dot_pairs(acc2[i], u, q, sc);
+                        }
+                    }
+                }
+            }
+            for i in 0..B {
+                let bs = _mm256_loadu_si256(xs[i].sums16.as_ptr().add(b * 16).cast());
+                let corr = _mm256_slli_epi32::<5>(_mm256_madd_epi16(scw, bs));
+                s[i] = _mm256_sub_epi32(_mm256_add_epi32(acc[i], acc2[i]), corr);
+            }
+        } else {
+            let (a, bw, c) = (
+                read_u32(blk.add(4)),
+                read_u32(blk.add(8)),
+                read_u32(blk.add(12)),
+            );
+            let sc = u64::from(a & 0x3f3f_3f3f)
+                | u64::from((c & 0x0f0f_0f0f) | ((a >> 2) & 0x3030_3030)) << 32;
+            let mn = u64::from(bw & 0x3f3f_3f3f)
+                | u64::from(((c >> 4) & 0x0f0f_0f0f) | ((bw >> 2) & 0x3030_3030)) << 32;
+            // Words [sc0..sc7 | mn0..mn7]; dwords lo = [sc0..sc3 | mn0..mn3], hi = [sc4..sc7 |
+            // mn4..mn7].
+            let w = _mm256_cvtepu8_epi16(_mm_set_epi64x(mn as i64, sc as i64));
+            let lo = _mm256_unpacklo_epi16(w, w);
+            let hi = _mm256_unpackhi_epi16(w, w);
+            _mm256_store_si256(sd.0.as_mut_ptr().cast(), lo);
+            _mm256_store_si256(sd.0.as_mut_ptr().add(8).cast(), hi);
+            let mins = _mm256_permute2x128_si256::<0x31>(lo, hi);
+            // Read the dwords back through an opaque pointer, so that each scale is a broadcast
+            // load rather than a shuffle of the register just stored.
+            let sp = std::hint::black_box(sd.0.as_ptr());
+            let (qs, qh) = if T == Q5K {
+                (blk.add(48), _mm256_loadu_si256(blk.add(16).cast()))
+            } else {
+                (blk.add(16), zero)
+            };
+            if T == Q4K {
+                let x = std::array::from_fn(|i| xs[i].qs.as_ptr().add(b * 256));
+                let xr = std::array::from_fn(|i| xs[i].qs_k4.as_ptr().add(b * 256));
+                acc = D::q4k_sums::<B>(qs, x, xr, sp, lo, hi);
+            }
+            for p in 0..4 {
+                if T == Q4K {
+                    break;
+                }
+                let v = _mm256_loadu_si256(qs.add(32 * p).cast());
+                let mut lo = _mm256_and_si256(v, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                if T == Q5K {
+                    lo = _mm256_or_si256(lo, high_bits(qh, 2 * p as i32, 1));
+                    hi = _mm256_or_si256(hi, high_bits(qh, 2 * p as i32 + 1, 1));
+                }
+                // Scale of sub-block j: dword j (j < 4) or 8 + j − 4.
+                let dword = |j: usize| if j < 4 { j } else { j + 4 };
+                let s0 = _mm256_set1_epi32(*sp.add(dword(2 * p)));
+                let s1 = _mm256_set1_epi32(*sp.add(dword(2 * p + 1)));
+                for i in 0..B {
+                    let at = b * 256 + 64 * p;
+                    acc[i] = D::dot_pairs(acc[i], lo, load_q(xs[i], at), s0);
+                    acc2[i] = D::dot_pairs(acc2[i], hi, load_q(xs[i], at + 32), s1);
+                }
+            }
+            for i in 0..B {
+                s[i] = _mm256_add_epi32(acc[i], acc2[i]);
+                let bs = _mm256_loadu_si256(xs[i].sums16.as_ptr().add(b * 16).cast());
+                m[i] = _mm256_madd_epi16(mins, bs);
+            }
+        }
+    }
+}
+
+/// Blocks `j0` and `j0 + 1` of the group from block `g0` of a K-quant row (those below `m`):
+/// `vphaddd` of their [`k_block`] sums per input (`S`, then `M`), their halves put into `dw` and
+/// `mw` (four per word, block `j` at bits `16 (j % 4)` of word `j / 4`).
+///
+/// # Safety
+/// As [`row_dot_k`]; `g0 + m` blocks in the row and in every input.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn k_pair<D: I8Dot, const T: u8, const B: usize>(
+    row: *const u8,
+    g0: usize,
+    j0: usize,
+    m: usize,
+    xs: &[&BlockInput; B],
+    sd: &mut ScaleDwords,
+    dw: &mut [u64; 2],
+    mw: &mut [u64; 2],
+) -> ([__m256i; B], [__m256i; B]) {
+    // SAFETY: caller contract: blocks below `m` exist in the row and in every input.
+    unsafe {
+        let bb = block_bytes(T);
+        let zero = _mm256_setzero_si256();
+        let mut s = [[zero; B]; 2];
+        let mut mm = [[zero; B]; 2];
+        for h in 0..2 {
+            let j = j0 + h;
+            if j < m {
+                let blk = row.add((g0 + j) * bb);
+                prefetch_ahead(blk, bb);
+                k_block::<D, T, B>(blk, xs, g0 + j, sd, &mut s[h], &mut mm[h]);
+                let sh = 16 * (j % 4);
+                dw[j / 4] |= u64::from(read_u16(blk.add(d_offset(T)))) << sh;
+                if T != Q6K {
+                    mw[j / 4] |= u64::from(read_u16(blk.add(2))) << sh;
+                }
+            }
+        }
+        let hs = std::array::from_fn(|i| _mm256_hadd_epi32(s[0][i], s[1][i]));
+        let hm = if T != Q6K {
+            std::array::from_fn(|i| _mm256_hadd_epi32(mm[0][i], mm[1][i]))
+        } else {
+            [zero; B]
+        };
+        (hs, hm)
+    }
+}
+
+/// One row of a K-quant type `T` (`row`: `nb` blocks) times `B` inputs, default arithmetic:
+/// [`k_block`] per block, the block sums of each group of 8 reduced by the [`block_totals`]
+/// tree as pairs come, then the shared f32 operations.
+///
+/// # Safety
+/// As [`row_dot`].
+#[inline(always)]
+unsafe fn row_dot_k<D: I8Dot, const T: u8, const B: usize>(
+    row: *const u8,
+    nb: usize,
+    xs: &[&BlockInput; B],
+) -> [f32; B] {
+    // SAFETY: caller contract; the block pointers stay inside the row, the scale reads inside
+    // each input's `d` (a short last group copies what it has into zero-padded arrays).
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let mut acc = [_mm256_setzero_ps(); B];
+        let mut sd = ScaleDwords([0; 16]);
+        for g0 in (0..nb).step_by(8) {
+            let m = (nb - g0).min(8);
+            // The halves of the group's blocks gathered in registers (8 two-byte stores read
+            // back as one vector would defeat store forwarding).
+            let (mut dw, mut mw) = ([0u64; 2], [0u64; 2]);
+            // Straight-line pairs (constant indices keep every vector in registers).
+            let p0 = k_pair::<D, T, B>(row, g0, 0, m, xs, &mut sd, &mut dw, &mut mw);
+            let p1 = k_pair::<D, T, B>(row, g0, 2, m, xs, &mut sd, &mut dw, &mut mw);
+            let p2 = k_pair::<D, T, B>(row, g0, 4, m, xs, &mut sd, &mut dw, &mut mw);
+            let p3 = k_pair::<D, T, B>(row, g0, 6, m, xs, &mut sd, &mut dw, &mut mw);
+            let hs: [[__m256i; 4]; B] =
+                std::array::from_fn(|i| [p0.0[i], p1.0[i], p2.0[i], p3.0[i]]);
+            let hm: [[__m256i; 4]; B] =
+                std::array::from_fn(|i| [p0.1[i], p1.1[i], p2.1[i], p3.1[i]]);
+            let dwv = _mm256_cvtph_ps(_mm_set_epi64x(dw[1] as i64, dw[0] as i64));
+            let mwv = _mm256_cvtph_ps(_mm_set_epi64x(mw[1] as i64, mw[0] as i64));
+            for i in 0..B {
+                let dxv = if m == 8 {
+                    _mm256_loadu_ps(xs[i].d.as_ptr().add(g0))
+                } else {
+                    let mut dx = [0.0f32; 8];
+                    dx[..m].copy_from_slice(&xs[i].d[g0..g0 + m]);
+                    _mm256_loadu_ps(dx.as_ptr())
+                };
+                let s = pair_totals(&hs[i]);
+                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dwv, dxv));
+                acc[i] = _mm256_add_ps(acc[i], t);
+                if T != Q6K {
+                    let e = _mm256_sub_epi32(zero, pair_totals(&hm[i]));
+                    let t = _mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_mul_ps(mwv, dxv));
+                    acc[i] = _mm256_add_ps(acc[i], t);
                 }
             }
         }
@@ -416,8 +684,15 @@ unsafe fn rows_typed<D: I8Dot, const T: u8>(
         for_input_blocks!(batch, |b0, B| {
             let xs: [&BlockInput; B] = std::array::from_fn(|k| &inputs[b0 + k]);
             for i in t0..t1 {
+                let row = w.row(r0 + i).as_ptr();
                 // SAFETY: caller contract: the row is inside `w`, each input holds its blocks.
-                let out = unsafe { row_dot::<D, T, B>(w.row(r0 + i).as_ptr(), nb, &xs) };
+                let out = unsafe {
+                    if matches!(T, Q4K | Q5K | Q6K) {
+                        row_dot_k::<D, T, B>(row, nb, &xs)
+                    } else {
+                        row_dot::<D, T, B>(row, nb, &xs)
+                    }
+                };
                 yt[i * batch + b0..i * batch + b0 + B].copy_from_slice(&out);
             }
         });
