@@ -1258,19 +1258,22 @@ fn metrics_count_requests_tokens_and_the_prompt_cache() {
         );
     }
 
-    // /slots: the slot that served the prompt holds it.
-    let (status, slots) = get(&server.url("/slots"));
-    assert_eq!(status, 200);
-    let slots = slots.as_array().unwrap();
-    assert_eq!(slots.len(), 2);
+    // /slots: the slot that served the prompt holds it. The scheduler publishes its slots after
+    // each turn, so the response can reach us a moment before the slot shows free: poll.
     let prompt_tokens = usage(&second, "prompt_tokens");
+    let mut slots = Vec::new();
     assert!(
-        slots
-            .iter()
-            .any(|s| s["cached_tokens"].as_f64().unwrap() >= prompt_tokens
-                && s["busy"] == json!(false)),
+        wait_until(Duration::from_secs(10), || {
+            let (status, body) = get(&server.url("/slots"));
+            assert_eq!(status, 200);
+            slots = body.as_array().unwrap().clone();
+            slots.iter().any(|s| {
+                s["cached_tokens"].as_f64().unwrap() >= prompt_tokens && s["busy"] == json!(false)
+            })
+        }),
         "{slots:?}"
     );
+    assert_eq!(slots.len(), 2);
     assert!(slots.iter().all(|s| s["n_ctx"].as_u64().unwrap() > 0));
     assert_eq!(slots[1]["id"], 1);
 }
