@@ -134,13 +134,7 @@ impl BlockInput {
             sums16: Vec::new(),
             qs_k4: Vec::new(),
         };
-        for (b, xb) in x.chunks_exact(bv).enumerate() {
-            let q = &mut input.qs[b * bv..(b + 1) * bv];
-            input.d[b] = match kind {
-                ActKind::Q8_0 => quantize_q8_0(xb, q),
-                ActKind::Q8K => quantize_q8_k(xb, q),
-            };
-        }
+        quantize_into(kind, x, &mut input.qs, &mut input.d);
         let sv = kind.sum_values();
         for (s, q) in input.sums.iter_mut().zip(input.qs.chunks_exact(sv)) {
             *s = q.iter().map(|&v| i32::from(v)).sum();
@@ -162,6 +156,18 @@ impl BlockInput {
     /// Activation blocks.
     pub(crate) fn blocks(&self) -> usize {
         self.d.len()
+    }
+}
+
+/// Quantizes `x` (its length a multiple of the kind's block) into codes `qs` (as long as `x`) and
+/// one scale per block `d`.
+pub(crate) fn quantize_into(kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+    let bv = kind.block_values();
+    for ((xb, q), d) in x.chunks_exact(bv).zip(qs.chunks_exact_mut(bv)).zip(d) {
+        *d = match kind {
+            ActKind::Q8_0 => quantize_q8_0(xb, q),
+            ActKind::Q8K => quantize_q8_k(xb, q),
+        };
     }
 }
 

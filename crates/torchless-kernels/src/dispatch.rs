@@ -175,8 +175,13 @@ impl Isa for Scalar {
     type QMicro = Scalar;
     type Q4Micro = Scalar;
     type Blocks = Scalar;
+    type BlockMicro = NoKernel;
 
     fn matvec_many(self) -> Option<NoKernel> {
+        None
+    }
+
+    fn block_micro(self) -> Option<NoKernel> {
         None
     }
 }
@@ -193,8 +198,13 @@ impl Isa for Wide {
     type QMicro = Scalar;
     type Q4Micro = Scalar;
     type Blocks = Scalar;
+    type BlockMicro = NoKernel;
 
     fn matvec_many(self) -> Option<NoKernel> {
+        None
+    }
+
+    fn block_micro(self) -> Option<NoKernel> {
         None
     }
 }
@@ -210,9 +220,14 @@ impl Isa for Avx2 {
     type QMicro = Avx2;
     type Q4Micro = Avx2;
     type Blocks = Avx2;
+    type BlockMicro = NoKernel;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self)
+    }
+
+    fn block_micro(self) -> Option<NoKernel> {
+        None
     }
 }
 
@@ -227,9 +242,14 @@ impl Isa for Avx512 {
     type QMicro = Avx2;
     type Q4Micro = Avx512;
     type Blocks = Avx512;
+    type BlockMicro = Avx512;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self.avx2())
+    }
+
+    fn block_micro(self) -> Option<Avx512> {
+        Some(self)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::attention::{decode, prefill, KvCacheView, RowsRef, SlotRanges};
 use crate::blas;
 use crate::dispatch::{auto_path, blas_backend, on_isa, require, Path, SimdPath};
 use crate::error::{check_len, checked_mul, KernelError};
-use crate::gemm::{float, int4, int8};
+use crate::gemm::{blocks, float, int4, int8};
 use crate::gemv;
 use crate::isa::traits::{Elementwise, Isa};
 use crate::mat::{F32Mat, MatRef};
@@ -323,8 +323,9 @@ impl Kernels {
     /// int4 weights take int8 activations as in [`matvec`](Self::matvec) (same quantization,
     /// products summed in another f32 order): an integer GEMM from 5 tokens, below that the
     /// decode kernel, bit-identical to [`matvec_batch`](Self::matvec_batch). ggml block weights
-    /// (see [`Self::with_exact_blocks`]): in the default arithmetic the decode kernel over the
-    /// whole batch (bit-identical to one matvec per token), else the f32 GEMM from 5 tokens.
+    /// (see [`Self::with_exact_blocks`]): in the default arithmetic an integer GEMM from 8 tokens
+    /// on paths with its tile (AVX-512 VNNI), else the decode kernel over the whole batch, both
+    /// bit-identical to one matvec per token; in the exact arithmetic the f32 GEMM from 5 tokens.
     pub fn matmul(
         &self,
         w: &MatRef<'_>,
@@ -337,7 +338,21 @@ impl Kernels {
             return self.matvec(w, xs, ys);
         }
         if let MatRef::Blocks(m) = w {
-            if (m.ty().is_quantized() && !self.exact_blocks) || batch < BLOCK_GEMM_MIN_BATCH {
+            let quantized = m.ty().is_quantized() && !self.exact_blocks;
+            if quantized && batch >= blocks::MIN_BATCH && blocks::supports(m.ty()) {
+                // Decode's arithmetic, bit for bit, where the path has the integer tile.
+                let done = on_isa!(self.path, |isa| match isa.block_micro() {
+                    Some(micro) => {
+                        blocks::qgemm_blocks(micro, m, xs, ys, batch);
+                        true
+                    }
+                    None => false,
+                });
+                if done {
+                    return Ok(());
+                }
+            }
+            if quantized || batch < BLOCK_GEMM_MIN_BATCH {
                 return self.matvec_batch(w, xs, ys, batch);
             }
             on_isa!(self.path, |isa| float::gemm(isa.micro(), w, xs, ys, batch));

@@ -103,3 +103,86 @@ fn avx2_micro_kernel_and_packers() {
         }
     }
 }
+
+/// ggml block rows of random codes with finite random scales (and every 5th block all zero).
+fn block_data(ty: crate::blocks::BlockType, blocks: usize, s: &mut u64) -> Vec<u8> {
+    use crate::blocks::BlockType;
+    let bb = ty.block_bytes();
+    let mut data: Vec<u8> = (0..blocks * bb)
+        .map(|_| (rng(s).to_bits() >> 7) as u8)
+        .collect();
+    for (i, b) in data.chunks_exact_mut(bb).enumerate() {
+        if i % 5 == 2 {
+            b.fill(0);
+            continue;
+        }
+        let mut half = |at: usize| {
+            let h = crate::half::f32_to_f16(rng(s) * 0.05);
+            b[at..at + 2].copy_from_slice(&h.to_le_bytes());
+        };
+        match ty {
+            BlockType::Q6K => half(208),
+            BlockType::Q4_1 | BlockType::Q5_1 | BlockType::Q4K | BlockType::Q5K => {
+                half(0);
+                half(2);
+            }
+            _ => half(0),
+        }
+    }
+    data
+}
+
+/// Runs the block GEMM with one tile through the driver and compares with decode's definition
+/// (`row_dot` on each token's quantized activations), bit for bit: several row panels (a partial
+/// one), depth panels whose blocks wrap the 8 lanes, slivers with padding tokens, column tasks.
+fn check_block_gemm<M: crate::isa::traits::BlockMicro>(m: M, what: &str) {
+    use crate::block_input::{ActKind, BlockInput};
+    use crate::blocks::{BlockMat, BlockType};
+    use crate::gemm::blocks::{qgemm_blocks, supports};
+    use crate::isa::scalar::blocks::row_dot;
+    let mut s = 11u64;
+    for ty in BlockType::ALL.into_iter().filter(|&t| supports(t)) {
+        let bv = ty.block_values();
+        for &(rows, blocks, batch) in &[
+            (37usize, 5usize, 8usize),
+            (16, 33 * 32 / bv, 13),
+            (301, 2048 / bv, 20),
+        ] {
+            let cols = blocks * bv;
+            let data = block_data(ty, rows * blocks, &mut s);
+            let w = BlockMat::new(ty, &data, rows, cols).unwrap();
+            let mut x: Vec<f32> = (0..batch * cols).map(|_| rng(&mut s) * 3.0).collect();
+            x[cols..cols + 40].fill(0.0);
+            x[2 * cols + 7] = 2e4;
+            let mut y = vec![f32::NAN; batch * rows];
+            qgemm_blocks(m, &w, &x, &mut y, batch);
+            let kind = ActKind::of(ty).unwrap();
+            for t in 0..batch {
+                let input = BlockInput::quantize(kind, &x[t * cols..(t + 1) * cols]);
+                for r in 0..rows {
+                    let want = row_dot(ty, w.row(r), &input);
+                    let got = y[t * rows + r];
+                    assert!(
+                        got.to_bits() == want.to_bits(),
+                        "{what} {} {rows}x{cols} b{batch} token {t} row {r}: {got} vs {want}",
+                        ty.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scalar_block_gemm_is_decode_bit_for_bit() {
+    check_block_gemm(crate::isa::scalar::Scalar, "scalar");
+}
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn avx512_block_gemm_is_decode_bit_for_bit() {
+    let Some(t) = crate::isa::x86::Avx512::detect() else {
+        return; // no AVX-512 VNNI on this CPU: the path is never taken
+    };
+    check_block_gemm(t, "avx512");
+}

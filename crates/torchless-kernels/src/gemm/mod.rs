@@ -15,6 +15,7 @@
 //!   of the batch: a weight tile is dequantized once per call, never expanded into an f32 copy of
 //!   the matrix, and the panel's output columns stay in cache while all depth blocks add into them.
 
+pub(crate) mod blocks;
 pub(crate) mod float;
 pub(crate) mod int;
 pub(crate) mod int4;

@@ -32,10 +32,16 @@ pub(crate) trait Isa: Copy + Send + Sync {
     type Q4Micro: Q4Micro + From<Self>;
     /// ggml block rows (both arithmetics).
     type Blocks: BlockMatvec + From<Self>;
+    /// The ggml block integer-GEMM tile ([`NoKernel`] where the path has none).
+    type BlockMicro: BlockMicro;
 
     /// The multi-input decode kernels; `None` where the path has none (callers then run one
     /// matvec per input).
     fn matvec_many(self) -> Option<Self::MatvecMany>;
+
+    /// The ggml block GEMM tile; `None` where the path has none (prompts then stream the
+    /// weights once per batch through the decode rows).
+    fn block_micro(self) -> Option<Self::BlockMicro>;
 
     /// The element-wise kernels.
     fn elementwise(self) -> Self::Elementwise {
@@ -416,5 +422,83 @@ pub(crate) trait Q4Micro: Copy + Send + Sync {
     /// Default: `false`.
     fn pack(self, _packed: &[u8], _row_bytes: usize, _groups: usize, _words: &mut [u32]) -> bool {
         false
+    }
+}
+
+/// What one ggml-block GEMM micro-kernel call multiplies: `blocks` whole weight blocks of a
+/// sliver of `QMR` tokens and of a packed panel of `QNR` rows, in the arithmetic `block_input`
+/// defines (exact integer block sums, then its f32 operations into lane `b % 8`).
+///
+/// A block has `subs` sub-blocks of `quads` depth quads. Activations (`QMR` entries per item):
+/// `a` one word of 4 codes per depth quad; `a_off` per sub-block, `o · Σ q` for the weight
+/// type's code offset `o`; `a_d` per block, the step `d_x`; `a_pairs` per block and min pair,
+/// two i16 (`Σ q` of sub-blocks `2p`, `2p + 1`, or a Q4_1/Q5_1 block's `Σ q` and 0). Weights
+/// (`QNR` entries per item): `b` one word of 4 unsigned codes (`c + o`) per depth quad; `b_sc`
+/// per sub-block, the integer scale (used when `subs > 1`); `b_pairs` per block and min pair,
+/// two i16 (`−m` of the K-quant sub-blocks, or 1 and 0); `b_d` per block the scale, `b_m` the
+/// min's scale (`dmin`, or the Q4_1/Q5_1 `m`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockTile<'a> {
+    pub(crate) blocks: usize,
+    pub(crate) subs: usize,
+    pub(crate) quads: usize,
+    /// Min pairs per block (0: the type has no mins).
+    pub(crate) pairs: usize,
+    /// The lane of the first block (its index in the row, mod 8).
+    pub(crate) lane0: usize,
+    pub(crate) a: &'a [u32],
+    pub(crate) a_off: &'a [i32],
+    pub(crate) a_d: &'a [f32],
+    pub(crate) a_pairs: &'a [u32],
+    pub(crate) b: &'a [u32],
+    pub(crate) b_sc: &'a [i32],
+    pub(crate) b_pairs: &'a [u32],
+    pub(crate) b_d: &'a [f32],
+    pub(crate) b_m: &'a [f32],
+}
+
+/// f32 lane accumulators of one `QMR x QNR` tile: token `i`, lane `l`, row `j` at
+/// `(i * BLOCK_LANES + l) * QNR + j`.
+pub(crate) const BLOCK_TILE_LANES: usize = QMR * crate::block_input::BLOCK_LANES * QNR;
+
+impl BlockTile<'_> {
+    /// Asserts every extent a micro-kernel reads (`blocks` whole blocks of the sliver and the
+    /// panel) and writes (`lanes`).
+    pub(crate) fn assert_tile(&self, lanes: &[f32]) {
+        let (subs, quads) = (
+            self.blocks * self.subs,
+            self.blocks * self.subs * self.quads,
+        );
+        let pairs = self.blocks * self.pairs;
+        assert!(
+            self.a.len() >= quads * QMR
+                && self.a_off.len() >= subs * QMR
+                && self.a_d.len() >= self.blocks * QMR
+                && self.a_pairs.len() >= pairs * QMR
+                && self.b.len() >= quads * QNR
+                && (self.subs == 1 || self.b_sc.len() >= subs * QNR)
+                && self.b_pairs.len() >= pairs * QNR
+                && self.b_d.len() >= self.blocks * QNR
+                && (self.pairs == 0 || self.b_m.len() >= self.blocks * QNR)
+                && lanes.len() >= BLOCK_TILE_LANES
+                && self.lane0 < crate::block_input::BLOCK_LANES,
+            "packed block panels too short"
+        );
+    }
+}
+
+/// One instruction set's ggml-block integer micro-kernel (`QMR x QNR` tile).
+pub(crate) trait BlockMicro: Copy + Send + Sync {
+    /// Adds the tile's block terms into `lanes` (see [`BLOCK_TILE_LANES`]).
+    fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]);
+
+    /// Prefetches one address now. Default: nothing.
+    #[inline]
+    fn prefetch(self, _p: *const u8) {}
+}
+
+impl BlockMicro for NoKernel {
+    fn kernel(self, _: &BlockTile<'_>, _: &mut [f32]) {
+        match self {}
     }
 }

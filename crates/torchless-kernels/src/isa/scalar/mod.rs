@@ -6,8 +6,9 @@
 //! Reductions keep 8 independent partial sums so LLVM can still vectorize them for the baseline
 //! target (SSE2 on x86-64) without reassociating floats itself.
 
-mod blocks;
+pub(crate) mod blocks;
 mod elementwise;
+mod gemm_blocks;
 mod gemm_f32;
 mod gemm_int;
 mod matvec;

@@ -12,6 +12,7 @@
 //! raw loops rely on.
 
 mod blocks;
+mod gemm_blocks;
 mod gemm_int;
 mod matvec;
 mod probe;

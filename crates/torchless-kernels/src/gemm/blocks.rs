@@ -1,0 +1,398 @@
+//! ggml block prefill: an integer GEMM of block weights with the activations quantized as decode
+//! quantizes them (`block_input`: Q8_0 per 32, Q8_K per 256), in decode's arithmetic: each
+//! block's exact integer sums, then the same f32 operations into lane `b % 8` of the row and the
+//! same final reduction. So a prompt's logits are bit-identical to feeding its tokens one by one,
+//! while each weight panel is unpacked once for the whole batch instead of once per token.
+//!
+//! Each type is seen as unsigned byte codes `c + o` (`o`: the type's code offset, 128 for Q8_0,
+//! 8 for Q4_0, 16 for Q5_0, 32 for Q6_K, else 0) in sub-blocks with integer scales:
+//! `Σ c·q = Σ (c + o)·q − o·Σ q`, the second term read from the packed activations, so the tile
+//! multiplies unsigned by signed bytes (`vpdpbusd`). The mins of Q4_1/Q5_1 and the K-quants are a
+//! second exact sum over pairs of i16 (`Σ_j m_j Σ q`), taken per block (`vpdpwssd`).
+//!
+//! Loops: those of the other integer GEMMs (column tasks, panels of `QNR` rows by `KC` depths,
+//! slivers of `QMR` tokens), with each tile's 8 f32 lanes per token and row kept across the depth
+//! and reduced after the row panel's last depth block.
+
+use super::{by_columns, is_trivial, panels, PanelLines, Pool, F32_POOL};
+use crate::block_input::{quantize_into, reduce8, ActKind, BLOCK_LANES};
+use crate::blocks::{block_codes, k_scales, BlockMat, BlockType};
+use crate::half::f16_to_f32;
+use crate::isa::traits::{BlockMicro, BlockTile, BLOCK_TILE_LANES, QMR, QNR};
+use crate::mat::MatRef;
+use std::ops::Range;
+
+/// Smallest batch that takes the GEMM; smaller ones stream the weights once with the decode rows
+/// (bit-identical either way).
+pub(crate) const MIN_BATCH: usize = 8;
+/// Depth of a packed weight panel: whole blocks of every type (16 rows x 512 codes = 8 KiB).
+const KC: usize = 512;
+
+static WORD_POOL: Pool<u32> = Pool::new();
+static I32_POOL: Pool<i32> = Pool::new();
+
+/// How one type's blocks meet the tile.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    ty: BlockType,
+    kind: ActKind,
+    /// Values per block, sub-blocks per block, depth quads per sub-block.
+    block_values: usize,
+    subs: usize,
+    quads: usize,
+    /// What is added to a signed code to make it an unsigned byte.
+    offset: i32,
+    /// Min pairs per block (0: no mins).
+    pairs: usize,
+}
+
+impl Shape {
+    /// `None` for the types that take f32 activations.
+    fn of(ty: BlockType) -> Option<Shape> {
+        let kind = ActKind::of(ty)?;
+        let (subs, offset, pairs) = match ty {
+            BlockType::Q8_0 => (1, 128, 0),
+            BlockType::Q4_0 => (1, 8, 0),
+            BlockType::Q5_0 => (1, 16, 0),
+            BlockType::Q4_1 | BlockType::Q5_1 => (1, 0, 1),
+            BlockType::Q4K | BlockType::Q5K => (8, 0, 4),
+            BlockType::Q6K => (16, 32, 0),
+            BlockType::F16 | BlockType::BF16 => return None,
+        };
+        let block_values = ty.block_values();
+        Some(Shape {
+            ty,
+            kind,
+            block_values,
+            subs,
+            quads: block_values / subs / 4,
+            offset,
+            pairs,
+        })
+    }
+
+    fn sub_values(&self) -> usize {
+        self.block_values / self.subs
+    }
+}
+
+/// Whether [`qgemm_blocks`] takes this type (the quantized ones).
+pub(crate) fn supports(ty: BlockType) -> bool {
+    Shape::of(ty).is_some()
+}
+
+/// `Y = X Wᵀ` for a quantized block type (`supports`); shapes validated by the caller.
+pub(crate) fn qgemm_blocks<M: BlockMicro>(
+    m: M,
+    w: &BlockMat<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    batch: usize,
+) {
+    let (n, k) = (w.rows(), w.cols());
+    if is_trivial(n, k, batch, y) {
+        return;
+    }
+    let Some(shape) = Shape::of(w.ty()) else {
+        unreachable!("the caller checks `supports`")
+    };
+    let acts = BlockActs::new(shape, x, batch, k);
+    by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
+        run_panels(m, w, shape, &acts, batch, cols, c, ldc)
+    });
+    acts.recycle();
+}
+
+/// A batch's activations, quantized and packed sliver by sliver (`QMR` tokens; padding tokens
+/// all zero): the layouts of [`BlockTile`]'s `a` arrays, whole rows per sliver.
+struct BlockActs {
+    words: Vec<u32>,
+    off: Vec<i32>,
+    d: Vec<f32>,
+    pairs: Vec<u32>,
+    /// Per token: depth quads, sub-blocks, blocks, min pairs.
+    quads: usize,
+    subs: usize,
+    blocks: usize,
+    n_pairs: usize,
+}
+
+impl BlockActs {
+    fn new(shape: Shape, x: &[f32], batch: usize, k: usize) -> Self {
+        let slivers = batch.div_ceil(QMR);
+        let blocks = k / shape.block_values;
+        let (quads, subs, n_pairs) = (k / 4, blocks * shape.subs, blocks * shape.pairs);
+        let take = |pool: &Pool<u32>, len| {
+            let mut v = pool.take();
+            v.clear();
+            v.resize(len, 0);
+            v
+        };
+        let mut acts = BlockActs {
+            words: take(&WORD_POOL, slivers * quads * QMR),
+            off: {
+                let mut v = I32_POOL.take();
+                v.clear();
+                v.resize(slivers * subs * QMR, 0);
+                v
+            },
+            d: {
+                let mut v = F32_POOL.take();
+                v.clear();
+                v.resize(slivers * blocks * QMR, 0.0);
+                v
+            },
+            pairs: take(&WORD_POOL, slivers * n_pairs * QMR),
+            quads,
+            subs,
+            blocks,
+            n_pairs,
+        };
+        let sv = shape.sub_values();
+        let fill =
+            |(s, w, off, d, pairs): (usize, &mut [u32], &mut [i32], &mut [f32], &mut [u32])| {
+                let bv = shape.block_values;
+                let (mut qs, mut sums) = (vec![0i8; k], vec![0i32; subs]);
+                for i in 0..QMR.min(batch - s * QMR) {
+                    let t = s * QMR + i;
+                    let mut dt = [0.0f32; 1];
+                    for (b, xb) in x[t * k..(t + 1) * k].chunks_exact(bv).enumerate() {
+                        quantize_into(shape.kind, xb, &mut qs[b * bv..(b + 1) * bv], &mut dt);
+                        d[b * QMR + i] = dt[0];
+                    }
+                    for (kq, c) in qs.chunks_exact(4).enumerate() {
+                        w[kq * QMR + i] =
+                            u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
+                    }
+                    for (sub, (sum, q)) in sums.iter_mut().zip(qs.chunks_exact(sv)).enumerate() {
+                        *sum = q.iter().map(|&v| i32::from(v)).sum();
+                        off[sub * QMR + i] = shape.offset * *sum;
+                    }
+                    for b in 0..blocks {
+                        for p in 0..shape.pairs {
+                            let sub = b * shape.subs + 2 * p;
+                            let hi = if 2 * p + 1 < shape.subs {
+                                sums[sub + 1]
+                            } else {
+                                0
+                            };
+                            // In range: each sum is at most 32 · 127 in magnitude.
+                            pairs[(b * shape.pairs + p) * QMR + i] =
+                                pair(sums[sub] as i16, hi as i16);
+                        }
+                    }
+                }
+            };
+        let mut jobs = Vec::with_capacity(slivers);
+        let (mut w, mut off, mut d, mut pr) = (
+            &mut acts.words[..],
+            &mut acts.off[..],
+            &mut acts.d[..],
+            &mut acts.pairs[..],
+        );
+        for s in 0..slivers {
+            let (w0, w1) = std::mem::take(&mut w).split_at_mut(quads * QMR);
+            let (o0, o1) = std::mem::take(&mut off).split_at_mut(subs * QMR);
+            let (d0, d1) = std::mem::take(&mut d).split_at_mut(blocks * QMR);
+            let (p0, p1) = std::mem::take(&mut pr).split_at_mut(n_pairs * QMR);
+            jobs.push((s, w0, o0, d0, p0));
+            (w, off, d, pr) = (w1, o1, d1, p1);
+        }
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            if batch * k >= 1 << 16 {
+                jobs.into_par_iter().for_each(fill);
+                return acts;
+            }
+        }
+        jobs.into_iter().for_each(fill);
+        acts
+    }
+
+    /// Sliver `s`'s operands for the blocks holding depths `pc..pc + kc`.
+    fn tile<'a>(
+        &'a self,
+        shape: &Shape,
+        s: usize,
+        pc: usize,
+        kc: usize,
+        panel: &'a BlockPanel,
+    ) -> BlockTile<'a> {
+        let (b0, nb) = (pc / shape.block_values, kc / shape.block_values);
+        BlockTile {
+            blocks: nb,
+            subs: shape.subs,
+            quads: shape.quads,
+            pairs: shape.pairs,
+            lane0: b0 % BLOCK_LANES,
+            a: &self.words[(s * self.quads + pc / 4) * QMR..][..kc / 4 * QMR],
+            a_off: &self.off[(s * self.subs + b0 * shape.subs) * QMR..][..nb * shape.subs * QMR],
+            a_d: &self.d[(s * self.blocks + b0) * QMR..][..nb * QMR],
+            a_pairs: &self.pairs[(s * self.n_pairs + b0 * shape.pairs) * QMR..]
+                [..nb * shape.pairs * QMR],
+            b: &panel.words,
+            b_sc: &panel.sc,
+            b_pairs: &panel.pairs,
+            b_d: &panel.d,
+            b_m: &panel.m,
+        }
+    }
+
+    fn recycle(self) {
+        WORD_POOL.give([self.words, self.pairs]);
+        I32_POOL.give([self.off]);
+        F32_POOL.give([self.d]);
+    }
+}
+
+/// Two i16 in one word, `lo` first (as `vpdpwssd` reads them).
+fn pair(lo: i16, hi: i16) -> u32 {
+    u32::from(lo as u16) | (u32::from(hi as u16) << 16)
+}
+
+/// A half at byte `at` of a block.
+fn half_at(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// One unpacked weight panel: the layouts of [`BlockTile`]'s `b` arrays (zero past the rows).
+struct BlockPanel {
+    words: Vec<u32>,
+    sc: Vec<i32>,
+    pairs: Vec<u32>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl BlockPanel {
+    fn new(shape: &Shape) -> Self {
+        let blocks = KC / shape.block_values;
+        Self {
+            words: vec![0; KC / 4 * QNR],
+            sc: vec![0; blocks * shape.subs * QNR],
+            pairs: vec![0; blocks * shape.pairs * QNR],
+            d: vec![0.0; blocks * QNR],
+            m: vec![0.0; blocks * QNR],
+        }
+    }
+
+    /// Unpacks rows `n0..n0 + nr`, the blocks of depths `pc..pc + kc`.
+    fn pack(
+        &mut self,
+        w: &BlockMat<'_>,
+        shape: &Shape,
+        n0: usize,
+        nr: usize,
+        pc: usize,
+        kc: usize,
+    ) {
+        let (bv, bb) = (shape.block_values, shape.ty.block_bytes());
+        let (b0, nb) = (pc / bv, kc / bv);
+        if nr < QNR {
+            self.words.fill(0);
+            self.sc.fill(0);
+            self.pairs.fill(0);
+            self.d.fill(0.0);
+            self.m.fill(0.0);
+        }
+        let mut codes = [0i8; 256];
+        for j in 0..nr {
+            let row = w.row(n0 + j);
+            for bi in 0..nb {
+                let blk = &row[(b0 + bi) * bb..(b0 + bi + 1) * bb];
+                block_codes(shape.ty, blk, &mut codes[..bv]);
+                for (q, c) in codes[..bv].chunks_exact(4).enumerate() {
+                    let u = |t: usize| (i32::from(c[t]) + shape.offset) as u8;
+                    self.words[(bi * bv / 4 + q) * QNR + j] =
+                        u32::from_le_bytes([u(0), u(1), u(2), u(3)]);
+                }
+                let at = bi * QNR + j;
+                match shape.ty {
+                    BlockType::Q8_0 | BlockType::Q4_0 | BlockType::Q5_0 => {
+                        self.d[at] = half_at(blk, 0);
+                    }
+                    BlockType::Q4_1 | BlockType::Q5_1 => {
+                        self.d[at] = half_at(blk, 0);
+                        self.m[at] = half_at(blk, 2);
+                        self.pairs[at] = pair(1, 0);
+                    }
+                    BlockType::Q4K | BlockType::Q5K => {
+                        self.d[at] = half_at(blk, 0);
+                        self.m[at] = half_at(blk, 2);
+                        let (sc, mn) = k_scales(&blk[4..16]);
+                        for s in 0..8 {
+                            self.sc[(bi * 8 + s) * QNR + j] = i32::from(sc[s]);
+                        }
+                        for p in 0..4 {
+                            self.pairs[(bi * 4 + p) * QNR + j] =
+                                pair(-i16::from(mn[2 * p]), -i16::from(mn[2 * p + 1]));
+                        }
+                    }
+                    BlockType::Q6K => {
+                        self.d[at] = half_at(blk, 208);
+                        for s in 0..16 {
+                            self.sc[(bi * 16 + s) * QNR + j] = i32::from(blk[192 + s] as i8);
+                        }
+                    }
+                    BlockType::F16 | BlockType::BF16 => unreachable!("not a quantized type"),
+                }
+            }
+        }
+    }
+}
+
+/// Output columns `cols` into `c` (row stride `ldc`, column `cols.start` at offset 0).
+#[allow(clippy::too_many_arguments)]
+fn run_panels<M: BlockMicro>(
+    m: M,
+    w: &BlockMat<'_>,
+    shape: Shape,
+    acts: &BlockActs,
+    batch: usize,
+    cols: Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let k = w.cols();
+    let slivers = batch.div_ceil(QMR);
+    let mut lanes = F32_POOL.take();
+    lanes.clear();
+    lanes.resize(slivers * BLOCK_TILE_LANES, 0.0);
+    let mut panel = BlockPanel::new(&shape);
+    let wref = MatRef::Blocks(*w);
+    for (jr, pc, next) in panels(cols.clone(), k, QNR, KC) {
+        let nr = QNR.min(cols.end - jr);
+        let kc = KC.min(k - pc);
+        panel.pack(w, &shape, jr, nr, pc, kc);
+        // The next panel's blocks, prefetched a few lines per sliver while this one runs.
+        let lines = next
+            .map(|(n0, p0)| PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0)));
+        for (s, tile_lanes) in lanes.chunks_exact_mut(BLOCK_TILE_LANES).enumerate() {
+            if let Some(l) = &lines {
+                let len = l.len();
+                l.for_each(s * len / slivers..(s + 1) * len / slivers, |p| {
+                    m.prefetch(p)
+                });
+            }
+            // Each sliver's lanes start at +0 with the row panel and are reduced, in decode's
+            // order, right after its last depth block (while they are in cache).
+            if pc == 0 {
+                tile_lanes.fill(0.0);
+            }
+            m.kernel(&acts.tile(&shape, s, pc, kc, &panel), tile_lanes);
+            if pc + kc < k {
+                continue;
+            }
+            for i in 0..QMR.min(batch - s * QMR) {
+                let out = &mut c[(s * QMR + i) * ldc + (jr - cols.start)..][..nr];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = reduce8(std::array::from_fn(|l| {
+                        tile_lanes[(i * BLOCK_LANES + l) * QNR + j]
+                    }));
+                }
+            }
+        }
+    }
+    F32_POOL.give([lanes]);
+}
