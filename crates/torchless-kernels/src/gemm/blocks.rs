@@ -225,6 +225,7 @@ impl BlockActs {
             subs: shape.subs,
             quads: shape.quads,
             pairs: shape.pairs,
+            offsets: shape.offset != 0,
             lane0: b0 % BLOCK_LANES,
             a: &self.words[(s * self.quads + pc / 4) * QMR..][..kc / 4 * QMR],
             a_off: &self.off[(s * self.subs + b0 * shape.subs) * QMR..][..nb * shape.subs * QMR],
@@ -258,6 +259,9 @@ fn half_at(b: &[u8], at: usize) -> f32 {
 
 /// One unpacked weight panel: the layouts of [`BlockTile`]'s `b` arrays (zero past the rows).
 struct BlockPanel {
+    /// Scratch: the panel's codes row by row, and one block's signed codes.
+    rows: Vec<u8>,
+    codes: [i8; 256],
     words: Vec<u32>,
     sc: Vec<i32>,
     pairs: Vec<u32>,
@@ -269,6 +273,8 @@ impl BlockPanel {
     fn new(shape: &Shape) -> Self {
         let blocks = KC / shape.block_values;
         Self {
+            rows: vec![0; QNR * KC],
+            codes: [0; 256],
             words: vec![0; KC / 4 * QNR],
             sc: vec![0; blocks * shape.subs * QNR],
             pairs: vec![0; blocks * shape.pairs * QNR],
@@ -278,8 +284,10 @@ impl BlockPanel {
     }
 
     /// Unpacks rows `n0..n0 + nr`, the blocks of depths `pc..pc + kc`.
-    fn pack(
+    #[allow(clippy::too_many_arguments)]
+    fn pack<M: BlockMicro>(
         &mut self,
+        m: M,
         w: &BlockMat<'_>,
         shape: &Shape,
         n0: usize,
@@ -296,16 +304,18 @@ impl BlockPanel {
             self.d.fill(0.0);
             self.m.fill(0.0);
         }
-        let mut codes = [0i8; 256];
+        // Each row's codes as unsigned bytes, row after row, then transposed into words.
+        let rows = &mut self.rows[..QNR * kc];
         for j in 0..nr {
             let row = w.row(n0 + j);
+            let out = &mut rows[j * kc..(j + 1) * kc];
             for bi in 0..nb {
                 let blk = &row[(b0 + bi) * bb..(b0 + bi + 1) * bb];
-                block_codes(shape.ty, blk, &mut codes[..bv]);
-                for (q, c) in codes[..bv].chunks_exact(4).enumerate() {
-                    let u = |t: usize| (i32::from(c[t]) + shape.offset) as u8;
-                    self.words[(bi * bv / 4 + q) * QNR + j] =
-                        u32::from_le_bytes([u(0), u(1), u(2), u(3)]);
+                let codes = &mut self.codes[..bv];
+                block_codes(shape.ty, blk, codes);
+                let offset = shape.offset as u8;
+                for (o, &c) in out[bi * bv..(bi + 1) * bv].iter_mut().zip(codes.iter()) {
+                    *o = (c as u8).wrapping_add(offset);
                 }
                 let at = bi * QNR + j;
                 match shape.ty {
@@ -339,6 +349,16 @@ impl BlockPanel {
                 }
             }
         }
+        if nr < QNR {
+            rows[nr * kc..].fill(0);
+        }
+        if !(kc.is_multiple_of(64) && m.transpose(rows, kc, &mut self.words)) {
+            for (j, row) in rows.chunks_exact(kc).enumerate() {
+                for (q, c) in row.chunks_exact(4).enumerate() {
+                    self.words[q * QNR + j] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+        }
     }
 }
 
@@ -364,7 +384,7 @@ fn run_panels<M: BlockMicro>(
     for (jr, pc, next) in panels(cols.clone(), k, QNR, KC) {
         let nr = QNR.min(cols.end - jr);
         let kc = KC.min(k - pc);
-        panel.pack(w, &shape, jr, nr, pc, kc);
+        panel.pack(m, w, &shape, jr, nr, pc, kc);
         // The next panel's blocks, prefetched a few lines per sliver while this one runs.
         let lines = next
             .map(|(n0, p0)| PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0)));

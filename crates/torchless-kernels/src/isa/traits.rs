@@ -444,6 +444,8 @@ pub(crate) struct BlockTile<'a> {
     pub(crate) quads: usize,
     /// Min pairs per block (0: the type has no mins).
     pub(crate) pairs: usize,
+    /// Whether the codes have an offset (else `a_off` is all zero and may be skipped).
+    pub(crate) offsets: bool,
     /// The lane of the first block (its index in the row, mod 8).
     pub(crate) lane0: usize,
     pub(crate) a: &'a [u32],
@@ -495,6 +497,13 @@ pub(crate) trait BlockMicro: Copy + Send + Sync {
     /// Prefetches one address now. Default: nothing.
     #[inline]
     fn prefetch(self, _p: *const u8) {}
+
+    /// Transposes `QNR` rows of `kc` code bytes (`rows`, row `j` at `j * kc`, `kc` a multiple of
+    /// 64) into panel words (`words[q * QNR + j]`: bytes `4q..4q + 4` of row `j`); `false`
+    /// leaves it to the driver's portable loop. Default: `false`.
+    fn transpose(self, _rows: &[u8], _kc: usize, _words: &mut [u32]) -> bool {
+        false
+    }
 }
 
 impl BlockMicro for NoKernel {
