@@ -7,7 +7,7 @@ use crate::isa::traits::{Isa, NoKernel};
 #[cfg(feature = "simd")]
 use crate::isa::wide::{Wide, WideTile};
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-use crate::isa::x86::{Avx2, Avx512};
+use crate::isa::x86::{Amx, Avx2, Avx512, Avx512Blocks};
 use std::sync::OnceLock;
 
 /// The implementations a kernel can run on.
@@ -242,14 +242,17 @@ impl Isa for Avx512 {
     type QMicro = Avx2;
     type Q4Micro = Avx512;
     type Blocks = Avx512;
-    type BlockMicro = Avx512;
+    type BlockMicro = Avx512Blocks;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self.avx2())
     }
 
-    fn block_micro(self) -> Option<Avx512> {
-        Some(self)
+    fn block_micro(self) -> Option<Avx512Blocks> {
+        Some(match amx_token(self) {
+            Some(amx) => Avx512Blocks::Amx(amx),
+            None => Avx512Blocks::Vnni(self),
+        })
     }
 }
 
@@ -287,6 +290,25 @@ fn avx512_token() -> Option<Avx512> {
     static TOKEN: OnceLock<Option<Avx512>> = OnceLock::new();
     *TOKEN.get_or_init(Avx512::detect)
 }
+
+/// AMX for the ggml block prefill, only when `$TORCHLESS_AMX` is `1` / `on` and the CPU has it
+/// and the OS grants it. Off by default: measured slower than the VNNI tile so far (see
+/// IMPLEMENTATION.md); the results are the same bits either way.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+fn amx_token(avx512: Avx512) -> Option<Amx> {
+    static TOKEN: OnceLock<Option<Amx>> = OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        let on = std::env::var(AMX_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("on"));
+        if on {
+            Amx::detect(avx512)
+        } else {
+            None
+        }
+    })
+}
+
+/// Environment variable that turns the (experimental) AMX block-prefill tile on (`1` or `on`).
+pub const AMX_ENV: &str = "TORCHLESS_AMX";
 
 /// Environment variable that overrides the automatic choice (`scalar`, `wide`, `avx2`, `avx512`); an
 /// unsupported or unknown value is ignored.

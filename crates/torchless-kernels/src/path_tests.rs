@@ -186,3 +186,12 @@ fn avx512_block_gemm_is_decode_bit_for_bit() {
     };
     check_block_gemm(t, "avx512");
 }
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn amx_block_gemm_is_decode_bit_for_bit() {
+    let Some(t) = crate::isa::x86::Avx512::detect().and_then(crate::isa::x86::Amx::detect) else {
+        return; // no AMX-INT8 on this CPU (or not granted by the OS): the path is never taken
+    };
+    check_block_gemm(t, "amx");
+}

@@ -18,7 +18,7 @@ use super::{by_columns, is_trivial, panels, PanelLines, Pool, F32_POOL};
 use crate::block_input::{quantize_into, reduce8, ActKind, BLOCK_LANES};
 use crate::blocks::{block_codes, k_scales, BlockMat, BlockType};
 use crate::half::f16_to_f32;
-use crate::isa::traits::{BlockMicro, BlockTile, BLOCK_TILE_LANES, QMR, QNR};
+use crate::isa::traits::{block_tile_lanes, BlockMicro, BlockTile, QNR};
 use crate::mat::MatRef;
 use std::ops::Range;
 
@@ -96,7 +96,7 @@ pub(crate) fn qgemm_blocks<M: BlockMicro>(
     let Some(shape) = Shape::of(w.ty()) else {
         unreachable!("the caller checks `supports`")
     };
-    let acts = BlockActs::new(shape, x, batch, k);
+    let acts = BlockActs::new(shape, m.mr(), x, batch, k);
     by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
         run_panels(m, w, shape, &acts, batch, cols, c, ldc)
     });
@@ -110,6 +110,8 @@ struct BlockActs {
     off: Vec<i32>,
     d: Vec<f32>,
     pairs: Vec<u32>,
+    /// Tokens per sliver.
+    mr: usize,
     /// Per token: depth quads, sub-blocks, blocks, min pairs.
     quads: usize,
     subs: usize,
@@ -118,8 +120,8 @@ struct BlockActs {
 }
 
 impl BlockActs {
-    fn new(shape: Shape, x: &[f32], batch: usize, k: usize) -> Self {
-        let slivers = batch.div_ceil(QMR);
+    fn new(shape: Shape, mr: usize, x: &[f32], batch: usize, k: usize) -> Self {
+        let slivers = batch.div_ceil(mr);
         let blocks = k / shape.block_values;
         let (quads, subs, n_pairs) = (k / 4, blocks * shape.subs, blocks * shape.pairs);
         let take = |pool: &Pool<u32>, len| {
@@ -129,20 +131,21 @@ impl BlockActs {
             v
         };
         let mut acts = BlockActs {
-            words: take(&WORD_POOL, slivers * quads * QMR),
+            words: take(&WORD_POOL, slivers * quads * mr),
             off: {
                 let mut v = I32_POOL.take();
                 v.clear();
-                v.resize(slivers * subs * QMR, 0);
+                v.resize(slivers * subs * mr, 0);
                 v
             },
             d: {
                 let mut v = F32_POOL.take();
                 v.clear();
-                v.resize(slivers * blocks * QMR, 0.0);
+                v.resize(slivers * blocks * mr, 0.0);
                 v
             },
-            pairs: take(&WORD_POOL, slivers * n_pairs * QMR),
+            pairs: take(&WORD_POOL, slivers * n_pairs * mr),
+            mr,
             quads,
             subs,
             blocks,
@@ -153,20 +156,20 @@ impl BlockActs {
             |(s, w, off, d, pairs): (usize, &mut [u32], &mut [i32], &mut [f32], &mut [u32])| {
                 let bv = shape.block_values;
                 let (mut qs, mut sums) = (vec![0i8; k], vec![0i32; subs]);
-                for i in 0..QMR.min(batch - s * QMR) {
-                    let t = s * QMR + i;
+                for i in 0..mr.min(batch - s * mr) {
+                    let t = s * mr + i;
                     let mut dt = [0.0f32; 1];
                     for (b, xb) in x[t * k..(t + 1) * k].chunks_exact(bv).enumerate() {
                         quantize_into(shape.kind, xb, &mut qs[b * bv..(b + 1) * bv], &mut dt);
-                        d[b * QMR + i] = dt[0];
+                        d[b * mr + i] = dt[0];
                     }
                     for (kq, c) in qs.chunks_exact(4).enumerate() {
-                        w[kq * QMR + i] =
+                        w[kq * mr + i] =
                             u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
                     }
                     for (sub, (sum, q)) in sums.iter_mut().zip(qs.chunks_exact(sv)).enumerate() {
                         *sum = q.iter().map(|&v| i32::from(v)).sum();
-                        off[sub * QMR + i] = shape.offset * *sum;
+                        off[sub * mr + i] = shape.offset * *sum;
                     }
                     for b in 0..blocks {
                         for p in 0..shape.pairs {
@@ -177,7 +180,7 @@ impl BlockActs {
                                 0
                             };
                             // In range: each sum is at most 32 · 127 in magnitude.
-                            pairs[(b * shape.pairs + p) * QMR + i] =
+                            pairs[(b * shape.pairs + p) * mr + i] =
                                 pair(sums[sub] as i16, hi as i16);
                         }
                     }
@@ -191,10 +194,10 @@ impl BlockActs {
             &mut acts.pairs[..],
         );
         for s in 0..slivers {
-            let (w0, w1) = std::mem::take(&mut w).split_at_mut(quads * QMR);
-            let (o0, o1) = std::mem::take(&mut off).split_at_mut(subs * QMR);
-            let (d0, d1) = std::mem::take(&mut d).split_at_mut(blocks * QMR);
-            let (p0, p1) = std::mem::take(&mut pr).split_at_mut(n_pairs * QMR);
+            let (w0, w1) = std::mem::take(&mut w).split_at_mut(quads * mr);
+            let (o0, o1) = std::mem::take(&mut off).split_at_mut(subs * mr);
+            let (d0, d1) = std::mem::take(&mut d).split_at_mut(blocks * mr);
+            let (p0, p1) = std::mem::take(&mut pr).split_at_mut(n_pairs * mr);
             jobs.push((s, w0, o0, d0, p0));
             (w, off, d, pr) = (w1, o1, d1, p1);
         }
@@ -227,12 +230,16 @@ impl BlockActs {
             pairs: shape.pairs,
             offsets: shape.offset != 0,
             lane0: b0 % BLOCK_LANES,
-            a: &self.words[(s * self.quads + pc / 4) * QMR..][..kc / 4 * QMR],
-            a_off: &self.off[(s * self.subs + b0 * shape.subs) * QMR..][..nb * shape.subs * QMR],
-            a_d: &self.d[(s * self.blocks + b0) * QMR..][..nb * QMR],
-            a_pairs: &self.pairs[(s * self.n_pairs + b0 * shape.pairs) * QMR..]
-                [..nb * shape.pairs * QMR],
+            mr: self.mr,
+            kc,
+            a: &self.words[(s * self.quads + pc / 4) * self.mr..][..kc / 4 * self.mr],
+            a_off: &self.off[(s * self.subs + b0 * shape.subs) * self.mr..]
+                [..nb * shape.subs * self.mr],
+            a_d: &self.d[(s * self.blocks + b0) * self.mr..][..nb * self.mr],
+            a_pairs: &self.pairs[(s * self.n_pairs + b0 * shape.pairs) * self.mr..]
+                [..nb * shape.pairs * self.mr],
             b: &panel.words,
+            b_rows: &panel.rows,
             b_sc: &panel.sc,
             b_pairs: &panel.pairs,
             b_d: &panel.d,
@@ -331,8 +338,8 @@ impl BlockPanel {
                         self.d[at] = half_at(blk, 0);
                         self.m[at] = half_at(blk, 2);
                         let (sc, mn) = k_scales(&blk[4..16]);
-                        for s in 0..8 {
-                            self.sc[(bi * 8 + s) * QNR + j] = i32::from(sc[s]);
+                        for (s, &v) in sc.iter().enumerate() {
+                            self.sc[(bi * 8 + s) * QNR + j] = i32::from(v);
                         }
                         for p in 0..4 {
                             self.pairs[(bi * 4 + p) * QNR + j] =
@@ -352,7 +359,7 @@ impl BlockPanel {
         if nr < QNR {
             rows[nr * kc..].fill(0);
         }
-        if !(kc.is_multiple_of(64) && m.transpose(rows, kc, &mut self.words)) {
+        if m.reads_words() && !(kc.is_multiple_of(64) && m.transpose(rows, kc, &mut self.words)) {
             for (j, row) in rows.chunks_exact(kc).enumerate() {
                 for (q, c) in row.chunks_exact(4).enumerate() {
                     self.words[q * QNR + j] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -375,10 +382,11 @@ fn run_panels<M: BlockMicro>(
     ldc: usize,
 ) {
     let k = w.cols();
-    let slivers = batch.div_ceil(QMR);
+    let (mr, tile_lanes_len, by_row) = (m.mr(), block_tile_lanes(m.mr()), m.lanes_by_row());
+    let slivers = batch.div_ceil(mr);
     let mut lanes = F32_POOL.take();
     lanes.clear();
-    lanes.resize(slivers * BLOCK_TILE_LANES, 0.0);
+    lanes.resize(slivers * tile_lanes_len, 0.0);
     let mut panel = BlockPanel::new(&shape);
     let wref = MatRef::Blocks(*w);
     for (jr, pc, next) in panels(cols.clone(), k, QNR, KC) {
@@ -388,7 +396,7 @@ fn run_panels<M: BlockMicro>(
         // The next panel's blocks, prefetched a few lines per sliver while this one runs.
         let lines = next
             .map(|(n0, p0)| PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0)));
-        for (s, tile_lanes) in lanes.chunks_exact_mut(BLOCK_TILE_LANES).enumerate() {
+        for (s, tile_lanes) in lanes.chunks_exact_mut(tile_lanes_len).enumerate() {
             if let Some(l) = &lines {
                 let len = l.len();
                 l.for_each(s * len / slivers..(s + 1) * len / slivers, |p| {
@@ -404,11 +412,15 @@ fn run_panels<M: BlockMicro>(
             if pc + kc < k {
                 continue;
             }
-            for i in 0..QMR.min(batch - s * QMR) {
-                let out = &mut c[(s * QMR + i) * ldc + (jr - cols.start)..][..nr];
+            for i in 0..mr.min(batch - s * mr) {
+                let out = &mut c[(s * mr + i) * ldc + (jr - cols.start)..][..nr];
                 for (j, o) in out.iter_mut().enumerate() {
                     *o = reduce8(std::array::from_fn(|l| {
-                        tile_lanes[(i * BLOCK_LANES + l) * QNR + j]
+                        tile_lanes[if by_row {
+                            (j * BLOCK_LANES + l) * mr + i
+                        } else {
+                            (i * BLOCK_LANES + l) * QNR + j
+                        }]
                     }));
                 }
             }

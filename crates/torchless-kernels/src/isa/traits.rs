@@ -426,17 +426,18 @@ pub(crate) trait Q4Micro: Copy + Send + Sync {
 }
 
 /// What one ggml-block GEMM micro-kernel call multiplies: `blocks` whole weight blocks of a
-/// sliver of `QMR` tokens and of a packed panel of `QNR` rows, in the arithmetic `block_input`
+/// sliver of `mr` tokens and of a packed panel of `QNR` rows, in the arithmetic `block_input`
 /// defines (exact integer block sums, then its f32 operations into lane `b % 8`).
 ///
-/// A block has `subs` sub-blocks of `quads` depth quads. Activations (`QMR` entries per item):
+/// A block has `subs` sub-blocks of `quads` depth quads. Activations (`mr` entries per item):
 /// `a` one word of 4 codes per depth quad; `a_off` per sub-block, `o · Σ q` for the weight
 /// type's code offset `o`; `a_d` per block, the step `d_x`; `a_pairs` per block and min pair,
 /// two i16 (`Σ q` of sub-blocks `2p`, `2p + 1`, or a Q4_1/Q5_1 block's `Σ q` and 0). Weights
-/// (`QNR` entries per item): `b` one word of 4 unsigned codes (`c + o`) per depth quad; `b_sc`
-/// per sub-block, the integer scale (used when `subs > 1`); `b_pairs` per block and min pair,
-/// two i16 (`−m` of the K-quant sub-blocks, or 1 and 0); `b_d` per block the scale, `b_m` the
-/// min's scale (`dmin`, or the Q4_1/Q5_1 `m`).
+/// (`QNR` entries per item): `b` one word of 4 unsigned codes (`c + o`) per depth quad, or the
+/// same codes row-major in `b_rows` (row `j` at `j * kc`), as the tile asks; `b_sc` per
+/// sub-block, the integer scale (used when `subs > 1`); `b_pairs` per block and min pair, two
+/// i16 (`−m` of the K-quant sub-blocks, or 1 and 0); `b_d` per block the scale, `b_m` the min's
+/// scale (`dmin`, or the Q4_1/Q5_1 `m`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BlockTile<'a> {
     pub(crate) blocks: usize,
@@ -448,41 +449,53 @@ pub(crate) struct BlockTile<'a> {
     pub(crate) offsets: bool,
     /// The lane of the first block (its index in the row, mod 8).
     pub(crate) lane0: usize,
+    /// Tokens per sliver, and the depth of the panel (`b_rows`' row stride).
+    pub(crate) mr: usize,
+    pub(crate) kc: usize,
     pub(crate) a: &'a [u32],
     pub(crate) a_off: &'a [i32],
     pub(crate) a_d: &'a [f32],
     pub(crate) a_pairs: &'a [u32],
     pub(crate) b: &'a [u32],
+    pub(crate) b_rows: &'a [u8],
     pub(crate) b_sc: &'a [i32],
     pub(crate) b_pairs: &'a [u32],
     pub(crate) b_d: &'a [f32],
     pub(crate) b_m: &'a [f32],
 }
 
-/// f32 lane accumulators of one `QMR x QNR` tile: token `i`, lane `l`, row `j` at
+/// f32 lane accumulators of one tile of `mr` tokens: token `i`, lane `l`, row `j` at
 /// `(i * BLOCK_LANES + l) * QNR + j`.
-pub(crate) const BLOCK_TILE_LANES: usize = QMR * crate::block_input::BLOCK_LANES * QNR;
+pub(crate) const fn block_tile_lanes(mr: usize) -> usize {
+    mr * crate::block_input::BLOCK_LANES * QNR
+}
 
 impl BlockTile<'_> {
     /// Asserts every extent a micro-kernel reads (`blocks` whole blocks of the sliver and the
-    /// panel) and writes (`lanes`).
-    pub(crate) fn assert_tile(&self, lanes: &[f32]) {
+    /// panel, words or rows as `words` says) and writes (`lanes`).
+    pub(crate) fn assert_tile(&self, lanes: &[f32], words: bool) {
+        let mr = self.mr;
         let (subs, quads) = (
             self.blocks * self.subs,
             self.blocks * self.subs * self.quads,
         );
         let pairs = self.blocks * self.pairs;
+        let b_ok = if words {
+            self.b.len() >= quads * QNR
+        } else {
+            self.kc >= quads * 4 && self.b_rows.len() >= self.kc * QNR
+        };
         assert!(
-            self.a.len() >= quads * QMR
-                && self.a_off.len() >= subs * QMR
-                && self.a_d.len() >= self.blocks * QMR
-                && self.a_pairs.len() >= pairs * QMR
-                && self.b.len() >= quads * QNR
+            self.a.len() >= quads * mr
+                && self.a_off.len() >= subs * mr
+                && self.a_d.len() >= self.blocks * mr
+                && self.a_pairs.len() >= pairs * mr
+                && b_ok
                 && (self.subs == 1 || self.b_sc.len() >= subs * QNR)
                 && self.b_pairs.len() >= pairs * QNR
                 && self.b_d.len() >= self.blocks * QNR
                 && (self.pairs == 0 || self.b_m.len() >= self.blocks * QNR)
-                && lanes.len() >= BLOCK_TILE_LANES
+                && lanes.len() >= block_tile_lanes(mr)
                 && self.lane0 < crate::block_input::BLOCK_LANES,
             "packed block panels too short"
         );
@@ -491,8 +504,25 @@ impl BlockTile<'_> {
 
 /// One instruction set's ggml-block integer micro-kernel (`QMR x QNR` tile).
 pub(crate) trait BlockMicro: Copy + Send + Sync {
-    /// Adds the tile's block terms into `lanes` (see [`BLOCK_TILE_LANES`]).
+    /// Adds the tile's block terms into `lanes` (see [`block_tile_lanes`]).
     fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]);
+
+    /// Tokens per sliver. Default: `QMR`.
+    fn mr(self) -> usize {
+        QMR
+    }
+
+    /// Whether the tile reads the panel as words (`b`) rather than rows (`b_rows`). Default:
+    /// words.
+    fn reads_words(self) -> bool {
+        true
+    }
+
+    /// Whether the tile's lanes are ordered row first: row `j`, lane `l`, token `i` at
+    /// `(j * BLOCK_LANES + l) * mr + i` instead of [`block_tile_lanes`]' order. Default: no.
+    fn lanes_by_row(self) -> bool {
+        false
+    }
 
     /// Prefetches one address now. Default: nothing.
     #[inline]

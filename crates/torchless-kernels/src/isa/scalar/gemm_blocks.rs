@@ -24,7 +24,8 @@ fn dot2(w: u32, a: u32) -> i32 {
 
 impl BlockMicro for Scalar {
     fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]) {
-        op.assert_tile(lanes);
+        assert_eq!(op.mr, QMR, "a tile of QMR tokens");
+        op.assert_tile(lanes, true);
         let t = *op;
         for b in 0..t.blocks {
             let lane = (t.lane0 + b) % BLOCK_LANES;

@@ -5,4 +5,4 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 
 pub(crate) use avx2::Avx2;
-pub(crate) use avx512::Avx512;
+pub(crate) use avx512::{Amx, Avx512, Avx512Blocks};

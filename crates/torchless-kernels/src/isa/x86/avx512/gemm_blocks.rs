@@ -1,7 +1,7 @@
 //! The ggml-block integer GEMM tile with `vpdpbusd` / `vpdpwssd` on 512-bit vectors (16 rows per
 //! register), bit-identical to the scalar tile: exact integer sums, then the same f32 operations.
 
-use super::Avx512;
+use super::{Amx, Avx512};
 use crate::block_input::BLOCK_LANES;
 use crate::isa::traits::{BlockMicro, BlockTile, QMR, QNR};
 use crate::isa::x86::avx2;
@@ -152,7 +152,8 @@ unsafe fn transpose_raw(rows: *const u8, kc: usize, words: *mut u32) {
 
 impl BlockMicro for Avx512 {
     fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]) {
-        op.assert_tile(lanes);
+        assert_eq!(op.mr, QMR, "a tile of QMR tokens");
+        op.assert_tile(lanes, true);
         // SAFETY: the token proves the features; the operands' and the lanes' extents were
         // asserted by `assert_tile`.
         unsafe {
@@ -184,5 +185,52 @@ impl BlockMicro for Avx512 {
         // SAFETY: the token proves the features; the extents were asserted above.
         unsafe { transpose_raw(rows.as_ptr(), kc, words.as_mut_ptr()) };
         true
+    }
+}
+
+/// The block GEMM tile the AVX-512 path runs: AMX where the CPU has it and the OS grants it, else
+/// VNNI (both bit-identical to decode).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Avx512Blocks {
+    Vnni(Avx512),
+    Amx(Amx),
+}
+
+impl BlockMicro for Avx512Blocks {
+    fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]) {
+        match self {
+            Avx512Blocks::Vnni(t) => t.kernel(op, lanes),
+            Avx512Blocks::Amx(t) => t.kernel(op, lanes),
+        }
+    }
+
+    fn mr(self) -> usize {
+        match self {
+            Avx512Blocks::Vnni(t) => t.mr(),
+            Avx512Blocks::Amx(t) => t.mr(),
+        }
+    }
+
+    fn reads_words(self) -> bool {
+        matches!(self, Avx512Blocks::Vnni(_))
+    }
+
+    fn lanes_by_row(self) -> bool {
+        matches!(self, Avx512Blocks::Amx(_))
+    }
+
+    #[inline]
+    fn prefetch(self, p: *const u8) {
+        match self {
+            Avx512Blocks::Vnni(t) => t.prefetch(p),
+            Avx512Blocks::Amx(t) => t.prefetch(p),
+        }
+    }
+
+    fn transpose(self, rows: &[u8], kc: usize, words: &mut [u32]) -> bool {
+        match self {
+            Avx512Blocks::Vnni(t) => t.transpose(rows, kc, words),
+            Avx512Blocks::Amx(_) => false,
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! calling the `#[target_feature]` functions sound, and the safe wrappers check every extent the
 //! raw loops rely on.
 
+mod amx;
 mod blocks;
 mod gemm_blocks;
 mod gemm_int;
@@ -18,6 +19,8 @@ mod matvec;
 mod probe;
 
 use super::avx2::Avx2;
+pub(crate) use amx::Amx;
+pub(crate) use gemm_blocks::Avx512Blocks;
 
 /// Proof that the running CPU has AVX-512 F/BW/VL and VNNI, and AVX2, FMA and F16C (it carries
 /// the [`Avx2`] token).
