@@ -230,7 +230,26 @@ fn round_even(v: f32) -> f32 {
 /// Whether any value is an infinity or NaN.
 #[inline]
 fn non_finite(x: &[f32]) -> bool {
-    x.iter().any(|v| !v.is_finite())
+    // A fold over the exponent bits rather than `any`, so it vectorizes (no early exit).
+    x.iter().fold(false, |acc, v| {
+        acc | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+    })
+}
+
+/// The largest `|v|` of finite values, as bits: for non-negative floats the bit patterns order
+/// as the values do, so an integer maximum (which vectorizes) finds it exactly.
+#[inline]
+fn max_abs_bits(x: &[f32]) -> u32 {
+    x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
+}
+
+/// `round_even(v · scale)` clamped to ±127, for every value.
+#[inline]
+fn round_codes(x: &[f32], scale: f32, q: &mut [i8]) {
+    for (o, &v) in q.iter_mut().zip(x) {
+        // In range after the clamp, and integral: the conversion is exact.
+        *o = round_even(v * scale).clamp(-127.0, 127.0) as i32 as i8;
+    }
 }
 
 /// One block of 32 to Q8_0 (`quantize_row_q8_0` on x86): returns `d` as the half's value.
@@ -239,7 +258,7 @@ fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
         q.fill(0);
         return f32::NAN;
     }
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let amax = f32::from_bits(max_abs_bits(x));
     let d = f16_to_f32(f32_to_f16(amax / 127.0));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     if !id.is_finite() {
@@ -247,9 +266,7 @@ fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
         q.fill(0);
         return d;
     }
-    for (o, &v) in q.iter_mut().zip(x) {
-        *o = round_even(v * id).clamp(-127.0, 127.0) as i8;
-    }
+    round_codes(x, id, q);
     d
 }
 
@@ -259,26 +276,24 @@ fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
         q.fill(0);
         return f32::NAN;
     }
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax == 0.0 {
+    // The value of largest magnitude, the first one among equals.
+    let amax_bits = max_abs_bits(x);
+    if amax_bits == 0 {
         q.fill(0);
         return 0.0;
     }
+    let max = x
+        .iter()
+        .copied()
+        .find(|v| v.to_bits() & 0x7fff_ffff == amax_bits)
+        .unwrap_or(0.0);
     let iscale = -127.0 / max;
     if !iscale.is_finite() {
         // `|max|` below 127 / f32::MAX: a zero block (llama.cpp's `d` is −0 there).
         q.fill(0);
         return 0.0;
     }
-    for (o, &v) in q.iter_mut().zip(x) {
-        *o = round_even(iscale * v).clamp(-127.0, 127.0) as i8;
-    }
+    round_codes(x, iscale, q);
     1.0 / iscale
 }
 
