@@ -16,7 +16,7 @@
 
 use super::{by_columns, is_trivial, panels, PanelLines, Pool, F32_POOL};
 use crate::block_input::{quantize_into, reduce8, ActKind, BLOCK_LANES};
-use crate::blocks::{block_codes, k_scales, BlockMat, BlockType};
+use crate::blocks::{k_scales, BlockMat, BlockType};
 use crate::half::f16_to_f32;
 use crate::isa::traits::{block_tile_lanes, BlockMicro, BlockTile, QNR};
 use crate::mat::MatRef;
@@ -264,11 +264,77 @@ fn half_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
+/// A block's codes as the tile multiplies them: `c + o` as unsigned bytes (`block_codes` plus the
+/// type's offset), the first `block_values` of `out`. Fixed-size arrays, so the loops vectorize.
+fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
+    fn arr<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
+        b[at..at + N].try_into().expect("a whole block")
+    }
+    match ty {
+        BlockType::Q8_0 => {
+            let qs: &[u8; 32] = arr(b, 2);
+            for (o, &q) in out[..32].iter_mut().zip(qs) {
+                *o = q ^ 0x80;
+            }
+        }
+        BlockType::Q4_0 | BlockType::Q4_1 => {
+            let qs: &[u8; 16] = arr(b, if ty == BlockType::Q4_0 { 2 } else { 4 });
+            for j in 0..16 {
+                out[j] = qs[j] & 0xf;
+                out[j + 16] = qs[j] >> 4;
+            }
+        }
+        BlockType::Q5_0 | BlockType::Q5_1 => {
+            let at = if ty == BlockType::Q5_0 { 2 } else { 4 };
+            let qh = u32::from_le_bytes(*arr(b, at));
+            let qs: &[u8; 16] = arr(b, at + 4);
+            for j in 0..16 {
+                let h0 = ((qh >> j) & 1) as u8;
+                let h1 = ((qh >> (j + 16)) & 1) as u8;
+                out[j] = (qs[j] & 0xf) | (h0 << 4);
+                out[j + 16] = (qs[j] >> 4) | (h1 << 4);
+            }
+        }
+        BlockType::Q4K => {
+            let qs: &[u8; 128] = arr(b, 16);
+            for p in 0..4 {
+                for l in 0..32 {
+                    out[64 * p + l] = qs[32 * p + l] & 0xf;
+                    out[64 * p + 32 + l] = qs[32 * p + l] >> 4;
+                }
+            }
+        }
+        BlockType::Q5K => {
+            let (qh, qs): (&[u8; 32], &[u8; 128]) = (arr(b, 16), arr(b, 48));
+            for p in 0..4 {
+                for l in 0..32 {
+                    let q = qs[32 * p + l];
+                    out[64 * p + l] = (q & 0xf) | (((qh[l] >> (2 * p)) & 1) << 4);
+                    out[64 * p + 32 + l] = (q >> 4) | (((qh[l] >> (2 * p + 1)) & 1) << 4);
+                }
+            }
+        }
+        BlockType::Q6K => {
+            let (ql, qh): (&[u8; 128], &[u8; 64]) = (arr(b, 0), arr(b, 128));
+            for n in 0..2 {
+                for l in 0..32 {
+                    let (lo, hi, h) = (ql[64 * n + l], ql[64 * n + 32 + l], qh[32 * n + l]);
+                    out[128 * n + l] = (lo & 0xf) | ((h & 3) << 4);
+                    out[128 * n + 32 + l] = (hi & 0xf) | (((h >> 2) & 3) << 4);
+                    out[128 * n + 64 + l] = (lo >> 4) | (((h >> 4) & 3) << 4);
+                    out[128 * n + 96 + l] = (hi >> 4) | (((h >> 6) & 3) << 4);
+                }
+            }
+        }
+        BlockType::F16 | BlockType::BF16 => unreachable!("not a quantized type"),
+    }
+}
+
 /// One unpacked weight panel: the layouts of [`BlockTile`]'s `b` arrays (zero past the rows).
 struct BlockPanel {
     /// Scratch: the panel's codes row by row, and one block's signed codes.
     rows: Vec<u8>,
-    codes: [i8; 256],
+    codes: [u8; 256],
     words: Vec<u32>,
     sc: Vec<i32>,
     pairs: Vec<u32>,
@@ -318,12 +384,8 @@ impl BlockPanel {
             let out = &mut rows[j * kc..(j + 1) * kc];
             for bi in 0..nb {
                 let blk = &row[(b0 + bi) * bb..(b0 + bi + 1) * bb];
-                let codes = &mut self.codes[..bv];
-                block_codes(shape.ty, blk, codes);
-                let offset = shape.offset as u8;
-                for (o, &c) in out[bi * bv..(bi + 1) * bv].iter_mut().zip(codes.iter()) {
-                    *o = (c as u8).wrapping_add(offset);
-                }
+                unsigned_codes(shape.ty, blk, &mut self.codes);
+                out[bi * bv..(bi + 1) * bv].copy_from_slice(&self.codes[..bv]);
                 let at = bi * QNR + j;
                 match shape.ty {
                     BlockType::Q8_0 | BlockType::Q4_0 | BlockType::Q5_0 => {
