@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Side-by-side speed of torchless and llama.cpp on synthetic models of the same shapes.
+# Side-by-side speed of torchless, llama.cpp and (optionally) ik_llama.cpp on synthetic models of
+# the same shapes.
 #
 #   bench/compare-llama-cpp.sh                # 7B (int8 vs Q8_0) and 1B (f32 vs F32), 2 threads
 #   bench/compare-llama-cpp.sh --shapes 1b -r 5
 #   bench/compare-llama-cpp.sh --q4_0 --torchless-7b /path/mistral-7b-int8.bin
 #   bench/compare-llama-cpp.sh --shapes 7b-q4 -r 5   # torchless int4 vs llama.cpp Q4_0
+#   bench/compare-llama-cpp.sh --shapes 7b-q4km --gguf-q4km F.gguf --peer llama,ik
 #
 # Builds llama.cpp's llama-bench from the llama-cpp-python sdist on PyPI (vendor/llama.cpp) into a
-# cache outside the repository (or uses scripts/llama_cpp.sh's build of the same version there), writes GGUF files with bench/make_gguf.py and torchless files with
-# `torchless synth`, then runs both engines alternately (ABBA order over rounds) and prints pp/tg
-# tokens/s and the ratios torchless / llama.cpp. See bench/README.md.
+# cache outside the repository (or uses scripts/llama_cpp.sh's build of the same version there),
+# with --peer ik also ik_llama.cpp's from the ik-llama-cpp-python sdist (vendor/ik_llama.cpp),
+# writes GGUF files with bench/make_gguf.py and torchless files with `torchless synth`, then runs
+# the engines alternately (ABBA order over rounds) and prints pp/tg tokens/s and the ratios
+# torchless / each peer. See bench/README.md.
 
 set -euo pipefail
 
@@ -41,16 +45,27 @@ PREPARE_ONLY=0
 PROBE_MIB=1024
 NO_AMX=auto
 WITH_NO_MMAP=0
+PEERS=llama
+IK_VERSION=0.1.5
+IK_BENCH_BIN=
+IK_RTR=0
+LLAMA_REPACK=
+WITH_Q4KM=0
+GGUF_Q4KM=
+BUILD_JOBS=$(nproc)
 
 usage() {
     cat <<EOF
 Usage: bench/compare-llama-cpp.sh [OPTIONS]
 
-Runs torchless and llama.cpp (llama-bench) on synthetic models of the same shapes, alternating the
-engines round by round, and prints pp/tg tokens/s side by side with the ratios torchless/llama.cpp.
+Runs torchless and llama.cpp (llama-bench), and with --peer ik also ik_llama.cpp (its llama-bench),
+on synthetic models of the same shapes, alternating the engines round by round, and prints pp/tg
+tokens/s side by side with the ratios torchless/each peer.
 
 Measurement:
-  -t, --threads N        threads for both engines (prefill and decode)       [$THREADS]
+      --peer LIST        comma-separated peers to run against torchless: llama (llama.cpp),
+                         ik (ik_llama.cpp)                                     [$PEERS]
+  -t, --threads N        threads for every engine (prefill and decode)         [$THREADS]
   -p, --n-prompt N       prompt tokens per prefill (pp)                        [$N_PROMPT]
   -n, --n-gen N          generated tokens (tg)                                 [$N_GEN]
   -r, --reps N           rounds; each round runs every engine once, medians
@@ -58,7 +73,11 @@ Measurement:
       --shapes LIST      comma-separated: 7b (torchless int8 vs llama.cpp Q8_0),
                          7b-q4 (torchless int4 vs llama.cpp Q4_0 as llama-quantize
                          makes it, output.weight Q6_K; builds llama-quantize too),
+                         7b-q4km (one Q4_K_M GGUF run by every engine, torchless included;
+                         --gguf-q4km, or made with llama-quantize from the Q8_0 file),
                          1b (torchless f32 vs llama.cpp F32)                  [$SHAPES]
+      --gguf-q4km F      shape 7b-q4km: use this Q4_K_M GGUF of the 7B shape (checked) instead
+                         of quantizing one (~15 min on 2 threads)
       --q4_0             also run llama.cpp Q4_0 on the 7B shape (reference only)
       --int4-output Q    shape 7b-q4: storage of the torchless int4 file's output matrix and
                          embedding: int4, int8 or f32                          [$INT4_OUTPUT]
@@ -68,13 +87,13 @@ Measurement:
                          (the optional, inexact integer prefill path)
   -b, --batch-size N     torchless prompt batch size (llama-bench's n_ubatch is 512)
                                                                                [torchless default]
-      --no-warmup        no warmup: llama-bench --no-warmup, torchless -r 1
-                         (default: llama-bench's own warmup; torchless runs twice
+      --no-warmup        no warmup: llama-bench --no-warmup (ik_llama.cpp's: -w 0), torchless
+                         -r 1 (default: llama-bench's own warmup; torchless runs twice
                          per round and the first run is discarded)
       --probe-mib MIB    torchless read-bandwidth probe size (0: skip)         [$PROBE_MIB]
 
 Files and builds:
-      --cache DIR        llama.cpp sources/build and default model directory
+      --cache DIR        llama.cpp and ik_llama.cpp sources and builds, default model directory
                          [\${TORCHLESS_BENCH_CACHE:-\$HOME/.cache/torchless-bench}]
       --models DIR       where the (large) model files go                      [CACHE/models]
       --llama-version V  llama-cpp-python sdist version, or "latest"         [$LLAMA_VERSION]
@@ -84,15 +103,24 @@ Files and builds:
                          (llama.cpp's AMX backend takes its Q4_0/Q8_0 products on such
                          CPUs; each build is measured, whichever is faster per test counts)
       --llama-bench BIN  use this llama-bench instead of building one
+      --llama-repack R   llama-bench --repack 0|1 (weights repacked at load; AMX or the CPU
+                         repack layouts)                         [llama-bench's default, 1]
+      --ik-version V     ik-llama-cpp-python sdist version, or "latest"        [$IK_VERSION]
+      --ik-bench BIN     use this ik_llama.cpp llama-bench instead of building one
+      --ik-rtr R         ik_llama.cpp run-time repack (its -rtr): 0, 1, or both (two engines,
+                         "ik_llama.cpp" and "ik_llama.cpp (rtr)")              [$IK_RTR]
+  -j, --build-jobs N     parallel jobs of the llama.cpp/ik_llama.cpp builds (run under
+                         nice -n 19)                                           [$BUILD_JOBS]
       --torchless BIN    use this torchless binary instead of building one
-      --skip-build       build nothing: use the llama-bench already in the cache and the
-                         torchless binary already in the cargo target directory
+      --skip-build       build nothing: use the llama-bench builds already in the cache and
+                         the torchless binary already in the cargo target directory
       --torchless-7b F   use this torchless 7B-shape int8 file instead of synthesizing one
       --torchless-1b F   use this torchless 1B-shape f32 file instead of synthesizing one
       --seed S           seed for the synthetic weights                        [$SEED]
       --prepare-only     build and write the model files, measure nothing
       --clean            delete the model files under the models directory that this run
-                         used, after measuring (files given with --torchless-7b/1b are kept)
+                         used, after measuring (files given with --torchless-7b/1b or
+                         --gguf-q4km are kept)
   -h, --help
 
 Environment: TORCHLESS_BENCH_CACHE (cache directory), CARGO_TARGET_DIR (torchless build).
@@ -122,6 +150,13 @@ while [[ $# -gt 0 ]]; do
         --llama-bench) LLAMA_BENCH_BIN=$2; shift 2 ;;
         --llama-no-amx) NO_AMX=$2; shift 2 ;;
         --torchless) TORCHLESS_BIN=$2; shift 2 ;;
+        --peer|--peers) PEERS=$2; shift 2 ;;
+        --llama-repack) LLAMA_REPACK=$2; shift 2 ;;
+        --ik-version) IK_VERSION=$2; shift 2 ;;
+        --ik-bench) IK_BENCH_BIN=$2; shift 2 ;;
+        --ik-rtr) IK_RTR=$2; shift 2 ;;
+        --gguf-q4km) GGUF_Q4KM=$2; shift 2 ;;
+        -j|--build-jobs) BUILD_JOBS=$2; shift 2 ;;
         --skip-build) SKIP_BUILD=1; shift ;;
         --torchless-7b) TL_7B=$2; shift 2 ;;
         --torchless-1b) TL_1B=$2; shift 2 ;;
@@ -133,7 +168,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-for v in THREADS N_PROMPT N_GEN REPS SEED PROBE_MIB; do
+for v in THREADS N_PROMPT N_GEN REPS SEED PROBE_MIB BUILD_JOBS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, not '${!v}'"
 done
 [[ $THREADS -ge 1 && $REPS -ge 1 ]] || die "--threads and --reps must be at least 1"
@@ -141,6 +176,20 @@ done
 [[ $N_PROMPT -ge 1 || $N_GEN -ge 1 ]] || die "nothing to measure (-p 0 and -n 0)"
 [[ $INT4_OUTPUT =~ ^(int4|int8|f32)$ ]] || die "--int4-output must be int4, int8 or f32, not '$INT4_OUTPUT'"
 [[ $NO_AMX =~ ^(auto|yes|no)$ ]] || die "--llama-no-amx must be auto, yes or no, not '$NO_AMX'"
+[[ -z $LLAMA_REPACK || $LLAMA_REPACK =~ ^[01]$ ]] || die "--llama-repack must be 0 or 1, not '$LLAMA_REPACK'"
+[[ $IK_RTR =~ ^(0|1|both)$ ]] || die "--ik-rtr must be 0, 1 or both, not '$IK_RTR'"
+[[ $BUILD_JOBS -ge 1 ]] || die "--build-jobs must be at least 1"
+RUN_LLAMA=0; RUN_IK=0
+IFS=, read -r -a peer_list <<< "$PEERS"
+for p in "${peer_list[@]}"; do
+    case "$p" in
+        llama|llama.cpp) RUN_LLAMA=1 ;;
+        ik|ik_llama|ik_llama.cpp|ik-llama) RUN_IK=1 ;;
+        *) die "unknown peer '$p' (use llama, ik)" ;;
+    esac
+done
+[[ $RUN_LLAMA == 1 || $RUN_IK == 1 ]] || die "no peer selected (--peer llama,ik)"
+[[ $RUN_LLAMA == 1 ]] || NO_AMX=no   # the no-AMX build is a llama.cpp engine
 if [[ $NO_AMX == auto ]]; then
     if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then NO_AMX=yes; else NO_AMX=no; fi
 fi
@@ -151,10 +200,15 @@ for s in "${shape_list[@]}"; do
     case "$s" in
         7b|7B|mistral-7b) want_7b=1 ;;
         7b-q4|7B-q4) WITH_INT4=1 ;;
+        7b-q4km|7B-q4km|7b-q4_k_m|7B-Q4_K_M) WITH_Q4KM=1 ;;
         1b|1B|mistral-1b) want_1b=1 ;;
-        *) die "unknown shape '$s' (use 7b, 7b-q4, 1b)" ;;
+        *) die "unknown shape '$s' (use 7b, 7b-q4, 7b-q4km, 1b)" ;;
     esac
 done
+[[ -z $GGUF_Q4KM || $WITH_Q4KM == 1 ]] || die "--gguf-q4km is for the shape 7b-q4km: add it to --shapes"
+# llama-quantize (of the llama.cpp build) makes the 7b-q4 file and, unless given, the Q4_K_M one.
+NEED_QUANTIZE=0
+[[ $WITH_INT4 == 0 && ( $WITH_Q4KM == 0 || -n $GGUF_Q4KM ) ]] || NEED_QUANTIZE=1
 
 command -v python3 >/dev/null || die "python3 is required"
 python3 -c "import gguf, numpy" 2>/dev/null || die "the gguf and numpy Python packages are required (pip install gguf)"
@@ -197,15 +251,26 @@ fetch_sdist() {
 
 LLAMA_TARGETS=(llama-bench)
 
+ensure_cmake() {
+    if ! command -v cmake >/dev/null; then
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+            log "installing cmake with apt-get"
+            apt-get install -y cmake >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y cmake >/dev/null; }
+        else
+            die "cmake is required (e.g. apt-get install cmake)"
+        fi
+    fi
+}
+
 build_llama_bench() {
     local src_root tarball tmp
-    [[ $WITH_INT4 == 0 ]] || LLAMA_TARGETS+=(llama-quantize)
+    [[ $NEED_QUANTIZE == 0 ]] || LLAMA_TARGETS+=(llama-quantize)
     if [[ -n $LLAMA_BENCH_BIN ]]; then
         [[ -x $LLAMA_BENCH_BIN ]] || die "--llama-bench $LLAMA_BENCH_BIN is not executable"
         return
     fi
     if [[ $LLAMA_VERSION != latest && -x $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench
-          && ( $WITH_INT4 == 0 || -x $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-quantize ) ]]; then
+          && ( $NEED_QUANTIZE == 0 || -x $CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-quantize ) ]]; then
         LLAMA_BENCH_BIN=$CACHE/llama.cpp-$LLAMA_VERSION/build/bin/llama-bench
         log "llama-bench: $LLAMA_BENCH_BIN (already built)"
         return
@@ -213,7 +278,7 @@ build_llama_bench() {
     # The shared build of scripts/llama_cpp.sh (same sdist version), if there is one.
     if [[ $LLAMA_VERSION != latest && -f $CACHE/llama.cpp-tools/READY && -x $CACHE/llama.cpp-tools/bin/llama-bench
           && $(cat "$CACHE/llama.cpp-src/VERSION" 2>/dev/null) == "$LLAMA_VERSION"
-          && ( $WITH_INT4 == 0 || -x $CACHE/llama.cpp-tools/bin/llama-quantize ) ]]; then
+          && ( $NEED_QUANTIZE == 0 || -x $CACHE/llama.cpp-tools/bin/llama-quantize ) ]]; then
         LLAMA_BENCH_BIN=$CACHE/llama.cpp-tools/bin/llama-bench
         log "llama-bench: $LLAMA_BENCH_BIN (scripts/llama_cpp.sh's build)"
         return
@@ -224,7 +289,7 @@ build_llama_bench() {
     sdist_version=$(basename "$tarball" .tar.gz); sdist_version=${sdist_version#llama_cpp_python-}
     src_root=$CACHE/llama.cpp-$sdist_version
     LLAMA_BENCH_BIN=$src_root/build/bin/llama-bench
-    if [[ -x $LLAMA_BENCH_BIN && ( $WITH_INT4 == 0 || -x $src_root/build/bin/llama-quantize ) ]]; then
+    if [[ -x $LLAMA_BENCH_BIN && ( $NEED_QUANTIZE == 0 || -x $src_root/build/bin/llama-quantize ) ]]; then
         rm -rf "$tmp"
         log "llama-bench: $LLAMA_BENCH_BIN (already built)"
         return
@@ -236,23 +301,16 @@ build_llama_bench() {
         mv "$tmp/llama_cpp_python-$sdist_version" "$src_root"
     fi
     rm -rf "$tmp"
-    if ! command -v cmake >/dev/null; then
-        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-            log "installing cmake with apt-get"
-            apt-get install -y cmake >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y cmake >/dev/null; }
-        else
-            die "cmake is required (e.g. apt-get install cmake)"
-        fi
-    fi
+    ensure_cmake
     log "building llama-bench (llama-cpp-python $sdist_version, vendor/llama.cpp) in $src_root/build"
     # CPU only, tuned for this machine; static so the binary does not depend on the build tree.
-    cmake -S "$src_root/vendor/llama.cpp" -B "$src_root/build" \
+    nice -n 19 cmake -S "$src_root/vendor/llama.cpp" -B "$src_root/build" \
         -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
         -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
         > "$src_root/configure.log" 2>&1 || { tail -n 30 "$src_root/configure.log" >&2; die "cmake configure failed (log: $src_root/configure.log)"; }
-    cmake --build "$src_root/build" --config Release --target "${LLAMA_TARGETS[@]}" -j "$(nproc)" \
+    nice -n 19 cmake --build "$src_root/build" --config Release --target "${LLAMA_TARGETS[@]}" -j "$BUILD_JOBS" \
         > "$src_root/build.log" 2>&1 || { tail -n 30 "$src_root/build.log" >&2; die "llama-bench build failed (log: $src_root/build.log)"; }
     [[ -x $LLAMA_BENCH_BIN ]] || die "the build did not produce $LLAMA_BENCH_BIN"
 }
@@ -283,15 +341,98 @@ build_llama_bench_noamx() {
         if grep -qw "${f%%:*}" /proc/cpuinfo; then flags+=("-DGGML_${f#*:}=ON"); else flags+=("-DGGML_${f#*:}=OFF"); fi
     done
     log "building llama-bench without AMX in $build (${flags[*]})"
-    cmake -S "$llama_src" -B "$build" \
+    nice -n 19 cmake -S "$llama_src" -B "$build" \
         -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF "${flags[@]}" -DBUILD_SHARED_LIBS=OFF \
         -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF \
         > "$build.configure.log" 2>&1 || { tail -n 30 "$build.configure.log" >&2; die "cmake configure (no AMX) failed"; }
-    cmake --build "$build" --config Release --target llama-bench -j "$(nproc)" \
+    nice -n 19 cmake --build "$build" --config Release --target llama-bench -j "$BUILD_JOBS" \
         > "$build.build.log" 2>&1 || { tail -n 30 "$build.build.log" >&2; die "llama-bench build (no AMX) failed"; }
     [[ -x $LLAMA_BENCH_NOAMX ]] || die "the build did not produce $LLAMA_BENCH_NOAMX"
+}
+
+# ------------------------------------------------------------------------------------------------
+# ik_llama.cpp (llama.cpp's CPU-focused fork), from the ik-llama-cpp-python sdist's vendor/ik_llama.cpp
+
+ik_sdist_version=$IK_VERSION
+
+build_ik_bench() { # sets IK_BENCH_BIN
+    local spec tmp tarball f src_root src
+    if [[ -n $IK_BENCH_BIN ]]; then
+        [[ -x $IK_BENCH_BIN ]] || die "--ik-bench $IK_BENCH_BIN is not executable"
+        ik_sdist_version="given binary"
+        return
+    fi
+    if [[ $IK_VERSION != latest && -x $CACHE/ik_llama.cpp-$IK_VERSION/build/bin/llama-bench ]]; then
+        IK_BENCH_BIN=$CACHE/ik_llama.cpp-$IK_VERSION/build/bin/llama-bench
+        log "ik_llama.cpp llama-bench: $IK_BENCH_BIN (already built)"
+        return
+    fi
+    [[ $SKIP_BUILD == 0 ]] || die "--skip-build, but there is no $CACHE/ik_llama.cpp-$IK_VERSION/build/bin/llama-bench"
+    if [[ $IK_VERSION == latest ]]; then spec=ik-llama-cpp-python; else spec="ik-llama-cpp-python==$IK_VERSION"; fi
+    tmp=$(mktemp -d "$CACHE/download.XXXXXX")
+    log "downloading the $spec sdist"
+    python3 -m pip download --quiet --no-deps --no-binary ik-llama-cpp-python -d "$tmp" "$spec" >&2 \
+        || { rm -rf "$tmp"; die "cannot download the ik-llama-cpp-python sdist ($spec)"; }
+    tarball=
+    for f in "$tmp"/ik_llama_cpp_python-*.tar.gz; do tarball=$f; done   # a fresh directory: one file
+    [[ -f $tarball ]] || { rm -rf "$tmp"; die "pip left no ik-llama-cpp-python sdist in $tmp"; }
+    ik_sdist_version=$(basename "$tarball" .tar.gz); ik_sdist_version=${ik_sdist_version#ik_llama_cpp_python-}
+    src_root=$CACHE/ik_llama.cpp-$ik_sdist_version
+    src=$src_root/src
+    IK_BENCH_BIN=$src_root/build/bin/llama-bench
+    if [[ -x $IK_BENCH_BIN ]]; then
+        rm -rf "$tmp"
+        log "ik_llama.cpp llama-bench: $IK_BENCH_BIN (already built)"
+        return
+    fi
+    if [[ ! -f $src/CMakeLists.txt ]]; then
+        log "extracting vendor/ik_llama.cpp of $(basename "$tarball") into $src"
+        tar -xzf "$tarball" -C "$tmp"
+        local vendored=$tmp/ik_llama_cpp_python-$ik_sdist_version/vendor/ik_llama.cpp
+        [[ -f $vendored/CMakeLists.txt ]] || { rm -rf "$tmp"; die "the sdist has no vendor/ik_llama.cpp/CMakeLists.txt"; }
+        # The sdist lacks common/cmake/build-info-gen-cpp.cmake, which a custom command in
+        # common/CMakeLists.txt runs to write common/build-info.cpp from git: write that file here
+        # and drop the command (in the cache's copy only).
+        if [[ ! -f $vendored/common/cmake/build-info-gen-cpp.cmake ]]; then
+            python3 - "$vendored" "$(${CC:-cc} --version 2>/dev/null | head -n 1)" "$(${CC:-cc} -dumpmachine 2>/dev/null)" <<'PY' \
+                || { rm -rf "$tmp"; die "cannot patch ik_llama.cpp's build-info generation"; }
+import re, sys
+root, compiler, target = sys.argv[1:]
+esc = lambda v: v.replace("\\", "\\\\").replace('"', '\\"')
+text = open(f"{root}/common/build-info.cpp.in").read()
+for key, value in (("BUILD_NUMBER", "0"), ("BUILD_COMMIT", "unknown"),
+                   ("BUILD_COMPILER", esc(compiler or "unknown")), ("BUILD_TARGET", esc(target or "unknown"))):
+    text = text.replace(f"@{key}@", value)
+assert "@" not in text, text
+open(f"{root}/common/build-info.cpp", "w").write(text)
+path = f"{root}/common/CMakeLists.txt"
+cmake = open(path).read()
+cmake, n = re.subn(r'add_custom_command\(\s*OUTPUT\s+"\$\{CMAKE_CURRENT_SOURCE_DIR\}/build-info\.cpp".*?\n\)\n', "",
+                   cmake, flags=re.S)
+assert n == 1 and "build-info-gen-cpp" not in cmake, "custom command not found"
+open(path, "w").write(cmake)
+PY
+        fi
+        mkdir -p "$src_root"
+        rm -rf "$src"
+        mv "$vendored" "$src"
+    fi
+    rm -rf "$tmp"
+    ensure_cmake
+    log "building ik_llama.cpp's llama-bench (ik-llama-cpp-python $ik_sdist_version) in $src_root/build (-j $BUILD_JOBS, nice 19)"
+    # As llama.cpp's: CPU only, -march=native, static. llama-bench is among its examples. The
+    # flash-attention kernels for quantized KV caches (GGML_IQK_FA_ALL_QUANTS) are left out: they
+    # take a large part of the build time and the benchmarks use an f16 cache.
+    nice -n 19 cmake -S "$src" -B "$src_root/build" \
+        -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
+        -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DGGML_IQK_FA_ALL_QUANTS=OFF \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=OFF \
+        > "$src_root/configure.log" 2>&1 || { tail -n 30 "$src_root/configure.log" >&2; die "cmake configure of ik_llama.cpp failed (log: $src_root/configure.log)"; }
+    nice -n 19 cmake --build "$src_root/build" --config Release --target llama-bench -j "$BUILD_JOBS" \
+        > "$src_root/build.log" 2>&1 || { tail -n 30 "$src_root/build.log" >&2; die "ik_llama.cpp llama-bench build failed (log: $src_root/build.log)"; }
+    [[ -x $IK_BENCH_BIN ]] || die "the build did not produce $IK_BENCH_BIN"
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -385,17 +526,19 @@ ensure_gguf_model() { # shape type; sets MODEL_PATH
     MODEL_PATH=$path
 }
 
-# llama.cpp's own Q4_0 (what llama-quantize makes: output.weight Q6_K) from make_gguf.py's Q4_0
-# file (output Q8_0, as the gguf package cannot write Q6_K); sets MODEL_PATH.
-ensure_llama_quantized_q4_0() {
-    local source=$MODEL_PATH path quantize
-    path=$MODELS/llama-mistral-7b-q4_0-llama-quantize-seed$SEED.gguf
+# A file as llama-quantize makes it (type $1: Q4_0 gives output.weight Q6_K, Q4_K_M its usual
+# Q4_K/Q6_K mix) from the GGUF in MODEL_PATH (make_gguf.py's Q4_0 or Q8_0 file: the gguf package
+# cannot write K-quants); sets MODEL_PATH.
+ensure_llama_quantized() {
+    local type=$1 source=$MODEL_PATH path quantize
+    path=$MODELS/llama-mistral-7b-${type,,}-llama-quantize-seed$SEED.gguf
     quantize=$(dirname "$LLAMA_BENCH_BIN")/llama-quantize
-    [[ -x $quantize ]] || die "shape 7b-q4 needs llama-quantize beside $LLAMA_BENCH_BIN"
+    [[ -x $quantize ]] || die "a llama-quantize'd $type file needs llama-quantize beside $LLAMA_BENCH_BIN"
     if [[ ! -f $path ]]; then
-        ensure_space "$MODELS" 4200000000 "$(basename "$path")"
-        log "writing $path (llama-quantize --allow-requantize $(basename "$source") Q4_0)"
-        "$quantize" --allow-requantize "$source" "$path.partial" Q4_0 > "$path.log" 2>&1 \
+        ensure_space "$MODELS" 4600000000 "$(basename "$path")"
+        log "writing $path (llama-quantize --allow-requantize $(basename "$source") $type; minutes)"
+        # Not measured: niced, like the builds.
+        nice -n 19 "$quantize" --allow-requantize "$source" "$path.partial" "$type" > "$path.log" 2>&1 \
             || { tail -n 20 "$path.log" >&2; rm -f "$path.partial"; die "llama-quantize failed"; }
         mv "$path.partial" "$path"
     else
@@ -405,40 +548,91 @@ ensure_llama_quantized_q4_0() {
     MODEL_PATH=$path
 }
 
+# Checks that a given GGUF has the 7B shape (and says so when it is not Q4_K_M).
+check_gguf_7b() {
+    python3 - "$1" <<'EOF' || die "$1 is not a GGUF of the 7B shape (llama, 4096 hidden, 14336 FFN, 32 layers, 32/8 heads, 32000 tokens)"
+import sys
+import gguf
+r = gguf.GGUFReader(sys.argv[1])
+def val(key):
+    f = r.fields.get(key)
+    if f is None:
+        return None
+    if f.types and f.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode()
+    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+        return len(f.data)
+    return int(f.parts[f.data[0]][0])
+want = {"general.architecture": "llama", "llama.embedding_length": 4096, "llama.feed_forward_length": 14336,
+        "llama.block_count": 32, "llama.attention.head_count": 32, "llama.attention.head_count_kv": 8,
+        "tokenizer.ggml.tokens": 32000}
+bad = {k: val(k) for k, v in want.items() if val(k) != v}
+if bad:
+    sys.exit(f"unexpected: {bad}")
+if val("general.file_type") != 15:
+    print(f"[compare] WARNING: {sys.argv[1]}: general.file_type {val('general.file_type')}, not 15 (Q4_K_M)", file=sys.stderr)
+EOF
+}
+
 # ------------------------------------------------------------------------------------------------
 
-[[ $want_1b == 1 || $want_7b == 1 || $WITH_INT4 == 1 ]] || die "no shapes selected"
-build_llama_bench
+[[ $want_1b == 1 || $want_7b == 1 || $WITH_INT4 == 1 || $WITH_Q4KM == 1 ]] || die "no shapes selected"
+# llama.cpp is built for its own runs and for llama-quantize.
+[[ $RUN_LLAMA == 0 && $NEED_QUANTIZE == 0 ]] || build_llama_bench
 [[ $NO_AMX == no ]] || build_llama_bench_noamx
+[[ $RUN_IK == 0 ]] || build_ik_bench
 build_torchless
-log "llama-bench: $LLAMA_BENCH_BIN"
+[[ $RUN_LLAMA == 0 ]] || log "llama-bench: $LLAMA_BENCH_BIN"
+[[ $RUN_IK == 0 ]] || log "ik_llama.cpp llama-bench: $IK_BENCH_BIN"
 log "torchless:   $TORCHLESS_BIN"
+
+add_peers() { # label weights gguf-file: a run of every selected peer on that file
+    [[ $RUN_LLAMA == 0 ]] || RUNS+=("$1|llama.cpp|$2|$3")
+    [[ $RUN_IK == 0 ]] || RUNS+=("$1|ik_llama.cpp|$2|$3")
+}
 
 # Runs: "label|engine|weights|model file" in the order of the first round.
 RUNS=()
 if [[ $want_7b == 1 ]]; then
     ensure_torchless_model mistral-7b int8 4096 32 "$TL_7B"; tl=$MODEL_PATH
     ensure_gguf_model mistral-7b q8_0; q8=$MODEL_PATH
-    RUNS+=("7B|llama.cpp|Q8_0|$q8" "7B|torchless|int8|$tl")
+    add_peers 7B Q8_0 "$q8"
+    RUNS+=("7B|torchless|int8|$tl")
     if [[ $WITH_INT8_ACT == 1 ]]; then
         RUNS+=("7B|torchless|int8 (int8 activations)|$tl")
     fi
     if [[ $WITH_Q4 == 1 ]]; then
         ensure_gguf_model mistral-7b q4_0
-        RUNS+=("7B|llama.cpp|Q4_0|$MODEL_PATH")
+        add_peers 7B Q4_0 "$MODEL_PATH"
     fi
 fi
 if [[ $WITH_INT4 == 1 ]]; then
     ensure_gguf_model mistral-7b q4_0
-    ensure_llama_quantized_q4_0
-    RUNS+=("7B|llama.cpp|Q4_0 (Q6_K output)|$MODEL_PATH")
+    ensure_llama_quantized Q4_0
+    add_peers 7B "Q4_0 (Q6_K output)" "$MODEL_PATH"
     ensure_torchless_model mistral-7b int4 4096 32 "" "$INT4_OUTPUT"
     RUNS+=("7B|torchless|int4 ($INT4_OUTPUT output)|$MODEL_PATH")
+fi
+if [[ $WITH_Q4KM == 1 ]]; then
+    # One file for every engine: torchless reads GGUF too. Its own shape label, so that its
+    # ratios pair the runs of this file only.
+    if [[ -n $GGUF_Q4KM ]]; then
+        [[ -f $GGUF_Q4KM ]] || die "$GGUF_Q4KM does not exist"
+        check_gguf_7b "$GGUF_Q4KM"
+        MODEL_PATH=$(cd "$(dirname "$GGUF_Q4KM")" && pwd)/$(basename "$GGUF_Q4KM")
+        log "GGUF model: $MODEL_PATH"
+    else
+        ensure_gguf_model mistral-7b q8_0
+        ensure_llama_quantized Q4_K_M
+    fi
+    add_peers 7B-q4km Q4_K_M "$MODEL_PATH"
+    RUNS+=("7B-q4km|torchless|Q4_K_M (same GGUF)|$MODEL_PATH")
 fi
 if [[ $want_1b == 1 ]]; then
     ensure_torchless_model mistral-1b f32 2048 16 "$TL_1B"; tl=$MODEL_PATH
     ensure_gguf_model mistral-1b f32; f32=$MODEL_PATH
-    RUNS+=("1B|llama.cpp|F32|$f32" "1B|torchless|f32|$tl")
+    add_peers 1B F32 "$f32"
+    RUNS+=("1B|torchless|f32|$tl")
 fi
 
 if [[ $WITH_NO_MMAP == 1 ]]; then
@@ -459,10 +653,22 @@ if [[ $NO_AMX == yes ]]; then
     done
     RUNS=("${with_noamx[@]}")
 fi
+if [[ $RUN_IK == 1 && $IK_RTR != 0 ]]; then
+    with_rtr=()
+    for r in "${RUNS[@]}"; do
+        IFS='|' read -r label engine weights file <<< "$r"
+        [[ $engine == ik_llama.cpp && $IK_RTR == 1 ]] || with_rtr+=("$r")
+        [[ $engine != ik_llama.cpp ]] || with_rtr+=("$label|ik_llama.cpp (rtr)|$weights|$file")
+    done
+    RUNS=("${with_rtr[@]}")
+fi
 
 if [[ $PREPARE_ONLY == 1 ]]; then
-    log "prepared; model files:"
-    for r in "${RUNS[@]}"; do log "  ${r##*|}"; done
+    log "prepared; runs (shape, engine, weights: file):"
+    for r in "${RUNS[@]}"; do
+        IFS='|' read -r label engine weights file <<< "$r"
+        log "  $label, $engine, $weights: $file"
+    done
     exit 0
 fi
 
@@ -479,10 +685,23 @@ RESULTS=$RUN_DIR/results.jsonl
 : > "$RESULTS"
 log "raw results and logs: $RUN_DIR"
 
-run_llama() { # round label weights file engine
-    local bin=$LLAMA_BENCH_BIN tag=llama test n_p n_g out log status args=() parts=()
-    if [[ $5 != llama.cpp ]]; then bin=$LLAMA_BENCH_NOAMX; tag=llama-noamx; fi
-    [[ $WARMUP == 1 ]] || args+=(--no-warmup)
+run_peer() { # round label weights file engine: a llama-bench, of llama.cpp or ik_llama.cpp
+    local bin tag test n_p n_g out log status args=() parts=()
+    case "$5" in
+        llama.cpp|"llama.cpp (no AMX)")
+            bin=$LLAMA_BENCH_BIN; tag=llama
+            if [[ $5 != llama.cpp ]]; then bin=$LLAMA_BENCH_NOAMX; tag=llama-noamx; fi
+            [[ -z $LLAMA_REPACK ]] || args+=(--repack "$LLAMA_REPACK")
+            [[ $WARMUP == 1 ]] || args+=(--no-warmup) ;;
+        ik_llama.cpp*)
+            # ik's llama-bench: -rtr is its run-time repack (off by default; it was slower on a
+            # Zen 5), -w its warmup switch. Its other defaults are llama.cpp's apart from flash
+            # attention (on).
+            bin=$IK_BENCH_BIN; tag=ik; args+=(-rtr 0)
+            if [[ $5 != ik_llama.cpp ]]; then tag=ik-rtr; args=(-rtr 1); fi
+            [[ $WARMUP == 1 ]] || args+=(-w 0) ;;
+        *) die "internal: unknown engine $5" ;;
+    esac
     # pp and tg in separate processes, so that a crash in one (llama.cpp's AMX path has crashed on
     # prompt batches) is recorded for that test and the other is still measured.
     for test in pp tg; do
@@ -515,7 +734,7 @@ for path in paths:
             rec["tg"] = row["avg_ts"]
     first = rows[0] if rows and "failed" not in rows[0] else {}
     for key in ("build_commit", "build_number", "cpu_info", "backends", "model_size", "model_type", "n_threads",
-                "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
+                "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap", "repack"):
         if key in first:
             rec[key] = first[key]
 print(json.dumps(rec))
@@ -573,10 +792,10 @@ for ((round = 1; round <= REPS; round++)); do
     for i in "${order[@]}"; do
         IFS='|' read -r label engine weights file <<< "${RUNS[$i]}"
         log "round $round/$REPS: $label $engine $weights"
-        if [[ $engine == llama.cpp* ]]; then
-            run_llama "$round" "$label" "$weights" "$file" "$engine"
-        else
+        if [[ $engine == torchless ]]; then
             run_torchless "$round" "$label" "$weights" "$file"
+        else
+            run_peer "$round" "$label" "$weights" "$file" "$engine"
         fi
     done
 done
@@ -610,10 +829,10 @@ EOF
 cpu_model=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
 python3 - "$RESULTS" "$RUN_DIR/gguf-bytes.json" "$sdist_version" "$LLAMA_BENCH_BIN" "$torchless_rev" \
     "$THREADS" "$N_PROMPT" "$N_GEN" "$REPS" "$WARMUP" "${cpu_model:-?} ($(nproc) CPUs)" \
-    "$LOAD_BEFORE" "$(load_1min)" <<'EOF' | tee "$RUN_DIR/table.md"
+    "$LOAD_BEFORE" "$(load_1min)" "$ik_sdist_version" "$IK_BENCH_BIN" <<'EOF' | tee "$RUN_DIR/table.md"
 import json, statistics, sys
 (results, gguf_bytes, version, llama_bin, tl_rev, threads, n_prompt, n_gen, reps, warmup, cpu,
- load_before, load_after) = sys.argv[1:]
+ load_before, load_after, ik_version, ik_bin) = sys.argv[1:]
 recs = [json.loads(line) for line in open(results) if line.strip()]
 gbytes = json.load(open(gguf_bytes))
 keys = []
@@ -645,14 +864,30 @@ for k in keys:
         bpt = gbytes.get(rows[0]["model"])
     stats[k] = (pp, tg, bpt, rows[0], failed)
 
-first_llama = next((s[3] for k, s in stats.items() if k[1].startswith("llama.cpp") and "build_number" in s[3]), {})
+def family(engine):
+    # The builds of one peer (llama.cpp with and without AMX; ik_llama.cpp with and without -rtr).
+    return "ik_llama.cpp" if engine.startswith("ik_llama.cpp") else engine.split(" (")[0]
+
+def onoff(v):
+    return {-1: "auto", 0: "off", 1: "on", False: "off", True: "on"}.get(v, v)
+
+def peer_line(name, source, fam):
+    runs = {k[1]: s[3] for k, s in stats.items() if family(k[1]) == fam and "build_number" in s[3]}
+    if not runs:
+        return
+    first = next(iter(runs.values()))
+    repacks = {e: onoff(r.get("repack", "?")) for e, r in runs.items()}
+    repack = (next(iter(repacks.values())) if len(set(repacks.values())) == 1
+              else ", ".join(f"{v} ({e})" for e, v in repacks.items()))
+    print(f"{name}: {source}, build {first.get('build_number', '?')} ({first.get('build_commit', '?')}), "
+          f"{first.get('backends', 'CPU')}, flash_attn {onoff(first.get('flash_attn', '?'))}, "
+          f"n_batch {first.get('n_batch', '?')}, n_ubatch {first.get('n_ubatch', '?')}, "
+          f"KV {first.get('type_k', '?')}, repack {repack}")
+
+peer_line("llama.cpp", f"llama-cpp-python {version} sdist (vendor/llama.cpp)", "llama.cpp")
+peer_line("ik_llama.cpp", f"ik-llama-cpp-python {ik_version} sdist (vendor/ik_llama.cpp)"
+          if ik_version != "given binary" else ik_bin, "ik_llama.cpp")
 first_tl = next((s[3] for k, s in stats.items() if k[1] == "torchless"), {})
-fa = first_llama.get("flash_attn", "?")
-fa = {-1: "auto", 0: "off", 1: "on", False: "off", True: "on"}.get(fa, fa)
-print(f"llama.cpp: llama-cpp-python {version} sdist (vendor/llama.cpp), build {first_llama.get('build_number', '?')} "
-      f"({first_llama.get('build_commit', '?')}), {first_llama.get('backends', 'CPU')}, "
-      f"flash_attn {fa}, n_batch {first_llama.get('n_batch', '?')}, n_ubatch {first_llama.get('n_ubatch', '?')}, "
-      f"KV {first_llama.get('type_k', '?')}")
 print(f"torchless: {tl_rev}, kernels {first_tl.get('kernels', '?')}, {first_tl.get('residency', '?')}, "
       f"batch size {first_tl.get('batch_size', '?')}")
 bw = [r["read_bandwidth_gb_per_s"] for r in recs if r.get("read_bandwidth_gb_per_s")]
@@ -682,20 +917,24 @@ print("|---|---|---|---|")
 for k, (pp, tg, _, _, _) in stats.items():
     if k[1] != "torchless":
         continue
-    best = {}
+    best, builds = {}, {}
     for k2, (pp2, tg2, _, _, _) in stats.items():
-        if k2[0] != k[0] or not k2[1].startswith("llama.cpp"):
+        if k2[0] != k[0] or k2[1] == "torchless":
             continue
         rp = f"{med(pp) / med(pp2):.2f}×" if pp and pp2 else "-"
         rt = f"{med(tg) / med(tg2):.2f}×" if tg and tg2 else "-"
         print(f"| {k[0]} | torchless {k[2]} / {k2[1]} {k2[2]} | {rp} | {rt} |")
+        fam = family(k2[1])
+        builds.setdefault(fam, set()).add(k2[1])
         for t, v in (("pp", pp2), ("tg", tg2)):
-            if v and (t not in best or med(v) > med(best[t])):
-                best[t] = v
-    if len([k2 for k2 in stats if k2[0] == k[0] and k2[1].startswith("llama.cpp")]) > 1:
-        rp = f"{med(pp) / med(best['pp']):.2f}×" if pp and "pp" in best else "-"
-        rt = f"{med(tg) / med(best['tg']):.2f}×" if tg and "tg" in best else "-"
-        print(f"| {k[0]} | torchless {k[2]} / the faster llama.cpp build per test | {rp} | {rt} |")
+            if v and ((fam, t) not in best or med(v) > med(best[(fam, t)])):
+                best[(fam, t)] = v
+    for fam, engines in builds.items():
+        if len(engines) < 2:
+            continue
+        rp = f"{med(pp) / med(best[(fam, 'pp')]):.2f}×" if pp and (fam, "pp") in best else "-"
+        rt = f"{med(tg) / med(best[(fam, 'tg')]):.2f}×" if tg and (fam, "tg") in best else "-"
+        print(f"| {k[0]} | torchless {k[2]} / the faster {fam} build per test | {rp} | {rt} |")
 EOF
 
 if [[ $CLEAN == 1 ]]; then
