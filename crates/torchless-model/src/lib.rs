@@ -22,6 +22,7 @@
 
 pub mod bench;
 mod chat;
+pub mod constrained;
 #[cfg(feature = "convert")]
 pub mod convert;
 mod error;
@@ -40,6 +41,7 @@ mod vocab;
 mod weights;
 
 pub use chat::{Chat, ChatTemplate};
+pub use constrained::{Constraint, ConstraintError, ConstraintVocab, Grammar};
 pub use error::{ModelError, Result};
 pub use generate::{
     GenerateOptions, GeneratedToken, Generation, GenerationStats, StopReason, TokenStream,
