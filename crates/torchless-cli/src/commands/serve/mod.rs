@@ -194,6 +194,7 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
             .map_or(0, |d| d.as_secs()),
         json_logs: args.json,
         metrics: args.metrics.then(Arc::default),
+        constraint_vocab: OnceLock::new(),
     });
     eprintln!(
         "torchless serve: {} ({} slots, context {ctx}, queue {}, {})",
