@@ -9,9 +9,11 @@ interleaved so both see the same machine load).
     python3 scripts/server/check_structured.py http://127.0.0.1:PORT [--requests 200] [--key KEY]
         [--max-tokens 512] [--baseline-every 4] [--bounded-only]
 
-`--bounded-only` keeps the schemas whose every value is bounded (enums, integers, patterns,
-strings with a maxLength): a random fixture model (CI) would otherwise fill a free number's
-decimals until `max_tokens`. Exits non-zero unless every answer is valid.
+Numbers with decimals have a `multipleOf` (0.5 or 0.25: binary fractions, since `jsonschema`
+checks it in floating point and would reject 8.2 as a multiple of 0.01): JSON numbers have no length limit, and at temperature
+1 even SmolLM2 sometimes writes decimals until `max_tokens` (llguidance, unlike llama.cpp's own
+grammar, does not cap them at 16 digits). `--bounded-only` also leaves out the schemas with
+decimals, for a random fixture model (CI). Exits non-zero unless every answer is valid.
 """
 import argparse
 import json
@@ -35,8 +37,8 @@ SCHEMAS = [
       "required": ["tags"], "additionalProperties": False}),
     ("point", False, "Give a 2D point as JSON.",
      {"type": "object", "properties": {"point": {"type": "object", "properties": {
-         "x": {"type": "number", "minimum": -100, "maximum": 100},
-         "y": {"type": "number", "minimum": -100, "maximum": 100}}, "required": ["x", "y"],
+         "x": {"type": "number", "minimum": -100, "maximum": 100, "multipleOf": 0.5},
+         "y": {"type": "number", "minimum": -100, "maximum": 100, "multipleOf": 0.5}}, "required": ["x", "y"],
          "additionalProperties": False}}, "required": ["point"], "additionalProperties": False}),
     ("address", True, "Give a US zip code and a product code as JSON.",
      {"type": "object", "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"},
@@ -58,7 +60,7 @@ SCHEMAS = [
       "required": ["user", "active"], "additionalProperties": False}),
     ("rating", False, "Rate a movie in JSON.",
      {"type": "object", "properties": {"title": WORD, "stars": {"enum": [1, 2, 3, 4, 5]},
-                                       "score": {"type": "number", "minimum": 0, "maximum": 10}},
+                                       "score": {"type": "number", "minimum": 0, "maximum": 10, "multipleOf": 0.25}},
       "required": ["title", "stars", "score"], "additionalProperties": False}),
     ("order", True, "Write a shopping order as JSON.",
      {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {
@@ -71,7 +73,7 @@ SCHEMAS = [
                                        "priority": {"type": "integer", "minimum": 0, "maximum": 5}},
       "required": ["email"], "additionalProperties": False}),
     ("weather", False, "Report the weather in a city as JSON.",
-     {"type": "object", "properties": {"city": WORD, "temperature_c": {"type": "number", "minimum": -50, "maximum": 60},
+     {"type": "object", "properties": {"city": WORD, "temperature_c": {"type": "number", "minimum": -50, "maximum": 60, "multipleOf": 0.5},
                                        "conditions": {"enum": ["sunny", "cloudy", "rain", "snow"]},
                                        "forecast": {"type": "array", "items": {"type": "object", "properties": {
                                            "day": {"enum": ["mon", "tue", "wed"]},
@@ -83,7 +85,9 @@ SCHEMAS = [
 
 
 def run(client, model, prompt, schema, endpoint, stream, max_tokens, seed):
-    """One request; (text, finish_reason, completion_tokens, seconds)."""
+    """One request; (text, finish_reason, completion_tokens, seconds, decode_seconds): the last
+    is the time from the first streamed text to the end (None unless streamed), which leaves
+    the prompt out."""
     fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
     if endpoint == "chat":
         extra = {} if schema is None else {"response_format": fmt}
@@ -95,13 +99,15 @@ def run(client, model, prompt, schema, endpoint, stream, max_tokens, seed):
         extra = {"extra_body": {"response_format": fmt}}
     common = dict(model=model, max_tokens=max_tokens, temperature=1.0, seed=seed, **extra)
     started = time.perf_counter()
-    text, finish, tokens = "", None, 0
+    text, finish, tokens, first = "", None, 0, None
     if endpoint == "chat":
         messages = [{"role": "user", "content": prompt}]
         if stream:
             for chunk in client.chat.completions.create(messages=messages, stream=True,
                                                         stream_options={"include_usage": True}, **common):
                 for choice in chunk.choices:
+                    if choice.delta.content and first is None:
+                        first = time.perf_counter()
                     text += choice.delta.content or ""
                     finish = choice.finish_reason or finish
                 if chunk.usage:
@@ -115,6 +121,8 @@ def run(client, model, prompt, schema, endpoint, stream, max_tokens, seed):
             for chunk in client.completions.create(prompt=prompt, stream=True,
                                                    stream_options={"include_usage": True}, **common):
                 for choice in chunk.choices:
+                    if choice.text and first is None:
+                        first = time.perf_counter()
                     text += choice.text or ""
                     finish = choice.finish_reason or finish
                 if chunk.usage:
@@ -122,7 +130,8 @@ def run(client, model, prompt, schema, endpoint, stream, max_tokens, seed):
         else:
             r = client.completions.create(prompt=prompt, **common)
             text, finish, tokens = r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens
-    return text, finish, tokens, time.perf_counter() - started
+    end = time.perf_counter()
+    return text, finish, tokens, end - started, None if first is None else end - first
 
 
 def main():
@@ -145,11 +154,14 @@ def main():
     failures = []
     lengths = 0
     timing = {True: [0, 0.0], False: [0, 0.0]}  # constrained -> [tokens, seconds]
+    paired = {True: [0, 0.0], False: [0, 0.0]}  # requests with a baseline twin only
+    decode = {True: [0, 0.0], False: [0, 0.0]}  # streamed pairs: tokens after the first, seconds
     for i in range(args.requests):
         name, _, prompt, schema = schemas[i % len(schemas)]
         endpoint = "chat" if (i // len(schemas)) % 2 == 0 else "completions"
         stream = (i // 2) % 2 == 1
-        text, finish, tokens, seconds = run(client, model, prompt, schema, endpoint, stream, args.max_tokens, i)
+        text, finish, tokens, seconds, decoding = run(client, model, prompt, schema, endpoint, stream,
+                                                      args.max_tokens, i)
         timing[True][0] += tokens
         timing[True][1] += seconds
         try:
@@ -160,9 +172,19 @@ def main():
             failures.append(f"#{i} {name} {endpoint} stream={stream} finish={finish}: {str(e).splitlines()[0]}: {text!r}")
         if args.baseline_every and i % args.baseline_every == args.baseline_every - 1 and tokens:
             # Same prompt, same number of tokens at most, no response_format.
-            _, _, tokens, seconds = run(client, model, prompt, None, endpoint, stream, tokens, i)
-            timing[False][0] += tokens
-            timing[False][1] += seconds
+            _, _, base_tokens, base_seconds, base_decoding = run(client, model, prompt, None, endpoint, stream,
+                                                                 tokens, i)
+            timing[False][0] += base_tokens
+            timing[False][1] += base_seconds
+            paired[True][0] += tokens
+            paired[True][1] += seconds
+            paired[False][0] += base_tokens
+            paired[False][1] += base_seconds
+            if decoding and base_decoding and tokens > 1 and base_tokens > 1:
+                decode[True][0] += tokens - 1
+                decode[True][1] += decoding
+                decode[False][0] += base_tokens - 1
+                decode[False][1] += base_decoding
 
     print(f"structured output: {valid}/{args.requests} valid over {len(schemas)} schemas "
           f"(chat and completions, streamed and not, temperature 1, max_tokens {args.max_tokens})")
@@ -170,11 +192,12 @@ def main():
         print("  invalid", f)
     if failures:
         print(f"  ({lengths} of the {len(failures)} invalid ones hit max_tokens)")
-    for constrained, label in [(True, "with the constraint"), (False, "without (same prompts)")]:
-        tokens, seconds = timing[constrained]
-        if seconds:
-            print(f"tokens/s {label}: {tokens / seconds:.1f} ({tokens} tokens in {seconds:.1f} s, "
-                  "request time including the prompt)")
+    rate = lambda t: f"{t[0] / t[1]:.1f} tokens/s ({t[0]} tokens in {t[1]:.1f} s)" if t[1] else "-"
+    print(f"all requests, time including the prompt: with the constraint {rate(timing[True])}, "
+          f"without {rate(timing[False])}")
+    print(f"paired requests (same prompt and length): with {rate(paired[True])}, without {rate(paired[False])}")
+    print(f"streamed pairs, decode only (first text to end): with {rate(decode[True])}, "
+          f"without {rate(decode[False])}")
     sys.exit(0 if valid == args.requests else 1)
 
 

@@ -1,5 +1,6 @@
 //! Structured output: constraining generation to a JSON schema with
-//! [llguidance](https://github.com/guidance-ai/llguidance) (the library llama.cpp and vLLM use).
+//! [llguidance](https://github.com/guidance-ai/llguidance) (a structured-output backend of llama.cpp
+//! and vLLM).
 //!
 //! Three objects, from the longest-lived to the shortest:
 //!
@@ -19,7 +20,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, SimpleVob, TokEnv, TokRxInfo, TokTrie};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::Value;
-use torchless_tokenizer::Tokenizer;
+use torchless_tokenizer::{TokenKind, Tokenizer};
 
 /// What can go wrong building or running a constraint.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +69,15 @@ impl ConstraintVocab {
         let n = tokenizer.vocab_size();
         let mut words: Vec<Vec<u8>> = (0..n as u32)
             .map(|id| {
-                let bytes = tokenizer.token_bytes(id).unwrap_or_default();
+                let bytes = match tokenizer.token_kind(id) {
+                    // A GGUF user-defined token decodes as its piece, as it is.
+                    Some(TokenKind::UserDefined) => tokenizer
+                        .token_to_piece(id)
+                        .unwrap_or("")
+                        .as_bytes()
+                        .to_vec(),
+                    _ => tokenizer.token_bytes(id).unwrap_or_default(),
+                };
                 // toktrie's convention: a leading 0xFF marks a special token (0xFF never
                 // occurs in UTF-8 text, so the grammar can never produce it). Control tokens and
                 // tokens with no bytes must never be sampled under a constraint.

@@ -59,6 +59,8 @@ pub use session::{Session, SessionOptions};
 pub use template::{strftime, ChatMessage, ChatOptions, ChatRenderer};
 pub use vocab::{load_tokenizer, tokenizer_for, tokenizer_from_data};
 
+/// `serde_json`, re-exported for the JSON schemas of [`Grammar`].
+pub use serde_json;
 /// The file format crate, re-exported for [`Config`] and direct file access.
 pub use torchless_format as format;
 pub use torchless_format::Config;

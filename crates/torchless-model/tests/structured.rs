@@ -275,7 +275,8 @@ fn json_object_mode_gives_an_object() {
 }
 
 /// The mask's cost per token on SmolLM2's real vocabulary (run with `--nocapture` to see it):
-/// a document forced token by token, timing every mask.
+/// documents forced token by token, timing every mask and advance. Free text inside a string is
+/// the expensive case (nearly every token is allowed, so the whole trie is walked).
 #[test]
 fn mask_cost_per_token_on_smollm2_vocabulary_is_small() {
     let path = concat!(
@@ -291,34 +292,46 @@ fn mask_cost_per_token_on_smollm2_vocabulary_is_small() {
     let started = Instant::now();
     let vocab = ConstraintVocab::new(&tokenizer).unwrap();
     let vocab_ms = started.elapsed().as_secs_f64() * 1e3;
-    let schema = &schemas()[9];
-    let started = Instant::now();
-    let grammar = Grammar::json_schema(&vocab, schema).unwrap();
-    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-
-    let doc = r#"{"items": [{"sku": "abc123", "qty": 12}, {"sku": "xyz789", "qty": 3}]}"#;
-    let ids = tokenizer.encode(doc, Default::default());
     let eos = tokenizer.piece_to_id("<|im_end|>").unwrap();
-    let mut constraint = grammar.constraint();
-    let mut logits = vec![0.0f32; 49152];
-    let mut mask_time = 0.0;
-    for &id in &ids {
-        logits.fill(0.0);
-        let t = Instant::now();
-        constraint.mask_logits(&mut logits, &[eos]).unwrap();
-        mask_time += t.elapsed().as_secs_f64();
-        assert!(logits[id as usize].is_finite(), "token {id} masked");
-        let t = Instant::now();
-        constraint.accept(id).unwrap();
-        mask_time += t.elapsed().as_secs_f64();
+    let free_text = json!({"type": "object", "properties": {"title": {"type": "string"}, "body": {"type": "string"}}, "required": ["title", "body"]});
+    let cases = [
+        (
+            schemas()[9].clone(),
+            r#"{"items": [{"sku": "abc123", "qty": 12}, {"sku": "xyz789", "qty": 3}]}"#,
+        ),
+        (
+            free_text,
+            r#"{"title": "On the shore", "body": "The tide came in slowly, and the gulls wheeled over the harbour while the fishing boats, one after another, turned for home in the failing light."}"#,
+        ),
+    ];
+    let mut worst_mean: f64 = 0.0;
+    for (schema, doc) in cases {
+        let started = Instant::now();
+        let grammar = Grammar::json_schema(&vocab, &schema).unwrap();
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+        let ids = tokenizer.encode(doc, Default::default());
+        let mut constraint = grammar.constraint();
+        let mut logits = vec![0.0f32; 49152];
+        let (mut total, mut max) = (0.0f64, 0.0f64);
+        for &id in &ids {
+            logits.fill(0.0);
+            let t = Instant::now();
+            constraint.mask_logits(&mut logits, &[eos]).unwrap();
+            constraint.accept(id).unwrap();
+            let dt = t.elapsed().as_secs_f64() * 1e3;
+            assert!(logits[id as usize].is_finite(), "token {id} masked");
+            total += dt;
+            max = max.max(dt);
+        }
+        assert!(constraint.is_accepting());
+        let mean = total / ids.len() as f64;
+        worst_mean = worst_mean.max(mean);
+        eprintln!(
+            "SmolLM2 vocabulary (built in {vocab_ms:.0} ms): schema compiled in {compile_ms:.1} ms, \
+             mask + advance {mean:.3} ms/token on average, {max:.3} ms at most, over {} tokens",
+            ids.len()
+        );
     }
-    assert!(constraint.is_accepting());
-    let per_token_ms = mask_time * 1e3 / ids.len() as f64;
-    eprintln!(
-        "SmolLM2 vocabulary: build {vocab_ms:.1} ms, schema compile {compile_ms:.1} ms, \
-         mask + advance {per_token_ms:.3} ms/token over {} tokens",
-        ids.len()
-    );
-    // Generous for a debug-ish test build on a shared machine; measured far below.
-    assert!(per_token_ms < 50.0, "{per_token_ms} ms per token");
+    // Generous for a test build on a shared machine; measured far below.
+    assert!(worst_mean < 50.0, "{worst_mean} ms per token");
 }
