@@ -40,6 +40,9 @@ pub enum ConstraintError {
         /// The library's reason.
         message: String,
     },
+    /// The library failed computing the mask (a parser limit reached, or an internal error).
+    #[error("the grammar's parser failed: {0}")]
+    Parser(String),
     /// No token of the vocabulary can continue the output (the grammar cannot be satisfied
     /// with this vocabulary, or it is finished and no stop token was given).
     #[error("no token can continue the structured output")]
@@ -269,13 +272,10 @@ impl Constraint {
 
     fn mask(&mut self) -> Result<&SimpleVob, ConstraintError> {
         if self.mask.is_none() {
-            let mask =
-                self.matcher
-                    .compute_mask_or_eos()
-                    .map_err(|e| ConstraintError::Rejected {
-                        token: u32::MAX,
-                        message: e.to_string(),
-                    })?;
+            let mask = self
+                .matcher
+                .compute_mask_or_eos()
+                .map_err(|e| ConstraintError::Parser(e.to_string()))?;
             self.mask = Some(mask);
         }
         Ok(self.mask.as_ref().expect("just computed"))
