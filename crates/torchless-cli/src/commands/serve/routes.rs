@@ -60,9 +60,17 @@ pub struct AppState<R: Residency> {
     pub json_logs: bool,
     /// `--metrics`: the counters behind `/metrics` (the endpoint is absent without it).
     pub metrics: Option<Arc<Metrics>>,
-    /// The vocabulary as the structured-output library sees it, built by the first request
-    /// with a `response_format` (about 0.2 s on a 50k vocabulary) and shared after.
+    /// The vocabulary as the structured-output library sees it: built once (in the background
+    /// at start, see `constraint_vocab()`) and shared by every request's grammar.
     pub constraint_vocab: OnceLock<Result<ConstraintVocab, String>>,
+}
+
+impl<R: Residency> AppState<R> {
+    /// The structured-output vocabulary, built by the first caller.
+    pub fn constraint_vocab(&self) -> &Result<ConstraintVocab, String> {
+        self.constraint_vocab
+            .get_or_init(|| ConstraintVocab::new(self.model.tokenizer()).map_err(|e| e.to_string()))
+    }
 }
 
 type Shared<R> = State<Arc<AppState<R>>>;
@@ -688,15 +696,9 @@ async fn compile_grammar<R: Residency>(
 ) -> Result<Grammar, ApiError> {
     let state = state.clone();
     let compiled = tokio::task::spawn_blocking(move || {
-        let vocab = state
-            .constraint_vocab
-            .get_or_init(|| {
-                ConstraintVocab::new(state.model.tokenizer()).map_err(|e| e.to_string())
-            })
-            .as_ref()
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.clone())
-            })?;
+        let vocab = state.constraint_vocab().as_ref().map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.clone())
+        })?;
         Grammar::json_schema(vocab, &schema)
             .map_err(|e| ApiError::invalid("response_format", e.to_string()))
     })
