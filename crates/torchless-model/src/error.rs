@@ -69,6 +69,10 @@ pub enum ModelError {
         /// The model's `vocab_size`.
         embedding_rows: usize,
     },
+    /// A structured-output constraint failed (a schema that does not compile, or no token
+    /// left that continues the document).
+    #[error("structured output: {0}")]
+    Constraint(#[from] crate::constrained::ConstraintError),
     /// An option is out of range.
     #[error("invalid {option}: {message}")]
     InvalidOption {

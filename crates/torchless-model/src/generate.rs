@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use torchless_tokenizer::Tokenizer;
 
+use crate::constrained::Grammar;
 use crate::error::{ModelError, Result};
 use crate::model::Residency;
 use crate::sampling::SamplingParams;
@@ -29,6 +30,10 @@ pub struct GenerateOptions {
     /// `stop_at_eos` says; like EOS, such a token is reported, adds no text, and stays in the
     /// cache.
     pub stop_tokens: Vec<u32>,
+    /// Structured output: only tokens that keep the text a valid prefix of a document of this
+    /// grammar are sampled (the mask comes before every other sampling step), stop tokens only
+    /// once the document is complete, and the generation ends when nothing more may follow.
+    pub grammar: Option<Grammar>,
 }
 
 impl GenerateOptions {
@@ -43,6 +48,7 @@ impl GenerateOptions {
             stop_tokens,
             stop_texts,
             top_logprobs: self.logprobs,
+            grammar: self.grammar.clone(),
         }
     }
 }
@@ -55,6 +61,7 @@ impl Default for GenerateOptions {
             stop_at_eos: true,
             logprobs: 0,
             stop_tokens: Vec::new(),
+            grammar: None,
         }
     }
 }

@@ -22,6 +22,7 @@
 
 pub mod bench;
 mod chat;
+pub mod constrained;
 #[cfg(feature = "convert")]
 pub mod convert;
 mod error;
@@ -40,6 +41,7 @@ mod vocab;
 mod weights;
 
 pub use chat::{Chat, ChatTemplate};
+pub use constrained::{Constraint, ConstraintError, ConstraintVocab, Grammar};
 pub use error::{ModelError, Result};
 pub use generate::{
     GenerateOptions, GeneratedToken, Generation, GenerationStats, StopReason, TokenStream,
@@ -57,6 +59,8 @@ pub use session::{Session, SessionOptions};
 pub use template::{strftime, ChatMessage, ChatOptions, ChatRenderer};
 pub use vocab::{load_tokenizer, tokenizer_for, tokenizer_from_data};
 
+/// `serde_json`, re-exported for the JSON schemas of [`Grammar`].
+pub use serde_json;
 /// The file format crate, re-exported for [`Config`] and direct file access.
 pub use torchless_format as format;
 pub use torchless_format::Config;

@@ -7,6 +7,7 @@
 
 use torchless_tokenizer::{StreamDecoder, Tokenizer};
 
+use crate::constrained::{Constraint, Grammar};
 use crate::error::Result;
 use crate::model::Residency;
 use crate::sampling::{logsumexp, top_logprobs, Sampler, SamplingParams};
@@ -52,6 +53,8 @@ pub(crate) struct StepRules {
     pub stop_texts: Vec<String>,
     /// How many top log-probabilities to report per token.
     pub top_logprobs: usize,
+    /// The structured-output grammar, if any.
+    pub grammar: Option<Grammar>,
 }
 
 /// The outcome of one step: the token, and whether the generation ends with it.
@@ -71,6 +74,8 @@ pub(crate) struct TokenStep<'m> {
     held: String,
     generated: usize,
     stopped_by_text: bool,
+    /// The structured-output state, when the request has a grammar.
+    constraint: Option<Constraint>,
 }
 
 impl std::fmt::Debug for TokenStep<'_> {
@@ -91,6 +96,7 @@ impl<'m> TokenStep<'m> {
         rules: StepRules,
     ) -> Result<Self> {
         Ok(Self {
+            constraint: rules.grammar.as_ref().map(Grammar::constraint),
             rules,
             sampler: Sampler::new(sampling)?,
             decoder: Some(tokenizer.stream_decoder()),
@@ -122,14 +128,25 @@ impl<'m> TokenStep<'m> {
             k => top_logprobs(raw, k),
         };
         let mut logits = raw.to_vec();
+        // The mask comes first, so that penalties, temperature and top-k/p only ever see
+        // tokens the grammar allows.
+        if let Some(constraint) = self.constraint.as_mut() {
+            constraint.mask_logits(&mut logits, &self.rules.stop_tokens)?;
+        }
         let id = self.sampler.sample(&mut logits, session.tokens())?;
+        let is_stop = self.rules.stop_tokens.contains(&id);
+        let mut grammar_done = false;
+        if let Some(constraint) = self.constraint.as_mut().filter(|_| !is_stop) {
+            constraint.accept(id)?;
+            grammar_done = constraint.is_finished();
+        }
         let logprob = f64::from(raw[id as usize]) - lse;
         self.generated += 1;
 
         if let Some(decoder) = self.decoder.as_mut() {
             decoder.push_to(id, &mut self.held);
         }
-        let finish = if self.rules.stop_tokens.contains(&id) {
+        let finish = if is_stop || grammar_done {
             Some(FinishReason::EndOfSequence)
         } else if let Some(at) = find_stop(&self.held, &self.rules.stop_texts) {
             self.held.truncate(at);

@@ -75,6 +75,7 @@ fn run_with<R: Residency>(args: ChatArgs) -> anyhow::Result<()> {
             stop_at_eos: true,
             logprobs: 0,
             stop_tokens: Vec::new(),
+            grammar: None,
         };
         let json = args.model.json;
         let answer = chat.send(message, options, |token| {

@@ -54,6 +54,7 @@ fn run_with<R: Residency>(args: GenerateArgs) -> anyhow::Result<()> {
         stop_at_eos: !args.ignore_eos,
         logprobs: args.logprobs.unwrap_or(0),
         stop_tokens: Vec::new(),
+        grammar: None,
     };
 
     let interrupted = output::interrupt_flag();

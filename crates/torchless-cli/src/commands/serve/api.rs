@@ -327,6 +327,58 @@ impl Fields<'_> {
         })
     }
 
+    /// `response_format`: OpenAI's `{"type": "text"}`, `{"type": "json_object"}` (any object;
+    /// llama-server's `schema` field beside it is honoured) or `{"type": "json_schema",
+    /// "json_schema": {"name", "schema", "strict"}}`. The schema is compiled by the caller.
+    pub fn response_format(&self) -> Result<ResponseFormat, ApiError> {
+        let param = "response_format";
+        let Some(value) = self.get(param) else {
+            return Ok(ResponseFormat::Text);
+        };
+        let Value::Object(format) = value else {
+            return Err(ApiError::invalid(
+                param,
+                format!("`{param}` must be an object, not {}", kind_of(value)),
+            ));
+        };
+        let any_object = || json!({"type": "object"});
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(ResponseFormat::Text),
+            Some("json_object") => Ok(ResponseFormat::Schema(
+                format.get("schema").cloned().unwrap_or_else(any_object),
+            )),
+            Some("json_schema") => match format.get("json_schema") {
+                Some(Value::Object(spec)) => match spec.get("schema") {
+                    None | Some(Value::Null) => Ok(ResponseFormat::Schema(any_object())),
+                    Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+                        Ok(ResponseFormat::Schema(schema.clone()))
+                    }
+                    Some(other) => Err(ApiError::invalid(
+                        param,
+                        format!(
+                            "`response_format.json_schema.schema` must be an object, not {}",
+                            kind_of(other)
+                        ),
+                    )),
+                },
+                _ => Err(ApiError::invalid(
+                    param,
+                    "`response_format.json_schema` is required with type `json_schema`: {\"name\", \"schema\"}",
+                )),
+            },
+            Some(other) => Err(ApiError::invalid(
+                param,
+                format!(
+                    "`response_format.type` `{other}` is not supported (text, json_object or json_schema)"
+                ),
+            )),
+            None => Err(ApiError::invalid(
+                param,
+                "`response_format.type` is required (text, json_object or json_schema)",
+            )),
+        }
+    }
+
     /// The sampling fields, on top of llama.cpp's defaults (those of `torchless generate`).
     pub fn sampling(&self, random_seed: u64) -> Result<SamplingParams, ApiError> {
         let mut p = SamplingParams {
@@ -388,6 +440,15 @@ impl Fields<'_> {
         }
         Ok(p)
     }
+}
+
+/// What `response_format` asks for.
+#[derive(Debug)]
+pub enum ResponseFormat {
+    /// Free text.
+    Text,
+    /// A JSON document matching this schema.
+    Schema(Value),
 }
 
 /// A completion prompt.

@@ -20,12 +20,12 @@ use torchless_model::scheduler::{
     self, Event, EventSink, Failure, Finish, FinishReason, SubmitError,
 };
 use torchless_model::{
-    DecodeOptions, EncodeOptions, GenerateOptions, GeneratedToken, Model, Residency,
-    SchedulerHandle,
+    ConstraintVocab, DecodeOptions, EncodeOptions, GenerateOptions, GeneratedToken, Grammar, Model,
+    Residency, SchedulerHandle,
 };
 use tower::ServiceExt;
 
-use super::api::{json_body, parse_object, ApiError, Fields, Prompt};
+use super::api::{json_body, parse_object, ApiError, Fields, Prompt, ResponseFormat};
 use super::metrics::{Metrics, Observation};
 
 /// The scheduler running the requests, each answering into its response's channel.
@@ -60,6 +60,17 @@ pub struct AppState<R: Residency> {
     pub json_logs: bool,
     /// `--metrics`: the counters behind `/metrics` (the endpoint is absent without it).
     pub metrics: Option<Arc<Metrics>>,
+    /// The vocabulary as the structured-output library sees it: built once (in the background
+    /// at start, see `constraint_vocab()`) and shared by every request's grammar.
+    pub constraint_vocab: OnceLock<Result<ConstraintVocab, String>>,
+}
+
+impl<R: Residency> AppState<R> {
+    /// The structured-output vocabulary, built by the first caller.
+    pub fn constraint_vocab(&self) -> &Result<ConstraintVocab, String> {
+        self.constraint_vocab
+            .get_or_init(|| ConstraintVocab::new(self.model.tokenizer()).map_err(|e| e.to_string()))
+    }
 }
 
 type Shared<R> = State<Arc<AppState<R>>>;
@@ -620,6 +631,10 @@ async fn generate<R: Residency>(
         .validate()
         .map_err(|e| ApiError::invalid("temperature", e.to_string()))?;
     let stop = f.stop()?;
+    let grammar = match f.response_format()? {
+        ResponseFormat::Text => None,
+        ResponseFormat::Schema(schema) => Some(compile_grammar(&state, schema).await?),
+    };
     // llama-server's field: reuse a slot's cached prefix of this prompt (the output is the same).
     let cache_prompt = f.bool("cache_prompt")?.unwrap_or(true);
 
@@ -634,6 +649,7 @@ async fn generate<R: Residency>(
             stop_at_eos: false,
             logprobs: logprobs.unwrap_or(0),
             stop_tokens,
+            grammar,
         },
         stop_texts: stop,
         cache_prompt,
@@ -669,6 +685,31 @@ async fn generate<R: Residency>(
     };
     response.extensions_mut().insert(usage);
     Ok(response)
+}
+
+/// The grammar of a `response_format` schema, off the async threads (building the vocabulary
+/// the first time and compiling a large schema take a while). A schema that does not compile
+/// is a 400 naming the problem.
+async fn compile_grammar<R: Residency>(
+    state: &Arc<AppState<R>>,
+    schema: Value,
+) -> Result<Grammar, ApiError> {
+    let state = state.clone();
+    let compiled = tokio::task::spawn_blocking(move || {
+        let vocab = state.constraint_vocab().as_ref().map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.clone())
+        })?;
+        Grammar::json_schema(vocab, &schema)
+            .map_err(|e| ApiError::invalid("response_format", e.to_string()))
+    })
+    .await;
+    compiled.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            format!("compiling the schema failed: {e}"),
+        ))
+    })
 }
 
 /// OpenAI's `usage`, with how many prompt tokens came from the prompt cache.
