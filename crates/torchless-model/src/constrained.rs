@@ -271,14 +271,14 @@ impl Constraint {
     }
 
     fn mask(&mut self) -> Result<&SimpleVob, ConstraintError> {
-        if self.mask.is_none() {
-            let mask = self
+        let mask = match self.mask.take() {
+            Some(mask) => mask,
+            None => self
                 .matcher
                 .compute_mask_or_eos()
-                .map_err(|e| ConstraintError::Parser(e.to_string()))?;
-            self.mask = Some(mask);
-        }
-        Ok(self.mask.as_ref().expect("just computed"))
+                .map_err(|e| ConstraintError::Parser(e.to_string()))?,
+        };
+        Ok(self.mask.insert(mask))
     }
 
     /// Advances past `token`, which must be one the grammar allows (not a stop token).

@@ -14,7 +14,7 @@
 //! slivers of `QMR` tokens), with each tile's 8 f32 lanes per token and row kept across the depth
 //! and reduced after the row panel's last depth block.
 
-use super::{by_columns, is_trivial, panels, PanelLines, Pool, F32_POOL};
+use super::{by_columns, is_trivial, panels, run_sliver_jobs, PanelLines, Pool, F32_POOL};
 use crate::block_input::{quantize_into, reduce8, ActKind, BLOCK_LANES};
 use crate::blocks::{k_scales, BlockMat, BlockType};
 use crate::half::f16_to_f32;
@@ -124,27 +124,11 @@ impl BlockActs {
         let slivers = batch.div_ceil(mr);
         let blocks = k / shape.block_values;
         let (quads, subs, n_pairs) = (k / 4, blocks * shape.subs, blocks * shape.pairs);
-        let take = |pool: &Pool<u32>, len| {
-            let mut v = pool.take();
-            v.clear();
-            v.resize(len, 0);
-            v
-        };
         let mut acts = BlockActs {
-            words: take(&WORD_POOL, slivers * quads * mr),
-            off: {
-                let mut v = I32_POOL.take();
-                v.clear();
-                v.resize(slivers * subs * mr, 0);
-                v
-            },
-            d: {
-                let mut v = F32_POOL.take();
-                v.clear();
-                v.resize(slivers * blocks * mr, 0.0);
-                v
-            },
-            pairs: take(&WORD_POOL, slivers * n_pairs * mr),
+            words: WORD_POOL.take_filled(slivers * quads * mr, 0),
+            off: I32_POOL.take_filled(slivers * subs * mr, 0),
+            d: F32_POOL.take_filled(slivers * blocks * mr, 0.0),
+            pairs: WORD_POOL.take_filled(slivers * n_pairs * mr, 0),
             mr,
             quads,
             subs,
@@ -201,15 +185,7 @@ impl BlockActs {
             jobs.push((s, w0, o0, d0, p0));
             (w, off, d, pr) = (w1, o1, d1, p1);
         }
-        #[cfg(feature = "parallel")]
-        {
-            use rayon::prelude::*;
-            if batch * k >= 1 << 16 {
-                jobs.into_par_iter().for_each(fill);
-                return acts;
-            }
-        }
-        jobs.into_iter().for_each(fill);
+        run_sliver_jobs(jobs, batch, k, fill);
         acts
     }
 
@@ -446,9 +422,7 @@ fn run_panels<M: BlockMicro>(
     let k = w.cols();
     let (mr, tile_lanes_len, by_row) = (m.mr(), block_tile_lanes(m.mr()), m.lanes_by_row());
     let slivers = batch.div_ceil(mr);
-    let mut lanes = F32_POOL.take();
-    lanes.clear();
-    lanes.resize(slivers * tile_lanes_len, 0.0);
+    let mut lanes = F32_POOL.take_filled(slivers * tile_lanes_len, 0.0);
     let mut panel = BlockPanel::new(&shape);
     let wref = MatRef::Blocks(*w);
     for (jr, pc, next) in panels(cols.clone(), k, QNR, KC) {

@@ -8,7 +8,7 @@
 //! one `u32` of 4 bytes per row), once per product. The loops and the task split are those of the
 //! f32 GEMM.
 
-use super::{by_columns, panels, store_partial, PanelLines, Pool, F32_POOL};
+use super::{by_columns, panels, run_sliver_jobs, store_partial, PanelLines, Pool, F32_POOL};
 use crate::isa::traits::{QMR, QNR};
 use crate::mat::MatRef;
 use std::ops::Range;
@@ -100,15 +100,7 @@ impl PackedActs {
             jobs.push((s, w0, sc0, off0));
             (w, sc, off) = (w1, sc1, off1);
         }
-        #[cfg(feature = "parallel")]
-        {
-            use rayon::prelude::*;
-            if batch * k >= 1 << 16 {
-                jobs.into_par_iter().for_each(fill);
-                return acts;
-            }
-        }
-        jobs.into_iter().for_each(fill);
+        run_sliver_jobs(jobs, batch, k, fill);
         acts
     }
 

@@ -236,6 +236,27 @@ fn column_tasks(
     F32_POOL.give(parts.into_iter().map(|(_, c)| c));
 }
 
+/// Runs one job per sliver of packed activations: on rayon's threads when the batch is big
+/// enough (`batch * k` values) to pay for them, else in order on this thread.
+pub(crate) fn run_sliver_jobs<J: Send>(
+    jobs: Vec<J>,
+    batch: usize,
+    k: usize,
+    fill: impl Fn(J) + Sync + Send,
+) {
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        if batch * k >= 1 << 16 {
+            jobs.into_par_iter().for_each(fill);
+            return;
+        }
+    }
+    #[cfg(not(feature = "parallel"))]
+    let _ = (batch, k);
+    jobs.into_iter().for_each(fill);
+}
+
 /// Packed-activation and column-task buffers are kept between calls: allocating them fresh
 /// page-faults megabytes of zeroed memory on every product.
 const MAX_POOLED: usize = 8;
@@ -256,6 +277,17 @@ impl<T> Pool<T> {
     /// A buffer from the pool (contents unspecified), or a new empty one.
     pub(crate) fn take(&self) -> Vec<T> {
         self.lock().pop().unwrap_or_default()
+    }
+
+    /// A buffer from the pool holding `len` copies of `value`.
+    pub(crate) fn take_filled(&self, len: usize, value: T) -> Vec<T>
+    where
+        T: Clone,
+    {
+        let mut v = self.take();
+        v.clear();
+        v.resize(len, value);
+        v
     }
 
     /// Returns buffers to the pool (beyond `MAX_POOLED` they are freed).
