@@ -60,10 +60,15 @@ impl ChatMessage {
         self
     }
 
-    /// The message as the template sees it: a dict of `role`, `content` and the extra fields.
+    /// The message as the template sees it, as transformers' `apply_chat_template` hands it
+    /// over: a dict of `role`, `content` and the extra fields, without the fields that are
+    /// none (a `content: null` beside `tool_calls` is absent, not none), and with the reasoning
+    /// copied under the names templates read (`_alias_reasoning_fields`): the first of
+    /// `reasoning_content`, `thinking`, `reasoning` that is set becomes `reasoning_content`
+    /// (in place, or last) and `thinking` (in place, or first).
     pub(crate) fn to_value(&self) -> Value {
         let listed = |name: &str| self.extra.iter().any(|(n, _)| n == name);
-        let mut fields = Vec::with_capacity(self.extra.len() + 2);
+        let mut fields = Vec::with_capacity(self.extra.len() + 4);
         if !listed("role") {
             fields.push(("role".to_string(), Value::from(self.role.as_str())));
         }
@@ -78,7 +83,19 @@ impl ChatMessage {
                 }
                 _ => value.clone(),
             };
-            fields.push((name.clone(), value));
+            if !value.is_none() {
+                fields.push((name.clone(), value));
+            }
+        }
+        let reasoning = ["reasoning_content", "thinking", "reasoning"]
+            .iter()
+            .find_map(|key| fields.iter().find(|(n, _)| n == key))
+            .map(|(_, v)| v.clone());
+        if let Some(reasoning) = reasoning {
+            // A map built from pairs keeps a key's first place and its last value, as Python's
+            // `{"thinking": r, **message, "reasoning_content": r}`.
+            fields.insert(0, ("thinking".to_string(), reasoning.clone()));
+            fields.push(("reasoning_content".to_string(), reasoning));
         }
         Value::from_iter(fields)
     }
@@ -94,6 +111,8 @@ pub struct ChatOptions {
     pub tools: Option<Value>,
     /// Further variables (`documents`, `date_string`, `enable_thinking`, ...).
     pub extra: BTreeMap<String, Value>,
+    /// The instant `strftime_now` formats (Unix seconds, UTC); the clock when absent.
+    pub now: Option<i64>,
 }
 
 impl ChatOptions {
@@ -177,7 +196,7 @@ impl ChatRenderer {
                     | ValueKind::Undefined
             )
         });
-        env.add_template_owned(NAME, source.to_string())
+        env.add_template_owned(NAME, generation_blocks_as_with(source))
             .map_err(|e| template_error(format!("does not parse: {e}")))?;
         Ok(Self { env })
     }
@@ -208,11 +227,101 @@ impl ChatRenderer {
             ("bos_token".into(), Value::from(bos_token)),
             ("eos_token".into(), Value::from(eos_token)),
         ];
+        if let Some(now) = options.now {
+            context.push((
+                "strftime_now".into(),
+                Value::from_function(move |format: String| strftime(&format, now)),
+            ));
+        }
         context.extend(options.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         template
             .render(Value::from_iter(context))
             .map_err(|e| template_error(format!("cannot be rendered: {}", describe(&e))))
     }
+}
+
+/// transformers' `{% generation %}...{% endgeneration %}` (its `AssistantTracker` extension,
+/// which marks the assistant's tokens and otherwise renders the body as it is) as minijinja's
+/// `{% with %}...{% endwith %}`: the same output, and a scope of its own as jinja2's call block
+/// has. The tags keep their whitespace control (`{%-`, `-%}`), so trimming is unchanged. Only
+/// block tags are rewritten: text, expressions, comments and raw blocks are copied as they are.
+fn generation_blocks_as_with(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    let mut in_raw = false;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        rest = &rest[open..];
+        let closing = match rest.as_bytes().get(1) {
+            Some(b'%') => "%}",
+            Some(b'{') if !in_raw => "}}",
+            Some(b'#') if !in_raw => "#}",
+            _ => {
+                out.push('{');
+                rest = &rest[1..];
+                continue;
+            }
+        };
+        let Some(len) = tag_len(rest, closing) else {
+            // Unterminated: the parser reports it.
+            break;
+        };
+        let tag = &rest[..len];
+        if closing == "%}" {
+            // `{%-`/`{%+` and `-%}`/`+%}` are whitespace control, kept on the rewritten tag.
+            let body = &tag[2..len - 2];
+            let left = body.len() - body.trim_start_matches(['-', '+']).len();
+            let body = &body[left..];
+            let right = body.len() - body.trim_end_matches(['-', '+']).len();
+            let head = &tag[..2 + left];
+            let tail = &tag[len - 2 - right..];
+            match body[..body.len() - right].trim() {
+                "raw" => in_raw = true,
+                "endraw" => in_raw = false,
+                "generation" if !in_raw => {
+                    out.push_str(head);
+                    out.push_str(" with ");
+                    out.push_str(tail);
+                    rest = &rest[len..];
+                    continue;
+                }
+                "endgeneration" if !in_raw => {
+                    out.push_str(head);
+                    out.push_str(" endwith ");
+                    out.push_str(tail);
+                    rest = &rest[len..];
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push_str(tag);
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The length of the tag at the start of `text` up to its `closing` delimiter, skipping string
+/// literals (`'%}'` inside a tag does not close it); `None` if it is not closed.
+fn tag_len(text: &str, closing: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 2;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            // Comments have no string literals.
+            None if (b == b'"' || b == b'\'') && closing != "#}" => quote = Some(b),
+            None if bytes[i..].starts_with(closing.as_bytes()) => return Some(i + closing.len()),
+            None => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The error's message, with `raise_exception`'s own text first.

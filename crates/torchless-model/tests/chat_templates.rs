@@ -1,10 +1,26 @@
 //! Chat templates rendered as Python `jinja2` renders them through `transformers`'
 //! `apply_chat_template(tokenize=False)`: the expected texts in tests/fixtures/chat-templates were
 //! written by scripts/fixtures/make_chat_template_fixtures.py with jinja2 and transformers.
+//!
+//! Two sets: 16 templates written out in the script (`*.json`), and `real-templates.json.gz`:
+//! 45 model repositories' own templates as llama.cpp ships them in its source
+//! (models/templates/*.jinja of the llama-cpp-python 0.3.36 sdist; file names and sha256 in the
+//! fixture), each with 8 conversations (system + user, multi-turn, an assistant message last
+//! without generation prompt, non-ASCII/quotes/newlines, a tool call and its result with a
+//! `tools` list, parallel tool calls, `tools` alone, reasoning with `enable_thinking`).
+//! Where jinja2 raises (the template's `raise_exception`, or Python failing on the data), the
+//! renderer must fail too, with the template's message when it is the template's own.
+//!
+//! Left out of the real set, because they are not instruct templates or do not render for any
+//! conversation in transformers either: llama.cpp's own test templates, firefunction-v2 (needs a
+//! `functions` variable that transformers does not pass), and templates of models whose
+//! tokenizers torchless does not load.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::PathBuf;
 
+use flate2::read::GzDecoder;
 use serde_json::Value as Json;
 use torchless_model::{strftime, ChatMessage, ChatOptions, ChatRenderer, TemplateValue};
 
@@ -27,11 +43,64 @@ fn message(json: &Json) -> ChatMessage {
     message
 }
 
+fn options(case: &Json, now: Option<i64>) -> ChatOptions {
+    ChatOptions {
+        add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
+        tools: case.get("tools").map(value),
+        extra: case
+            .get("extra")
+            .and_then(Json::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+            .unwrap_or_else(BTreeMap::new),
+        now,
+    }
+}
+
+/// Renders one fixture case and records how it differs from jinja2's result; whether it
+/// rendered.
+fn check_case(
+    renderer: &ChatRenderer,
+    (bos, eos): (&str, &str),
+    case: &Json,
+    now: Option<i64>,
+    name: &str,
+    failures: &mut Vec<String>,
+) -> bool {
+    let messages: Vec<ChatMessage> = case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(message)
+        .collect();
+    let ours = renderer.render(&messages, &options(case, now), bos, eos);
+    let rendered = ours.is_ok();
+    match (case.get("expected"), case.get("error"), ours) {
+        (Some(expected), _, Ok(text)) if text == expected.as_str().unwrap() => {}
+        (Some(expected), _, Ok(text)) => failures.push(format!(
+            "{name}: rendered\n{text:?}\njinja2:\n{:?}",
+            expected.as_str().unwrap()
+        )),
+        (Some(_), _, Err(e)) => failures.push(format!("{name}: error {e}")),
+        (None, Some(error), Err(e)) => {
+            let error = error.as_str().unwrap();
+            if !e.to_string().contains(error) {
+                failures.push(format!("{name}: error {e}, jinja2's: {error}"));
+            }
+        }
+        (None, _, Ok(text)) => failures.push(format!("{name}: rendered {text:?}, jinja2 raised")),
+        // Python itself failed (e.g. `str + dict`): it is enough that rendering fails.
+        (None, None, Err(_)) if case.get("error_any").is_some() => {}
+        (None, None, Err(e)) => failures.push(format!("{name}: bad fixture ({e})")),
+    }
+    rendered
+}
+
 #[test]
 fn templates_render_as_jinja2_does() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .filter(|p| p.file_name().unwrap() != "strftime.json")
         .collect();
     files.sort();
@@ -41,7 +110,7 @@ fn templates_render_as_jinja2_does() {
     for file in &files {
         let doc: Json = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         let renderer = ChatRenderer::new(doc["template"].as_str().unwrap()).unwrap();
-        let (bos, eos) = (
+        let tokens = (
             doc["bos_token"].as_str().unwrap(),
             doc["eos_token"].as_str().unwrap(),
         );
@@ -51,42 +120,7 @@ fn templates_render_as_jinja2_does() {
                 file.file_stem().unwrap().to_string_lossy(),
                 case["name"].as_str().unwrap()
             );
-            let messages: Vec<ChatMessage> = case["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(message)
-                .collect();
-            let options = ChatOptions {
-                add_generation_prompt: case["add_generation_prompt"].as_bool().unwrap(),
-                tools: case.get("tools").map(value),
-                extra: case
-                    .get("extra")
-                    .and_then(Json::as_object)
-                    .map(|m| m.iter().map(|(k, v)| (k.clone(), value(v))).collect())
-                    .unwrap_or_else(BTreeMap::new),
-            };
-            let ours = renderer.render(&messages, &options, bos, eos);
-            match (case.get("expected"), case.get("error"), ours) {
-                (Some(expected), _, Ok(text)) if text == expected.as_str().unwrap() => {}
-                (Some(expected), _, Ok(text)) => failures.push(format!(
-                    "{name}: rendered\n{text:?}\njinja2:\n{:?}",
-                    expected.as_str().unwrap()
-                )),
-                (Some(_), _, Err(e)) => failures.push(format!("{name}: error {e}")),
-                (None, Some(error), Err(e)) => {
-                    let error = error.as_str().unwrap();
-                    if !e.to_string().contains(error) {
-                        failures.push(format!("{name}: error {e}, jinja2's: {error}"));
-                    }
-                }
-                (None, _, Ok(text)) => {
-                    failures.push(format!("{name}: rendered {text:?}, jinja2 raised"))
-                }
-                // Python itself failed (e.g. `str + dict`): it is enough that rendering fails.
-                (None, None, Err(_)) if case.get("error_any").is_some() => {}
-                (None, None, Err(e)) => failures.push(format!("{name}: bad fixture ({e})")),
-            }
+            check_case(&renderer, tokens, case, None, &name, &mut failures);
             checked += 1;
         }
     }
@@ -97,6 +131,61 @@ fn templates_render_as_jinja2_does() {
         failures.join("\n\n")
     );
     assert!(checked >= 170, "{checked} cases");
+}
+
+fn real_templates() -> Json {
+    let file = fixtures().join("real-templates.json.gz");
+    let mut text = String::new();
+    GzDecoder::new(std::fs::File::open(&file).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn real_model_templates_render_as_jinja2_does() {
+    let doc = real_templates();
+    // The instant the fixture's `strftime_now` saw.
+    let now = doc["now"].as_f64().unwrap() as i64;
+    let templates = doc["templates"].as_array().unwrap();
+    let (mut checked, mut rendered) = (0, 0);
+    let mut failures = Vec::new();
+    for template in templates {
+        let file = template["file"].as_str().unwrap();
+        let renderer = match ChatRenderer::new(template["template"].as_str().unwrap()) {
+            Ok(renderer) => renderer,
+            Err(e) => {
+                failures.push(format!("{file}: {e}"));
+                continue;
+            }
+        };
+        let tokens = (
+            template["bos_token"].as_str().unwrap(),
+            template["eos_token"].as_str().unwrap(),
+        );
+        let cases = template["cases"].as_array().unwrap();
+        assert!(cases.len() >= 5, "{file}: {} cases", cases.len());
+        for case in cases {
+            let name = format!("{file} / {}", case["name"].as_str().unwrap());
+            rendered += usize::from(check_case(
+                &renderer,
+                tokens,
+                case,
+                Some(now),
+                &name,
+                &mut failures,
+            ));
+            checked += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} differ:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    assert!(templates.len() >= 30, "{} templates", templates.len());
+    assert!(rendered >= 300, "{rendered} of {checked} cases render");
 }
 
 #[test]

@@ -324,6 +324,7 @@ impl Fields<'_> {
             add_generation_prompt,
             tools,
             extra,
+            now: None,
         })
     }
 
