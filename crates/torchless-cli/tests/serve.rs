@@ -1004,6 +1004,75 @@ fn apply_template_renders_as_jinja2_and_is_the_chat_prompt() {
     );
 }
 
+/// Real models' templates (llama.cpp's models/templates, in real-templates.json.gz) loaded with
+/// `--chat-template-file`: `/apply-template` gives jinja2's text for every conversation of the
+/// fixture, or a 400 where jinja2 raised (naming the template's message when it is its own).
+/// These templates write neither bos_token nor eos_token nor the date, which the server takes
+/// from the model and the clock.
+#[test]
+fn apply_template_with_real_model_templates_is_jinja2s_text() {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(fixtures().join("chat-templates/real-templates.json.gz")).unwrap(),
+    )
+    .read_to_string(&mut text)
+    .unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rendered, mut raised) = (0, 0);
+    for file in [
+        "Qwen-Qwen3-0.6B.jinja",
+        "GLM-4.6.jinja",
+        "Kimi-K2-Instruct.jinja",
+        "HuggingFaceTB-SmolLM3-3B.jinja",
+        "poolside-Laguna-XS.2.jinja",
+    ] {
+        let fixture = doc["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["file"] == file)
+            .unwrap_or_else(|| panic!("{file} is not in the fixture"));
+        let source = fixture["template"].as_str().unwrap();
+        assert!(!source.contains("bos_token") && !source.contains("strftime_now"));
+        let path = dir.path().join(file);
+        std::fs::write(&path, source).unwrap();
+        let server = Server::start(
+            "small-gqa-int8.bin",
+            &[
+                "--parallel",
+                "1",
+                "--chat-template-file",
+                path.to_str().unwrap(),
+            ],
+        );
+        let apply = server.url("/apply-template");
+        for case in fixture["cases"].as_array().unwrap() {
+            let name = format!("{file} / {}", case["name"].as_str().unwrap());
+            let (status, _, v) = post(&apply, &template_request(case).to_string(), None);
+            match case.get("expected") {
+                Some(expected) => {
+                    assert_eq!((status, &v["prompt"]), (200, expected), "{name}: {v}");
+                    rendered += 1;
+                }
+                None => {
+                    assert_eq!(status, 400, "{name}: {v}");
+                    if let Some(error) = case["error"].as_str() {
+                        let message = v["error"]["message"].as_str().unwrap();
+                        assert!(message.contains(error), "{name}: {message}");
+                    }
+                    raised += 1;
+                }
+            }
+        }
+        drop(server);
+    }
+    assert!(
+        rendered >= 35 && raised >= 2,
+        "{rendered} rendered, {raised} raised"
+    );
+}
+
 #[test]
 fn a_template_that_raises_gets_a_400_naming_its_message() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,19 +2,23 @@
 //! `apply_chat_template(tokenize=False)`: the expected texts in tests/fixtures/chat-templates were
 //! written by scripts/fixtures/make_chat_template_fixtures.py with jinja2 and transformers.
 //!
-//! Two sets: 16 templates written out in the script (`*.json`), and `real-templates.json.gz`:
-//! 45 model repositories' own templates as llama.cpp ships them in its source
+//! Two sets: 17 templates written out in the script (`*.json`), and `real-templates.json.gz`:
+//! 66 model repositories' own templates as llama.cpp keeps them in its source
 //! (models/templates/*.jinja of the llama-cpp-python 0.3.36 sdist; file names and sha256 in the
 //! fixture), each with 8 conversations (system + user, multi-turn, an assistant message last
 //! without generation prompt, non-ASCII/quotes/newlines, a tool call and its result with a
-//! `tools` list, parallel tool calls, `tools` alone, reasoning with `enable_thinking`).
-//! Where jinja2 raises (the template's `raise_exception`, or Python failing on the data), the
-//! renderer must fail too, with the template's message when it is the template's own.
+//! `tools` list, parallel tool calls, `tools` alone, reasoning with `enable_thinking`), at the
+//! fixture's fixed `strftime_now` instant. Where jinja2 raises (the template's
+//! `raise_exception`, or Python failing on the data), the renderer must fail too, with the
+//! template's message when it is the template's own.
 //!
-//! Left out of the real set, because they are not instruct templates or do not render for any
-//! conversation in transformers either: llama.cpp's own test templates, firefunction-v2 (needs a
-//! `functions` variable that transformers does not pass), and templates of models whose
-//! tokenizers torchless does not load.
+//! Left out of llama.cpp's 70 templates:
+//! - `llama-cpp-deepseek-r1` and `llama-cpp-rwkv-world`: llama.cpp's own, no model's;
+//! - firefunction-v2: it reads a `functions` variable that transformers never passes, so no
+//!   conversation renders in jinja2 either;
+//! - functionary-medium-v3.1: its `"..."|safe + text` makes jinja2 HTML-escape `text`
+//!   (MarkupSafe's `Markup.__add__`: `"` becomes `&#34;` in the tool descriptions), which
+//!   minijinja's `+` does not do and has no hook for; its cases without tools do match.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
