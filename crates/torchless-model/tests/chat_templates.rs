@@ -20,7 +20,6 @@
 //!   (MarkupSafe's `Markup.__add__`: `"` becomes `&#34;` in the tool descriptions), which
 //!   minijinja's `+` does not do and has no hook for; its cases without tools do match.
 
-use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 
@@ -55,7 +54,7 @@ fn options(case: &Json, now: Option<i64>) -> ChatOptions {
             .get("extra")
             .and_then(Json::as_object)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), value(v))).collect())
-            .unwrap_or_else(BTreeMap::new),
+            .unwrap_or_default(),
         now,
     }
 }
