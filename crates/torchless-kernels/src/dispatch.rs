@@ -238,7 +238,7 @@ impl Isa for Avx512 {
     type Matvec = Avx2;
     type Int4Matvec = Avx512;
     type MatvecMany = Avx2;
-    type Micro = Avx2;
+    type Micro = Avx512;
     type QMicro = Avx2;
     type Q4Micro = Avx512;
     type Blocks = Avx512;

@@ -103,6 +103,16 @@ fn read_streams(path: Path, read_loop: ReadLoop, parts: &[&[f32]]) -> Option<f32
     Some(total)
 }
 
+/// `n` steps of 24 independent 16-lane FMA chains, on paths with 512-bit FMA.
+fn fma_chains_zmm(path: Path, n: usize) -> Option<f32> {
+    #[cfg(all(feature = "simd", target_arch = "x86_64"))]
+    if let Path::Avx512(t) = path {
+        return Some(t.fma_chains_zmm(n));
+    }
+    let _ = (path, n);
+    None
+}
+
 /// `n` steps of 12 independent 8-lane FMA chains on the given path (the FMA probe's per-thread
 /// work).
 fn fma_chains(path: Path, n: usize) -> f32 {
@@ -284,24 +294,29 @@ pub fn measure_read_bandwidth_best(bytes: usize, threads: usize) -> Option<LoopB
 }
 
 /// Measures the f32 multiply-add peak of `threads` threads in GFLOP/s (an FMA counts 2 flops), with
-/// the fastest available SIMD path: each thread runs 12 independent 8-lane FMA chains (enough to
-/// cover FMA latency on 2 FMA pipes), the median of 5 passes of ~20 ms is returned. On AVX2 this
-/// is cores x 2 pipes x 8 lanes x 2 flops x clock.
+/// the widest FMA the path has: each thread runs independent FMA chains (12 of 8 lanes, or on
+/// AVX-512 24 of 16 lanes: enough to cover the FMA latency on two pipes), the median of 5 passes
+/// of ~20 ms is returned. This is cores x FMA pipes x lanes x 2 flops x clock.
 pub fn measure_fma_peak(threads: usize) -> f64 {
     const PASSES: usize = 5;
     const STEPS: usize = 2_000_000;
     let threads = threads.max(1);
     let path = auto_path();
+    let (steps, fmas_per_step) = match fma_chains_zmm(path, 0) {
+        Some(_) => (STEPS, 24 * 16),
+        None => (STEPS, 12 * 8),
+    };
+    let run = |n: usize| fma_chains_zmm(path, n).unwrap_or_else(|| fma_chains(path, n));
     let secs = median_pass(
         &vec![(); threads],
         PASSES,
         |_| {
-            std::hint::black_box(fma_chains(path, STEPS / 10));
+            std::hint::black_box(run(steps / 10));
         },
         |_| {
-            std::hint::black_box(fma_chains(path, std::hint::black_box(STEPS)));
+            std::hint::black_box(run(std::hint::black_box(steps)));
         },
     );
-    let flops = (threads * STEPS * 12 * 8 * 2) as f64;
+    let flops = (threads * steps * fmas_per_step * 2) as f64;
     secs.map_or(0.0, |s| flops / s.max(1e-9) / 1e9)
 }

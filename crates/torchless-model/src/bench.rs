@@ -3,6 +3,7 @@
 //! together), repeated, with medians. The figures are returned, never printed.
 
 use std::time::Instant;
+use torchless_format::Config;
 
 use crate::error::{ModelError, Result};
 use crate::model::{Model, Residency};
@@ -49,6 +50,10 @@ pub struct BenchReport {
     pub bytes_per_token: u64,
     /// The prompt chunk a forward pass takes.
     pub batch_size: usize,
+    /// Floating-point operations per prompt token of the prefill (a multiply-add counts 2):
+    /// the layers' matrix products, attention over the positions each token sees, and the
+    /// output head for the last token only (as prefill computes it), over the prompt's tokens.
+    pub prompt_flops_per_token: f64,
 }
 
 impl BenchReport {
@@ -60,6 +65,11 @@ impl BenchReport {
     /// Median generated tokens/s (0 without a generation test).
     pub fn tg_median(&self) -> f64 {
         median(&self.tg_runs)
+    }
+
+    /// Prompt processing in GFLOP/s (the median's), by [`prompt_flops`](Self::prompt_flops).
+    pub fn pp_gflops(&self) -> f64 {
+        self.prompt_flops_per_token * self.pp_median() / 1e9
     }
 
     /// Weight bytes read per second during generation (the median's), in GB/s.
@@ -169,12 +179,64 @@ pub fn bench<R: Residency>(
         tg_runs,
         bytes_per_token: model.bytes_per_token() / options.parallel as u64,
         batch_size: sessions[0].batch_size(),
+        prompt_flops_per_token: prompt_flops(config, options.n_prompt)
+            / options.n_prompt.max(1) as f64,
     })
+}
+
+/// Floating-point operations of a prefill of `n` tokens (see
+/// [`BenchReport::prompt_flops_per_token`]).
+pub fn prompt_flops(config: &Config, n: usize) -> f64 {
+    let (dim, hidden) = (config.hidden_size as f64, config.intermediate_size as f64);
+    let (q_dim, kv_dim) = (config.q_dim() as f64, config.kv_dim() as f64);
+    let per_layer = dim * (q_dim + 2.0 * kv_dim) + q_dim * dim + 3.0 * dim * hidden;
+    // Token i attends to min(i + 1, window) positions: QKᵀ and PV, q_dim multiply-adds each.
+    let window = config.sliding_window.unwrap_or(usize::MAX);
+    let attended: f64 = (0..n).map(|i| (i + 1).min(window) as f64).sum();
+    let layers = config.n_layers as f64;
+    let head = config.vocab_size as f64 * dim;
+    let tokens = n as f64;
+    2.0 * (layers * (tokens * per_layer + 2.0 * q_dim * attended) + if n > 0 { head } else { 0.0 })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_flops_count_mistral_7b() {
+        let config = Config {
+            hidden_size: 4096,
+            intermediate_size: 14336,
+            n_layers: 32,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            vocab_size: 32000,
+            max_position_embeddings: 32768,
+            sliding_window: Some(2),
+            rope_theta: 1e4,
+            norm_eps: 1e-5,
+            activation: torchless_format::Activation::Silu,
+            quant: torchless_format::QuantKind::F32,
+            architecture: torchless_format::Architecture::Mistral,
+            tie_word_embeddings: false,
+            rope_layout: torchless_format::RopeLayout::Halves,
+        };
+        // Mistral 7B has 7,241,732,096 parameters: minus the embedding and output matrices
+        // (2 x 32000 x 4096) and the 65 norm vectors of 4096, 6,979,321,856 in the layers'
+        // matrices, each a multiply-add per token.
+        let matrices = 7_241_732_096.0 - 2.0 * 32000.0 * 4096.0 - 65.0 * 4096.0;
+        let head = 2.0 * 32000.0 * 4096.0;
+        // Three tokens with a window of 2 attend to 1 + 2 + 2 positions: 2 x 4096 multiply-adds
+        // (QKᵀ and PV) each, in every layer.
+        let attention = 32.0 * 5.0 * 2.0 * 2.0 * 4096.0;
+        assert_eq!(
+            prompt_flops(&config, 3),
+            3.0 * 2.0 * matrices + attention + head
+        );
+        assert_eq!(prompt_flops(&config, 0), 0.0);
+    }
 
     #[test]
     fn medians_of_odd_even_and_no_runs() {

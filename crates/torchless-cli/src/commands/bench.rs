@@ -100,6 +100,11 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
     let probe = best_loop.map(|b| b.gb_per_s);
     let read_loop = best_loop.map(|b| format!("{} x{}", b.read_loop.name(), b.streams));
     let fraction = probe.map(|bw| gb_per_s / bw);
+    // Prefill is bound by multiply-adds: its GFLOP/s next to the FMA peak of as many threads.
+    let pp_gflops = report.pp_gflops();
+    let prefill_threads = args.model.batch_threads.unwrap_or(threads);
+    let fma_peak = (args.n_prompt > 0 && args.probe_mib > 0)
+        .then(|| torchless_model::kernels::measure_fma_peak(prefill_threads));
 
     if args.model.json {
         let value = serde_json::json!({
@@ -115,6 +120,8 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             "parallel": args.parallel,
             "repetitions": args.repetitions,
             "pp_tokens_per_s": pp_median,
+            "pp_gflops": (args.n_prompt > 0).then_some(pp_gflops),
+            "fma_peak_gflops": fma_peak,
             "tg_tokens_per_s": tg_median,
             "pp_runs": report.pp_runs,
             "tg_runs": report.tg_runs,
@@ -129,7 +136,7 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
         println!("{value}");
     } else {
         println!(
-            "| model | mode | threads | test | tokens/s | bytes/token | GB/s | of read bandwidth |"
+            "| model | mode | threads | test | tokens/s | bytes/token | GB/s (tg), GFLOP/s (pp) | of read bandwidth (tg), of FMA peak (pp) |"
         );
         println!("|---|---|---|---|---|---|---|---|");
         let name = args
@@ -139,7 +146,7 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         if args.n_prompt > 0 {
             println!(
-                "| {name} | {}{}{} | {threads} | pp{} | {pp_median:.2} | | | |",
+                "| {name} | {}{}{} | {prefill_threads} | pp{} | {pp_median:.2} | | {pp_gflops:.1} GFLOP/s | {} |",
                 model.residency(),
                 if args.model.int8_activations {
                     ", int8 activations"
@@ -147,7 +154,14 @@ fn run_with<R: Residency>(args: BenchArgs) -> anyhow::Result<()> {
                     ""
                 },
                 if args.model.exact { ", exact" } else { "" },
-                args.n_prompt
+                args.n_prompt,
+                match fma_peak {
+                    Some(peak) if peak > 0.0 => format!(
+                        "{:.0}% of the f32 FMA peak {peak:.0} GFLOP/s",
+                        100.0 * pp_gflops / peak
+                    ),
+                    _ => "-".to_string(),
+                }
             );
         }
         if args.n_gen > 0 {

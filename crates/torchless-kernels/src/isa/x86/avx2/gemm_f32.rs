@@ -109,43 +109,44 @@ fn kernel_6x16(_t: Avx2, op: &Operands<'_>, c: &mut [f32], ldc: usize, accumulat
 /// See [`pack_b_f32`].
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `w` must be valid for reads of `w[j*ldw..j*ldw + kc]` for
-/// `j < 16`, and `out` for `kc * 16` writes.
+/// AVX2 and FMA must be available; `P % 8 == 0`; `w` must be valid for reads of
+/// `w[j*ldw..j*ldw + kc]` for `j < P`, and `out` for `kc * P` writes.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b_f32_raw(w: *const f32, ldw: usize, kc: usize, out: *mut f32) {
-    // SAFETY: caller contract: `w` rows j*ldw..j*ldw+kc (j < 16) readable, `out` has kc*16 slots.
+unsafe fn pack_b_f32_raw<const P: usize>(w: *const f32, ldw: usize, kc: usize, out: *mut f32) {
+    // SAFETY: caller contract: `w` rows j*ldw..j*ldw+kc (j < P) readable, `out` has kc*P slots.
     unsafe {
         let k8 = kc / 8 * 8;
         let mut k = 0;
         while k < k8 {
-            for h in 0..2 {
+            for h in 0..P / 8 {
                 let mut r = [_mm256_setzero_ps(); 8];
                 for (j, rj) in r.iter_mut().enumerate() {
                     *rj = _mm256_loadu_ps(w.add((h * 8 + j) * ldw + k));
                 }
                 for (i, ti) in transpose8(r).iter().enumerate() {
-                    _mm256_storeu_ps(out.add((k + i) * NR + h * 8), *ti);
+                    _mm256_storeu_ps(out.add((k + i) * P + h * 8), *ti);
                 }
             }
             k += 8;
         }
         for kk in k8..kc {
-            for j in 0..NR {
-                *out.add(kk * NR + j) = *w.add(j * ldw + kk);
+            for j in 0..P {
+                *out.add(kk * P + j) = *w.add(j * ldw + kk);
             }
         }
     }
 }
 
-/// Packs 16 full weight rows `w[j*ldw + k]` (`j < 16`, `k < kc`) as `out[k*16 + j]`.
-fn pack_b_f32(_t: Avx2, w: &[f32], ldw: usize, kc: usize, out: &mut [f32]) {
+/// Packs `P` full weight rows `w[j*ldw + k]` (`j < P`, `k < kc`) as `out[k*P + j]`.
+fn pack_b_f32<const P: usize>(_t: Avx2, w: &[f32], ldw: usize, kc: usize, out: &mut [f32]) {
+    assert!(P.is_multiple_of(8), "panel width must be whole vectors");
     assert!(
-        kc <= ldw && w.len() >= (NR - 1) * ldw + kc,
+        kc <= ldw && w.len() >= (P - 1) * ldw + kc,
         "weight rows out of bounds"
     );
-    assert!(out.len() >= kc * NR, "packed panel too short");
+    assert!(out.len() >= kc * P, "packed panel too short");
     // SAFETY: the token proves AVX2+FMA; the extents were asserted above.
-    unsafe { pack_b_f32_raw(w.as_ptr(), ldw, kc, out.as_mut_ptr()) }
+    unsafe { pack_b_f32_raw::<P>(w.as_ptr(), ldw, kc, out.as_mut_ptr()) }
 }
 
 /// Inverse scales in this range take the refined-reciprocal dequantization (which needs a
@@ -168,11 +169,11 @@ fn div_refined(v: __m256, iv: __m256, rc: __m256) -> __m256 {
 /// See [`pack_b_i8`].
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `kc % 64 == 0`; `q` must be valid for reads of
-/// `q[j*ldq..j*ldq + kc]` and `inv` of `inv[j*groups..j*groups + kc/64]` for `j < 16`, and `out`
-/// for `kc * 16` writes.
+/// AVX2 and FMA must be available; `P % 8 == 0`; `kc % 64 == 0`; `q` must be valid for reads of
+/// `q[j*ldq..j*ldq + kc]` and `inv` of `inv[j*groups..j*groups + kc/64]` for `j < P`, and `out`
+/// for `kc * P` writes.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b_i8_raw(
+unsafe fn pack_b_i8_raw<const P: usize>(
     q: *const i8,
     ldq: usize,
     inv: *const f32,
@@ -180,11 +181,11 @@ unsafe fn pack_b_i8_raw(
     kc: usize,
     out: *mut f32,
 ) {
-    // SAFETY: caller contract: q rows j*ldq..j*ldq+kc and scales j*groups..j*groups+kc/64 (j < 16)
-    // readable, `out` has kc*16 slots, kc % 64 == 0.
+    // SAFETY: caller contract: q rows j*ldq..j*ldq+kc and scales j*groups..j*groups+kc/64 (j < P)
+    // readable, `out` has kc*P slots, kc % 64 == 0.
     unsafe {
         for gg in 0..kc / GROUP_SIZE {
-            for h in 0..2 {
+            for h in 0..P / 8 {
                 // Lanes are weight rows after the transpose, so the 8 rows' scales form one vector.
                 let mut s = [0.0f32; 8];
                 for (j, sj) in s.iter_mut().enumerate() {
@@ -205,7 +206,7 @@ unsafe fn pack_b_i8_raw(
                         } else {
                             _mm256_div_ps(*v, iv)
                         };
-                        _mm256_storeu_ps(out.add((k + i) * NR + h * 8), d);
+                        _mm256_storeu_ps(out.add((k + i) * P + h * 8), d);
                     }
                 }
             }
@@ -213,9 +214,9 @@ unsafe fn pack_b_i8_raw(
     }
 }
 
-/// Packs and dequantizes 16 full row-aligned int8 rows: `out[k*16 + j] = q[j*ldq + k] / inv[j*groups
-/// + k/64]` for `k < kc` (`kc % 64 == 0`, `q` and `inv` start at a group boundary).
-fn pack_b_i8(
+/// Packs and dequantizes `P` full row-aligned int8 rows: `out[k*P + j] = q[j*ldq + k] /
+/// inv[j*groups + k/64]` for `k < kc` (`kc % 64 == 0`, `q` and `inv` start at a group boundary).
+fn pack_b_i8<const P: usize>(
     _t: Avx2,
     q: &[i8],
     ldq: usize,
@@ -224,18 +225,19 @@ fn pack_b_i8(
     kc: usize,
     out: &mut [f32],
 ) {
+    assert!(P.is_multiple_of(8), "panel width must be whole vectors");
     assert!(
         kc.is_multiple_of(GROUP_SIZE) && kc <= ldq,
         "kc must be whole groups"
     );
-    assert!(q.len() >= (NR - 1) * ldq + kc, "weight rows out of bounds");
+    assert!(q.len() >= (P - 1) * ldq + kc, "weight rows out of bounds");
     assert!(
-        inv.len() >= (NR - 1) * groups + kc / GROUP_SIZE,
+        inv.len() >= (P - 1) * groups + kc / GROUP_SIZE,
         "scales out of bounds"
     );
-    assert!(out.len() >= kc * NR, "packed panel too short");
+    assert!(out.len() >= kc * P, "packed panel too short");
     // SAFETY: the token proves AVX2+FMA; the extents were asserted above.
-    unsafe { pack_b_i8_raw(q.as_ptr(), ldq, inv.as_ptr(), groups, kc, out.as_mut_ptr()) }
+    unsafe { pack_b_i8_raw::<P>(q.as_ptr(), ldq, inv.as_ptr(), groups, kc, out.as_mut_ptr()) }
 }
 
 /// The same refined-reciprocal dequantization as [`pack_b_i8`], for one value (tests compare it
@@ -277,26 +279,37 @@ impl Micro for Avx2 {
         kc: usize,
         out: &mut [f32],
     ) -> bool {
-        if nr != NR {
-            return false;
+        nr == NR && pack_b_panel::<NR>(self, w, n0, pc, kc, out)
+    }
+}
+
+/// Packs `P` full weight rows `n0..n0+P`, columns `pc..pc+kc`, as `out[k*P + j]` (int8
+/// dequantized exactly) for the f32 tiles of any width `P` (a multiple of 8); `false` for the
+/// layouts these packers do not take, which the driver's portable packer does.
+pub(crate) fn pack_b_panel<const P: usize>(
+    t: Avx2,
+    w: &MatRef<'_>,
+    n0: usize,
+    pc: usize,
+    kc: usize,
+    out: &mut [f32],
+) -> bool {
+    match w {
+        MatRef::F32(m) => {
+            let cols = m.cols();
+            let src = &m.data()[n0 * cols + pc..];
+            pack_b_f32::<P>(t, src, cols, kc, out);
+            true
         }
-        match w {
-            MatRef::F32(m) => {
-                let cols = m.cols();
-                let src = &m.data()[n0 * cols + pc..];
-                pack_b_f32(self, src, cols, kc, out);
-                true
-            }
-            MatRef::Int8(m) if m.is_row_aligned() && kc.is_multiple_of(GROUP_SIZE) => {
-                let cols = m.cols();
-                let groups = cols / GROUP_SIZE;
-                let q = &m.q()[n0 * cols + pc..];
-                let inv = &m.inv_scales()[n0 * groups + pc / GROUP_SIZE..];
-                pack_b_i8(self, q, cols, inv, groups, kc, out);
-                true
-            }
-            MatRef::Int8(_) | MatRef::Int4(_) | MatRef::Blocks(_) => false,
+        MatRef::Int8(m) if m.is_row_aligned() && kc.is_multiple_of(GROUP_SIZE) => {
+            let cols = m.cols();
+            let groups = cols / GROUP_SIZE;
+            let q = &m.q()[n0 * cols + pc..];
+            let inv = &m.inv_scales()[n0 * groups + pc / GROUP_SIZE..];
+            pack_b_i8::<P>(t, q, cols, inv, groups, kc, out);
+            true
         }
+        MatRef::Int8(_) | MatRef::Int4(_) | MatRef::Blocks(_) => false,
     }
 }
 

@@ -42,7 +42,7 @@ macro_rules! for_input_blocks {
 
 pub(crate) mod blocks;
 mod elementwise;
-mod gemm_f32;
+pub(crate) mod gemm_f32;
 mod gemm_int;
 mod matvec;
 mod matvec_many;

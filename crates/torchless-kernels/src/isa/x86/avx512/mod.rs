@@ -14,6 +14,7 @@
 mod amx;
 mod blocks;
 mod gemm_blocks;
+mod gemm_f32;
 mod gemm_int;
 mod matvec;
 mod probe;

@@ -33,7 +33,32 @@ unsafe fn sum_raw(p: *const f32, n: usize) -> f32 {
     }
 }
 
+/// `n` steps of 24 independent 16-lane FMA chains (enough to cover the FMA latency on two
+/// 512-bit pipes).
+#[target_feature(enable = "avx512f")]
+fn fma_chains_raw(n: usize) -> f32 {
+    let a = _mm512_set1_ps(std::hint::black_box(0.999_999));
+    let b = _mm512_set1_ps(std::hint::black_box(1e-7));
+    let mut acc = [_mm512_setzero_ps(); 24];
+    for _ in 0..n {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    for u in 1..24 {
+        acc[0] = _mm512_add_ps(acc[0], acc[u]);
+    }
+    _mm512_reduce_add_ps(acc[0])
+}
+
 impl Avx512 {
+    /// `n` steps of 24 independent 16-lane FMA chains: `n * 24 * 16` multiply-adds (the FMA
+    /// peak probe's 512-bit loop).
+    pub(crate) fn fma_chains_zmm(self, n: usize) -> f32 {
+        // SAFETY: the token proves AVX-512 F.
+        unsafe { fma_chains_raw(n) }
+    }
+
     /// Sum of all values with 512-bit loads (the read-bandwidth probe's widest loop).
     pub(crate) fn sum_zmm(self, x: &[f32]) -> f32 {
         // SAFETY: the token proves AVX-512 F; `x` holds `x.len()` values.
