@@ -2,7 +2,8 @@
 # Starts `torchless serve` on a fixture model (127.0.0.1, a free port), checks it with curl and
 # with the official `openai` Python client (scripts/server/openai_client_check.py), then stops it
 # with SIGTERM and checks that it exits cleanly; also runs scripts/server/check_structured.py
-# (structured output). Run by .ci/run; needs curl, python3, `openai` and `jsonschema`.
+# (structured output) and scripts/server/check_metrics.py (/metrics through `prometheus_client`'s
+# parser). Run by .ci/run; needs curl, python3, `openai`, `jsonschema` and `prometheus_client`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${TORCHLESS_BIN:-target/debug/torchless}
@@ -42,6 +43,8 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" "$BASE/v1/completions
 echo "ok: curl checks"
 
 python3 scripts/server/openai_client_check.py "$BASE" "$KEY" || fail "openai client checks"
+# /metrics through the Prometheus project's own text parser.
+python3 scripts/server/check_metrics.py "$BASE" "$KEY" || fail "metrics checks"
 # Structured output: every answer under a JSON schema parses and validates (`jsonschema`).
 python3 scripts/server/check_structured.py "$BASE" --key "$KEY" --requests 24 --max-tokens 256 \
     --bounded-only || fail "structured output checks"
