@@ -28,8 +28,10 @@ The models (defaults are this machine's files; see IMPLEMENTATION.md, "The promp
            many tokens in the GGUF's), so text would not make the same conversation: the chat
            goes through /v1/completions as token ids instead, the same `--tokens` ids per user
            turn for both (one per word of the same license text; any id means garbage to
-           synthetic weights), and each reply of 16 tokens (`ignore_eos`) appended as that
-           server's own /tokenize of its text, as a chat template re-encodes a reply.
+           synthetic weights), and each reply of 16 tokens (`ignore_eos`) appended as a chat
+           template re-encodes a reply of a real model: torchless's text through its /tokenize
+           (19 ids), llama-server's as the ids it generated (its vocabulary decodes to invalid
+           UTF-8, whose re-encoding is 6x as many byte tokens).
 Every server started here is stopped on exit, also on failure or Ctrl-C; every wait is bounded.
 """
 import argparse
@@ -230,14 +232,16 @@ def tokenize(base, text):
         return [t if isinstance(t, int) else t["id"] for t in json.load(r)["tokens"]]
 
 
-def ask_ids(client, prompt, max_tokens, timeout):
-    """One streamed greedy completion of token ids, as `ask`."""
+def ask_ids(client, prompt, max_tokens, timeout, want_ids):
+    """One streamed greedy completion of token ids, as `ask`; with `want_ids` (llama-server)
+    the text is replaced by the generated ids, read from the log-probabilities' `id`s."""
     start = time.perf_counter()
     first = None
-    pieces, usage, timings = [], None, None
+    pieces, ids, usage, timings = [], [], None, None
     stream = client.completions.create(
         model="model", prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}, timeout=timeout)
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        logprobs=1 if want_ids else None, timeout=timeout)
     for chunk in stream:
         extra_fields = chunk.model_extra or {}
         if extra_fields.get("timings"):
@@ -245,9 +249,14 @@ def ask_ids(client, prompt, max_tokens, timeout):
         if chunk.usage is not None:
             usage = chunk.usage
         for choice in chunk.choices:
+            got = bool(choice.text)
+            if want_ids and choice.logprobs is not None:
+                content = (choice.logprobs.model_extra or {}).get("content") or []
+                ids += [entry["id"] for entry in content]
+                got = got or bool(content)
+            if got and first is None:
+                first = time.perf_counter() - start
             if choice.text:
-                if first is None:
-                    first = time.perf_counter() - start
                 pieces.append(choice.text)
     cached = None
     details = getattr(usage, "prompt_tokens_details", None) if usage is not None else None
@@ -263,15 +272,26 @@ def ask_ids(client, prompt, max_tokens, timeout):
         raise Failure("the stream carried no usage and no timings")
     server_ms = timings.get("prompt_ms") if timings else None
     ttft = first if first is not None else time.perf_counter() - start
-    return "".join(pieces), ttft, prompt_tokens, cached, server_ms
+    if want_ids and len(ids) != usage_completion(usage, max_tokens):
+        raise Failure(f"{len(ids)} generated ids in the log-probabilities")
+    return ("".join(pieces), ids), ttft, prompt_tokens, cached, server_ms
 
 
-def conversation_ids(client, base, turns, max_tokens, timeout, label):
+def usage_completion(usage, default):
+    return usage.completion_tokens if usage is not None else default
+
+
+def conversation_ids(client, base, turns, max_tokens, timeout, label, generated_ids):
+    """The chat as token ids. The reply joins the history as a chat template would re-encode
+    it: torchless's text through its /tokenize; llama-server's as the ids it generated, since
+    the GGUF's synthetic vocabulary decodes to invalid UTF-8 whose re-encoding (~6x as many byte
+    tokens) would neither match what its cache holds nor what a real vocabulary gives."""
     history, rows = [1], []  # BOS
     for t, user in enumerate(turns, 1):
         history += user
-        text, ttft, prompt, cached, server_ms = ask_ids(client, list(history), max_tokens, timeout)
-        history += tokenize(base, text)
+        (text, ids), ttft, prompt, cached, server_ms = ask_ids(
+            client, list(history), max_tokens, timeout, generated_ids)
+        history += ids if generated_ids else tokenize(base, text)
         rows.append({"ttft": ttft, "prompt": prompt, "cached": cached, "server_ms": server_ms})
         print(f"[{label}] turn {t}: ttft {ttft:.3f} s, prompt {prompt}, cached {cached}",
               file=sys.stderr, flush=True)
@@ -299,7 +319,8 @@ def run_engine(engine, name, spec, args, turns, workdir):
                                   temperature=0, timeout=spec["request_timeout"])
         if spec["ids"]:
             rows = conversation_ids(client, server.base, turns["ids"], spec["max_tokens"],
-                                    spec["request_timeout"], f"{name} {engine}")
+                                    spec["request_timeout"], f"{name} {engine}",
+                                    engine == "llama-server")
         else:
             rows = conversation(client, turns["text"], spec["max_tokens"], spec["request_timeout"],
                                 f"{name} {engine}")
