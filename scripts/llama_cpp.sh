@@ -11,9 +11,9 @@
 #   llama.cpp-src/                 the unpacked vendor/llama.cpp (convert_hf_to_gguf.py, gguf-py/)
 #   llama.cpp-src/VERSION          the llama-cpp-python version it came from
 #   llama.cpp-tools/build/         the cmake build tree
-#   llama.cpp-tools/bin/           llama-quantize llama-tokenize llama-perplexity llama-bench, and
-#                                  llama-completion / llama-cli / llama-simple / llama-eval-callback
-#                                  when this llama.cpp defines them without the server
+#   llama.cpp-tools/bin/           llama-quantize llama-tokenize llama-perplexity llama-bench
+#                                  llama-server (without its web UI), and llama-completion /
+#                                  llama-simple / llama-eval-callback when this llama.cpp defines them
 #   llama.cpp-tools/READY          written last; others wait for it
 #
 # Python scripts that must write GGUFs as this llama.cpp does use its gguf-py:
@@ -67,7 +67,9 @@ BIN=$TOOLS/bin
 READY=$TOOLS/READY
 
 done_already() {
-    [[ -f $READY && -f $SRC/VERSION && $(cat "$SRC/VERSION") == "$VERSION" && -x $BIN/llama-quantize ]]
+    # llama-server too: a build made before it was a target gets it added (incrementally).
+    [[ -f $READY && -f $SRC/VERSION && $(cat "$SRC/VERSION") == "$VERSION" && -x $BIN/llama-quantize
+       && -x $BIN/llama-server ]]
 }
 
 if [[ $FORCE == 0 ]] && done_already; then
@@ -75,7 +77,11 @@ if [[ $FORCE == 0 ]] && done_already; then
     [[ $PRINT_BIN == 0 ]] || echo "$BIN"
     exit 0
 fi
-rm -f "$READY"
+# A finished build of this version that only lacks a newer target (llama-server) keeps its READY
+# while the target is added: its tools stay usable by the other scripts meanwhile.
+if [[ $FORCE == 1 || ! -f $SRC/VERSION || $(cat "$SRC/VERSION") != "$VERSION" || ! -x $BIN/llama-quantize ]]; then
+    rm -f "$READY"
+fi
 
 # ---- tools needed to build --------------------------------------------------------------------
 command -v python3 >/dev/null || die "python3 is required"
@@ -113,20 +119,22 @@ fi
 mkdir -p "$TOOLS" "$BIN"
 log "configuring in $BUILD"
 # CPU only, tuned for this machine, static so the binaries do not depend on the build tree.
-# Examples on (llama-simple, llama-eval-callback live there); tests and the server off.
+# Examples on (llama-simple, llama-eval-callback live there); tests off. The server on (the API
+# comparison of scripts/server/prompt_cache_turns.py runs llama-server), without its web UI: the
+# UI would be built with npm or downloaded from Hugging Face, neither of which a build here may
+# do; with both off the server embeds an empty asset table and serves the API alone.
 cmake -S "$SRC" -B "$BUILD" "${GENERATOR[@]}" \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
     -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
-    -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     > "$TOOLS/configure.log" 2>&1 || { tail -n 30 "$TOOLS/configure.log" >&2; die "cmake configure failed (log: $TOOLS/configure.log)"; }
 
-TARGETS=(llama-quantize llama-tokenize llama-perplexity llama-bench)
+TARGETS=(llama-quantize llama-tokenize llama-perplexity llama-bench llama-server)
 # llama-completion is the classic prompt-in, text-out CLI (what llama-cli was before it became a
-# front end of the server in newer llama.cpp: llama-cli is built only with LLAMA_BUILD_SERVER, which
-# is not cheap, so it is taken only when the configured tree defines it).
-OPTIONAL=(llama-completion llama-cli llama-simple llama-eval-callback)
+# front end of the server in newer llama.cpp; nothing here uses that llama-cli, so it is not built).
+OPTIONAL=(llama-completion llama-simple llama-eval-callback)
 # Which optional targets this version defines.
 avail=$(cmake --build "$BUILD" --target help 2>/dev/null || true)
 for t in "${OPTIONAL[@]}"; do
