@@ -176,6 +176,7 @@ impl Isa for Scalar {
     type Q4Micro = Scalar;
     type Blocks = Scalar;
     type BlockMicro = NoKernel;
+    type KvRows = Scalar;
 
     fn matvec_many(self) -> Option<NoKernel> {
         None
@@ -199,6 +200,7 @@ impl Isa for Wide {
     type Q4Micro = Scalar;
     type Blocks = Scalar;
     type BlockMicro = NoKernel;
+    type KvRows = Scalar;
 
     fn matvec_many(self) -> Option<NoKernel> {
         None
@@ -221,6 +223,7 @@ impl Isa for Avx2 {
     type Q4Micro = Avx2;
     type Blocks = Avx2;
     type BlockMicro = NoKernel;
+    type KvRows = Avx2;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self)
@@ -243,6 +246,7 @@ impl Isa for Avx512 {
     type Q4Micro = Avx512;
     type Blocks = Avx512;
     type BlockMicro = Avx512Blocks;
+    type KvRows = Avx512;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self.avx2())

@@ -15,6 +15,7 @@ mod amx;
 mod blocks;
 mod gemm_blocks;
 mod gemm_int;
+mod kv_rows;
 mod matvec;
 mod probe;
 
