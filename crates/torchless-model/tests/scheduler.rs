@@ -405,6 +405,24 @@ fn a_scheduler_thread_serves_requests_from_other_threads() {
     assert!(err.to_string().contains("context"), "{err}");
 }
 
+/// Submits each golden prompt with `options`; returns their event receivers.
+fn submit_each<R: Residency>(
+    scheduler: &mut Scheduler<'_, R>,
+    prompts: &[common::Prompt],
+    options: &GenerateOptions,
+) -> Vec<Receiver<Event>> {
+    prompts
+        .iter()
+        .map(|prompt| {
+            let (events, receiver) = mpsc::channel();
+            scheduler
+                .submit(Request::new(prompt.ids.clone(), options.clone(), events))
+                .unwrap();
+            receiver
+        })
+        .collect()
+}
+
 #[test]
 fn more_slots_than_one_pass_takes_step_in_several_passes() {
     // Three slots decoding at once with passes of at most two sequences: every request still
@@ -426,16 +444,7 @@ fn more_slots_than_one_pass_takes_step_in_several_passes() {
         },
     )
     .unwrap();
-    let receivers: Vec<Receiver<Event>> = goldens.prompts[..3]
-        .iter()
-        .map(|prompt| {
-            let (events, receiver) = mpsc::channel();
-            scheduler
-                .submit(Request::new(prompt.ids.clone(), options.clone(), events))
-                .unwrap();
-            receiver
-        })
-        .collect();
+    let receivers = submit_each(&mut scheduler, &goldens.prompts[..3], &options);
     let stats = scheduler.run_until_idle();
     for (i, (prompt, receiver)) in goldens.prompts.iter().zip(&receivers).enumerate() {
         let mut got = Received::default();
@@ -790,16 +799,7 @@ fn slots_with_f16_and_q8_0_caches_serve_and_reuse_the_prompt_cache() {
         },
     )
     .unwrap();
-    let receivers: Vec<Receiver<Event>> = goldens.prompts[..3]
-        .iter()
-        .map(|prompt| {
-            let (events, receiver) = mpsc::channel();
-            scheduler
-                .submit(Request::new(prompt.ids.clone(), options.clone(), events))
-                .unwrap();
-            receiver
-        })
-        .collect();
+    let receivers = submit_each(&mut scheduler, &goldens.prompts[..3], &options);
     scheduler.run_until_idle();
     for (i, (prompt, receiver)) in goldens.prompts.iter().zip(&receivers).enumerate() {
         let mut got = Received::default();

@@ -25,21 +25,7 @@ impl<'a> RowsRef<'a> {
         len: usize,
         dim: usize,
     ) -> Result<Self, KernelError> {
-        if len > 0 {
-            let end = (len - 1)
-                .checked_mul(stride)
-                .and_then(|v| v.checked_add(offset))
-                .and_then(|v| v.checked_add(dim));
-            match end {
-                Some(e) if e <= data.len() => {}
-                _ => {
-                    return Err(KernelError::Shape(format!(
-                        "{len} rows of {dim} at offset {offset}, stride {stride} exceed {} values",
-                        data.len()
-                    )))
-                }
-            }
-        }
+        check_extent(len, offset, stride, dim, data.len())?;
         Ok(Self {
             data,
             offset,
@@ -85,6 +71,30 @@ impl<'a> RowsRef<'a> {
     /// The rows in order.
     pub fn iter(&self) -> impl Iterator<Item = &'a [f32]> + '_ {
         (0..self.len).map(move |i| self.row(i))
+    }
+}
+
+/// Checks that `len` rows of `dim` values, row `i` at `offset + i * stride`, lie in `available`
+/// values.
+fn check_extent(
+    len: usize,
+    offset: usize,
+    stride: usize,
+    dim: usize,
+    available: usize,
+) -> Result<(), KernelError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = (len - 1)
+        .checked_mul(stride)
+        .and_then(|v| v.checked_add(offset))
+        .and_then(|v| v.checked_add(dim));
+    match end {
+        Some(e) if e <= available => Ok(()),
+        _ => Err(KernelError::Shape(format!(
+            "{len} rows of {dim} at offset {offset}, stride {stride} exceed {available} values"
+        ))),
     }
 }
 
@@ -385,23 +395,13 @@ impl<'a> KvCacheView<'a> {
                 slots.start, slots.end, self.n_kv_heads, self.n_slots
             )));
         }
-        if slots.is_empty() {
-            return Ok(());
-        }
-        let offset = slots.start * self.slot_stride + kv_head * self.head_stride;
-        let end = (slots.len() - 1)
-            .checked_mul(self.slot_stride)
-            .and_then(|v| v.checked_add(offset))
-            .and_then(|v| v.checked_add(self.head_dim));
-        match end {
-            Some(e) if e <= available => Ok(()),
-            _ => Err(KernelError::Shape(format!(
-                "{} rows of {} at offset {offset}, stride {} exceed {available} values",
-                slots.len(),
-                self.head_dim,
-                self.slot_stride
-            ))),
-        }
+        check_extent(
+            slots.len(),
+            slots.start * self.slot_stride + kv_head * self.head_stride,
+            self.slot_stride,
+            self.head_dim,
+            available,
+        )
     }
 
     fn rows(

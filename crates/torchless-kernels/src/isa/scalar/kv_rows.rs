@@ -28,8 +28,8 @@ fn dot_values(q: &[f32], dim: usize, value: impl Fn(usize) -> f32) -> f32 {
         acc[i % 8] += q[i] * value(i);
     }
     let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for i in whole..dim {
-        s += q[i] * value(i);
+    for (i, &qi) in q.iter().enumerate().take(dim).skip(whole) {
+        s += qi * value(i);
     }
     s
 }

@@ -86,20 +86,36 @@ unsafe fn dots_group<const Q8: bool, const G: usize>(
     }
 }
 
-/// `out[h] = q[h] · k` for every row of `q` (see `KvRows::dots_f16`).
-fn dots<const Q8: bool>(_t: Avx2, q: &[f32], k: &[u8], out: &mut [f32]) {
+/// Calls `group(g, h, dim)` for query rows `h..h + g` (`g` at most 4) covering every row of
+/// `q` against the key `k` of `dim` values, after checking that `q` holds them. Shared with the
+/// AVX-512 kernels.
+pub(crate) fn head_groups<const Q8: bool>(
+    q: &[f32],
+    k: &[u8],
+    m: usize,
+    mut group: impl FnMut(usize, usize, usize),
+) {
     let dim = if Q8 {
         q8_0_row_values(k.len())
     } else {
         f16_row_values(k.len())
     };
-    let m = out.len();
     assert!(q.len() >= m * dim, "KV dots: queries too short");
     let mut h = 0;
     while h < m {
         let g = (m - h).min(4);
-        // SAFETY: the token proves AVX2, FMA and F16C; rows `h..h + g` of `q` exist (asserted),
-        // `k` holds `dim` values (`dim` derives from its length), `out` has index `h + g - 1`.
+        group(g, h, dim);
+        h += g;
+    }
+}
+
+/// `out[h] = q[h] · k` for every row of `q` (see `KvRows::dots_f16`).
+fn dots<const Q8: bool>(_t: Avx2, q: &[f32], k: &[u8], out: &mut [f32]) {
+    let m = out.len();
+    head_groups::<Q8>(q, k, m, |g, h, dim| {
+        // SAFETY: the token proves AVX2, FMA and F16C; rows `h..h + g` of `q` exist (checked by
+        // `head_groups`), `k` holds `dim` values (`dim` derives from its length), `out` has
+        // index `h + g - 1 < m`.
         unsafe {
             match g {
                 4 => dots_group::<Q8, 4>(q, k, dim, h, out),
@@ -108,8 +124,7 @@ fn dots<const Q8: bool>(_t: Avx2, q: &[f32], k: &[u8], out: &mut [f32]) {
                 _ => dots_group::<Q8, 1>(q, k, dim, h, out),
             }
         }
-        h += g;
-    }
+    });
 }
 
 /// `out += Σ_j weights[j] · rows[j]` with the output in registers, 64 values at a time.

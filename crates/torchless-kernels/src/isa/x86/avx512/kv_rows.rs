@@ -2,8 +2,8 @@
 //! place. Same operations as the AVX2 kernels, twice as wide.
 
 use super::Avx512;
-use crate::isa::traits::{f16_row_values, q8_0_row_values, KvRows};
-use crate::isa::x86::avx2::kv_rows::{assert_weighted_rows, half_at, value};
+use crate::isa::traits::KvRows;
+use crate::isa::x86::avx2::kv_rows::{assert_weighted_rows, half_at, head_groups, value};
 use core::arch::x86_64::*;
 
 /// Values `i..i + 16` of a KV row (within one block for Q8_0), exactly.
@@ -66,18 +66,11 @@ unsafe fn dots_group<const Q8: bool, const G: usize>(
 }
 
 fn dots<const Q8: bool>(_t: Avx512, q: &[f32], k: &[u8], out: &mut [f32]) {
-    let dim = if Q8 {
-        q8_0_row_values(k.len())
-    } else {
-        f16_row_values(k.len())
-    };
     let m = out.len();
-    assert!(q.len() >= m * dim, "KV dots: queries too short");
-    let mut h = 0;
-    while h < m {
-        let g = (m - h).min(4);
-        // SAFETY: the token proves the features; rows `h..h + g` of `q` exist (asserted), `k`
-        // holds `dim` values (`dim` derives from its length), `out` has index `h + g - 1`.
+    head_groups::<Q8>(q, k, m, |g, h, dim| {
+        // SAFETY: the token proves the features; rows `h..h + g` of `q` exist (checked by
+        // `head_groups`), `k` holds `dim` values (`dim` derives from its length), `out` has
+        // index `h + g - 1 < m`.
         unsafe {
             match g {
                 4 => dots_group::<Q8, 4>(q, k, dim, h, out),
@@ -86,8 +79,7 @@ fn dots<const Q8: bool>(_t: Avx512, q: &[f32], k: &[u8], out: &mut [f32]) {
                 _ => dots_group::<Q8, 1>(q, k, dim, h, out),
             }
         }
-        h += g;
-    }
+    });
 }
 
 /// `out[c..c + 16 R] += Σ_j weights[j] · rows[j][c..c + 16 R]`, the output in `R` registers.
@@ -137,21 +129,24 @@ fn weighted<const Q8: bool>(_t: Avx512, rows: &[&[u8]], weights: &[f32], out: &m
     assert_weighted_rows::<Q8>(rows, n);
     let o = out.as_mut_ptr();
     let mut c = 0;
-    // SAFETY (every block below): the token proves the features; the rows hold `n` values
-    // (asserted) and each chunk ends at or below `n`; `c` steps by multiples of 16.
     while c + 128 <= n {
+        // SAFETY: the token proves the features; the rows hold `n` values (asserted) and the
+        // chunk `c..c + 128` ends at or below `n`; `c` is a multiple of 16.
         unsafe { weighted_chunk::<Q8, 8>(rows, weights, o, c) };
         c += 128;
     }
     if c + 64 <= n {
+        // SAFETY: as above, for `c..c + 64`.
         unsafe { weighted_chunk::<Q8, 4>(rows, weights, o, c) };
         c += 64;
     }
     if c + 32 <= n {
+        // SAFETY: as above, for `c..c + 32`.
         unsafe { weighted_chunk::<Q8, 2>(rows, weights, o, c) };
         c += 32;
     }
     if c + 16 <= n {
+        // SAFETY: as above, for `c..c + 16`.
         unsafe { weighted_chunk::<Q8, 1>(rows, weights, o, c) };
         c += 16;
     }
