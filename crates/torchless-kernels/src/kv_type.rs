@@ -6,7 +6,7 @@
 use crate::block_input::quantize_q8_0;
 use crate::blocks::BlockType;
 use crate::error::KernelError;
-use crate::half::f32_to_f16;
+use crate::half::{f16_to_f32, f32_to_f16};
 
 /// How a KV cache stores its keys or values (llama.cpp's `--cache-type-k` / `-v` spellings).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -153,6 +153,53 @@ pub fn decode_kv_row(ty: KvType, src: &[u8], dst: &mut [f32]) -> Result<(), Kern
     Ok(())
 }
 
+/// Value `i` of a row of halves.
+#[inline]
+pub(crate) fn f16_value(row: &[u8], i: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([row[2 * i], row[2 * i + 1]]))
+}
+
+/// Value `i` of a row of Q8_0 blocks: `d · q`, exact in f32 (11 by 8 significant bits).
+#[inline]
+pub(crate) fn q8_0_value(row: &[u8], i: usize) -> f32 {
+    let b = &row[34 * (i / 32)..];
+    f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * f32::from(b[2 + i % 32] as i8)
+}
+
+/// Values `c0..c0 + out.len()` of a row of halves or Q8_0 blocks (`ty`), exactly: each block's
+/// scale converted once (the prefill attention packs values 16 at a time with this).
+pub(crate) fn decode_values(ty: KvType, row: &[u8], c0: usize, out: &mut [f32]) {
+    match ty {
+        KvType::F32 => {
+            for (i, o) in out.iter_mut().enumerate() {
+                let b = &row[4 * (c0 + i)..];
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        KvType::F16 => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = f16_value(row, c0 + i);
+            }
+        }
+        KvType::Q8_0 => {
+            let end = c0 + out.len();
+            let mut c = c0;
+            while c < end {
+                let stop = ((c / 32 + 1) * 32).min(end);
+                let block = &row[34 * (c / 32)..34 * (c / 32 + 1)];
+                let d = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+                for (o, &q) in out[c - c0..stop - c0]
+                    .iter_mut()
+                    .zip(&block[2 + c % 32..2 + (stop - 1) % 32 + 1])
+                {
+                    *o = d * f32::from(q as i8);
+                }
+                c = stop;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +242,12 @@ mod tests {
                 assert!((f64::from(q) - exact).abs() <= 0.5 + 1e-5, "{q} vs {exact}");
                 assert_eq!(f64::from(back[32 * b + i]), d * f64::from(q));
             }
+        }
+        // Any range decodes as the whole row does.
+        for (c0, len) in [(0, 64), (16, 16), (30, 5), (31, 33), (63, 1)] {
+            let mut part = vec![0.0f32; len];
+            decode_values(KvType::Q8_0, &bytes, c0, &mut part);
+            assert_eq!(part, back[c0..c0 + len], "{c0}+{len}");
         }
         let mut small = [0u8; 34];
         assert!(encode_kv_row(KvType::Q8_0, &x[..31], &mut small).is_err());

@@ -1,9 +1,8 @@
 //! Views over a KV cache for the attention loops: keys/values are rows with a stride, so a
 //! model's cache (e.g. `[slot][kv_head][head_dim]`, or a rolling ring buffer) is read in place.
 
-use crate::blocks::BlockType;
 use crate::error::{check_len, KernelError};
-use crate::kv_type::KvType;
+use crate::kv_type::{decode_values, KvType};
 use std::ops::Range;
 
 /// `len` rows of `dim` floats inside `data`; row `i` starts at `offset + i * stride`.
@@ -237,8 +236,8 @@ impl<'a> KvData<'a> {
     pub(crate) fn decode_range(&self, c0: usize, out: &mut [f32]) {
         match *self {
             KvData::F32(d) => out.copy_from_slice(&d[c0..c0 + out.len()]),
-            KvData::F16(d) => crate::blocks::dequantize_range(BlockType::F16, d, c0, out),
-            KvData::Q8_0(d) => crate::blocks::dequantize_range(BlockType::Q8_0, d, c0, out),
+            KvData::F16(d) => decode_values(KvType::F16, d, c0, out),
+            KvData::Q8_0(d) => decode_values(KvType::Q8_0, d, c0, out),
         }
     }
 }

@@ -2,21 +2,8 @@
 //! (see `KvRows`).
 
 use super::Scalar;
-use crate::half::f16_to_f32;
 use crate::isa::traits::{f16_row_values, q8_0_row_values, KvRows};
-
-/// Value `i` of a row of halves.
-#[inline]
-pub(crate) fn f16_value(row: &[u8], i: usize) -> f32 {
-    f16_to_f32(u16::from_le_bytes([row[2 * i], row[2 * i + 1]]))
-}
-
-/// Value `i` of a row of Q8_0 blocks: `d · q`, exact in f32 (11 by 8 significant bits).
-#[inline]
-pub(crate) fn q8_0_value(row: &[u8], i: usize) -> f32 {
-    let b = &row[34 * (i / 32)..];
-    f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * f32::from(b[2 + i % 32] as i8)
-}
+pub(crate) use crate::kv_type::{f16_value, q8_0_value};
 
 /// `Σ q[i] · value(i)` over `dim` values with 8 lane partial sums (value `i` into lane `i % 8`),
 /// reduced as the scalar `dot` is.
