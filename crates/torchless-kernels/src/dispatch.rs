@@ -19,8 +19,9 @@ pub enum SimdPath {
     Wide,
     /// Hand-written AVX2 + FMA intrinsics, x86_64 only, chosen when the CPU has both.
     Avx2Fma,
-    /// AVX2 + FMA, plus AVX-512 (F/BW/VL) with VNNI for the int4 products, x86_64 only, chosen
-    /// when the CPU has all of them. The other kernels are the AVX2 ones.
+    /// AVX2 + FMA, plus AVX-512 (F/BW/VL) with VNNI for the int4 and ggml block products and
+    /// the f16 / Q8_0 KV cache rows, x86_64 only, chosen when the CPU has all of them. The other
+    /// kernels are the AVX2 ones.
     Avx512Vnni,
 }
 
