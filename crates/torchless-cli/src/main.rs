@@ -73,13 +73,17 @@ const SUBCOMMANDS: &[&str] = &[
 ];
 
 /// `torchless MODEL PROMPT` is `torchless generate MODEL PROMPT`; llama.cpp's `-tb N` is
-/// `--batch-threads N`.
+/// `--batch-threads N`, `-ctk T` / `-ctv T` are `--cache-type-k T` / `--cache-type-v T`.
 fn normalize_args(args: Vec<OsString>) -> Vec<OsString> {
     let mut args: Vec<OsString> = args
         .into_iter()
         .map(|a| {
             if a == "-tb" {
                 "--batch-threads".into()
+            } else if a == "-ctk" {
+                "--cache-type-k".into()
+            } else if a == "-ctv" {
+                "--cache-type-v".into()
             } else {
                 a
             }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use torchless_model::{SamplingParams, SessionOptions};
+use torchless_model::{KvType, KvTypes, SamplingParams, SessionOptions};
 
 /// How to load and run the model (`--lazy`, `-t`, `--json` mean the same everywhere).
 #[derive(Args, Debug, Clone)]
@@ -46,6 +46,8 @@ pub struct ModelArgs {
     /// `transformers` computes on the same file.
     #[arg(long)]
     pub exact: bool,
+    #[command(flatten)]
+    pub cache: KvCacheArgs,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -63,8 +65,53 @@ impl ModelArgs {
             batch_threads: self.batch_threads.unwrap_or(0),
             int8_activations: self.int8_activations,
             exact_activations: self.exact,
+            cache_type_k: self.cache.cache_type_k,
+            cache_type_v: self.cache.cache_type_v,
         }
     }
+}
+
+/// How the KV cache stores keys and values (llama.cpp's flags and spellings; `-ctk` / `-ctv`
+/// work too).
+#[derive(Args, Debug, Clone, Default)]
+pub struct KvCacheArgs {
+    /// KV cache type for keys: f32 (exact), f16 (half the memory) or q8_0 (ggml's Q8_0, 34
+    /// bytes per 32 values; needs a head dimension that is a multiple of 32). Also `-ctk`.
+    #[arg(
+        long = "cache-type-k",
+        value_name = "TYPE",
+        default_value = "f32",
+        value_parser = parse_kv_type
+    )]
+    pub cache_type_k: KvType,
+    /// KV cache type for values: f32, f16 or q8_0. Also `-ctv`.
+    #[arg(
+        long = "cache-type-v",
+        value_name = "TYPE",
+        default_value = "f32",
+        value_parser = parse_kv_type
+    )]
+    pub cache_type_v: KvType,
+}
+
+impl KvCacheArgs {
+    pub fn types(&self) -> KvTypes {
+        KvTypes {
+            keys: self.cache_type_k,
+            values: self.cache_type_v,
+        }
+    }
+}
+
+/// `f32`, `f16` or `q8_0` (any case).
+pub fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = KvType::ALL.iter().map(|t| t.name()).collect();
+        format!(
+            "unknown KV cache type `{s}`: use one of {}",
+            names.join(", ")
+        )
+    })
 }
 
 /// How tokens are chosen (llama.cpp's defaults and names).

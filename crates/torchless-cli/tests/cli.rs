@@ -350,6 +350,49 @@ fn info_reports_config_tensors_and_sizes() {
 }
 
 #[test]
+fn cache_types_size_the_cache_and_run() {
+    // small-mha: head_dim 32, so Q8_0 blocks fit; sizes from the reference config.
+    let g = goldens(&model("small-mha-goldens-f32.json"));
+    let c = &g["config"];
+    let kv_dim = c["num_key_value_heads"].as_u64().unwrap() * c["head_dim"].as_u64().unwrap();
+    let layers = c["num_hidden_layers"].as_u64().unwrap();
+    for (k, v, bytes_k, bytes_v) in [
+        ("f32", "f32", 4 * kv_dim, 4 * kv_dim),
+        ("f16", "f16", 2 * kv_dim, 2 * kv_dim),
+        ("q8_0", "f16", kv_dim / 32 * 34, 2 * kv_dim),
+    ] {
+        let out = run(torchless()
+            .arg("info")
+            .arg(model("small-mha-f32.bin"))
+            .args(["--json", "-ctk", k, "--cache-type-v", v]));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let info: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        assert_eq!(info["kv_cache"]["type_k"], k);
+        assert_eq!(info["kv_cache"]["type_v"], v);
+        assert_eq!(
+            info["kv_cache"]["bytes_per_token"],
+            layers * (bytes_k + bytes_v),
+            "{k}/{v}"
+        );
+        // Generation runs with the types (the model tests check the logits).
+        let out = run(torchless()
+            .arg(model("small-mha-f32.bin"))
+            .args(["hello", "-n", "4", "--temp", "0", "-ctk", k, "-ctv", v]));
+        assert_eq!(out.code, 0, "{k}/{v}: {}", out.stderr);
+    }
+    // head_dim 16: Q8_0 is refused with one clear line, unknown types by the parser.
+    let out = run(torchless()
+        .arg(model("small-gqa-f32.bin"))
+        .args(["hello", "-ctk", "q8_0"]));
+    assert_clean_error(&out, 1, "multiple of 32");
+    let out = run(torchless()
+        .arg(model("small-gqa-f32.bin"))
+        .args(["hello", "-ctv", "q4_0"]));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("q8_0"), "{}", out.stderr);
+}
+
+#[test]
 fn info_check_reports_non_finite_weights() {
     use torchless_model::format::{DType, ModelFile, ModelWriter, TensorSpec};
     let source = ModelFile::open(model("small-gqa-f32.bin")).unwrap();

@@ -248,6 +248,16 @@ fn endpoints_answer_like_the_references() {
     let (status, health) = get(&server.url("/health"));
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     assert_eq!(health["slots_idle"], 2);
+    // The KV cache: f32 keys and values of every layer, per token (from the reference config).
+    let c = &g["config"];
+    let kv_dim = c["num_key_value_heads"].as_u64().unwrap() * c["head_dim"].as_u64().unwrap();
+    let layers = c["num_hidden_layers"].as_u64().unwrap();
+    assert_eq!(health["kv_cache"]["type_k"], "f32");
+    assert_eq!(health["kv_cache"]["type_v"], "f32");
+    assert_eq!(
+        health["kv_cache"]["bytes_per_token"],
+        layers * kv_dim * 2 * 4
+    );
     let (status, models) = get(&server.url("/v1/models"));
     assert_eq!(status, 200);
     assert_eq!(models["object"], "list");

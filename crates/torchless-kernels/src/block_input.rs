@@ -253,7 +253,7 @@ fn round_codes(x: &[f32], scale: f32, q: &mut [i8]) {
 }
 
 /// One block of 32 to Q8_0 (`quantize_row_q8_0` on x86): returns `d` as the half's value.
-fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
+pub(crate) fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
     if non_finite(x) {
         q.fill(0);
         return f32::NAN;

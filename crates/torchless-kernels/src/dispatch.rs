@@ -19,8 +19,9 @@ pub enum SimdPath {
     Wide,
     /// Hand-written AVX2 + FMA intrinsics, x86_64 only, chosen when the CPU has both.
     Avx2Fma,
-    /// AVX2 + FMA, plus AVX-512 (F/BW/VL) with VNNI for the int4 products, x86_64 only, chosen
-    /// when the CPU has all of them. The other kernels are the AVX2 ones.
+    /// AVX2 + FMA, plus AVX-512 (F/BW/VL) with VNNI for the int4 and ggml block products and
+    /// the f16 / Q8_0 KV cache rows, x86_64 only, chosen when the CPU has all of them. The other
+    /// kernels are the AVX2 ones.
     Avx512Vnni,
 }
 
@@ -176,6 +177,7 @@ impl Isa for Scalar {
     type Q4Micro = Scalar;
     type Blocks = Scalar;
     type BlockMicro = NoKernel;
+    type KvRows = Scalar;
 
     fn matvec_many(self) -> Option<NoKernel> {
         None
@@ -199,6 +201,7 @@ impl Isa for Wide {
     type Q4Micro = Scalar;
     type Blocks = Scalar;
     type BlockMicro = NoKernel;
+    type KvRows = Scalar;
 
     fn matvec_many(self) -> Option<NoKernel> {
         None
@@ -221,6 +224,7 @@ impl Isa for Avx2 {
     type Q4Micro = Avx2;
     type Blocks = Avx2;
     type BlockMicro = NoKernel;
+    type KvRows = Avx2;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self)
@@ -243,6 +247,7 @@ impl Isa for Avx512 {
     type Q4Micro = Avx512;
     type Blocks = Avx512;
     type BlockMicro = Avx512Blocks;
+    type KvRows = Avx512;
 
     fn matvec_many(self) -> Option<Avx2> {
         Some(self.avx2())

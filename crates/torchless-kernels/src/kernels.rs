@@ -487,13 +487,7 @@ impl Kernels {
         let group = check_heads(kv, n_heads, q.len(), out.len(), &[slots])?;
         check_len("attention query", n_heads * hd, q.len())?;
         on_isa!(self.path, |isa| decode::attention(
-            isa.elementwise(),
-            q,
-            kv,
-            slots,
-            group,
-            scale,
-            out
+            isa, q, kv, slots, group, scale, out
         ));
         Ok(())
     }

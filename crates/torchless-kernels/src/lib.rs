@@ -47,7 +47,8 @@
 // The crate's modules, from the leaves up (a module imports only modules listed before it):
 //
 // - data and helpers: `error`, `half`, `blocks` (ggml block types, layouts, dequantization),
-//   `mat` (weight views), `int4` and `block_input` (the int4 and block input layouts), `team`
+//   `mat` (weight views), `int4` and `block_input` (the int4 and block input layouts), `kv_type`
+//   (KV cache element types and their encoding), `team`
 //   and `parallel` (threads), `rope`, `reference`;
 // - `isa::traits`: what drivers ask of an instruction set (families of kernels, tile sizes,
 //   operands); `isa::{scalar, wide, x86}`: one folder per instruction set implementing them;
@@ -72,6 +73,7 @@ mod half;
 mod int4;
 mod isa;
 mod kernels;
+mod kv_type;
 mod mat;
 mod parallel;
 #[cfg(test)]
@@ -82,11 +84,12 @@ mod rope;
 #[cfg(feature = "parallel")]
 mod team;
 
-pub use attention::{KvCacheView, RowsRef, SlotRanges};
+pub use attention::{KvCacheView, KvData, RowsRef, SlotRanges};
 pub use blocks::{BlockMat, BlockType};
 pub use dispatch::{blas_backend, cpu_path, SimdPath, PATH_ENV};
 pub use error::KernelError;
 pub use kernels::Kernels;
+pub use kv_type::{decode_kv_row, encode_kv_row, KvType};
 pub use mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
 #[cfg(feature = "parallel")]
 pub use parallel::thread_pool;

@@ -248,3 +248,151 @@ fn amx_block_gemm_is_decode_bit_for_bit() {
     };
     check_block_gemm(t, "amx");
 }
+
+/// Random KV rows of `dim` values encoded as `ty` (every 4th Q8_0 block all zero, some large
+/// values), with their exact decoded values.
+fn kv_rows(ty: crate::KvType, dim: usize, n: usize, s: &mut u64) -> (Vec<Vec<u8>>, Vec<Vec<f32>>) {
+    let mut encoded = Vec::new();
+    let mut decoded = Vec::new();
+    for r in 0..n {
+        let mut x: Vec<f32> = (0..dim).map(|_| rng(s) * 4.0).collect();
+        if r % 3 == 1 {
+            x[dim / 2] = 300.0;
+        }
+        if ty == crate::KvType::Q8_0 && r % 4 == 2 {
+            x[..32].fill(0.0);
+        }
+        let mut bytes = vec![0u8; ty.bytes_of(dim) as usize];
+        crate::encode_kv_row(ty, &x, &mut bytes).unwrap();
+        let mut back = vec![0.0f32; dim];
+        crate::decode_kv_row(ty, &bytes, &mut back).unwrap();
+        encoded.push(bytes);
+        decoded.push(back);
+    }
+    (encoded, decoded)
+}
+
+/// The f16 / Q8_0 KV row kernels of `k` against the scalar definition (to f32 rounding: other
+/// lanes, fused multiply-adds) and, for the scalar path, against f64 sums of the decoded values.
+fn check_kv_rows<K: crate::isa::traits::KvRows>(k: K, what: &str) {
+    use crate::isa::scalar::Scalar;
+    use crate::isa::traits::KvRows;
+    use crate::KvType;
+    let mut s = 5u64;
+    for ty in [KvType::F16, KvType::Q8_0] {
+        let dims: &[usize] = match ty {
+            KvType::Q8_0 => &[32, 64, 96, 128, 160, 224],
+            _ => &[1, 7, 8, 15, 16, 17, 33, 64, 100, 128, 136, 255],
+        };
+        for &dim in dims {
+            // Dots: m query heads against one key.
+            for m in [1usize, 2, 3, 4, 5, 8, 9] {
+                let (keys, dec) = kv_rows(ty, dim, 1, &mut s);
+                let q: Vec<f32> = (0..m * dim).map(|_| rng(&mut s)).collect();
+                let (mut got, mut want) = (vec![f32::NAN; m], vec![f32::NAN; m]);
+                match ty {
+                    KvType::F16 => {
+                        k.dots_f16(&q, &keys[0], &mut got);
+                        Scalar.dots_f16(&q, &keys[0], &mut want);
+                    }
+                    _ => {
+                        k.dots_q8_0(&q, &keys[0], &mut got);
+                        Scalar.dots_q8_0(&q, &keys[0], &mut want);
+                    }
+                }
+                for h in 0..m {
+                    let qh = &q[h * dim..(h + 1) * dim];
+                    let exact: f64 = qh
+                        .iter()
+                        .zip(&dec[0])
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum();
+                    let mag: f64 = qh
+                        .iter()
+                        .zip(&dec[0])
+                        .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
+                        .sum();
+                    let tol = 1e-6 * mag + 1e-6;
+                    assert!(
+                        (f64::from(want[h]) - exact).abs() <= tol,
+                        "scalar {} dot dim {dim} m {m} head {h}: {} vs {exact}",
+                        ty.name(),
+                        want[h]
+                    );
+                    assert!(
+                        (f64::from(got[h]) - f64::from(want[h])).abs() <= 2.0 * tol,
+                        "{what} {} dot dim {dim} m {m} head {h}: {} vs {}",
+                        ty.name(),
+                        got[h],
+                        want[h]
+                    );
+                }
+            }
+            // Weighted sums of n rows into an output that already holds values.
+            for n in [0usize, 1, 3, 37] {
+                let (rows, dec) = kv_rows(ty, dim, n, &mut s);
+                let refs: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+                let w: Vec<f32> = (0..n).map(|_| rng(&mut s).abs()).collect();
+                let start: Vec<f32> = (0..dim).map(|_| rng(&mut s)).collect();
+                let (mut got, mut want) = (start.clone(), start.clone());
+                match ty {
+                    KvType::F16 => {
+                        k.weighted_rows_f16(&refs, &w, &mut got);
+                        Scalar.weighted_rows_f16(&refs, &w, &mut want);
+                    }
+                    _ => {
+                        k.weighted_rows_q8_0(&refs, &w, &mut got);
+                        Scalar.weighted_rows_q8_0(&refs, &w, &mut want);
+                    }
+                }
+                for c in 0..dim {
+                    let exact = f64::from(start[c])
+                        + (0..n)
+                            .map(|j| f64::from(w[j]) * f64::from(dec[j][c]))
+                            .sum::<f64>();
+                    let mag = f64::from(start[c]).abs()
+                        + (0..n)
+                            .map(|j| (f64::from(w[j]) * f64::from(dec[j][c])).abs())
+                            .sum::<f64>();
+                    let tol = 1e-6 * mag + 1e-7;
+                    assert!(
+                        (f64::from(want[c]) - exact).abs() <= tol,
+                        "scalar {} weighted dim {dim} n {n} [{c}]: {} vs {exact}",
+                        ty.name(),
+                        want[c]
+                    );
+                    assert!(
+                        (f64::from(got[c]) - f64::from(want[c])).abs() <= 2.0 * tol,
+                        "{what} {} weighted dim {dim} n {n} [{c}]: {} vs {}",
+                        ty.name(),
+                        got[c],
+                        want[c]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn scalar_kv_rows_match_f64_on_decoded_values() {
+    check_kv_rows(crate::isa::scalar::Scalar, "scalar");
+}
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn avx2_kv_rows_match_scalar() {
+    let Some(t) = crate::isa::x86::Avx2::detect() else {
+        return; // no AVX2 + F16C on this CPU: the path is never taken
+    };
+    check_kv_rows(t, "avx2");
+}
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn avx512_kv_rows_match_scalar() {
+    let Some(t) = crate::isa::x86::Avx512::detect() else {
+        return; // no AVX-512 VNNI on this CPU: the path is never taken
+    };
+    check_kv_rows(t, "avx512");
+}

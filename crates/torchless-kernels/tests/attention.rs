@@ -2,7 +2,10 @@
 mod common;
 
 use common::{assert_rel, Rng};
-use torchless_kernels::{reference, Kernels, KvCacheView, RowsRef, SimdPath, SlotRanges};
+use torchless_kernels::{
+    decode_kv_row, encode_kv_row, reference, Kernels, KvCacheView, KvData, KvType, RowsRef,
+    SimdPath, SlotRanges,
+};
 
 fn paths() -> Vec<Kernels> {
     SimdPath::supported()
@@ -350,4 +353,201 @@ fn attention_does_not_depend_on_thread_count() {
         assert_eq!(one, run(2));
         assert_eq!(one, run(3));
     }
+}
+
+/// A cache stored as `tk` keys and `tv` values (`head_major`: `[kv_head][slot][dim]`), and the
+/// same cache decoded to f32 for the reference.
+struct TypedCache {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    decoded: Cache,
+    types: (KvType, KvType),
+    head_major: bool,
+}
+
+fn encoded(ty: KvType, data: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let mut bytes = vec![0u8; ty.bytes_of(data.len()) as usize];
+    encode_kv_row(ty, data, &mut bytes).unwrap();
+    let mut back = vec![0.0; data.len()];
+    decode_kv_row(ty, &bytes, &mut back).unwrap();
+    (bytes, back)
+}
+
+fn data<'a>(ty: KvType, bytes: &'a [u8], floats: &'a [f32]) -> KvData<'a> {
+    match ty {
+        KvType::F32 => KvData::F32(floats),
+        KvType::F16 => KvData::F16(bytes),
+        KvType::Q8_0 => KvData::Q8_0(bytes),
+    }
+}
+
+impl TypedCache {
+    fn random(
+        rng: &mut Rng,
+        types: (KvType, KvType),
+        n_slots: usize,
+        n_kv: usize,
+        hd: usize,
+        head_major: bool,
+    ) -> Self {
+        let f32s = Cache::random(rng, n_slots, n_kv, hd);
+        // Stored in the layout asked for; the reference cache stays slot-major.
+        let layout = |d: &[f32]| -> Vec<f32> {
+            if !head_major {
+                return d.to_vec();
+            }
+            let mut out = vec![0.0; d.len()];
+            for s in 0..n_slots {
+                for h in 0..n_kv {
+                    let src = (s * n_kv + h) * hd;
+                    let dst = (h * n_slots + s) * hd;
+                    out[dst..dst + hd].copy_from_slice(&d[src..src + hd]);
+                }
+            }
+            out
+        };
+        let (kb, kd) = encoded(types.0, &layout(&f32s.keys));
+        let (vb, vd) = encoded(types.1, &layout(&f32s.values));
+        let unlayout = |d: Vec<f32>| -> Vec<f32> {
+            if !head_major {
+                return d;
+            }
+            let mut out = vec![0.0; d.len()];
+            for s in 0..n_slots {
+                for h in 0..n_kv {
+                    let dst = (s * n_kv + h) * hd;
+                    let src = (h * n_slots + s) * hd;
+                    out[dst..dst + hd].copy_from_slice(&d[src..src + hd]);
+                }
+            }
+            out
+        };
+        TypedCache {
+            keys: kb,
+            values: vb,
+            decoded: Cache {
+                keys: unlayout(kd),
+                values: unlayout(vd),
+                n_slots,
+                n_kv,
+                hd,
+            },
+            types,
+            head_major,
+        }
+    }
+
+    /// The view over the stored bytes (f32 parts read from the decoded, which are exact).
+    fn view<'a>(&'a self, f32_keys: &'a [f32], f32_values: &'a [f32]) -> KvCacheView<'a> {
+        let c = &self.decoded;
+        let (k, v) = (
+            data(self.types.0, &self.keys, f32_keys),
+            data(self.types.1, &self.values, f32_values),
+        );
+        if self.head_major {
+            KvCacheView::new_typed(k, v, c.n_slots, c.n_kv, c.hd, c.hd, c.n_slots * c.hd).unwrap()
+        } else {
+            KvCacheView::contiguous_typed(k, v, c.n_slots, c.n_kv, c.hd).unwrap()
+        }
+    }
+}
+
+#[test]
+fn f16_and_q8_0_caches_match_the_reference_on_their_decoded_values() {
+    let mut rng = Rng::new(40);
+    let type_pairs = [
+        (KvType::F16, KvType::F16),
+        (KvType::Q8_0, KvType::Q8_0),
+        (KvType::Q8_0, KvType::F16),
+        (KvType::F32, KvType::Q8_0),
+    ];
+    for types in type_pairs {
+        for (n_heads, n_kv, hd, n_slots, head_major) in [
+            (6, 2, 64, 300, false),
+            (4, 1, 32, 40, false),
+            (9, 3, 96, 70, false),
+            (8, 2, 64, 50, true),
+        ] {
+            let cache = TypedCache::random(&mut rng, types, n_slots, n_kv, hd, head_major);
+            // f32 parts: the decoded values in the stored layout (exact for f32).
+            let layout_f32 = |d: &[f32]| -> Vec<f32> {
+                if !head_major {
+                    return d.to_vec();
+                }
+                let mut out = vec![0.0; d.len()];
+                for s in 0..n_slots {
+                    for h in 0..n_kv {
+                        let (src, dst) = ((s * n_kv + h) * hd, (h * n_slots + s) * hd);
+                        out[dst..dst + hd].copy_from_slice(&d[src..src + hd]);
+                    }
+                }
+                out
+            };
+            let (fk, fv) = (
+                layout_f32(&cache.decoded.keys),
+                layout_f32(&cache.decoded.values),
+            );
+            let view = cache.view(&fk, &fv);
+            assert_eq!(view.types(), types);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let tag = format!("{}/{} h{n_heads}/{n_kv} d{hd}", types.0, types.1);
+            // Decode: linear and wrapped rings.
+            for written in [1, n_slots / 2 + 1, n_slots, n_slots + 7] {
+                let slots = SlotRanges::ring(n_slots, written);
+                let order: Vec<usize> = slots.iter().flatten().collect();
+                let q = rng.vec(n_heads * hd);
+                let want = cache.decoded.reference(&q, n_heads, &order, scale);
+                for k in paths() {
+                    let mut out = vec![f32::NAN; n_heads * hd];
+                    k.attention(&q, &view, &slots, n_heads, scale, &mut out)
+                        .unwrap();
+                    let what = format!("{tag} decode w{written} {}", k.simd_path().name());
+                    assert_rel(&what, &out, &want, 1e-5, 1e-6);
+                }
+            }
+            // Prefill: 40 causal tokens (token blocks), and a ring (per-token tasks).
+            let tokens = 40.min(n_slots - 1);
+            let row = n_heads * hd;
+            let qs = rng.vec(tokens * row);
+            let first = n_slots - tokens;
+            let patterns: [&(dyn Fn(usize) -> SlotRanges + Sync); 2] =
+                [&|t| SlotRanges::single(0..first + t + 1), &|t| {
+                    SlotRanges::ring(n_slots / 2, first + t + 1)
+                }];
+            for (p, slots_for) in patterns.iter().enumerate() {
+                for k in paths() {
+                    let mut outs = vec![f32::NAN; qs.len()];
+                    k.attention_batch(&qs, &view, n_heads, scale, slots_for, &mut outs)
+                        .unwrap();
+                    for t in 0..tokens {
+                        let order: Vec<usize> = slots_for(t).iter().flatten().collect();
+                        let want = cache.decoded.reference(
+                            &qs[t * row..(t + 1) * row],
+                            n_heads,
+                            &order,
+                            scale,
+                        );
+                        let what = format!(
+                            "{tag} prefill pattern {p} token {t} {}",
+                            k.simd_path().name()
+                        );
+                        assert_rel(&what, &outs[t * row..(t + 1) * row], &want, 1e-5, 1e-6);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_0_caches_refuse_head_dims_off_blocks() {
+    let bytes = vec![0u8; 34 * 8];
+    let e = KvCacheView::contiguous_typed(KvData::Q8_0(&bytes), KvData::Q8_0(&bytes), 4, 1, 48)
+        .unwrap_err();
+    assert!(e.to_string().contains("multiple of 32"), "{e}");
+    // Whole blocks but too few of them for the slots.
+    assert!(
+        KvCacheView::contiguous_typed(KvData::Q8_0(&bytes), KvData::F16(&[0; 64]), 2, 2, 32)
+            .is_err()
+    );
 }

@@ -46,7 +46,7 @@ pub use error::{ModelError, Result};
 pub use generate::{
     GenerateOptions, GeneratedToken, Generation, GenerationStats, StopReason, TokenStream,
 };
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvTypes};
 /// Values handed to chat templates (`tools`, a message's `tool_calls`): minijinja's.
 pub use minijinja::Value as TemplateValue;
 pub use model::{
@@ -57,6 +57,7 @@ pub use sampling::{Sampler, SamplingParams};
 pub use scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 pub use session::{Session, SessionOptions};
 pub use template::{strftime, ChatMessage, ChatOptions, ChatRenderer};
+pub use torchless_kernels::KvType;
 pub use vocab::{load_tokenizer, tokenizer_for, tokenizer_from_data};
 
 /// `serde_json`, re-exported for the JSON schemas of [`Grammar`].

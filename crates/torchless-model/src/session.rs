@@ -5,11 +5,11 @@ use std::ops::Range;
 #[cfg(feature = "parallel")]
 use std::sync::Arc;
 
-use torchless_kernels::{Kernels, RopeTable};
+use torchless_kernels::{Kernels, KvType, RopeTable};
 
 use crate::error::{ModelError, Result};
 use crate::forward::{Forward, Pass, Scratch, SequenceRows};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvTypes};
 use crate::model::Model;
 use crate::residency::Residency;
 use crate::weights::Weights;
@@ -44,6 +44,22 @@ pub struct SessionOptions {
     /// activations are quantized per block as llama.cpp does (Q8_0 per 32 for the 32-value
     /// formats, Q8_K per 256 for the K-quants), faster. Other weights are unaffected.
     pub exact_activations: bool,
+    /// How the KV cache stores keys (llama.cpp's `--cache-type-k`; default f32, exact). f16
+    /// halves the cache, Q8_0 (per 32 values a half scale and 8-bit codes) takes 34/128 of it
+    /// and needs a head dimension that is a multiple of 32. Attention reads either in place.
+    pub cache_type_k: KvType,
+    /// How the KV cache stores values (llama.cpp's `--cache-type-v`; default f32).
+    pub cache_type_v: KvType,
+}
+
+impl SessionOptions {
+    /// The cache element types these options ask for.
+    pub fn kv_types(&self) -> KvTypes {
+        KvTypes {
+            keys: self.cache_type_k,
+            values: self.cache_type_v,
+        }
+    }
 }
 
 impl Default for SessionOptions {
@@ -55,6 +71,8 @@ impl Default for SessionOptions {
             batch_threads: 0,
             int8_activations: false,
             exact_activations: false,
+            cache_type_k: KvType::F32,
+            cache_type_v: KvType::F32,
         }
     }
 }
@@ -140,6 +158,7 @@ impl<'m, R: Residency> Session<'m, R> {
             config.head_dim,
             capacity,
             config.sliding_window,
+            options.kv_types(),
         )?;
         let batch_size = options
             .batch_size

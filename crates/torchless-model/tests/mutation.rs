@@ -30,7 +30,8 @@ use torchless_model::format::{
     Config, DType, FormatError, FormatErrorKind, ModelFile, ModelWriter, TensorSpec, MAX_HEADER_LEN,
 };
 use torchless_model::{
-    GenerateOptions, KvCache, LazyMistral, Mistral, Model, ModelError, Residency, SessionOptions,
+    GenerateOptions, KvCache, KvTypes, LazyMistral, Mistral, Model, ModelError, Residency,
+    SessionOptions,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1656,7 +1657,10 @@ fn the_kv_cache_is_sized_and_checked_up_front() {
                 limit,
             } => {
                 assert_eq!(positions, 3 << 20);
-                assert_eq!(bytes, KvCache::bytes_needed(1, kv_dim, 3 << 20));
+                assert_eq!(
+                    bytes,
+                    KvCache::bytes_needed(1, kv_dim, 3 << 20, KvTypes::default())
+                );
                 assert!(bytes > limit);
                 e.to_string()
             }
@@ -1676,7 +1680,10 @@ fn the_kv_cache_is_sized_and_checked_up_front() {
         .unwrap();
     let cache = session.kv_cache();
     assert_eq!(cache.capacity(), 1 << 20);
-    assert_eq!(cache.max_bytes(), KvCache::bytes_needed(1, kv_dim, 1 << 20));
+    assert_eq!(
+        cache.max_bytes(),
+        KvCache::bytes_needed(1, kv_dim, 1 << 20, KvTypes::default())
+    );
     assert_eq!(cache.allocated_bytes(), 0);
     let logits = session.step(1).unwrap();
     assert!(logits.iter().all(|x| x.is_finite()));

@@ -405,6 +405,24 @@ fn a_scheduler_thread_serves_requests_from_other_threads() {
     assert!(err.to_string().contains("context"), "{err}");
 }
 
+/// Submits each golden prompt with `options`; returns their event receivers.
+fn submit_each<R: Residency>(
+    scheduler: &mut Scheduler<'_, R>,
+    prompts: &[common::Prompt],
+    options: &GenerateOptions,
+) -> Vec<Receiver<Event>> {
+    prompts
+        .iter()
+        .map(|prompt| {
+            let (events, receiver) = mpsc::channel();
+            scheduler
+                .submit(Request::new(prompt.ids.clone(), options.clone(), events))
+                .unwrap();
+            receiver
+        })
+        .collect()
+}
+
 #[test]
 fn more_slots_than_one_pass_takes_step_in_several_passes() {
     // Three slots decoding at once with passes of at most two sequences: every request still
@@ -426,16 +444,7 @@ fn more_slots_than_one_pass_takes_step_in_several_passes() {
         },
     )
     .unwrap();
-    let receivers: Vec<Receiver<Event>> = goldens.prompts[..3]
-        .iter()
-        .map(|prompt| {
-            let (events, receiver) = mpsc::channel();
-            scheduler
-                .submit(Request::new(prompt.ids.clone(), options.clone(), events))
-                .unwrap();
-            receiver
-        })
-        .collect();
+    let receivers = submit_each(&mut scheduler, &goldens.prompts[..3], &options);
     let stats = scheduler.run_until_idle();
     for (i, (prompt, receiver)) in goldens.prompts.iter().zip(&receivers).enumerate() {
         let mut got = Received::default();
@@ -765,4 +774,70 @@ fn slot_states_report_each_slots_cache() {
         .map(|s| s.cached_tokens)
         .collect();
     assert!(cached.contains(&(prompt.len() + 4)), "{cached:?}");
+}
+
+#[test]
+fn slots_with_f16_and_q8_0_caches_serve_and_reuse_the_prompt_cache() {
+    use torchless_model::KvType;
+    let typed = |k: KvType, v: KvType| SessionOptions {
+        cache_type_k: k,
+        cache_type_v: v,
+        ..session_options()
+    };
+    // Served together: Q8_0 keys and f16 values (small-mha: head_dim 32, a sliding window),
+    // each request exactly what a session with the same cache generates alone.
+    let model = load("small-mha-int8");
+    let goldens = read_goldens(&fixtures().join("small-mha-goldens-int8.json"));
+    let session = typed(KvType::Q8_0, KvType::F16);
+    let options = greedy(10);
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(
+        &model,
+        SchedulerOptions {
+            slots: 3,
+            queue_limit: 3,
+            session: session.clone(),
+        },
+    )
+    .unwrap();
+    let receivers = submit_each(&mut scheduler, &goldens.prompts[..3], &options);
+    scheduler.run_until_idle();
+    for (i, (prompt, receiver)) in goldens.prompts.iter().zip(&receivers).enumerate() {
+        let mut got = Received::default();
+        got.drain(receiver);
+        let reference = model
+            .session_with(session.clone())
+            .unwrap()
+            .generate(&prompt.ids, options.clone(), |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_same(&format!("q8_0/f16 prompt {i}"), &got, &reference);
+    }
+
+    // The prompt cache with f16 keys and values: a second turn reuses the first's chunks and
+    // generates what it generates without the cache.
+    let model = load("llama-tied-int8");
+    let session = typed(KvType::F16, KvType::F16);
+    let scheduler_with = |slots| SchedulerOptions {
+        slots,
+        queue_limit: 2,
+        session: session.clone(),
+    };
+    let turn1 = encode(
+        &model,
+        "The quick brown fox jumps over the lazy dog. Then it",
+    );
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, scheduler_with(1)).unwrap();
+    let first = run_one(&mut scheduler, &turn1, &greedy(10), true);
+    let mut turn2 = turn1.clone();
+    turn2.extend(first.ids());
+    turn2.extend(more(&model, " And what did the dog say to that?"));
+    let got = run_one(&mut scheduler, &turn2, &greedy(10), true);
+    let chunk = session.batch_size;
+    assert_eq!(
+        got.finish().cached_tokens,
+        expected_cached(&turn1, &turn2, chunk)
+    );
+    assert!(got.finish().cached_tokens > 0);
+    let mut fresh: Scheduler<'_, _> = Scheduler::new(&model, scheduler_with(1)).unwrap();
+    let reference = run_one(&mut fresh, &turn2, &greedy(10), false);
+    assert_equal("f16 turn 2", &got, &reference);
 }

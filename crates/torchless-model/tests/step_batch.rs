@@ -153,3 +153,66 @@ fn bad_batches_are_refused_and_change_nothing() {
     assert_eq!(positions(&a, &b), (4, 3));
     Session::<torchless_model::Resident>::step_batch(&mut [], &[]).unwrap();
 }
+
+#[test]
+fn sessions_with_f16_and_q8_0_caches_batch_bit_for_bit() {
+    // head_dim 32 (Q8_0 blocks fit), window 7: the rings wrap during the 12 steps. Sessions of
+    // different cache types step together and match each stepping alone, bit for bit.
+    use torchless_model::{KvType, SessionOptions};
+    let model = Mistral::load(fixtures().join("small-mha-int8.bin")).unwrap();
+    let types = [
+        (KvType::F16, KvType::F16),
+        (KvType::Q8_0, KvType::Q8_0),
+        (KvType::Q8_0, KvType::F16),
+        (KvType::F32, KvType::F32),
+    ];
+    let options = |(k, v): (KvType, KvType)| SessionOptions {
+        batch_size: 4,
+        cache_type_k: k,
+        cache_type_v: v,
+        ..Default::default()
+    };
+    let prompts: Vec<Vec<u32>> = (0..types.len())
+        .map(|i| {
+            (0..9 + i as u32)
+                .map(|t| (t * 31 + 7 * i as u32) % 700 + 1)
+                .collect()
+        })
+        .collect();
+    let steps = 12;
+    // Alone.
+    let mut want = Vec::new();
+    for (&t, prompt) in types.iter().zip(&prompts) {
+        let mut session = model.session_with(options(t)).unwrap();
+        let mut logits = session.prefill(prompt).unwrap().to_vec();
+        let mut rows = vec![logits.clone()];
+        for _ in 0..steps {
+            logits = session.step(argmax(&logits)).unwrap().to_vec();
+            rows.push(logits.clone());
+        }
+        want.push(rows);
+    }
+    // Together.
+    let mut sessions: Vec<Session<'_, _>> = types
+        .iter()
+        .map(|&t| model.session_with(options(t)).unwrap())
+        .collect();
+    let mut last: Vec<Vec<f32>> = sessions
+        .iter_mut()
+        .zip(&prompts)
+        .map(|(s, p)| s.prefill(p).unwrap().to_vec())
+        .collect();
+    for step in 0..steps {
+        let tokens: Vec<u32> = last.iter().map(|l| argmax(l)).collect();
+        let mut batch: Vec<&mut Session<'_, _>> = sessions.iter_mut().collect();
+        Session::step_batch(&mut batch, &tokens).unwrap();
+        for (i, s) in sessions.iter().enumerate() {
+            last[i] = s.logits().to_vec();
+            let same = last[i]
+                .iter()
+                .zip(&want[i][step + 1])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{:?} step {step}", types[i]);
+        }
+    }
+}

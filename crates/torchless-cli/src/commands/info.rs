@@ -10,6 +10,8 @@ use clap::Args;
 use torchless_model::format::gguf::GgufValue;
 use torchless_model::format::{Architecture, FileFormat, ModelFile};
 
+use crate::options::KvCacheArgs;
+
 #[derive(Args, Debug, Clone)]
 pub struct InfoArgs {
     /// Model file (GGUF or torchless).
@@ -23,6 +25,9 @@ pub struct InfoArgs {
     /// Scan every weight for NaN or infinite values (reads the whole file); exits with 1 if any.
     #[arg(long)]
     pub check: bool,
+    /// The KV cache types to size (the cache line shows its bytes per token for them).
+    #[command(flatten)]
+    pub cache: KvCacheArgs,
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
@@ -49,6 +54,11 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         FileFormat::Torchless => None,
     };
     let summary = gguf_summary(&file);
+    let kv_types = args.cache.types();
+    kv_types
+        .check_head_dim(c.head_dim)
+        .context("unsupported KV cache type")?;
+    let kv_per_token = super::kv_bytes_per_token(c, kv_types);
     if args.json {
         let dtypes: serde_json::Map<String, serde_json::Value> = by_dtype
             .iter()
@@ -86,6 +96,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             "n_tensors": file.n_tensors(),
             "parameters": params,
             "dtypes": dtypes,
+            "kv_cache": super::kv_cache_json(c, kv_types, None),
         });
         if args.tensors {
             value["tensors"] = file
@@ -152,6 +163,10 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         } else {
             println!("quant           {}", c.quant.as_str());
         }
+        println!(
+            "kv cache        {kv_per_token} bytes per token ({} keys, {} values, all layers)",
+            kv_types.keys, kv_types.values
+        );
         println!("tensors         {}", file.n_tensors());
         for (dtype, (n, elements, bytes)) in &by_dtype {
             println!("  {dtype:<5} {n:>5} tensors {elements:>14} values {bytes:>14} bytes");

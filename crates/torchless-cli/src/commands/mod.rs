@@ -110,3 +110,30 @@ pub fn weight_types(file: &torchless_model::format::ModelFile) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// The KV cache's element types and size per token (all layers, keys and values), and for a
+/// context of `ctx` positions the most one slot holds.
+pub fn kv_cache_json(
+    config: &torchless_model::Config,
+    types: torchless_model::KvTypes,
+    ctx: Option<usize>,
+) -> serde_json::Value {
+    let per_token = kv_bytes_per_token(config, types);
+    let mut v = serde_json::json!({
+        "type_k": types.keys.name(),
+        "type_v": types.values.name(),
+        "bytes_per_token": per_token as u64,
+    });
+    if let Some(ctx) = ctx {
+        v["bytes_per_slot"] = serde_json::json!((per_token * ctx as u128) as u64);
+    }
+    v
+}
+
+/// Bytes one position takes in the KV cache: keys and values of every layer.
+pub fn kv_bytes_per_token(
+    config: &torchless_model::Config,
+    types: torchless_model::KvTypes,
+) -> u128 {
+    types.bytes_per_layer_position(config.n_kv_heads * config.head_dim) * config.n_layers as u128
+}

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use torchless_model::{Lazy, Residency, Resident, Scoring};
+use torchless_model::{KvType, Lazy, Residency, Resident, Scoring};
 
 use super::load_model;
-use crate::options::ModelArgs;
+use crate::options::{parse_kv_type, ModelArgs};
 use crate::output;
 
 #[derive(Args, Debug, Clone)]
@@ -50,6 +50,24 @@ pub struct PerplexityArgs {
     /// top-1 agreement and both perplexities.
     #[arg(long = "kl-reference", value_name = "REF")]
     pub kl_reference: Option<PathBuf>,
+    /// With --kl-reference: how the reference run's KV cache stores keys (f32, f16, q8_0).
+    /// REF may be the model's own file: `--kl-reference MODEL -ctk q8_0` measures what a q8_0
+    /// key cache costs against the exact f32 one.
+    #[arg(
+        long = "kl-reference-cache-type-k",
+        value_name = "TYPE",
+        default_value = "f32",
+        value_parser = parse_kv_type
+    )]
+    pub kl_reference_cache_type_k: KvType,
+    /// With --kl-reference: how the reference run's KV cache stores values.
+    #[arg(
+        long = "kl-reference-cache-type-v",
+        value_name = "TYPE",
+        default_value = "f32",
+        value_parser = parse_kv_type
+    )]
+    pub kl_reference_cache_type_v: KvType,
 }
 
 /// Chunk length when `--ctx` is not given (llama.cpp's default).
@@ -120,8 +138,13 @@ fn run_with<R: Residency>(args: PerplexityArgs) -> anyhow::Result<()> {
                 model.tokenizer().vocab_size()
             );
         }
+        let reference_options = torchless_model::SessionOptions {
+            cache_type_k: args.kl_reference_cache_type_k,
+            cache_type_v: args.kl_reference_cache_type_v,
+            ..options.clone()
+        };
         let mut reference_session = reference_model
-            .session_with(options.clone())
+            .session_with(reference_options)
             .context("cannot create a session")?;
         let mut session = model
             .session_with(options)

@@ -1,15 +1,16 @@
 //! Decode attention: all heads of one query token against the KV cache, each cached row read
 //! from memory once per call.
 
-use super::views::{KvCacheView, SlotRanges};
-use crate::isa::traits::Elementwise;
+use super::views::{KvCacheView, KvData, SlotRanges};
+use crate::isa::traits::{Elementwise, Isa, KvRows};
+use crate::kv_type::KvType;
 use crate::parallel;
 use std::cell::RefCell;
 
 /// All heads of one query token (see `Kernels::attention`); shapes were checked by the caller,
 /// `group` query heads per KV head.
-pub(crate) fn attention<E: Elementwise>(
-    e: E,
+pub(crate) fn attention<I: Isa>(
+    isa: I,
     q: &[f32],
     kv: &KvCacheView<'_>,
     slots: &SlotRanges,
@@ -19,19 +20,24 @@ pub(crate) fn attention<E: Elementwise>(
 ) {
     let hd = kv.head_dim();
     if kv.slot_major() || kv.n_kv_heads() == 1 {
-        by_slots(e, q, kv, slots, group, scale, out);
+        by_slots(isa, q, kv, slots, group, scale, out);
         return;
     }
     parallel::for_each_chunk_mut(out, group * hd, |kvh, o| {
         let qg = &q[kvh * group * hd..(kvh + 1) * group * hd];
-        heads_in_cache(e, qg, kv, kvh, slots, scale, o);
+        heads_in_cache(isa, qg, kv, kvh, slots, scale, o);
     });
 }
 
 /// `out[h] = scale * (q[h] · k)` for the `out.len()` query heads stored one after another in
-/// `q`, each `k.len()` long: the key is read once for all of them.
-fn dots_scaled<E: Elementwise>(e: E, q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {
-    e.dots(q, k, out);
+/// `q`, each as long as the key row `k` (read in place whatever its type): the key is read once
+/// for all of them.
+fn dots_scaled<I: Isa>(isa: I, q: &[f32], k: KvData<'_>, scale: f32, out: &mut [f32]) {
+    match k {
+        KvData::F32(k) => isa.elementwise().dots(q, k, out),
+        KvData::F16(k) => isa.kv_rows().dots_f16(q, k, out),
+        KvData::Q8_0(k) => isa.kv_rows().dots_q8_0(q, k, out),
+    }
     for o in out.iter_mut() {
         *o *= scale;
     }
@@ -40,15 +46,60 @@ fn dots_scaled<E: Elementwise>(e: E, q: &[f32], k: &[f32], scale: f32, out: &mut
 /// Prefetches the cache lines of `row` (where the instruction set prefetches; a hint, never a
 /// fault).
 #[inline]
-fn prefetch_row<E: Elementwise>(e: E, row: &[f32]) {
-    for line in row.chunks(16) {
-        e.prefetch(line.as_ptr().cast());
+fn prefetch_row<E: Elementwise>(e: E, row: KvData<'_>) {
+    let p = row.ptr_at(0);
+    for at in (0..row.byte_len()).step_by(64) {
+        e.prefetch(p.wrapping_add(at));
+    }
+}
+
+/// Cache rows of one element type gathered for weighted sums (value rows of some slots).
+pub(crate) struct GatheredRows<'a> {
+    ty: KvType,
+    floats: Vec<&'a [f32]>,
+    bytes: Vec<&'a [u8]>,
+}
+
+impl<'a> GatheredRows<'a> {
+    /// Room for `n` rows of `ty`.
+    pub(crate) fn new(ty: KvType, n: usize) -> Self {
+        let (f, b) = match ty {
+            KvType::F32 => (n, 0),
+            _ => (0, n),
+        };
+        Self {
+            ty,
+            floats: Vec::with_capacity(f),
+            bytes: Vec::with_capacity(b),
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.floats.clear();
+        self.bytes.clear();
+    }
+
+    /// Adds a row (of the type given to `new`).
+    pub(crate) fn push(&mut self, row: KvData<'a>) {
+        match row {
+            KvData::F32(r) => self.floats.push(r),
+            KvData::F16(r) | KvData::Q8_0(r) => self.bytes.push(r),
+        }
+    }
+
+    /// `out += Σ_j weights[j] · rows[j]`, the rows read in place.
+    pub(crate) fn weighted<I: Isa>(&self, isa: I, weights: &[f32], out: &mut [f32]) {
+        match self.ty {
+            KvType::F32 => isa.elementwise().weighted_rows(&self.floats, weights, out),
+            KvType::F16 => isa.kv_rows().weighted_rows_f16(&self.bytes, weights, out),
+            KvType::Q8_0 => isa.kv_rows().weighted_rows_q8_0(&self.bytes, weights, out),
+        }
     }
 }
 
 /// Decode attention for slot-major caches (see [`attention`]).
-fn by_slots<E: Elementwise>(
-    e: E,
+fn by_slots<I: Isa>(
+    isa: I,
     q: &[f32],
     kv: &KvCacheView<'_>,
     slots: &SlotRanges,
@@ -64,6 +115,7 @@ fn by_slots<E: Elementwise>(
         out.fill(0.0);
         return;
     }
+    let e = isa.elementwise();
     let blocks = n.div_ceil(SLOT_BLOCK);
     with_scratch(n * n_heads * 2 + blocks * n_heads * hd, |buf| {
         let (scores, rest) = buf.split_at_mut(n * n_heads);
@@ -79,7 +131,7 @@ fn by_slots<E: Elementwise>(
                         prefetch_row(e, kv.key_row(a, kvh));
                     }
                     let qg = &q[kvh * group * hd..(kvh + 1) * group * hd];
-                    dots_scaled(e, qg, kv.key_row(slot, kvh), scale, r);
+                    dots_scaled(isa, qg, kv.key_row(slot, kvh), scale, r);
                 }
             }
         });
@@ -99,14 +151,16 @@ fn by_slots<E: Elementwise>(
         parallel::for_each_chunk_mut(partial, n_heads * hd, |b, part| {
             part.fill(0.0);
             let (start, end) = (b * SLOT_BLOCK, ((b + 1) * SLOT_BLOCK).min(n));
-            let mut rows: Vec<&[f32]> = Vec::with_capacity(end - start);
+            let mut rows = GatheredRows::new(kv.types().1, end - start);
             for kvh in 0..n_kv {
                 rows.clear();
-                rows.extend((start..end).map(|j| kv.value_row(slots.slot(j), kvh)));
+                for j in start..end {
+                    rows.push(kv.value_row(slots.slot(j), kvh));
+                }
                 for g in 0..group {
                     let h = kvh * group + g;
-                    e.weighted_rows(
-                        &rows,
+                    rows.weighted(
+                        isa,
                         &probs[h * n + start..h * n + end],
                         &mut part[h * hd..(h + 1) * hd],
                     );
@@ -124,8 +178,8 @@ fn by_slots<E: Elementwise>(
 
 /// Query heads `q` (`m` rows of `head_dim`) that all read `kv_head`; shapes were validated by
 /// the caller. Each key/value row is loaded once and used by all `m` heads while in L1.
-pub(crate) fn heads_in_cache<E: Elementwise>(
-    e: E,
+pub(crate) fn heads_in_cache<I: Isa>(
+    isa: I,
     q: &[f32],
     kv: &KvCacheView<'_>,
     kv_head: usize,
@@ -137,37 +191,30 @@ pub(crate) fn heads_in_cache<E: Elementwise>(
     let m = q.len() / hd;
     let n = slots.len();
     with_scratch(m * n, |scores| {
-        let mut at = 0;
-        for r in slots.iter() {
-            if let Ok(keys) = kv.keys(kv_head, r) {
-                for k in keys.iter() {
-                    // Heads in chunks so the key is read once per chunk.
-                    for (c, qc) in q.chunks(DOT_CHUNK * hd).enumerate() {
-                        let mut s = [0.0f32; DOT_CHUNK];
-                        let s = &mut s[..qc.len() / hd];
-                        dots_scaled(e, qc, k, scale, s);
-                        for (g, &v) in s.iter().enumerate() {
-                            scores[(c * DOT_CHUNK + g) * n + at] = v;
-                        }
-                    }
-                    at += 1;
+        for (at, slot) in slots.iter().flatten().enumerate() {
+            let k = kv.key_row(slot, kv_head);
+            // Heads in chunks so the key is read once per chunk.
+            for (c, qc) in q.chunks(DOT_CHUNK * hd).enumerate() {
+                let mut s = [0.0f32; DOT_CHUNK];
+                let s = &mut s[..qc.len() / hd];
+                dots_scaled(isa, qc, k, scale, s);
+                for (g, &v) in s.iter().enumerate() {
+                    scores[(c * DOT_CHUNK + g) * n + at] = v;
                 }
             }
         }
         for s in scores.chunks_exact_mut(n.max(1)) {
-            e.softmax(s);
+            isa.elementwise().softmax(s);
         }
         // Weighted values, per query head with the output in registers across all slots
         // (the same FMAs, in slot order, as one axpy per slot).
         out.fill(0.0);
-        let mut rows: Vec<&[f32]> = Vec::with_capacity(n);
-        for r in slots.iter() {
-            if let Ok(values) = kv.values(kv_head, r) {
-                rows.extend(values.iter());
-            }
+        let mut rows = GatheredRows::new(kv.types().1, n);
+        for slot in slots.iter().flatten() {
+            rows.push(kv.value_row(slot, kv_head));
         }
         for (h, o) in out.chunks_exact_mut(hd).enumerate() {
-            e.weighted_rows(&rows, &scores[h * n..(h + 1) * n], o);
+            rows.weighted(isa, &scores[h * n..(h + 1) * n], o);
         }
     });
 }

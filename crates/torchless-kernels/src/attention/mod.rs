@@ -6,4 +6,4 @@ pub(crate) mod decode;
 pub(crate) mod prefill;
 pub(crate) mod views;
 
-pub use views::{KvCacheView, RowsRef, SlotRanges};
+pub use views::{KvCacheView, KvData, RowsRef, SlotRanges};

@@ -16,7 +16,7 @@
 //! registers and every key and value row is read once per block.
 
 use super::decode::heads_in_cache;
-use super::views::{KvCacheView, SlotRanges};
+use super::views::{KvCacheView, KvData, SlotRanges};
 use crate::gemm::F32_POOL;
 use crate::isa::traits::{Elementwise, Isa, Micro, Operands};
 use crate::parallel;
@@ -73,7 +73,7 @@ pub(crate) fn attention_batch<I: Isa>(
     parallel::for_each_chunk_mut(outs, group * hd, |i, o| {
         let (t, kvh) = (i / tasks_per_token, i % tasks_per_token);
         let q = &qs[t * row + kvh * group * hd..t * row + (kvh + 1) * group * hd];
-        heads_in_cache(isa.elementwise(), q, kv, kvh, &slots[t], scale, o);
+        heads_in_cache(isa, q, kv, kvh, &slots[t], scale, o);
     });
 }
 
@@ -123,10 +123,11 @@ fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, ou
 
     let mut buf = F32_POOL.take();
     buf.resize(
-        rpad * hd + hd * nr + 2 * rpad * npad + npad * nr + rpad * hpad,
+        rpad * hd + hd * nr + 2 * rpad * npad + npad * nr + rpad * hpad + hd,
         0.0,
     );
-    let (q_pack, rest) = buf.split_at_mut(rpad * hd);
+    let (key_row, rest) = buf.split_at_mut(hd);
+    let (q_pack, rest) = rest.split_at_mut(rpad * hd);
     let (panel, rest) = rest.split_at_mut(hd * nr);
     let (scores, rest) = rest.split_at_mut(rpad * npad);
     let (p_pack, rest) = rest.split_at_mut(rpad * npad);
@@ -147,10 +148,17 @@ fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, ou
         },
     );
 
-    // S = Q Kᵀ, 16 slots at a time (slots past `hi` are zero keys).
+    // S = Q Kᵀ, 16 slots at a time (slots past `hi` are zero keys; f16 / Q8_0 keys decoded
+    // one row at a time as they are packed).
     for p in (0..npad).step_by(nr) {
         for (j, s) in (lo + p..lo + p + nr).enumerate() {
-            let key = (s < hi).then(|| kv.key_row(s, kv_head));
+            let key: Option<&[f32]> = (s < hi).then(|| match kv.key_row(s, kv_head) {
+                KvData::F32(k) => k,
+                other => {
+                    other.decode_range(0, key_row);
+                    &*key_row
+                }
+            });
             for d in 0..hd {
                 panel[d * nr + j] = key.map_or(0.0, |k| k[d]);
             }
@@ -176,15 +184,17 @@ fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, ou
     }
     pack_slivers(p_pack, mr, npad, |r, k| scores[r * npad + k]);
 
-    // O = P V, 16 output columns at a time (columns past head_dim and slots past `hi` are zero).
+    // O = P V, 16 output columns at a time (columns past head_dim and slots past `hi` are zero;
+    // f16 / Q8_0 values decoded 16 at a time as they are packed).
     for c in (0..hpad).step_by(nr) {
-        for k in 0..npad {
-            let value = (k < n).then(|| kv.value_row(lo + k, kv_head));
-            for j in 0..nr {
-                v_panel[k * nr + j] = match value {
-                    Some(v) if c + j < hd => v[c + j],
-                    _ => 0.0,
-                };
+        let width = nr.min(hd - c);
+        for (k, panel_row) in v_panel.chunks_exact_mut(nr).enumerate() {
+            if k < n {
+                let value = kv.value_row(lo + k, kv_head);
+                value.decode_range(c, &mut panel_row[..width]);
+                panel_row[width..].fill(0.0);
+            } else {
+                panel_row.fill(0.0);
             }
         }
         slivers_by_panel(m, npad, p_pack, v_panel, &mut o_tile[c..], hpad);

@@ -2,6 +2,7 @@
 //! model's cache (e.g. `[slot][kv_head][head_dim]`, or a rolling ring buffer) is read in place.
 
 use crate::error::{check_len, KernelError};
+use crate::kv_type::{decode_values, KvType};
 use std::ops::Range;
 
 /// `len` rows of `dim` floats inside `data`; row `i` starts at `offset + i * stride`.
@@ -23,21 +24,7 @@ impl<'a> RowsRef<'a> {
         len: usize,
         dim: usize,
     ) -> Result<Self, KernelError> {
-        if len > 0 {
-            let end = (len - 1)
-                .checked_mul(stride)
-                .and_then(|v| v.checked_add(offset))
-                .and_then(|v| v.checked_add(dim));
-            match end {
-                Some(e) if e <= data.len() => {}
-                _ => {
-                    return Err(KernelError::Shape(format!(
-                        "{len} rows of {dim} at offset {offset}, stride {stride} exceed {} values",
-                        data.len()
-                    )))
-                }
-            }
-        }
+        check_extent(len, offset, stride, dim, data.len())?;
         Ok(Self {
             data,
             offset,
@@ -83,6 +70,30 @@ impl<'a> RowsRef<'a> {
     /// The rows in order.
     pub fn iter(&self) -> impl Iterator<Item = &'a [f32]> + '_ {
         (0..self.len).map(move |i| self.row(i))
+    }
+}
+
+/// Checks that `len` rows of `dim` values, row `i` at `offset + i * stride`, lie in `available`
+/// values.
+fn check_extent(
+    len: usize,
+    offset: usize,
+    stride: usize,
+    dim: usize,
+    available: usize,
+) -> Result<(), KernelError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let end = (len - 1)
+        .checked_mul(stride)
+        .and_then(|v| v.checked_add(offset))
+        .and_then(|v| v.checked_add(dim));
+    match end {
+        Some(e) if e <= available => Ok(()),
+        _ => Err(KernelError::Shape(format!(
+            "{len} rows of {dim} at offset {offset}, stride {stride} exceed {available} values"
+        ))),
     }
 }
 
@@ -164,12 +175,81 @@ impl SlotRanges {
     }
 }
 
-/// A KV cache of `n_slots` positions: key of (`slot`, `kv_head`) at
-/// `keys[slot * slot_stride + kv_head * head_stride ..][..head_dim]`, values alike.
+/// The stored keys (or values) of a KV cache, or one row of them: f32, or the bytes of IEEE
+/// halves or ggml Q8_0 blocks (see [`KvType`]).
+#[derive(Clone, Copy, Debug)]
+pub enum KvData<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// Halves, 2 bytes per value (little-endian).
+    F16(&'a [u8]),
+    /// Q8_0 blocks, 34 bytes per 32 values.
+    Q8_0(&'a [u8]),
+}
+
+impl<'a> KvData<'a> {
+    /// The element type.
+    pub fn kv_type(&self) -> KvType {
+        match self {
+            KvData::F32(_) => KvType::F32,
+            KvData::F16(_) => KvType::F16,
+            KvData::Q8_0(_) => KvType::Q8_0,
+        }
+    }
+
+    /// Whole values held (Q8_0: whole blocks).
+    pub fn values(&self) -> usize {
+        match self {
+            KvData::F32(d) => d.len(),
+            KvData::F16(d) => d.len() / 2,
+            KvData::Q8_0(d) => d.len() / 34 * 32,
+        }
+    }
+
+    /// Values `start..start + len` (for Q8_0 both multiples of 32; in range).
+    fn slice(&self, start: usize, len: usize) -> KvData<'a> {
+        match *self {
+            KvData::F32(d) => KvData::F32(&d[start..start + len]),
+            KvData::F16(d) => KvData::F16(&d[2 * start..2 * (start + len)]),
+            KvData::Q8_0(d) => KvData::Q8_0(&d[start / 32 * 34..(start + len) / 32 * 34]),
+        }
+    }
+
+    /// Address of value `i` (a prefetch hint).
+    pub(crate) fn ptr_at(&self, i: usize) -> *const u8 {
+        match *self {
+            KvData::F32(d) => d.as_ptr().wrapping_add(i).cast(),
+            KvData::F16(d) => d.as_ptr().wrapping_add(2 * i),
+            KvData::Q8_0(d) => d.as_ptr().wrapping_add(i / 32 * 34),
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn byte_len(&self) -> usize {
+        match self {
+            KvData::F32(d) => 4 * d.len(),
+            KvData::F16(d) | KvData::Q8_0(d) => d.len(),
+        }
+    }
+
+    /// Values `c0..c0 + out.len()` decoded exactly into `out` (in range).
+    pub(crate) fn decode_range(&self, c0: usize, out: &mut [f32]) {
+        match *self {
+            KvData::F32(d) => out.copy_from_slice(&d[c0..c0 + out.len()]),
+            KvData::F16(d) => decode_values(KvType::F16, d, c0, out),
+            KvData::Q8_0(d) => decode_values(KvType::Q8_0, d, c0, out),
+        }
+    }
+}
+
+/// A KV cache of `n_slots` positions: key of (`slot`, `kv_head`) at values
+/// `slot * slot_stride + kv_head * head_stride ..` (`head_dim` of them) of the keys, values
+/// alike. Keys and values may each be f32, f16 or Q8_0 (then `head_dim` and the strides are
+/// multiples of 32).
 #[derive(Clone, Copy, Debug)]
 pub struct KvCacheView<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: KvData<'a>,
+    values: KvData<'a>,
     n_slots: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -178,10 +258,33 @@ pub struct KvCacheView<'a> {
 }
 
 impl<'a> KvCacheView<'a> {
-    /// A cache with explicit strides; checks that the last slot of the last head is in bounds.
+    /// An f32 cache with explicit strides; checks that the last slot of the last head is in
+    /// bounds.
     pub fn new(
         keys: &'a [f32],
         values: &'a [f32],
+        n_slots: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        slot_stride: usize,
+        head_stride: usize,
+    ) -> Result<Self, KernelError> {
+        Self::new_typed(
+            KvData::F32(keys),
+            KvData::F32(values),
+            n_slots,
+            n_kv_heads,
+            head_dim,
+            slot_stride,
+            head_stride,
+        )
+    }
+
+    /// A cache of any element types with explicit strides (in values); checks that the last slot
+    /// of the last head is in bounds and that Q8_0 rows are whole blocks.
+    pub fn new_typed(
+        keys: KvData<'a>,
+        values: KvData<'a>,
         n_slots: usize,
         n_kv_heads: usize,
         head_dim: usize,
@@ -193,6 +296,17 @@ impl<'a> KvCacheView<'a> {
                 "KV cache needs n_kv_heads > 0 and head_dim > 0".into(),
             ));
         }
+        for data in [keys, values] {
+            let ty = data.kv_type();
+            ty.check_head_dim(head_dim)?;
+            let bv = ty.block_values();
+            if !slot_stride.is_multiple_of(bv) || !head_stride.is_multiple_of(bv) {
+                return Err(KernelError::Shape(format!(
+                    "a {ty} KV cache needs strides that are multiples of {bv}, got {slot_stride} \
+                     and {head_stride}"
+                )));
+            }
+        }
         let view = Self {
             keys,
             values,
@@ -203,15 +317,15 @@ impl<'a> KvCacheView<'a> {
             head_stride,
         };
         if n_slots > 0 {
-            let last = view.rows(keys, n_kv_heads - 1, 0..n_slots);
-            let last_v = view.rows(values, n_kv_heads - 1, 0..n_slots);
-            last.and(last_v)?;
+            for data in [keys, values] {
+                view.check_rows(data.values(), n_kv_heads - 1, 0..n_slots)?;
+            }
         }
         Ok(view)
     }
 
-    /// The usual contiguous layout `[slot][kv_head][head_dim]`; `keys` and `values` must hold at
-    /// least `n_slots * n_kv_heads * head_dim` values.
+    /// The usual contiguous f32 layout `[slot][kv_head][head_dim]`; `keys` and `values` must
+    /// hold at least `n_slots * n_kv_heads * head_dim` values.
     pub fn contiguous(
         keys: &'a [f32],
         values: &'a [f32],
@@ -219,7 +333,24 @@ impl<'a> KvCacheView<'a> {
         n_kv_heads: usize,
         head_dim: usize,
     ) -> Result<Self, KernelError> {
-        Self::new(
+        Self::contiguous_typed(
+            KvData::F32(keys),
+            KvData::F32(values),
+            n_slots,
+            n_kv_heads,
+            head_dim,
+        )
+    }
+
+    /// The contiguous layout `[slot][kv_head][head_dim]` for any element types.
+    pub fn contiguous_typed(
+        keys: KvData<'a>,
+        values: KvData<'a>,
+        n_slots: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self, KernelError> {
+        Self::new_typed(
             keys,
             values,
             n_slots,
@@ -245,20 +376,48 @@ impl<'a> KvCacheView<'a> {
         self.head_dim
     }
 
-    fn rows(
+    /// The key and value element types.
+    pub fn types(&self) -> (KvType, KvType) {
+        (self.keys.kv_type(), self.values.kv_type())
+    }
+
+    /// Checks that the rows of `kv_head` for `slots` lie in `available` values.
+    fn check_rows(
         &self,
-        data: &'a [f32],
+        available: usize,
         kv_head: usize,
         slots: Range<usize>,
-    ) -> Result<RowsRef<'a>, KernelError> {
+    ) -> Result<(), KernelError> {
         if kv_head >= self.n_kv_heads || slots.start > slots.end || slots.end > self.n_slots {
             return Err(KernelError::Shape(format!(
                 "kv head {kv_head}, slots {}..{} outside {} heads x {} slots",
                 slots.start, slots.end, self.n_kv_heads, self.n_slots
             )));
         }
+        check_extent(
+            slots.len(),
+            slots.start * self.slot_stride + kv_head * self.head_stride,
+            self.slot_stride,
+            self.head_dim,
+            available,
+        )
+    }
+
+    fn rows(
+        &self,
+        data: KvData<'a>,
+        kv_head: usize,
+        slots: Range<usize>,
+    ) -> Result<RowsRef<'a>, KernelError> {
+        let KvData::F32(floats) = data else {
+            return Err(KernelError::Shape(format!(
+                "the cache holds {} rows, not f32 rows",
+                data.kv_type()
+            )));
+        };
+        self.check_rows(floats.len(), kv_head, slots.clone())?;
         RowsRef::new(
-            data,
+            floats,
             slots.start * self.slot_stride + kv_head * self.head_stride,
             self.slot_stride,
             slots.len(),
@@ -266,12 +425,12 @@ impl<'a> KvCacheView<'a> {
         )
     }
 
-    /// The keys of `kv_head` for `slots`.
+    /// The keys of `kv_head` for `slots` (an f32 cache only).
     pub fn keys(&self, kv_head: usize, slots: Range<usize>) -> Result<RowsRef<'a>, KernelError> {
         self.rows(self.keys, kv_head, slots)
     }
 
-    /// The values of `kv_head` for `slots`.
+    /// The values of `kv_head` for `slots` (an f32 cache only).
     pub fn values(&self, kv_head: usize, slots: Range<usize>) -> Result<RowsRef<'a>, KernelError> {
         self.rows(self.values, kv_head, slots)
     }
@@ -284,15 +443,15 @@ impl<'a> KvCacheView<'a> {
     }
 
     /// Key row of (`slot`, `kv_head`); both must be in range (panics otherwise).
-    pub(crate) fn key_row(&self, slot: usize, kv_head: usize) -> &'a [f32] {
+    pub(crate) fn key_row(&self, slot: usize, kv_head: usize) -> KvData<'a> {
         let o = slot * self.slot_stride + kv_head * self.head_stride;
-        &self.keys[o..o + self.head_dim]
+        self.keys.slice(o, self.head_dim)
     }
 
     /// Value row of (`slot`, `kv_head`); both must be in range (panics otherwise).
-    pub(crate) fn value_row(&self, slot: usize, kv_head: usize) -> &'a [f32] {
+    pub(crate) fn value_row(&self, slot: usize, kv_head: usize) -> KvData<'a> {
         let o = slot * self.slot_stride + kv_head * self.head_stride;
-        &self.values[o..o + self.head_dim]
+        self.values.slice(o, self.head_dim)
     }
 }
 

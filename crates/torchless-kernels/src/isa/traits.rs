@@ -34,6 +34,8 @@ pub(crate) trait Isa: Copy + Send + Sync {
     type Blocks: BlockMatvec + From<Self>;
     /// The ggml block integer-GEMM tile ([`NoKernel`] where the path has none).
     type BlockMicro: BlockMicro;
+    /// Products with f16 and Q8_0 KV cache rows.
+    type KvRows: KvRows + From<Self>;
 
     /// The multi-input decode kernels; `None` where the path has none (callers then run one
     /// matvec per input).
@@ -69,6 +71,10 @@ pub(crate) trait Isa: Copy + Send + Sync {
     }
     /// The ggml block kernels.
     fn blocks(self) -> Self::Blocks {
+        self.into()
+    }
+    /// The f16 / Q8_0 KV cache row kernels.
+    fn kv_rows(self) -> Self::KvRows {
         self.into()
     }
 }
@@ -150,6 +156,42 @@ pub(crate) trait Elementwise: Copy + Send + Sync {
 
     /// `n` steps of 12 independent 8-lane multiply-add chains (the FMA-peak probe's work).
     fn fma_chains(self, n: usize) -> f32;
+}
+
+/// Products with KV cache rows read in place from their stored bytes: IEEE halves (2 bytes per
+/// value, little-endian) or ggml Q8_0 blocks (34 bytes per 32 values: a half scale `d`, then 32
+/// signed codes; value `d · q`). A row of `dim` values is `2 · dim` or `34 · dim / 32` bytes.
+///
+/// The scalar path defines the results: every value decoded exactly to f32, then the f32
+/// operations of [`Elementwise::dots`] and [`Elementwise::weighted_rows`] on the decoded row
+/// (dots: 8 lane partial sums, value `i` into lane `i % 8`, reduced as `Elementwise::dot` does;
+/// weighted rows: one product and one sum per row, in row order). The SIMD paths agree to f32
+/// rounding (fused multiply-adds, other lanes).
+pub(crate) trait KvRows: Copy + Send + Sync {
+    /// `out[h] = q[h] · k` for the `out.len()` query rows stored one after another in `q`, `k`
+    /// one row of halves.
+    fn dots_f16(self, q: &[f32], k: &[u8], out: &mut [f32]);
+
+    /// As [`KvRows::dots_f16`] for a row of Q8_0 blocks.
+    fn dots_q8_0(self, q: &[f32], k: &[u8], out: &mut [f32]);
+
+    /// `out += Σ_j weights[j] · rows[j]`, rows of `out.len()` halves.
+    fn weighted_rows_f16(self, rows: &[&[u8]], weights: &[f32], out: &mut [f32]);
+
+    /// As [`KvRows::weighted_rows_f16`] for rows of Q8_0 blocks.
+    fn weighted_rows_q8_0(self, rows: &[&[u8]], weights: &[f32], out: &mut [f32]);
+}
+
+/// Values in a KV row of `bytes` bytes of halves.
+#[inline]
+pub(crate) fn f16_row_values(bytes: usize) -> usize {
+    bytes / 2
+}
+
+/// Values in a KV row of `bytes` bytes of Q8_0 blocks.
+#[inline]
+pub(crate) fn q8_0_row_values(bytes: usize) -> usize {
+    bytes / 34 * 32
 }
 
 // ---------------------------------------------------------------------------------------------

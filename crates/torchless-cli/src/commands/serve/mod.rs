@@ -18,7 +18,7 @@ use torchless_model::{
     Lazy, Model, Residency, Resident, SchedulerHandle, SchedulerOptions, SessionOptions,
 };
 
-use crate::options::ModelArgs;
+use crate::options::{KvCacheArgs, ModelArgs};
 
 /// `torchless serve`.
 #[derive(Args, Debug, Clone)]
@@ -75,6 +75,8 @@ pub struct ServeArgs {
     /// per block as llama.cpp does.
     #[arg(long)]
     pub exact: bool,
+    #[command(flatten)]
+    pub cache: KvCacheArgs,
     /// Request logs on stderr as one JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -149,6 +151,7 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         int8_activations: false,
         exact: args.exact,
+        cache: args.cache.clone(),
         json: false,
         debug: false,
     };
@@ -166,6 +169,8 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
         batch_threads: 0,
         int8_activations: false,
         exact_activations: args.exact,
+        cache_type_k: args.cache.cache_type_k,
+        cache_type_v: args.cache.cache_type_v,
     };
     let (engine, engine_thread) = SchedulerHandle::spawn(
         model.clone(),
@@ -189,6 +194,7 @@ fn run_with<R: Residency>(args: ServeArgs) -> anyhow::Result<()> {
         api_key: args.api_key.clone(),
         max_body: args.max_body,
         ctx,
+        kv_types: args.cache.types(),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

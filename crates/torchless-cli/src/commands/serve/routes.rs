@@ -20,8 +20,8 @@ use torchless_model::scheduler::{
     self, Event, EventSink, Failure, Finish, FinishReason, SubmitError,
 };
 use torchless_model::{
-    ConstraintVocab, DecodeOptions, EncodeOptions, GenerateOptions, GeneratedToken, Grammar, Model,
-    Residency, SchedulerHandle,
+    ConstraintVocab, DecodeOptions, EncodeOptions, GenerateOptions, GeneratedToken, Grammar,
+    KvTypes, Model, Residency, SchedulerHandle,
 };
 use tower::ServiceExt;
 
@@ -56,6 +56,8 @@ pub struct AppState<R: Residency> {
     pub api_key: Option<String>,
     pub max_body: usize,
     pub ctx: usize,
+    /// How each slot's KV cache stores keys and values.
+    pub kv_types: KvTypes,
     pub created: u64,
     pub json_logs: bool,
     /// `--metrics`: the counters behind `/metrics` (the endpoint is absent without it).
@@ -313,6 +315,7 @@ async fn health<R: Residency>(State(state): Shared<R>) -> Response {
         "slots_processing": busy,
         "requests_waiting": waiting,
         "tokens_generated": state.engine.tokens_generated(),
+        "kv_cache": crate::commands::kv_cache_json(state.model.config(), state.kv_types, Some(state.ctx)),
     }))
     .into_response()
 }

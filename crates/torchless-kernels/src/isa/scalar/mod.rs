@@ -11,6 +11,7 @@ mod elementwise;
 mod gemm_blocks;
 mod gemm_f32;
 mod gemm_int;
+pub(crate) mod kv_rows;
 mod matvec;
 
 /// The scalar kernels (every family).

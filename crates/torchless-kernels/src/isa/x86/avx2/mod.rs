@@ -44,6 +44,7 @@ pub(crate) mod blocks;
 mod elementwise;
 pub(crate) mod gemm_f32;
 mod gemm_int;
+pub(crate) mod kv_rows;
 mod matvec;
 mod matvec_many;
 

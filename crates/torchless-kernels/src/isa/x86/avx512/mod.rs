@@ -1,5 +1,6 @@
 //! AVX-512 kernels with VNNI (`vpdpbusd`), selected at run time, for the int4 products: decode
-//! rows and the prefill micro-kernel. Every other kernel of the AVX-512 path is the AVX2 one
+//! rows and the prefill micro-kernel; also the ggml block kernels and the f16 / Q8_0 KV cache
+//! rows (16 lanes, `vcvtph2ps`). Every other kernel of the AVX-512 path is the AVX2 one
 //! (these CPUs all have AVX2, FMA and F16C; detection checks it), and so are the int4 panel
 //! packer and prefetches.
 //!
@@ -16,6 +17,7 @@ mod blocks;
 mod gemm_blocks;
 mod gemm_f32;
 mod gemm_int;
+mod kv_rows;
 mod matvec;
 mod probe;
 
