@@ -47,6 +47,12 @@ pub(crate) struct Int4Input {
     pub(crate) offsets16: Vec<i32>,
     /// Per block, 16 lanes in the same order: the group's step `dx`.
     pub(crate) steps16: Vec<f32>,
+    /// Empty, or (inputs of a batch, [`Int4Input::quantize_for_batch`]) the codes once more,
+    /// transposed for the AVX-512 several-input kernel: per block, 8 vectors of 32 bytes, vector
+    /// `v` lane `m` (4 bytes) holding values `16 · (v / 4) + 4 · (v % 4) ..` `+ 4` of group
+    /// `LANE_GROUP[m]`, the bytes that kernel's transposed weight nibbles meet (see
+    /// [`transposed_index`]).
+    pub(crate) xt: Vec<i8>,
 }
 
 /// The lane of the AVX-512 kernel's 16 that holds group `group` (within its block of 8) of row
@@ -62,8 +68,18 @@ impl Int4Input {
         self.steps.len() / 8
     }
 
-    /// Quantizes `x` (its length a multiple of 32).
+    /// Quantizes `x` (its length a multiple of 32) for one-input products.
     pub(crate) fn quantize(x: &[f32]) -> Self {
+        Self::quantize_with(x, false)
+    }
+
+    /// Quantizes `x` for several-input products: as [`Self::quantize`], plus the transposed
+    /// copy [`Self::xt`] (same values).
+    pub(crate) fn quantize_for_batch(x: &[f32]) -> Self {
+        Self::quantize_with(x, true)
+    }
+
+    fn quantize_with(x: &[f32], transposed: bool) -> Self {
         let groups = x.len() / INT4_GROUP_SIZE;
         let blocks = groups.div_ceil(BLOCK_GROUPS);
         let mut input = Self {
@@ -72,12 +88,22 @@ impl Int4Input {
             steps: vec![0.0; blocks * 8],
             offsets16: vec![0; blocks * 16],
             steps16: vec![0.0; blocks * 16],
+            xt: if transposed {
+                vec![0; blocks * BLOCK_X_BYTES]
+            } else {
+                Vec::new()
+            },
         };
         let mut codes = [0i8; INT4_GROUP_SIZE];
         for (g, values) in x.chunks_exact(INT4_GROUP_SIZE).enumerate() {
             let step = quantize_group(values, &mut codes);
             for (i, &q) in codes.iter().enumerate() {
                 input.xq[code_index(g, i)] = q;
+            }
+            if transposed {
+                for (i, &q) in codes.iter().enumerate() {
+                    input.xt[transposed_index(g, i)] = q;
+                }
             }
             let offset = 8 * codes.iter().map(|&q| i32::from(q)).sum::<i32>();
             let (b, j) = (g / BLOCK_GROUPS, g % BLOCK_GROUPS);
@@ -98,6 +124,15 @@ impl Int4Input {
 #[inline]
 pub(crate) fn code_index(g: usize, i: usize) -> usize {
     (g / 4) * 128 + (i / 16) * 64 + (g % 4) * 16 + i % 16
+}
+
+/// Where value `i` (0..32) of group `g` sits in [`Int4Input::xt`]: block `g / 8`, vector
+/// `4 · (i / 16) + (i % 16) / 4`, the lane holding group `g % 8`, byte `i % 4`.
+#[inline]
+pub(crate) fn transposed_index(g: usize, i: usize) -> usize {
+    let (b, j) = (g / BLOCK_GROUPS, g % BLOCK_GROUPS);
+    let v = 4 * (i / 16) + (i % 16) / 4;
+    b * BLOCK_X_BYTES + v * 32 + lane_of(j) * 4 + i % 4
 }
 
 /// Asserts what the SIMD int4 row kernels rely on for rows `r0..` of `w` with `inputs`, the
@@ -127,6 +162,7 @@ pub(crate) fn assert_row_shapes(
                     && x.offsets.len() == blocks * 8
                     && x.offsets16.len() == blocks * 16
                     && x.steps16.len() == blocks * 16
+                    && (x.xt.is_empty() || x.xt.len() == blocks * BLOCK_X_BYTES)
             }),
         "int4 matvec shapes"
     );
