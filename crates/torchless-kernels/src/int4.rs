@@ -53,6 +53,8 @@ pub(crate) struct Int4Input {
     /// `LANE_GROUP[m]`, the bytes that kernel's transposed weight nibbles meet (see
     /// [`transposed_index`]).
     pub(crate) xt: Vec<i8>,
+    /// Empty, or with [`Self::xt`]: [`Self::offsets`] negated (where that kernel's sums start).
+    pub(crate) neg_offsets: Vec<i32>,
 }
 
 /// The lane of the AVX-512 kernel's 16 that holds group `group` (within its block of 8) of row
@@ -93,22 +95,33 @@ impl Int4Input {
             } else {
                 Vec::new()
             },
+            neg_offsets: if transposed {
+                vec![0; blocks * 8]
+            } else {
+                Vec::new()
+            },
         };
         let mut codes = [0i8; INT4_GROUP_SIZE];
         for (g, values) in x.chunks_exact(INT4_GROUP_SIZE).enumerate() {
             let step = quantize_group(values, &mut codes);
-            for (i, &q) in codes.iter().enumerate() {
-                input.xq[code_index(g, i)] = q;
+            // Values 0..16 and 16..32 are 16 consecutive bytes each in `xq`, and runs of 4 in `xt`.
+            for half in 0..2 {
+                let at = code_index(g, 16 * half);
+                input.xq[at..at + 16].copy_from_slice(&codes[16 * half..16 * half + 16]);
             }
             if transposed {
-                for (i, &q) in codes.iter().enumerate() {
-                    input.xt[transposed_index(g, i)] = q;
+                for run in (0..INT4_GROUP_SIZE).step_by(4) {
+                    let at = transposed_index(g, run);
+                    input.xt[at..at + 4].copy_from_slice(&codes[run..run + 4]);
                 }
             }
             let offset = 8 * codes.iter().map(|&q| i32::from(q)).sum::<i32>();
             let (b, j) = (g / BLOCK_GROUPS, g % BLOCK_GROUPS);
             let at = b * 8 + lane_of(j);
             input.offsets[at] = offset;
+            if transposed {
+                input.neg_offsets[at] = -offset;
+            }
             input.steps[at] = step;
             // Group j sits in two of the 16 lanes, one per row of the pair.
             for l in [pair_lane(j, 0), pair_lane(j, 1)] {
@@ -163,6 +176,7 @@ pub(crate) fn assert_row_shapes(
                     && x.offsets16.len() == blocks * 16
                     && x.steps16.len() == blocks * 16
                     && (x.xt.is_empty() || x.xt.len() == blocks * BLOCK_X_BYTES)
+                    && x.neg_offsets.len() == if x.xt.is_empty() { 0 } else { blocks * 8 }
             }),
         "int4 matvec shapes"
     );
@@ -177,7 +191,20 @@ fn lane_of(j: usize) -> usize {
 /// Quantizes one group of 32 activations to `round(x · 127 / max|x|)` (an all-zero group to
 /// zeros) and returns the step `max|x| / 127`: what the int4 decode and prefill kernels multiply.
 pub(crate) fn quantize_group(values: &[f32], codes: &mut [i8; INT4_GROUP_SIZE]) -> f32 {
-    let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // Eight running maxima (vectorizable; the maximum of a set is the same in any order).
+    let mut maxima = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, v) in maxima.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    let amax = rest
+        .iter()
+        .fold(maxima.iter().fold(0.0f32, |m, &v| m.max(v)), |m, v| {
+            m.max(v.abs())
+        });
     let (inv, step) = if amax == 0.0 {
         (0.0, 0.0)
     } else {

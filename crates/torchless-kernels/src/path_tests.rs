@@ -223,7 +223,7 @@ fn x86_int4_rows_of_a_batch_are_the_scalar_definition_bit_for_bit() {
             .collect();
         let mut want = vec![0.0; out_rows * batch];
         crate::isa::scalar::Scalar.rows(&w, &inputs, r0, &mut want);
-        let mut check = |what: &str, got: &[f32]| {
+        let check = |what: &str, got: &[f32]| {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     g.to_bits() == w.to_bits(),

@@ -177,13 +177,15 @@ unsafe fn i4_pair_multi<const B: usize>(
 /// inputs: a batch of sequences' decode step). Vector `k` (0..4) of a row holds dword `k` of each
 /// of its 8 groups' 16 code bytes, group `LANE_GROUP[m]` in lane `m`; its low nibbles are values
 /// `4k ..`, its high nibbles values `16 + 4k ..` of those groups, which meet the input's
-/// transposed codes ([`Int4Input::xt`]). Eight `vpdpbusd` then leave each group's whole sum in
-/// its own lane, in the order of `int4::LANE_GROUP`: no reduction per input, only per row.
-/// `acc[r][i]` is row `r`'s 8 lanes for input `i`.
+/// transposed codes ([`Int4Input::xt`]). Eight `vpdpbusd` (two chains of four, one starting from
+/// `− 8 · Σ xq`, the codes' offset) then leave each group's whole sum in its own lane, in the
+/// order of `int4::LANE_GROUP`: no reduction per input, only per row at the end. `acc[r][i]` is
+/// row `r`'s 8 lanes for input `i`. Both rows' nibbles stay in registers so that each input's
+/// codes are loaded once (a row at a time with one chain of eight measured slower).
 ///
 /// # Safety
 /// The token's features must be available; `codes[r]` must point to 128 bytes, `scales[r]` to 8
-/// halves, and every input must hold block `b` in `xt`, `offsets` and `steps`.
+/// halves, and every input must hold block `b` in `xt`, `neg_offsets` and `steps`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn i4_pair_block_transposed<const B: usize>(
@@ -225,10 +227,10 @@ unsafe fn i4_pair_block_transposed<const B: usize>(
     }
     for (i, input) in inputs.iter().enumerate() {
         // SAFETY: caller contract: the input holds block b (256 transposed bytes, 8 lanes).
-        let (x, offsets, steps) = unsafe {
+        let (x, neg_offsets, steps) = unsafe {
             (
                 input.xt.as_ptr().add(b * BLOCK_X_BYTES),
-                _mm256_loadu_si256(input.offsets.as_ptr().add(b * 8).cast()),
+                _mm256_loadu_si256(input.neg_offsets.as_ptr().add(b * 8).cast()),
                 _mm256_loadu_ps(input.steps.as_ptr().add(b * 8)),
             )
         };
@@ -237,13 +239,13 @@ unsafe fn i4_pair_block_transposed<const B: usize>(
             std::array::from_fn(|v| unsafe { _mm256_loadu_si256(x.add(32 * v).cast()) });
         for r in 0..2 {
             // Two chains of four (values 0..16 and 16..32) to overlap the latency.
-            let mut lo = _mm256_setzero_si256();
+            let mut lo = neg_offsets;
             let mut hi = _mm256_setzero_si256();
             for k in 0..4 {
                 lo = _mm256_dpbusd_epi32(lo, nib[r][k], xv[k]);
                 hi = _mm256_dpbusd_epi32(hi, nib[r][4 + k], xv[4 + k]);
             }
-            let sum = _mm256_sub_epi32(_mm256_add_epi32(lo, hi), offsets);
+            let sum = _mm256_add_epi32(lo, hi);
             let v = _mm256_cvtepi32_ps(sum);
             acc[r][i] = _mm256_fmadd_ps(v, _mm256_mul_ps(d[r], steps), acc[r][i]);
         }
