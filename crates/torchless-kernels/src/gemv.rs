@@ -148,9 +148,9 @@ pub(crate) fn batch<I: Isa>(
 }
 
 /// The `batch` inputs of `xs` (`cols` long each) quantized for the int4 kernels, with the
-/// transposed codes of several-input products when there are several.
+/// transposed codes of several-input products in batches that use them.
 fn quantize_int4_batch(xs: &[f32], cols: usize, batch: usize) -> Vec<Int4Input> {
-    let quantize = if batch > 1 {
+    let quantize = if batch >= crate::int4::TRANSPOSED_MIN_BATCH {
         Int4Input::quantize_for_batch
     } else {
         Int4Input::quantize

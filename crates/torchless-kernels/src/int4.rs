@@ -20,6 +20,9 @@
 
 use crate::mat::{Int4Mat, INT4_GROUP_SIZE};
 
+/// Smallest batch whose inputs carry the transposed codes ([`Int4Input::xt`]): the AVX-512
+/// kernel takes passes of this many inputs with transposed weights.
+pub(crate) const TRANSPOSED_MIN_BATCH: usize = 4;
 /// Groups per block.
 pub(crate) const BLOCK_GROUPS: usize = 8;
 /// Quantized activation bytes per block ([`Int4Input::xq`]).
