@@ -130,7 +130,7 @@ pub(crate) fn batch<I: Isa>(
         return true;
     }
     if let MatRef::Int4(m) = w {
-        let inputs: Vec<Int4Input> = xs.chunks_exact(cols).map(Int4Input::quantize).collect();
+        let inputs = quantize_int4_batch(xs, cols, batch);
         par_rows_transposed(ys, rows, cols / 4, batch, |r0, yt| {
             isa.int4_matvec().rows(m, &inputs, r0, yt)
         });
@@ -145,6 +145,55 @@ pub(crate) fn batch<I: Isa>(
         return true;
     }
     false
+}
+
+/// The `batch` inputs of `xs` (`cols` long each) quantized for the int4 kernels, with the
+/// transposed codes of several-input products in batches that use them.
+fn quantize_int4_batch(xs: &[f32], cols: usize, batch: usize) -> Vec<Int4Input> {
+    let quantize = if batch >= crate::int4::TRANSPOSED_MIN_BATCH {
+        Int4Input::quantize_for_batch
+    } else {
+        Int4Input::quantize
+    };
+    xs.chunks_exact(cols).map(quantize).collect()
+}
+
+/// `ys[i][b] = ws[i] xs[b]` for int4 matrices sharing their `batch` inputs (q/k/v, gate/up of a
+/// several-sequence decode step): the inputs quantized once, every matrix's rows in one parallel
+/// job, each result as from [`batch`]. Returns `false`, without computing, unless every matrix is
+/// int4 and `batch > 1`; shapes validated by the caller.
+pub(crate) fn batch_many<I: Isa>(
+    isa: I,
+    ws: &[MatRef<'_>],
+    xs: &[f32],
+    ys: &mut [&mut [f32]],
+    batch: usize,
+) -> bool {
+    let int4: Vec<_> = ws
+        .iter()
+        .filter_map(|w| match w {
+            MatRef::Int4(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    if batch <= 1 || int4.len() != ws.len() || ws.is_empty() {
+        return false;
+    }
+    let cols = ws[0].cols();
+    let inputs = quantize_int4_batch(xs, cols, batch);
+    let mut yts: Vec<Vec<f32>> = int4.iter().map(|m| vec![0.0; m.rows() * batch]).collect();
+    let segments = int4
+        .iter()
+        .zip(yts.iter_mut())
+        .map(|(m, yt)| (*m, yt.as_mut_slice()))
+        .collect();
+    parallel::par_segments(segments, 4 * batch, cols / 4, |m, e0, chunk| {
+        isa.int4_matvec().rows(m, &inputs, e0 / batch, chunk)
+    });
+    for (yt, y) in yts.iter().zip(ys.iter_mut()) {
+        scatter_transposed(yt, y, batch);
+    }
+    true
 }
 
 /// `ys[i] = ws[i] x` as one parallel job over every matrix's rows (one dispatch instead of one
@@ -218,6 +267,12 @@ where
     parallel::par_rows(&mut yt, 4 * batch, work_per_row, |e0, chunk| {
         f(e0 / batch, chunk)
     });
+    scatter_transposed(&yt, ys, batch);
+}
+
+/// `ys[b * rows + r] = yt[r * batch + b]`: transposed results back to one row per input.
+fn scatter_transposed(yt: &[f32], ys: &mut [f32], batch: usize) {
+    let rows = yt.len() / batch.max(1);
     for (r, row) in yt.chunks_exact(batch).enumerate() {
         for (b, &v) in row.iter().enumerate() {
             ys[b * rows + r] = v;

@@ -20,6 +20,9 @@
 
 use crate::mat::{Int4Mat, INT4_GROUP_SIZE};
 
+/// Smallest batch whose inputs carry the transposed codes ([`Int4Input::xt`]): the AVX-512
+/// kernel takes passes of this many inputs with transposed weights.
+pub(crate) const TRANSPOSED_MIN_BATCH: usize = 4;
 /// Groups per block.
 pub(crate) const BLOCK_GROUPS: usize = 8;
 /// Quantized activation bytes per block ([`Int4Input::xq`]).
@@ -47,6 +50,14 @@ pub(crate) struct Int4Input {
     pub(crate) offsets16: Vec<i32>,
     /// Per block, 16 lanes in the same order: the group's step `dx`.
     pub(crate) steps16: Vec<f32>,
+    /// Empty, or (inputs of a batch, [`Int4Input::quantize_for_batch`]) the codes once more,
+    /// transposed for the AVX-512 several-input kernel: per block, 8 vectors of 32 bytes, vector
+    /// `v` lane `m` (4 bytes) holding values `16 · (v / 4) + 4 · (v % 4) ..` `+ 4` of group
+    /// `LANE_GROUP[m]`, the bytes that kernel's transposed weight nibbles meet (see
+    /// [`transposed_index`]).
+    pub(crate) xt: Vec<i8>,
+    /// Empty, or with [`Self::xt`]: [`Self::offsets`] negated (where that kernel's sums start).
+    pub(crate) neg_offsets: Vec<i32>,
 }
 
 /// The lane of the AVX-512 kernel's 16 that holds group `group` (within its block of 8) of row
@@ -62,8 +73,18 @@ impl Int4Input {
         self.steps.len() / 8
     }
 
-    /// Quantizes `x` (its length a multiple of 32).
+    /// Quantizes `x` (its length a multiple of 32) for one-input products.
     pub(crate) fn quantize(x: &[f32]) -> Self {
+        Self::quantize_with(x, false)
+    }
+
+    /// Quantizes `x` for several-input products: as [`Self::quantize`], plus the transposed
+    /// copy [`Self::xt`] (same values).
+    pub(crate) fn quantize_for_batch(x: &[f32]) -> Self {
+        Self::quantize_with(x, true)
+    }
+
+    fn quantize_with(x: &[f32], transposed: bool) -> Self {
         let groups = x.len() / INT4_GROUP_SIZE;
         let blocks = groups.div_ceil(BLOCK_GROUPS);
         let mut input = Self {
@@ -72,17 +93,38 @@ impl Int4Input {
             steps: vec![0.0; blocks * 8],
             offsets16: vec![0; blocks * 16],
             steps16: vec![0.0; blocks * 16],
+            xt: if transposed {
+                vec![0; blocks * BLOCK_X_BYTES]
+            } else {
+                Vec::new()
+            },
+            neg_offsets: if transposed {
+                vec![0; blocks * 8]
+            } else {
+                Vec::new()
+            },
         };
         let mut codes = [0i8; INT4_GROUP_SIZE];
         for (g, values) in x.chunks_exact(INT4_GROUP_SIZE).enumerate() {
             let step = quantize_group(values, &mut codes);
-            for (i, &q) in codes.iter().enumerate() {
-                input.xq[code_index(g, i)] = q;
+            // Values 0..16 and 16..32 are 16 consecutive bytes each in `xq`, and runs of 4 in `xt`.
+            for half in 0..2 {
+                let at = code_index(g, 16 * half);
+                input.xq[at..at + 16].copy_from_slice(&codes[16 * half..16 * half + 16]);
+            }
+            if transposed {
+                for run in (0..INT4_GROUP_SIZE).step_by(4) {
+                    let at = transposed_index(g, run);
+                    input.xt[at..at + 4].copy_from_slice(&codes[run..run + 4]);
+                }
             }
             let offset = 8 * codes.iter().map(|&q| i32::from(q)).sum::<i32>();
             let (b, j) = (g / BLOCK_GROUPS, g % BLOCK_GROUPS);
             let at = b * 8 + lane_of(j);
             input.offsets[at] = offset;
+            if transposed {
+                input.neg_offsets[at] = -offset;
+            }
             input.steps[at] = step;
             // Group j sits in two of the 16 lanes, one per row of the pair.
             for l in [pair_lane(j, 0), pair_lane(j, 1)] {
@@ -98,6 +140,15 @@ impl Int4Input {
 #[inline]
 pub(crate) fn code_index(g: usize, i: usize) -> usize {
     (g / 4) * 128 + (i / 16) * 64 + (g % 4) * 16 + i % 16
+}
+
+/// Where value `i` (0..32) of group `g` sits in [`Int4Input::xt`]: block `g / 8`, vector
+/// `4 · (i / 16) + (i % 16) / 4`, the lane holding group `g % 8`, byte `i % 4`.
+#[inline]
+pub(crate) fn transposed_index(g: usize, i: usize) -> usize {
+    let (b, j) = (g / BLOCK_GROUPS, g % BLOCK_GROUPS);
+    let v = 4 * (i / 16) + (i % 16) / 4;
+    b * BLOCK_X_BYTES + v * 32 + lane_of(j) * 4 + i % 4
 }
 
 /// Asserts what the SIMD int4 row kernels rely on for rows `r0..` of `w` with `inputs`, the
@@ -127,6 +178,8 @@ pub(crate) fn assert_row_shapes(
                     && x.offsets.len() == blocks * 8
                     && x.offsets16.len() == blocks * 16
                     && x.steps16.len() == blocks * 16
+                    && (x.xt.is_empty() || x.xt.len() == blocks * BLOCK_X_BYTES)
+                    && x.neg_offsets.len() == if x.xt.is_empty() { 0 } else { blocks * 8 }
             }),
         "int4 matvec shapes"
     );
@@ -141,7 +194,20 @@ fn lane_of(j: usize) -> usize {
 /// Quantizes one group of 32 activations to `round(x · 127 / max|x|)` (an all-zero group to
 /// zeros) and returns the step `max|x| / 127`: what the int4 decode and prefill kernels multiply.
 pub(crate) fn quantize_group(values: &[f32], codes: &mut [i8; INT4_GROUP_SIZE]) -> f32 {
-    let amax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // Eight running maxima (vectorizable; the maximum of a set is the same in any order).
+    let mut maxima = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, v) in maxima.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    let amax = rest
+        .iter()
+        .fold(maxima.iter().fold(0.0f32, |m, &v| m.max(v)), |m, v| {
+            m.max(v.abs())
+        });
     let (inv, step) = if amax == 0.0 {
         (0.0, 0.0)
     } else {

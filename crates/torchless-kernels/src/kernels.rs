@@ -273,6 +273,36 @@ impl Kernels {
         Ok(())
     }
 
+    /// `ys[i] = ws[i] xs` for several matrices sharing one batch of unrelated inputs (q/k/v or
+    /// gate/up of a several-sequence decode step; `xs` is `batch x cols`, `ys[i]` is
+    /// `batch x ws[i].rows()`): results bit-identical to [`matvec_batch`](Self::matvec_batch) of
+    /// each matrix. int4 matrices run as one parallel job with the inputs quantized once.
+    pub fn matvec_batch_many(
+        &self,
+        ws: &[MatRef<'_>],
+        xs: &[f32],
+        ys: &mut [&mut [f32]],
+        batch: usize,
+    ) -> Result<(), KernelError> {
+        check_len("matvec_batch_many outputs", ws.len(), ys.len())?;
+        for (w, y) in ws.iter().zip(ys.iter()) {
+            check_batch_shapes(
+                ["matvec_batch_many input", "matvec_batch_many output"],
+                w,
+                xs,
+                y,
+                batch,
+            )?;
+        }
+        if on_isa!(self.path, |isa| gemv::batch_many(isa, ws, xs, ys, batch)) {
+            return Ok(());
+        }
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            self.matvec_batch(w, xs, y, batch)?;
+        }
+        Ok(())
+    }
+
     /// The f32 matrix BLAS takes, when BLAS is on and `w` is f32.
     fn blas_f32<'a>(&self, w: &MatRef<'a>) -> Option<F32Mat<'a>> {
         match (self.blas, w) {

@@ -217,6 +217,65 @@ fn int4_batch_rows_are_bit_identical_to_matvec() {
 }
 
 #[test]
+fn int4_batch_many_is_one_job_with_the_results_of_the_scalar_matvec() {
+    // q/k/v-like matrices sharing a batch of unrelated inputs (a several-sequence decode step):
+    // chunk starts inside matrices at 2 and 3 threads, an odd row count, groups ending mid block,
+    // batch sizes of the several-input kernels (2, 3, 4) and their mixes (5 = 4 + 1, 7, 8):
+    // every output bit for bit the scalar path's `matvec` of its input.
+    let mut rng = Rng(0xbea7);
+    let cols = 2080;
+    let shapes = [301usize, 77, 78];
+    let mats: Vec<(Vec<u8>, Vec<u16>)> =
+        shapes.iter().map(|&r| matrix(&mut rng, r, cols)).collect();
+    let ms: Vec<MatRef<'_>> = mats
+        .iter()
+        .zip(shapes)
+        .map(|((p, s), r)| MatRef::int4(p, s, r, cols).unwrap())
+        .collect();
+    let scalar = Kernels::with_path(SimdPath::Scalar).unwrap();
+    for batch in [2usize, 3, 4, 5, 7, 8] {
+        let mut xs: Vec<f32> = (0..batch * cols).map(|_| rng.f32() * 2.0).collect();
+        // An all-zero group and a large activation.
+        xs[cols + 64..cols + 96].fill(0.0);
+        xs[5] = 300.0;
+        for threads in 1..=3 {
+            for k in paths() {
+                let mut ys: Vec<Vec<f32>> =
+                    shapes.iter().map(|&r| vec![f32::NAN; batch * r]).collect();
+                let [a, b, c] = &mut ys[..] else {
+                    unreachable!()
+                };
+                let mut outs = [&mut a[..], &mut b[..], &mut c[..]];
+                #[cfg(feature = "parallel")]
+                torchless_kernels::thread_pool(threads)
+                    .unwrap()
+                    .install(|| k.matvec_batch_many(&ms, &xs, &mut outs, batch))
+                    .unwrap();
+                #[cfg(not(feature = "parallel"))]
+                k.matvec_batch_many(&ms, &xs, &mut outs, batch).unwrap();
+                for (i, (m, got)) in ms.iter().zip(&ys).enumerate() {
+                    let rows = m.rows();
+                    for t in 0..batch {
+                        let mut want = vec![0.0; rows];
+                        scalar
+                            .matvec(m, &xs[t * cols..(t + 1) * cols], &mut want)
+                            .unwrap();
+                        assert!(
+                            got[t * rows..(t + 1) * rows]
+                                .iter()
+                                .zip(&want)
+                                .all(|(g, w)| g.to_bits() == w.to_bits()),
+                            "matrix {i}, batch {batch} input {t}, {threads} thread(s), {}",
+                            k.simd_path().name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn int4_matmul_matches_its_f64_definition_and_is_identical_on_every_path() {
     // Edge shapes: rows not a multiple of the 16-row tile, depths that end mid 512-block, batches
     // below, at and past the 6-token sliver and the integer GEMM's threshold.

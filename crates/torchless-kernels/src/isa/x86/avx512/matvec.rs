@@ -14,7 +14,7 @@ const PF_INT4_BYTES: usize = 2048;
 /// Code bytes per block of 8 groups.
 const BLOCK_CODE_BYTES: usize = BLOCK_GROUPS * 16;
 /// Inputs taken together per pass over a row pair (the rest in smaller passes).
-const MULTI_B: usize = 4;
+const MULTI_B: usize = crate::int4::TRANSPOSED_MIN_BATCH;
 
 /// Two rows' block `b` (8 groups each: `codes[r]` 128 bytes, `scales[r]` 8 halves), added into
 /// the pair's 16 lanes of each input (`acc[i][0]` lanes 0-7, `acc[i][1]` lanes 8-15): lane
@@ -139,20 +139,8 @@ unsafe fn i4_pair_multi<const B: usize>(
     let rest = groups - full * BLOCK_GROUPS;
     if rest > 0 {
         // A short last block: zero-padded copies (zero codes and scales, as the scalar `row_dot`).
-        let first = full * BLOCK_GROUPS;
-        let mut codes = [[0u8; BLOCK_CODE_BYTES]; 2];
-        let mut halves = [[0u16; BLOCK_GROUPS]; 2];
-        for r in 0..2 {
-            // SAFETY: caller contract: the rows hold `groups` groups, so `rest` more from `first`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    packed[r].add(first * 16),
-                    codes[r].as_mut_ptr(),
-                    rest * 16,
-                );
-                std::ptr::copy_nonoverlapping(scales[r].add(first), halves[r].as_mut_ptr(), rest);
-            }
-        }
+        // SAFETY: caller contract: the rows hold `groups` groups, so `rest` more from `full`.
+        let (codes, halves) = unsafe { padded_last_block(packed, scales, full, rest) };
         // SAFETY: the padded copies hold a whole block; every input holds block `full`.
         unsafe {
             i4_pair_block(
@@ -185,12 +173,187 @@ unsafe fn i4_pair_multi<const B: usize>(
     out
 }
 
+/// Two rows' block `b` with `B` inputs, the weights transposed once for all inputs (several
+/// inputs: a batch of sequences' decode step). Vector `k` (0..4) of a row holds dword `k` of each
+/// of its 8 groups' 16 code bytes, group `LANE_GROUP[m]` in lane `m`; its low nibbles are values
+/// `4k ..`, its high nibbles values `16 + 4k ..` of those groups, which meet the input's
+/// transposed codes ([`Int4Input::xt`]). Eight `vpdpbusd` (two chains of four, one starting from
+/// `− 8 · Σ xq`, the codes' offset) then leave each group's whole sum in its own lane, in the
+/// order of `int4::LANE_GROUP`: no reduction per input, only per row at the end. `acc[r][i]` is
+/// row `r`'s 8 lanes for input `i`. Both rows' nibbles stay in registers so that each input's
+/// codes are loaded once (a row at a time with one chain of eight measured slower).
+///
+/// # Safety
+/// The token's features must be available; `codes[r]` must point to 128 bytes, `scales[r]` to 8
+/// halves, and every input must hold block `b` in `xt`, `neg_offsets` and `steps`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn i4_pair_block_transposed<const B: usize>(
+    codes: [*const u8; 2],
+    scales: [*const u16; 2],
+    b: usize,
+    acc: &mut [[__m256; B]; 2],
+    inputs: [&Int4Input; B],
+) {
+    let mask = _mm256_set1_epi8(0x0f);
+    // Halves 0, 2, 4, 6, 1, 3, 5, 7: the scales in lane order.
+    let scale_order = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    let mut nib = [[_mm256_setzero_si256(); 8]; 2];
+    let mut d = [_mm256_setzero_ps(); 2];
+    for r in 0..2 {
+        // c[i]: groups 2i (128-bit lane 0) and 2i + 1 (lane 1), dwords 0-3 each.
+        // SAFETY: caller contract: 128 code bytes per row.
+        let c: [__m256i; 4] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_si256(codes[r].add(32 * i).cast()) });
+        // Per 128-bit lane, a 4x4 transpose of dwords: [g0 g2 g0 g2 | g1 g3 g1 g3] dwords (0, 1)
+        // and (2, 3), then with groups 4-7: vector k = dword k of [g0 g2 g4 g6 | g1 g3 g5 g7].
+        let lo01 = _mm256_unpacklo_epi32(c[0], c[1]);
+        let hi01 = _mm256_unpackhi_epi32(c[0], c[1]);
+        let lo23 = _mm256_unpacklo_epi32(c[2], c[3]);
+        let hi23 = _mm256_unpackhi_epi32(c[2], c[3]);
+        let t = [
+            _mm256_unpacklo_epi64(lo01, lo23),
+            _mm256_unpackhi_epi64(lo01, lo23),
+            _mm256_unpacklo_epi64(hi01, hi23),
+            _mm256_unpackhi_epi64(hi01, hi23),
+        ];
+        for (k, &v) in t.iter().enumerate() {
+            nib[r][k] = _mm256_and_si256(v, mask);
+            nib[r][4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+        }
+        // SAFETY: caller contract: 8 halves per row.
+        let halves = unsafe { _mm_loadu_si128(scales[r].cast()) };
+        d[r] = _mm256_cvtph_ps(_mm_shuffle_epi8(halves, scale_order));
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        // SAFETY: caller contract: the input holds block b (256 transposed bytes, 8 lanes).
+        let (x, neg_offsets, steps) = unsafe {
+            (
+                input.xt.as_ptr().add(b * BLOCK_X_BYTES),
+                _mm256_loadu_si256(input.neg_offsets.as_ptr().add(b * 8).cast()),
+                _mm256_loadu_ps(input.steps.as_ptr().add(b * 8)),
+            )
+        };
+        // SAFETY: as above, 8 vectors of 32 bytes.
+        let xv: [__m256i; 8] =
+            std::array::from_fn(|v| unsafe { _mm256_loadu_si256(x.add(32 * v).cast()) });
+        for r in 0..2 {
+            // Two chains of four (values 0..16 and 16..32) to overlap the latency.
+            let mut lo = neg_offsets;
+            let mut hi = _mm256_setzero_si256();
+            for k in 0..4 {
+                lo = _mm256_dpbusd_epi32(lo, nib[r][k], xv[k]);
+                hi = _mm256_dpbusd_epi32(hi, nib[r][4 + k], xv[4 + k]);
+            }
+            let sum = _mm256_add_epi32(lo, hi);
+            let v = _mm256_cvtepi32_ps(sum);
+            acc[r][i] = _mm256_fmadd_ps(v, _mm256_mul_ps(d[r], steps), acc[r][i]);
+        }
+    }
+}
+
+/// [`i4_pair_multi`] with the weights transposed once per block for all `B` inputs
+/// ([`i4_pair_block_transposed`]); each (row, input) result bit-identical to the scalar
+/// `row_dot`.
+///
+/// # Safety
+/// As [`i4_pair_multi`], and every input must hold its transposed codes (`xt`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+unsafe fn i4_pair_multi_transposed<const B: usize>(
+    packed: [*const u8; 2],
+    scales: [*const u16; 2],
+    groups: usize,
+    inputs: [&Int4Input; B],
+) -> [[f32; B]; 2] {
+    let mut acc = [[_mm256_setzero_ps(); B]; 2];
+    let full = groups / BLOCK_GROUPS;
+    for b in 0..full {
+        let codes = packed.map(|p| p.wrapping_add(b * BLOCK_CODE_BYTES));
+        for c in codes {
+            for line in [0, 64] {
+                // A prefetch is a hint: it never faults, whatever the address.
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PF_INT4_BYTES + line).cast());
+            }
+        }
+        // SAFETY: caller contract: block b < full lies inside both rows and every input.
+        unsafe {
+            i4_pair_block_transposed(
+                codes,
+                scales.map(|s| s.add(b * BLOCK_GROUPS)),
+                b,
+                &mut acc,
+                inputs,
+            )
+        };
+    }
+    let rest = groups - full * BLOCK_GROUPS;
+    if rest > 0 {
+        // A short last block: zero-padded copies (zero codes and scales, as the scalar `row_dot`).
+        // SAFETY: caller contract: the rows hold `groups` groups, so `rest` more from `full`.
+        let (codes, halves) = unsafe { padded_last_block(packed, scales, full, rest) };
+        // SAFETY: the padded copies hold a whole block; every input holds block `full`.
+        unsafe {
+            i4_pair_block_transposed(
+                [codes[0].as_ptr(), codes[1].as_ptr()],
+                [halves[0].as_ptr(), halves[1].as_ptr()],
+                full,
+                &mut acc,
+                inputs,
+            )
+        };
+    }
+    // The lanes are already in the canonical order (`int4::LANE_GROUP`).
+    let mut out = [[0.0f32; B]; 2];
+    for (row, a) in out.iter_mut().zip(&acc) {
+        for (o, v) in row.iter_mut().zip(a) {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *v) };
+            *o = reduce_lanes(lanes);
+        }
+    }
+    out
+}
+
+/// Zero-padded copies of the two rows' short last block (`rest` groups from block `full`).
+///
+/// # Safety
+/// Each `packed[r]` must hold `(8 · full + rest) * 16` bytes and `scales[r]` `8 · full + rest`
+/// halves.
+#[allow(clippy::type_complexity)]
+unsafe fn padded_last_block(
+    packed: [*const u8; 2],
+    scales: [*const u16; 2],
+    full: usize,
+    rest: usize,
+) -> ([[u8; BLOCK_CODE_BYTES]; 2], [[u16; BLOCK_GROUPS]; 2]) {
+    let first = full * BLOCK_GROUPS;
+    let mut codes = [[0u8; BLOCK_CODE_BYTES]; 2];
+    let mut halves = [[0u16; BLOCK_GROUPS]; 2];
+    for r in 0..2 {
+        // SAFETY: caller contract: the rows hold `rest` more groups from `first`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                packed[r].add(first * 16),
+                codes[r].as_mut_ptr(),
+                rest * 16,
+            );
+            std::ptr::copy_nonoverlapping(scales[r].add(first), halves[r].as_mut_ptr(), rest);
+        }
+    }
+    (codes, halves)
+}
+
 /// `yt[i * batch + b]` = row `r0 + i` of `w` times input `b`, for every row of `yt / batch`:
 /// rows taken in pairs (`i` and `i + n/2`, two memory streams), each weight row read once for
 /// all inputs, each result bit-identical to the scalar `row_dot`.
 fn matvec_i4_multi(_t: Avx512, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, yt: &mut [f32]) {
     let (batch, groups, out_rows) = assert_row_shapes(w, inputs, r0, yt);
     let (pp, sp) = (w.packed().as_ptr(), w.scales().as_ptr());
+    // Several inputs with their transposed codes: the weights transposed once for all of them
+    // (fewer instructions per input); one input keeps the kernel without a transpose.
+    let transposed = batch >= MULTI_B && inputs.iter().all(|x| !x.xt.is_empty());
     let stride = out_rows.div_ceil(2);
     for i in 0..stride {
         let (ia, ib) = (i, i + stride);
@@ -199,12 +362,12 @@ fn matvec_i4_multi(_t: Avx512, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize,
         let mut b0 = 0;
         while b0 < batch {
             macro_rules! pass {
-                ($B:expr) => {{
+                ($kernel:ident, $B:expr) => {{
                     // SAFETY: token ⇒ the features; both rows < r0 + out_rows <= w.rows(), so
                     // their `groups * 16` code bytes and `groups` scales are in bounds, and every
-                    // input holds the blocks (asserted above).
+                    // input holds the blocks (asserted above), transposed too if `transposed`.
                     let v = unsafe {
-                        i4_pair_multi::<{ $B }>(
+                        $kernel::<{ $B }>(
                             pair.map(|r| pp.add(r * groups * 16)),
                             pair.map(|r| sp.add(r * groups)),
                             groups,
@@ -218,11 +381,15 @@ fn matvec_i4_multi(_t: Avx512, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize,
                     b0 += $B;
                 }};
             }
+            // Passes of 4 inputs take the transposed weights; fewer (batches of 2-3, the rest
+            // of a larger one) the kernel without a transpose, measured faster there (batch 2:
+            // 13.0 vs 13.5 tok/s on 7B). Both give the same bits.
             match batch - b0 {
-                1 => pass!(1),
-                2 => pass!(2),
-                3 => pass!(3),
-                _ => pass!(MULTI_B),
+                1 => pass!(i4_pair_multi, 1),
+                2 => pass!(i4_pair_multi, 2),
+                3 => pass!(i4_pair_multi, 3),
+                _ if transposed => pass!(i4_pair_multi_transposed, MULTI_B),
+                _ => pass!(i4_pair_multi, MULTI_B),
             }
         }
     }
