@@ -313,6 +313,8 @@ fn amx_token(avx512: Avx512) -> Option<Amx> {
 }
 
 /// Environment variable that turns the (experimental) AMX block-prefill tile on (`1` or `on`).
+// Read only where the AMX tile is compiled (x86_64 with `simd`).
+#[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
 pub const AMX_ENV: &str = "TORCHLESS_AMX";
 
 /// Environment variable that overrides the automatic choice (`scalar`, `wide`, `avx2`, `avx512`); an
