@@ -67,7 +67,8 @@ impl BenchReport {
         median(&self.tg_runs)
     }
 
-    /// Prompt processing in GFLOP/s (the median's), by [`prompt_flops`](Self::prompt_flops).
+    /// Prompt processing in GFLOP/s (the median's), by
+    /// [`prompt_flops_per_token`](Self::prompt_flops_per_token).
     pub fn pp_gflops(&self) -> f64 {
         self.prompt_flops_per_token * self.pp_median() / 1e9
     }
