@@ -10,7 +10,7 @@ BIN=${TORCHLESS_BIN:-target/debug/torchless}
 [ -x "$BIN" ] || cargo build -q -p torchless-cli
 KEY=ci-test-key
 OUT=$(mktemp) ERR=$(mktemp)
-"$BIN" serve tests/fixtures/models/small-gqa-int8.bin --port 0 --parallel 2 --api-key "$KEY" --metrics >"$OUT" 2>"$ERR" &
+"$BIN" serve tests/fixtures/models/small-gqa-int8.bin --port 0 --parallel 2 -b 64 --api-key "$KEY" --metrics >"$OUT" 2>"$ERR" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "listening on" "$OUT" && break; sleep 0.1; done

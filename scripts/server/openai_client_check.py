@@ -77,7 +77,8 @@ check(len(content) == lp.usage.completion_tokens and all(len(t.top_logprobs) == 
 check(all(t.logprob >= max(a.logprob for a in t.top_logprobs) - 1e-6 for t in content), "greedy picks the top token")
 
 # The prompt cache across the turns of a conversation: the second turn reports cached tokens
-# (a long system prompt, so the first turn fills at least one 64-token prompt chunk) and
+# (a long system prompt, so the first turn fills at least one 64-token prompt chunk: this
+# fixture has a sliding window, whose cache is reused by whole `-b 64` chunks only) and
 # answers exactly as with `cache_prompt: false`.
 system = ("You are a patient assistant who answers questions about animals, plants and the weather "
           "in one or two short sentences, with plain words, and never uses lists or headings; "

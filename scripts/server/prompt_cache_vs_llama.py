@@ -308,7 +308,8 @@ def run_engine(engine, name, spec, args, turns, workdir):
     common = ["--host", "127.0.0.1", "--port", str(port), "-t", str(args.threads),
               "-c", str(args.ctx)]
     if engine == "torchless":
-        argv = [args.torchless, "serve", spec["torchless"], *common, "--parallel", "1", "--json"]
+        argv = [args.torchless, "serve", spec["torchless"], *common, "--parallel", "1", "--json",
+                *args.torchless_args.split()]
     else:
         argv = [args.llama_server, "-m", spec["gguf"], *common, "-tb", str(args.threads),
                 "-np", "1", "--no-repack", "--no-webui"]
@@ -380,6 +381,8 @@ def main():
     p.add_argument("--smollm2-gguf", default=MODELS["smollm2"]["gguf"])
     p.add_argument("--7b-torchless", dest="b7_torchless", default=MODELS["7b"]["torchless"])
     p.add_argument("--7b-gguf", dest="b7_gguf", default=MODELS["7b"]["gguf"])
+    p.add_argument("--torchless-args", default="",
+                   help="more arguments for `torchless serve`, e.g. \"-b 256\"")
     p.add_argument("--torchless-only", action="store_true",
                    help="run torchless alone (prints its column; for profiling)")
     p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (path printed)")

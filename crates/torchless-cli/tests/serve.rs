@@ -907,8 +907,9 @@ fn a_second_chat_turn_reuses_the_first_and_answers_as_without_the_cache() {
                       "max_tokens": 8, "temperature": 0});
     let cold = post_ok(&completions, body.clone());
     let warm = post_ok(&completions, body.clone());
-    assert_eq!(cached(&cold), Some(0), "{cold}");
-    assert!(cached(&warm).unwrap() > 0, "{warm}");
+    // At most the BOS the chat's prompts began with.
+    assert!(cached(&cold).unwrap() <= 1, "{cold}");
+    assert!(cached(&warm).unwrap() > 1, "{warm}");
     assert_eq!(warm["choices"], cold["choices"]);
     // The request log says how much came from the cache.
     let log = server.log_lines().join("\n");

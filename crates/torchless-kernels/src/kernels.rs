@@ -346,6 +346,33 @@ impl Kernels {
         Ok(())
     }
 
+    /// The smallest batch from which [`matmul`](Self::matmul) computes each row of `Y` with the
+    /// same arithmetic whatever the batch (so a row's bits do not depend on which other rows
+    /// share its call, or how many), or `None` when no such batch is known (BLAS). ggml
+    /// quantized blocks in the default arithmetic: 1, every batch being one matvec per row,
+    /// bit for bit.
+    pub fn batch_invariant_from(&self, w: &MatRef<'_>) -> Option<usize> {
+        if self.blas_f32(w).is_some() {
+            return None;
+        }
+        Some(match w {
+            MatRef::Blocks(m) if m.ty().is_quantized() && !self.exact_blocks => 1,
+            MatRef::Blocks(_) => BLOCK_GEMM_MIN_BATCH,
+            MatRef::Int4(_) => int4::MIN_BATCH,
+            MatRef::Int8(m) if self.int8_activations && int8::supports(m) => int8::MIN_BATCH,
+            // The small-batch dot products where the path has them, then the f32 GEMM.
+            MatRef::Int8(m) if m.is_row_aligned() => SMALL_BATCH + 1,
+            MatRef::Int8(_) | MatRef::F32(_) => 2,
+        })
+    }
+
+    /// The smallest number of tokens from which [`attention_batch`](Self::attention_batch)
+    /// computes each token's output with the same arithmetic whatever the call (over an
+    /// unwrapped cache): one token takes the decode loop, whose sums run in another order.
+    pub fn attention_batch_invariant_from(&self) -> usize {
+        2
+    }
+
     /// `Y = X Wᵀ` for a batch of tokens (prefill): `xs` is `batch x w.cols()`, `ys` is
     /// `batch x w.rows()`, both row-major. A batch of 1 is a matvec. Otherwise a cache-blocked GEMM:
     /// f32 through BLAS when enabled, else our packed micro-kernels; int8 weight tiles are
@@ -522,9 +549,13 @@ impl Kernels {
         Ok(())
     }
 
-    /// Many query tokens (prefill), in parallel over (token, KV head) pairs. `qs` and `outs` hold
-    /// one row of `n_heads * head_dim` per token; token `t` attends to `slots_for(t)` (its causal /
-    /// sliding-window set of cache slots).
+    /// Many query tokens (prefill). `qs` and `outs` hold one row of `n_heads * head_dim` per
+    /// token; token `t` attends to `slots_for(t)` (its causal / sliding-window set of cache
+    /// slots). From [`attention_batch_invariant_from`](Self::attention_batch_invariant_from)
+    /// tokens on, over an unwrapped cache (each token's slots one run), blocks of tokens on the
+    /// GEMM micro-kernel, and each token's output has the same bits whatever the other tokens of
+    /// the call; a single token (decode) or a wrapped cache: in parallel over (token, KV head)
+    /// pairs.
     pub fn attention_batch<F>(
         &self,
         qs: &[f32],

@@ -551,3 +551,74 @@ fn q8_0_caches_refuse_head_dims_off_blocks() {
             .is_err()
     );
 }
+
+/// `Kernels::attention_batch_invariant_from`'s promise: over an unwrapped cache, a token's output
+/// has the same bits whatever the other tokens of the call, from that many tokens on. 45 causal
+/// (or windowed) tokens in one call, then cut into consecutive calls of every size from the
+/// promised one up, at 1, 2 and 3 threads, on every KV type and path.
+#[cfg(feature = "parallel")]
+#[test]
+fn a_tokens_attention_does_not_depend_on_the_other_tokens_of_its_call() {
+    let mut rng = Rng::new(44);
+    let tokens = 45;
+    for (types, n_heads, n_kv, hd) in [
+        ((KvType::F32, KvType::F32), 8, 2, 32),
+        ((KvType::F32, KvType::F32), 12, 4, 20),
+        ((KvType::F16, KvType::Q8_0), 9, 3, 64),
+        ((KvType::Q8_0, KvType::F16), 4, 1, 32),
+    ] {
+        let n_slots = 70;
+        let cache = TypedCache::random(&mut rng, types, n_slots, n_kv, hd, false);
+        let (fk, fv) = (cache.decoded.keys.clone(), cache.decoded.values.clone());
+        let view = cache.view(&fk, &fv);
+        let row = n_heads * hd;
+        let qs = rng.vec(tokens * row);
+        let scale = 0.2;
+        // Token t sits at slot 20 + t: causal, or a window of 16.
+        let patterns: [&(dyn Fn(usize) -> SlotRanges + Sync); 2] =
+            [&|t| SlotRanges::single(0..21 + t), &|t| {
+                SlotRanges::single((21 + t).saturating_sub(16)..21 + t)
+            }];
+        for (p, slots_for) in patterns.iter().enumerate() {
+            for k in paths() {
+                let from = k.attention_batch_invariant_from();
+                let mut whole = vec![f32::NAN; qs.len()];
+                k.attention_batch(&qs, &view, n_heads, scale, slots_for, &mut whole)
+                    .unwrap();
+                for threads in [1, 2, 3] {
+                    let pool = torchless_kernels::thread_pool(threads).unwrap();
+                    for size in from..=tokens {
+                        let mut start = 0;
+                        while start < tokens {
+                            let end = if start + size + from > tokens {
+                                tokens
+                            } else {
+                                start + size
+                            };
+                            let mut part = vec![f32::NAN; (end - start) * row];
+                            let shifted = |t: usize| slots_for(start + t);
+                            let q = &qs[start * row..end * row];
+                            pool.install(|| {
+                                k.attention_batch(q, &view, n_heads, scale, shifted, &mut part)
+                            })
+                            .unwrap();
+                            let same = part
+                                .iter()
+                                .zip(&whole[start * row..end * row])
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "{}/{} h{n_heads}/{n_kv} d{hd} pattern {p} {} x{threads}: \
+                                 tokens {start}..{end} differ",
+                                types.0,
+                                types.1,
+                                k.simd_path().name()
+                            );
+                            start = end;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

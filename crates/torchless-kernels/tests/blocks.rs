@@ -750,3 +750,23 @@ fn shapes_are_checked() {
     assert_eq!(m.weight_bytes(), 288);
     assert_eq!(m.rows_range(1..2).unwrap().rows(), 1);
 }
+
+#[test]
+fn rows_do_not_depend_on_the_batch_from_where_the_kernels_promise() {
+    let mut rng = Rng::new(6);
+    for ty in ALL {
+        let (rows, nb) = (21, 2);
+        let cols = values(ty, nb);
+        let data = craft(&mut rng, ty, rows * nb, Scales::Normal);
+        let m = MatRef::blocks(ty, &data, rows, cols).unwrap();
+        let total = 19;
+        let xs: Vec<f32> = (0..total * cols).map(|_| rng.f32()).collect();
+        for k in kernels() {
+            for exact in [false, true] {
+                let k = k.with_exact_blocks(exact);
+                let what = format!("{} {} exact={exact}", ty.name(), k.simd_path().name());
+                common::assert_rows_batch_invariant(&what, &k, &m, &xs, total);
+            }
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! int4 matvec (integer dot products with int8-quantized activations) against the f64
 //! reference of its definition, on every path, and batched against single.
+mod common;
+
 use torchless_kernels::{reference, Int4Mat, Kernels, MatRef, SimdPath};
 
 struct Rng(u64);
@@ -370,4 +372,19 @@ fn int4_shapes_are_checked() {
     assert!(Kernels::auto().matvec(&m, &[0.0; 31], &mut y).is_err());
     Kernels::auto().matvec(&m, &[1.0; 32], &mut y).unwrap();
     assert_eq!(y, [0.0], "code 8 is zero");
+}
+
+#[test]
+fn int4_rows_do_not_depend_on_the_batch_from_where_the_kernels_promise() {
+    let mut rng = Rng(0x1417);
+    for &(rows, cols) in &[(17usize, 96usize), (40, 1056)] {
+        let (packed, scales) = matrix(&mut rng, rows, cols);
+        let m = MatRef::int4(&packed, &scales, rows, cols).unwrap();
+        let total = 23;
+        let xs: Vec<f32> = (0..total * cols).map(|_| rng.f32() * 2.0).collect();
+        for k in paths() {
+            let what = format!("int4 {rows}x{cols} {}", k.simd_path().name());
+            common::assert_rows_batch_invariant(&what, &k, &m, &xs, total);
+        }
+    }
 }

@@ -177,3 +177,27 @@ fn matmul_batch_one_equals_matvec() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn rows_do_not_depend_on_the_batch_from_where_the_kernels_promise() {
+    let mut rng = Rng::new(31);
+    for &(n, kd) in &[(33, 300), (48, 576), (20, 160)] {
+        let w = rng.vec(n * kd);
+        let f = MatRef::f32(&w, n, kd).unwrap();
+        let (q, inv) = quantize(&weights(&mut rng, n * kd));
+        let i8m = MatRef::int8(&q, &inv, n, kd).unwrap();
+        let total = 40;
+        let xs = rng.vec(total * kd);
+        for k in paths() {
+            for int8_activations in [false, true] {
+                let k = k.with_int8_activations(int8_activations);
+                let what = format!(
+                    "{} {n}x{kd} int8 acts {int8_activations}",
+                    k.simd_path().name()
+                );
+                common::assert_rows_batch_invariant(&format!("f32 {what}"), &k, &f, &xs, total);
+                common::assert_rows_batch_invariant(&format!("int8 {what}"), &k, &i8m, &xs, total);
+            }
+        }
+    }
+}

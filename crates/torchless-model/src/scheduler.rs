@@ -204,6 +204,9 @@ struct Load {
     snapshot: Mutex<(SchedulerStats, Vec<SlotState>)>,
 }
 
+/// Fewest reusable prompt tokens that steer a request to a slot (see `Scheduler::best_slot`).
+const MIN_STEERING_PREFIX: usize = 64;
+
 /// One slot, as [`Scheduler::slot_states`] reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SlotState {
@@ -258,11 +261,12 @@ struct Active<'m, S> {
 struct Slot<'m, R: Residency, S> {
     session: Session<'m, R>,
     active: Option<Active<'m, S>>,
-    /// How many of the session's first tokens were prefilled by whole chunks starting at
-    /// multiples of the batch size: exactly as a fresh prefill of any prompt beginning with
-    /// those tokens computes them. Positions run in a shorter chunk or by decode steps are
-    /// computed by other kernels (one-token matvec rather than GEMM), whose rounding differs,
-    /// so they are never reused.
+    /// How many of the session's first tokens a following prompt can reuse: computed exactly
+    /// as a fresh prefill of any prompt beginning with them computes them. With
+    /// [`Session::chunk_invariant_from`], every position prefilled in a chunk of at least that
+    /// many tokens; otherwise those prefilled by whole chunks starting at multiples of the batch
+    /// size. Positions computed by decode steps (one-token matvecs and the decode attention
+    /// loop, whose rounding differs) are never reused.
     reusable: usize,
     /// When the slot was last given a request or freed ([`Books::tick`]), for least recently
     /// used among equally good slots.
@@ -507,8 +511,9 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
     }
 
     /// The free slot to serve `request`: the one with the most prompt tokens it can reuse, the
-    /// least recently used among equals (a prefix too short to reuse, such as a shared BOS,
-    /// does not count: it would send every request to the same slot and evict the others).
+    /// least recently used among equals. A prefix shorter than [`MIN_STEERING_PREFIX`] tokens
+    /// (or the batch size, if smaller), such as a shared BOS or a short system prompt, does not
+    /// count: it would send every request to the same slot and evict the others.
     fn best_slot(&self, request: &Request<S>) -> Option<usize> {
         self.slots
             .iter()
@@ -519,6 +524,8 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
                     true => s.cached_prefix(&request.prompt),
                     false => 0,
                 };
+                let steering = MIN_STEERING_PREFIX.min(s.session.batch_size());
+                let usable = if usable >= steering { usable } else { 0 };
                 (usable, std::cmp::Reverse(s.last_used))
             })
             .map(|(i, _)| i)
@@ -578,15 +585,22 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
 impl<'m, R: Residency, S: EventSink> Slot<'m, R, S> {
     /// How many of `prompt`'s first tokens this slot can reuse.
     ///
-    /// The reusable part is a whole number of prefill chunks, and leaves at least one prompt
-    /// token to run: the logits of the first generated token are then computed by the same
-    /// chunk as in a fresh prefill.
+    /// At least one prompt token always runs, so the logits of the first generated token are
+    /// computed as in a fresh prefill. With chunk-invariant kernels the rest of the prompt is
+    /// left at least that chunk length long; otherwise the reused part is a whole number of
+    /// prefill chunks.
     fn cached_prefix(&self, prompt: &[u32]) -> usize {
         let held = self.session.tokens();
         let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let reusable = self.reusable.min(self.session.position()).min(held.len());
-        let chunk = self.session.batch_size().max(1);
-        common.min(reusable).min(prompt.len().saturating_sub(1)) / chunk * chunk
+        let usable = common.min(reusable);
+        match self.session.chunk_invariant_from() {
+            Some(min) => usable.min(prompt.len().saturating_sub(min.max(1))),
+            None => {
+                let chunk = self.session.batch_size().max(1);
+                usable.min(prompt.len().saturating_sub(1)) / chunk * chunk
+            }
+        }
     }
 
     /// Takes `request`, keeping the cached prefix it can reuse (none if it asks so).
@@ -637,12 +651,15 @@ impl<'m, R: Residency, S: EventSink> Slot<'m, R, S> {
             return 0;
         };
         let prompt = &active.request.prompt;
-        let batch = self.session.batch_size();
-        let end = (active.prefilled + batch).min(prompt.len());
-        let chunk = end - active.prefilled;
+        let chunk = self.session.next_chunk_len(prompt.len() - active.prefilled);
+        let end = active.prefilled + chunk;
+        let reusable_chunk = match self.session.chunk_invariant_from() {
+            Some(min) => chunk >= min,
+            None => chunk == self.session.batch_size(),
+        };
         match self.session.prefill(&prompt[active.prefilled..end]) {
             Ok(_) => {
-                if chunk == batch && self.reusable == active.prefilled {
+                if reusable_chunk && self.reusable == active.prefilled {
                     self.reusable = end;
                 }
                 active.prefilled = end;

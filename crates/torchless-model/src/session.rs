@@ -99,6 +99,8 @@ pub struct Session<'m, R: Residency> {
     pending: Option<u32>,
     context_len: usize,
     batch_size: usize,
+    /// See [`Session::chunk_invariant_from`].
+    chunk_invariant_from: Option<usize>,
     #[cfg(feature = "parallel")]
     decode_pool: Option<Arc<rayon::ThreadPool>>,
     #[cfg(feature = "parallel")]
@@ -200,13 +202,20 @@ impl<'m, R: Residency> Session<'m, R> {
             };
             (decode, batch)
         };
+        let weights = model.weights()?;
+        let kernels = Kernels::auto()
+            .with_int8_activations(options.int8_activations)
+            .with_exact_blocks(options.exact_activations);
+        let chunk_invariant_from = match capacity < context_len {
+            // A rolling cache wraps, and wrapped positions take another attention loop.
+            true => None,
+            false => invariant_from(&kernels, &weights, batch_size),
+        };
         Ok(Self {
             model,
-            weights: model.weights()?,
+            weights,
             own_rope,
-            kernels: Kernels::auto()
-                .with_int8_activations(options.int8_activations)
-                .with_exact_blocks(options.exact_activations),
+            kernels,
             kv_cache,
             scratch,
             logits: Vec::new(),
@@ -215,6 +224,7 @@ impl<'m, R: Residency> Session<'m, R> {
             pending: None,
             context_len,
             batch_size,
+            chunk_invariant_from,
             #[cfg(feature = "parallel")]
             decode_pool,
             #[cfg(feature = "parallel")]
@@ -240,6 +250,32 @@ impl<'m, R: Residency> Session<'m, R> {
     /// Most tokens per prefill batch.
     pub fn batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    /// The shortest prefill chunk from which a position's keys and values (so the logits of
+    /// what follows) have the same bits whatever chunk computes it, or `None` when the kernels promise no such length (a
+    /// BLAS GEMM, a sliding window's rolling cache, a batch size below twice that length).
+    ///
+    /// With it, a prompt's positions are the same however it is cut into chunks of at least
+    /// that many tokens: a prompt cache can reuse any prefix that prefill computed (not one a
+    /// decode step computed: a single token runs other kernels). ggml quantized weights and int4
+    /// give 2 and 5, f32 2, int8 17 (5 with int8 activations). Prefill keeps every chunk at that
+    /// length or more where the prompt allows (see [`next_chunk_len`](Self::next_chunk_len)).
+    pub fn chunk_invariant_from(&self) -> Option<usize> {
+        self.chunk_invariant_from
+    }
+
+    /// How many of `remaining` prompt tokens the next prefill chunk takes: a whole batch, or
+    /// the rest if it fits, except that a tail shorter than
+    /// [`chunk_invariant_from`](Self::chunk_invariant_from) is never left behind (the chunk
+    /// before it is shortened instead).
+    pub fn next_chunk_len(&self, remaining: usize) -> usize {
+        let batch = self.batch_size;
+        match self.chunk_invariant_from {
+            _ if remaining <= batch => remaining,
+            Some(min) if remaining - batch < min => remaining - min,
+            _ => batch,
+        }
     }
 
     /// The KV cache (capacity and memory figures).
@@ -576,7 +612,8 @@ impl<'m, R: Residency> Session<'m, R> {
     ) -> Result<()> {
         let vocab = self.model.config().vocab_size;
         let mut done = 0;
-        for batch in input.chunks(self.batch_size) {
+        while done < input.len() {
+            let batch = &input[done..done + self.next_chunk_len(input.len() - done)];
             let range = done..done + batch.len();
             let lo = wanted.start.clamp(range.start, range.end) - done;
             let hi = wanted.end.clamp(range.start, range.end) - done;
@@ -613,6 +650,20 @@ impl<'m, R: Residency> Session<'m, R> {
         #[cfg(not(feature = "parallel"))]
         self.forward_batch(batch, logit_rows)
     }
+}
+
+/// See [`Session::chunk_invariant_from`]: the longest of the lengths the kernels promise for
+/// attention and for every layer's products, if `batch` leaves room for two chunks of it.
+fn invariant_from(kernels: &Kernels, weights: &Weights<'_>, batch: usize) -> Option<usize> {
+    // The output matrix is left out: prefill computes logits for a chunk's last token only,
+    // a one-row product in any chunk.
+    let mut from = kernels.attention_batch_invariant_from();
+    for layer in &weights.layers {
+        for w in layer.matrices() {
+            from = from.max(kernels.batch_invariant_from(w)?);
+        }
+    }
+    (batch >= 2 * from).then_some(from)
 }
 
 /// Runs `f`, one decode step, with the pool's threads spinning between its parallel products

@@ -55,6 +55,21 @@ pub(crate) struct LayerWeights<'a> {
     pub w_down: MatRef<'a>,
 }
 
+impl<'a> LayerWeights<'a> {
+    /// The layer's matrices: q, k, v, o, gate, up, down.
+    pub(crate) fn matrices(&self) -> [&MatRef<'a>; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
+}
+
 /// Every weight of the model, borrowed from its file.
 pub(crate) struct Weights<'a> {
     /// `[vocab, hidden]`.

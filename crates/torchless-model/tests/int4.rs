@@ -157,3 +157,46 @@ fn int4_forward_matches_the_dequantized_f32_forward() {
         }
     }
 }
+
+/// `Session::chunk_invariant_from` on int4 weights (whose GEMM starts at 5 tokens, below which the
+/// decode kernel runs): with batches of 10 tokens or more, however a prompt is cut, the logits of
+/// its last token and of the next decode step are bit for bit those of the prompt in one chunk.
+#[test]
+fn int4_prompts_cut_into_chunks_of_five_or_more_give_the_same_bits() {
+    let source = ModelFile::open(fixtures().join("llama-untied-f32.bin")).unwrap();
+    let int4 =
+        Mistral::from_file(ModelFile::from_bytes(&rewrite(&source, DType::Int4, None)).unwrap())
+            .unwrap();
+    let vocab = int4.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..37).map(|i| (i * 53 + 7) % vocab).collect();
+    let run = |batch_size: usize| {
+        let options = torchless_model::SessionOptions {
+            batch_size,
+            ..Default::default()
+        };
+        let mut session = int4.session_with(options).unwrap();
+        let invariant = session.chunk_invariant_from();
+        let mut logits = session.prefill(&prompt).unwrap().to_vec();
+        logits.extend_from_slice(session.step(3).unwrap());
+        (invariant, logits)
+    };
+    let (invariant, whole) = run(prompt.len());
+    assert_eq!(invariant, Some(5));
+    assert_eq!(
+        run(9).0,
+        None,
+        "a batch of 9 cannot keep every chunk at 5 tokens"
+    );
+    for batch in [10, 11, 12, 13, 16, 17, 20, 36] {
+        let (invariant, logits) = run(batch);
+        assert_eq!(invariant, Some(5), "batch {batch}");
+        let same = logits
+            .iter()
+            .zip(&whole)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "batch {batch}: logits differ from the prompt in one chunk"
+        );
+    }
+}

@@ -26,9 +26,9 @@ use std::ops::Range;
 const TOKEN_BLOCK: usize = 32;
 
 /// Tokens per block in batched attention: up to `TOKEN_BLOCK`, but small enough to leave about
-/// two blocks per thread; 1 means one task per (token, KV head) instead. Every block packs the
-/// keys and values its tokens see, so a chunk of a long conversation (64 new tokens after 1600
-/// cached ones) spends in packing what it saves in arithmetic when its blocks are small.
+/// two blocks per thread. Every block packs the keys and values its tokens see, so a chunk of a
+/// long conversation (64 new tokens after 1600 cached ones) spends in packing what it saves in
+/// arithmetic when its blocks are small.
 fn token_block(n_tokens: usize) -> usize {
     (n_tokens / (2 * parallel::current_num_threads())).clamp(1, TOKEN_BLOCK)
 }
@@ -51,8 +51,10 @@ pub(crate) fn attention_batch<I: Isa>(
     let row = n_heads * hd;
     let block = token_block(slots.len());
     let runs: Option<Vec<Range<usize>>> = slots.iter().map(SlotRanges::single_run).collect();
-    if let (true, Some(runs)) = (block > 1, runs) {
-        // Blocks of tokens, each reading every key and value row once for the whole block.
+    if let (true, Some(runs)) = (slots.len() > 1, runs) {
+        // Blocks of tokens, each reading every key and value row once for the whole block. A
+        // token's output does not depend on its block (see `attend_block`), so neither on how
+        // a prompt is cut into calls of two tokens or more.
         parallel::for_each_chunk_mut(outs, block * row, |b, o| {
             let tokens = b * block..b * block + o.len() / row;
             let qs = &qs[tokens.start * row..tokens.end * row];
@@ -93,6 +95,10 @@ struct TokenBlock<'a> {
 
 /// Writes the attention outputs of `block` into `outs` (laid out like `block.qs`; other heads'
 /// values are left alone). Shapes were checked by the caller.
+///
+/// Each output element is one chain of fused multiply-adds in slot order (the micro-kernel's
+/// depth loop), from zero: the slots of other tokens' runs enter with probability 0 and leave
+/// the sum as it was. So a token's output is the same in any block.
 fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, outs: &mut [f32]) {
     let TokenBlock {
         qs,

@@ -1,7 +1,7 @@
 //! The GEMM in f32 arithmetic: f32 weights, and int8, int4 or ggml block weights dequantized
 //! exactly (int8: `q / inv_scale`) into each packed panel.
 
-use super::{by_columns, is_trivial, panels, store_partial, PanelLines, F32_POOL};
+use super::{by_columns, is_trivial, panels, partial_tile, PanelLines, F32_POOL};
 use crate::blocks::dequantize_range;
 use crate::isa::traits::{Micro, Operands};
 use crate::mat::{MatRef, GROUP_SIZE};
@@ -221,8 +221,10 @@ fn gemm_cols<M: Micro>(
             if mr == mr_full && nr == nr_full {
                 m.kernel(&op, &mut c[coff..], ldc, accumulate);
             } else {
-                m.kernel(&op, &mut tile, nr_full, false);
-                store_partial(&tile, nr_full, mr, nr, &mut c[coff..], ldc, accumulate);
+                let c = &mut c[coff..];
+                partial_tile(&mut tile, nr_full, mr, nr, c, ldc, accumulate, |t, acc| {
+                    m.kernel(&op, t, nr_full, acc)
+                });
             }
         }
     };

@@ -8,7 +8,7 @@
 //! one `u32` of 4 bytes per row), once per product. The loops and the task split are those of the
 //! f32 GEMM.
 
-use super::{by_columns, panels, run_sliver_jobs, store_partial, PanelLines, Pool, F32_POOL};
+use super::{by_columns, panels, partial_tile, run_sliver_jobs, PanelLines, Pool, F32_POOL};
 use crate::isa::traits::{QMR, QNR};
 use crate::mat::MatRef;
 use std::ops::Range;
@@ -193,8 +193,10 @@ fn run_panels<P: QPanel>(
             if mr == QMR && nr == QNR {
                 panel.tile(s, pc, kc, &mut c[coff..], ldc, accumulate);
             } else {
-                panel.tile(s, pc, kc, &mut tile, QNR, false);
-                store_partial(&tile, QNR, mr, nr, &mut c[coff..], ldc, accumulate);
+                let c = &mut c[coff..];
+                partial_tile(&mut tile, QNR, mr, nr, c, ldc, accumulate, |t, acc| {
+                    panel.tile(s, pc, kc, t, QNR, acc)
+                });
             }
         }
     }

@@ -129,25 +129,30 @@ pub(crate) fn panels(
     })
 }
 
-/// Adds (or copies) the top-left `mr x nr` corner of a full micro-tile (`tile`, row stride
-/// `stride`) into `c` (row stride `ldc`): the edges of the batch and of the weight rows.
-pub(crate) fn store_partial(
-    tile: &[f32],
+/// Runs `kernel` for the top-left `mr x nr` corner of `c` (row stride `ldc`), the edges of the
+/// batch and of the weight rows, through a full micro-tile `tile` (row stride `stride`):
+/// `kernel(tile, accumulate)` computes the whole tile. When accumulating, the corner is loaded
+/// into the tile first, so each element goes through exactly the operations a full tile applies
+/// to it: a row's bits never depend on whether its tile was partial, so on the batch size.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn partial_tile(
+    tile: &mut [f32],
     stride: usize,
     mr: usize,
     nr: usize,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    kernel: impl FnOnce(&mut [f32], bool),
 ) {
-    for i in 0..mr {
-        let dst = &mut c[i * ldc..i * ldc + nr];
-        let src = &tile[i * stride..i * stride + nr];
-        if accumulate {
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-        } else {
-            dst.copy_from_slice(src);
+    if accumulate {
+        for i in 0..mr {
+            tile[i * stride..i * stride + nr].copy_from_slice(&c[i * ldc..i * ldc + nr]);
         }
+    }
+    kernel(tile, accumulate);
+    for i in 0..mr {
+        c[i * ldc..i * ldc + nr].copy_from_slice(&tile[i * stride..i * stride + nr]);
     }
 }
 

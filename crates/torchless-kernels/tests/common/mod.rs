@@ -87,3 +87,49 @@ pub fn assert_rel(what: &str, got: &[f32], want: &[f32], rel: f64, abs: f64) {
         );
     }
 }
+
+/// `Kernels::batch_invariant_from`'s promise: from that batch on, each row of `matmul` has the
+/// same bits whatever the batch it is computed in. `xs` holds `total` rows; they are computed as
+/// one batch, then cut into consecutive batches of every size from the promised one up (a short
+/// tail joined to the batch before it), and every row must match.
+pub fn assert_rows_batch_invariant(
+    what: &str,
+    k: &torchless_kernels::Kernels,
+    w: &torchless_kernels::MatRef<'_>,
+    xs: &[f32],
+    total: usize,
+) {
+    let Some(from) = k.batch_invariant_from(w) else {
+        return;
+    };
+    let (rows, cols) = (w.rows(), w.cols());
+    assert!(
+        total >= 2 * from,
+        "{what}: {total} rows cannot test batches from {from}"
+    );
+    let mut whole = vec![f32::NAN; total * rows];
+    k.matmul(w, xs, &mut whole, total).unwrap();
+    for size in from..=total {
+        let mut start = 0;
+        while start < total {
+            let end = if start + size + from > total {
+                total
+            } else {
+                start + size
+            };
+            let n = end - start;
+            let mut part = vec![f32::NAN; n * rows];
+            k.matmul(w, &xs[start * cols..end * cols], &mut part, n)
+                .unwrap();
+            let same = part
+                .iter()
+                .zip(&whole[start * rows..end * rows])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{what}: rows {start}..{end} as a batch of {n} (from {from}) differ"
+            );
+            start = end;
+        }
+    }
+}
