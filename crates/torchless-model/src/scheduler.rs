@@ -2,8 +2,9 @@
 //! shared model.
 //!
 //! Each [`turn`](Scheduler::turn) frees the slots whose reader went away, gives free slots to
-//! waiting requests, prefills at most one chunk (the session's `batch_size` tokens) of one prompt,
-//! then runs one decode step for every slot that is generating, as a single forward pass
+//! waiting requests, prefills at most one chunk (the session's `batch_size` tokens, or
+//! [`SHARED_PREFILL_CHUNK`] while other slots are generating) of one prompt, then runs one
+//! decode step for every slot that is generating, as a single forward pass
 //! ([`Session::step_batch`]: the weights are read once per step for all slots). A long prompt
 //! therefore delays running streams by one chunk at a time, and batching never changes a
 //! result: each request gets exactly the tokens, text and log-probabilities that
@@ -11,8 +12,9 @@
 //!
 //! A slot keeps its KV cache when its request ends (the prompt cache): a new request goes to
 //! the free slot whose cached prompt shares the longest prefix with its own and prefills only
-//! the rest. Only whole prompt chunks are reused, aligned as a fresh prefill would run them, so
-//! a cached prefix changes no result either (see [`Request::cache_prompt`]).
+//! the rest. Only positions computed as a fresh prefill would compute them are reused
+//! ([`Session::chunk_invariant_from`]), so a cached prefix changes no result either (see
+//! [`Request::cache_prompt`]).
 //!
 //! [`Scheduler`] is the loop's state, driven by its owner one turn at a time;
 //! [`SchedulerHandle::spawn`] runs it on a thread of its own and lets any thread submit requests.
@@ -203,6 +205,12 @@ struct Load {
     /// The counts and slots as of the scheduler thread's last turn (for `/metrics`, `/slots`).
     snapshot: Mutex<(SchedulerStats, Vec<SlotState>)>,
 }
+
+/// Most prompt tokens prefilled in a turn while other slots are generating, when the sessions'
+/// kernels make the chunk size irrelevant to results ([`Session::chunk_invariant_from`]): a
+/// long prompt then stalls running streams a quarter as long as a default 256-token batch,
+/// and a prompt with no stream running still takes whole batches.
+pub const SHARED_PREFILL_CHUNK: usize = 64;
 
 /// Fewest reusable prompt tokens that steer a request to a slot (see `Scheduler::best_slot`).
 const MIN_STEERING_PREFIX: usize = 64;
@@ -543,7 +551,15 @@ impl<'m, R: Residency, S: EventSink> Scheduler<'m, R, S> {
             return 0;
         };
         self.next_prefill = (i + 1) % n;
-        self.slots[i].prefill_chunk(&mut self.books)
+        let decoding = self
+            .slots
+            .iter()
+            .any(|s| s.active.as_ref().is_some_and(|a| a.next_token.is_some()));
+        let limit = match decoding {
+            true => SHARED_PREFILL_CHUNK,
+            false => usize::MAX,
+        };
+        self.slots[i].prefill_chunk(&mut self.books, limit)
     }
 
     /// One decode step for every slot with a token to run; returns how many stepped. More slots
@@ -646,12 +662,16 @@ impl<'m, R: Residency, S: EventSink> Slot<'m, R, S> {
         books.release_slot();
     }
 
-    fn prefill_chunk(&mut self, books: &mut Books) -> usize {
+    /// Prefills the next chunk of the slot's prompt, of at most `limit` tokens where the
+    /// session allows (see [`Session::next_chunk_len_at_most`]).
+    fn prefill_chunk(&mut self, books: &mut Books, limit: usize) -> usize {
         let Some(active) = self.active.as_mut() else {
             return 0;
         };
         let prompt = &active.request.prompt;
-        let chunk = self.session.next_chunk_len(prompt.len() - active.prefilled);
+        let chunk = self
+            .session
+            .next_chunk_len_at_most(prompt.len() - active.prefilled, limit);
         let end = active.prefilled + chunk;
         let reusable_chunk = match self.session.chunk_invariant_from() {
             Some(min) => chunk >= min,

@@ -270,7 +270,18 @@ impl<'m, R: Residency> Session<'m, R> {
     /// [`chunk_invariant_from`](Self::chunk_invariant_from) is never left behind (the chunk
     /// before it is shortened instead).
     pub fn next_chunk_len(&self, remaining: usize) -> usize {
-        let batch = self.batch_size;
+        self.next_chunk_len_at_most(remaining, usize::MAX)
+    }
+
+    /// [`next_chunk_len`](Self::next_chunk_len) with chunks of at most `limit` tokens where
+    /// that changes no result: with [`chunk_invariant_from`](Self::chunk_invariant_from)
+    /// `Some(min)`, `limit` is raised to `2 * min` if lower (so the tail rule can hold);
+    /// without it, chunks stay whole batches (their alignment is what makes them reusable).
+    pub fn next_chunk_len_at_most(&self, remaining: usize, limit: usize) -> usize {
+        let batch = match self.chunk_invariant_from {
+            Some(min) => limit.clamp(2 * min, self.batch_size),
+            None => self.batch_size,
+        };
         match self.chunk_invariant_from {
             _ if remaining <= batch => remaining,
             Some(min) if remaining - batch < min => remaining - min,

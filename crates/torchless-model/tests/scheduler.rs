@@ -934,3 +934,67 @@ fn a_shared_first_token_does_not_steer_a_request_to_a_busy_slot() {
     assert_eq!(got.finish().cached_tokens, a.len());
     assert_equal("A turn 2", &got, &fresh(&model, &a2, &greedy(4)));
 }
+
+#[test]
+fn a_prompt_arriving_while_others_generate_runs_in_shared_chunks_with_the_same_result() {
+    use torchless_model::scheduler::SHARED_PREFILL_CHUNK;
+    // Batches of 160: a 150-token prompt alone runs as one chunk; while another slot is
+    // generating it runs in chunks of at most SHARED_PREFILL_CHUNK, and still generates
+    // exactly what it generates alone.
+    let model = load("small-mqa-f32");
+    let session = SessionOptions {
+        batch_size: 160,
+        ..Default::default()
+    };
+    let options = SchedulerOptions {
+        slots: 2,
+        queue_limit: 2,
+        session: session.clone(),
+    };
+    let long: Vec<u32> = (0..150).map(|i| 1 + (i * 29 + 4) % 1000).collect();
+    let short: Vec<u32> = (0..5).map(|i| 1 + (i * 31 + 8) % 1000).collect();
+    let alone_with = |prompt: &[u32], options: &GenerateOptions| {
+        let mut session = model.session_with(session.clone()).unwrap();
+        session
+            .generate(prompt, options.clone(), |_| ControlFlow::Continue(()))
+            .unwrap()
+    };
+
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, options.clone()).unwrap();
+    let (events, receiver) = mpsc::channel();
+    scheduler
+        .submit(Request::new(long.clone(), greedy(4), events))
+        .unwrap();
+    assert_eq!(scheduler.turn().prompt_tokens, 150, "alone: one chunk");
+    scheduler.run_until_idle();
+    let mut got = Received::default();
+    got.drain(&receiver);
+    assert_same("alone", &got, &alone_with(&long, &greedy(4)));
+
+    let mut scheduler: Scheduler<'_, _> = Scheduler::new(&model, options).unwrap();
+    let (events_a, receiver_a) = mpsc::channel();
+    scheduler
+        .submit(Request::new(short.clone(), greedy(40), events_a))
+        .unwrap();
+    scheduler.turn(); // the short prompt, and its first token
+    let (events_b, receiver_b) = mpsc::channel();
+    let mut b = Request::new(long.clone(), greedy(4), events_b);
+    b.cache_prompt = false;
+    scheduler.submit(b).unwrap();
+    let mut chunks = Vec::new();
+    while chunks.iter().sum::<usize>() < long.len() {
+        let turn = scheduler.turn();
+        assert!(turn.decoded >= 1, "the first request keeps generating");
+        chunks.push(turn.prompt_tokens);
+    }
+    assert!(
+        chunks.iter().all(|&c| c <= SHARED_PREFILL_CHUNK) && chunks.len() == 3,
+        "{chunks:?}"
+    );
+    scheduler.run_until_idle();
+    let (mut got_a, mut got_b) = (Received::default(), Received::default());
+    got_a.drain(&receiver_a);
+    got_b.drain(&receiver_b);
+    assert_same("generating", &got_a, &alone_with(&short, &greedy(40)));
+    assert_same("shared chunks", &got_b, &alone_with(&long, &greedy(4)));
+}

@@ -40,9 +40,10 @@ pub struct ServeArgs {
     #[arg(short = 'c', long = "ctx-size", alias = "ctx", value_name = "N")]
     pub ctx_size: Option<usize>,
     /// Prompt tokens processed per engine turn: one chunk of one prompt runs between decode
-    /// steps, so a long prompt stalls the running streams for one chunk at a time (256 tokens of
-    /// a 7B int4 model take ~5 s on two cores; smaller chunks stall less but prefill slower).
-    /// The prompt cache reuses any prefix prefill computed, whatever the chunk size.
+    /// steps. While other slots are generating a chunk takes at most 64 tokens (where the
+    /// model's kernels make chunk sizes give the same bits), so a long prompt stalls the running
+    /// streams ~1 s at a time for a 7B int4 model on two cores; a prompt alone takes whole
+    /// batches. The prompt cache reuses any prefix prefill computed, whatever the chunk size.
     #[arg(
         short = 'b',
         long = "batch-size",
