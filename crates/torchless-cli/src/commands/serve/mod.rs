@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Prompt tokens processed per engine turn: one chunk of one prompt runs between decode
     /// steps. While other slots are generating a chunk takes at most 64 tokens (where the
     /// model's kernels make chunk sizes give the same bits), so a long prompt stalls the running
-    /// streams ~1 s at a time for a 7B int4 model on two cores; a prompt alone takes whole
+    /// streams ~1.5 s at a time for a 7B int4 model on two cores; a prompt alone takes whole
     /// batches. The prompt cache reuses any prefix prefill computed, whatever the chunk size.
     #[arg(
         short = 'b',
