@@ -26,9 +26,9 @@ use std::ops::Range;
 const TOKEN_BLOCK: usize = 32;
 
 /// Tokens per block in batched attention: up to `TOKEN_BLOCK`, but small enough to leave about
-/// two blocks per thread. Every block packs the keys and values its tokens see, so a chunk of a
-/// long conversation (64 new tokens after 1600 cached ones) spends in packing what it saves in
-/// arithmetic when its blocks are small.
+/// two blocks per thread. Keys and values are packed once per call ([`Packed`]), but every block
+/// packs its queries and its probabilities (rows x slots), so blocks stay as large as the
+/// parallelism allows.
 fn token_block(n_tokens: usize) -> usize {
     (n_tokens / (2 * parallel::current_num_threads())).clamp(1, TOKEN_BLOCK)
 }
@@ -52,16 +52,17 @@ pub(crate) fn attention_batch<I: Isa>(
     let block = token_block(slots.len());
     let runs: Option<Vec<Range<usize>>> = slots.iter().map(SlotRanges::single_run).collect();
     if let (true, Some(runs)) = (slots.len() > 1, runs) {
-        // Blocks of tokens, each reading every key and value row once for the whole block. A
-        // token's output does not depend on its block (see `attend_block`), so neither on how
-        // a prompt is cut into calls of two tokens or more.
+        // Every KV head's keys and values packed once for the whole call, then blocks of
+        // tokens on the micro-kernel. A token's output does not depend on its block (see
+        // `attend_block`), so neither on how a prompt is cut into calls of two tokens or more.
+        let packed = Packed::new(isa.micro(), kv, &runs);
         parallel::for_each_chunk_mut(outs, block * row, |b, o| {
             let tokens = b * block..b * block + o.len() / row;
             let qs = &qs[tokens.start * row..tokens.end * row];
             for kv_head in 0..kv.n_kv_heads() {
                 let block = TokenBlock {
                     qs,
-                    kv,
+                    packed: &packed,
                     kv_head,
                     group,
                     runs: &runs[tokens.clone()],
@@ -70,6 +71,7 @@ pub(crate) fn attention_batch<I: Isa>(
                 attend_block(isa.micro(), isa.elementwise(), &block, o);
             }
         });
+        packed.recycle();
         return;
     }
     // Tokens already give parallelism: always keep a KV head's query heads together.
@@ -86,7 +88,7 @@ pub(crate) fn attention_batch<I: Isa>(
 /// `kv_head * group * head_dim`) and attends to the cache slots `runs[t]`.
 struct TokenBlock<'a> {
     qs: &'a [f32],
-    kv: &'a KvCacheView<'a>,
+    packed: &'a Packed,
     kv_head: usize,
     group: usize,
     runs: &'a [Range<usize>],
@@ -102,14 +104,14 @@ struct TokenBlock<'a> {
 fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, outs: &mut [f32]) {
     let TokenBlock {
         qs,
-        kv,
+        packed,
         kv_head,
         group,
         runs,
         scale,
     } = *block;
     let (mr, nr) = (M::MR, M::NR);
-    let hd = kv.head_dim();
+    let hd = packed.head_dim;
     let tokens = runs.len();
     if tokens == 0 || hd == 0 {
         return;
@@ -120,26 +122,19 @@ fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, ou
         start..start + hd
     };
     let rows = tokens * group;
-    let lo = runs.iter().map(|r| r.start).min().unwrap_or(0);
+    // The block's slots from a panel boundary: `lo..hi`, `npad` of them in whole panels.
+    let first = runs.iter().map(|r| r.start).min().unwrap_or(0);
+    let lo = packed.panel_start(first);
     let hi = runs.iter().map(|r| r.end).max().unwrap_or(0).max(lo);
-    let n = hi - lo;
-    let (rpad, npad, hpad) = (
-        rows.div_ceil(mr) * mr,
-        n.div_ceil(nr).max(1) * nr,
-        hd.div_ceil(nr) * nr,
-    );
+    let npad = (hi - lo).div_ceil(nr).max(1) * nr;
+    let hpad = packed.hpad;
 
     let mut buf = F32_POOL.take();
-    buf.resize(
-        rpad * hd + hd * nr + 2 * rpad * npad + npad * nr + rpad * hpad + hd,
-        0.0,
-    );
-    let (key_row, rest) = buf.split_at_mut(hd);
-    let (q_pack, rest) = rest.split_at_mut(rpad * hd);
-    let (panel, rest) = rest.split_at_mut(hd * nr);
+    buf.resize(rpad_len(rows, mr) * (hd + 2 * npad + hpad), 0.0);
+    let rpad = rpad_len(rows, mr);
+    let (q_pack, rest) = buf.split_at_mut(rpad * hd);
     let (scores, rest) = rest.split_at_mut(rpad * npad);
-    let (p_pack, rest) = rest.split_at_mut(rpad * npad);
-    let (v_panel, o_tile) = rest.split_at_mut(npad * nr);
+    let (p_pack, o_tile) = rest.split_at_mut(rpad * npad);
     let o_tile = &mut o_tile[..rpad * hpad];
 
     // Q in slivers of `mr` rows, depth-major (zero rows past the end).
@@ -156,25 +151,13 @@ fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, ou
         },
     );
 
-    // S = Q Kᵀ, 16 slots at a time (slots past `hi` are zero keys; f16 / Q8_0 keys decoded
-    // one row at a time as they are packed).
+    // S = Q Kᵀ, one packed panel of `nr` slots at a time.
     for p in (0..npad).step_by(nr) {
-        for (j, s) in (lo + p..lo + p + nr).enumerate() {
-            let key: Option<&[f32]> = (s < hi).then(|| match kv.key_row(s, kv_head) {
-                KvData::F32(k) => k,
-                other => {
-                    other.decode_range(0, key_row);
-                    &*key_row
-                }
-            });
-            for d in 0..hd {
-                panel[d * nr + j] = key.map_or(0.0, |k| k[d]);
-            }
-        }
+        let panel = packed.key_panel(kv_head, lo + p);
         slivers_by_panel(m, hd, q_pack, panel, &mut scores[p..], npad);
     }
 
-    // P: each row's softmax over its token's run, zero elsewhere (so padding adds nothing).
+    // P: each row's softmax over its token's run, zero elsewhere (so other slots add nothing).
     for (r, srow) in scores.chunks_exact_mut(npad).enumerate() {
         let run = if r < rows {
             runs[r / group].clone()
@@ -192,25 +175,130 @@ fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, ou
     }
     pack_slivers(p_pack, mr, npad, |r, k| scores[r * npad + k]);
 
-    // O = P V, 16 output columns at a time (columns past head_dim and slots past `hi` are zero;
-    // f16 / Q8_0 values decoded 16 at a time as they are packed).
+    // O = P V, `nr` output columns at a time against the packed values of slots `lo..`.
     for c in (0..hpad).step_by(nr) {
-        let width = nr.min(hd - c);
-        for (k, panel_row) in v_panel.chunks_exact_mut(nr).enumerate() {
-            if k < n {
-                let value = kv.value_row(lo + k, kv_head);
-                value.decode_range(c, &mut panel_row[..width]);
-                panel_row[width..].fill(0.0);
-            } else {
-                panel_row.fill(0.0);
-            }
-        }
+        let v_panel = packed.value_panel(kv_head, c, lo, npad);
         slivers_by_panel(m, npad, p_pack, v_panel, &mut o_tile[c..], hpad);
     }
     for r in 0..rows {
         outs[heads(r)].copy_from_slice(&o_tile[r * hpad..r * hpad + hd]);
     }
     F32_POOL.give([buf]);
+}
+
+/// Rows padded to whole slivers of `mr`.
+fn rpad_len(rows: usize, mr: usize) -> usize {
+    rows.div_ceil(mr) * mr
+}
+
+/// Every KV head's keys and values of the slots a call attends to, packed once for all its
+/// token blocks in the micro-kernel's panel layout (f16 / Q8_0 rows decoded on the way):
+/// slots `base..end` (`base` a panel boundary, `end` rounded up to a whole panel; slots past
+/// the cache's last attended one are zero).
+struct Packed {
+    head_dim: usize,
+    /// The head dimension rounded up to whole panels (output columns of `P V`).
+    hpad: usize,
+    nr: usize,
+    base: usize,
+    /// Slots packed: `end - base`, a multiple of `nr`.
+    len: usize,
+    /// Per KV head, per panel of `nr` slots: `head_dim x nr` keys, depth-major.
+    keys: Vec<f32>,
+    /// Per KV head, per group of `nr` output columns: `len x nr` values, slot-major.
+    values: Vec<f32>,
+}
+
+impl Packed {
+    fn new<M: Micro>(_m: M, kv: &KvCacheView<'_>, runs: &[Range<usize>]) -> Self {
+        let nr = M::NR;
+        let hd = kv.head_dim();
+        let hpad = hd.div_ceil(nr) * nr;
+        let first = runs.iter().map(|r| r.start).min().unwrap_or(0);
+        let last = runs.iter().map(|r| r.end).max().unwrap_or(0);
+        let base = first / nr * nr;
+        let len = last.saturating_sub(base).div_ceil(nr).max(1) * nr;
+        let end = base + len;
+        let n_kv = kv.n_kv_heads();
+        let mut keys = F32_POOL.take();
+        keys.resize(n_kv * len * hd, 0.0);
+        let mut values = F32_POOL.take();
+        values.resize(n_kv * hpad * len, 0.0);
+        let written = last.max(base);
+        parallel::for_each_chunk_mut(&mut keys, len * hd, |kv_head, out| {
+            let mut key_row = vec![0.0f32; hd];
+            for (p, panel) in out.chunks_exact_mut(hd * nr).enumerate() {
+                for j in 0..nr {
+                    let s = base + p * nr + j;
+                    if s >= written || s >= end {
+                        for d in 0..hd {
+                            panel[d * nr + j] = 0.0;
+                        }
+                        continue;
+                    }
+                    let key: &[f32] = match kv.key_row(s, kv_head) {
+                        KvData::F32(k) => k,
+                        other => {
+                            other.decode_range(0, &mut key_row);
+                            &key_row
+                        }
+                    };
+                    for (d, &v) in key.iter().enumerate() {
+                        panel[d * nr + j] = v;
+                    }
+                }
+            }
+        });
+        parallel::for_each_chunk_mut(&mut values, hpad * len, |kv_head, out| {
+            for (g, group) in out.chunks_exact_mut(len * nr).enumerate() {
+                let c = g * nr;
+                let width = nr.min(hd - c);
+                for (k, panel_row) in group.chunks_exact_mut(nr).enumerate() {
+                    let s = base + k;
+                    if s < written {
+                        kv.value_row(s, kv_head)
+                            .decode_range(c, &mut panel_row[..width]);
+                        panel_row[width..].fill(0.0);
+                    } else {
+                        panel_row.fill(0.0);
+                    }
+                }
+            }
+        });
+        Packed {
+            head_dim: hd,
+            hpad,
+            nr,
+            base,
+            len,
+            keys,
+            values,
+        }
+    }
+
+    /// The panel boundary at or before `slot` (at or after `base`).
+    fn panel_start(&self, slot: usize) -> usize {
+        (slot.max(self.base) / self.nr) * self.nr
+    }
+
+    /// The `head_dim x nr` key panel of `kv_head` starting at slot `start` (a panel boundary).
+    fn key_panel(&self, kv_head: usize, start: usize) -> &[f32] {
+        let hd = self.head_dim;
+        let at = kv_head * self.len * hd + (start - self.base) * hd;
+        &self.keys[at..at + hd * self.nr]
+    }
+
+    /// The values of `kv_head`, output columns `c..c + nr`, slots `start..start + n` (`n` x `nr`).
+    fn value_panel(&self, kv_head: usize, c: usize, start: usize, n: usize) -> &[f32] {
+        let nr = self.nr;
+        let at =
+            kv_head * self.hpad * self.len + (c / nr) * self.len * nr + (start - self.base) * nr;
+        &self.values[at..at + n * nr]
+    }
+
+    fn recycle(self) {
+        F32_POOL.give([self.keys, self.values]);
+    }
 }
 
 /// `c = A · panel` for every `MR`-row sliver of the packed `a` (depth `depth`) against one packed
