@@ -587,35 +587,23 @@ fn a_tokens_attention_does_not_depend_on_the_other_tokens_of_its_call() {
                     .unwrap();
                 for threads in [1, 2, 3] {
                     let pool = torchless_kernels::thread_pool(threads).unwrap();
-                    for size in from..=tokens {
-                        let mut start = 0;
-                        while start < tokens {
-                            let end = if start + size + from > tokens {
-                                tokens
-                            } else {
-                                start + size
-                            };
-                            let mut part = vec![f32::NAN; (end - start) * row];
-                            let shifted = |t: usize| slots_for(start + t);
-                            let q = &qs[start * row..end * row];
-                            pool.install(|| {
-                                k.attention_batch(q, &view, n_heads, scale, shifted, &mut part)
-                            })
-                            .unwrap();
-                            let same = part
-                                .iter()
-                                .zip(&whole[start * row..end * row])
-                                .all(|(a, b)| a.to_bits() == b.to_bits());
-                            assert!(
-                                same,
-                                "{}/{} h{n_heads}/{n_kv} d{hd} pattern {p} {} x{threads}: \
-                                 tokens {start}..{end} differ",
-                                types.0,
-                                types.1,
-                                k.simd_path().name()
-                            );
-                            start = end;
-                        }
+                    for piece in common::cuts(tokens, from) {
+                        let (start, end) = (piece.start, piece.end);
+                        let mut part = vec![f32::NAN; (end - start) * row];
+                        let shifted = |t: usize| slots_for(start + t);
+                        let q = &qs[start * row..end * row];
+                        pool.install(|| {
+                            k.attention_batch(q, &view, n_heads, scale, shifted, &mut part)
+                        })
+                        .unwrap();
+                        assert!(
+                            common::same_bits(&part, &whole[start * row..end * row]),
+                            "{}/{} h{n_heads}/{n_kv} d{hd} pattern {p} {} x{threads}: \
+                             tokens {start}..{end} differ",
+                            types.0,
+                            types.1,
+                            k.simd_path().name()
+                        );
                     }
                 }
             }

@@ -109,7 +109,23 @@ pub fn assert_rows_batch_invariant(
     );
     let mut whole = vec![f32::NAN; total * rows];
     k.matmul(w, xs, &mut whole, total).unwrap();
-    for size in from..=total {
+    for part_rows in cuts(total, from) {
+        let (start, end, n) = (part_rows.start, part_rows.end, part_rows.len());
+        let mut part = vec![f32::NAN; n * rows];
+        k.matmul(w, &xs[start * cols..end * cols], &mut part, n)
+            .unwrap();
+        assert!(
+            same_bits(&part, &whole[start * rows..end * rows]),
+            "{what}: rows {start}..{end} as a batch of {n} (from {from}) differ"
+        );
+    }
+}
+
+/// `0..total` cut into consecutive pieces of every size from `from` up, one cutting per size
+/// (a tail shorter than `from` joined to the piece before it).
+pub fn cuts(total: usize, from: usize) -> Vec<std::ops::Range<usize>> {
+    let mut pieces = Vec::new();
+    for size in from.max(1)..=total {
         let mut start = 0;
         while start < total {
             let end = if start + size + from > total {
@@ -117,19 +133,14 @@ pub fn assert_rows_batch_invariant(
             } else {
                 start + size
             };
-            let n = end - start;
-            let mut part = vec![f32::NAN; n * rows];
-            k.matmul(w, &xs[start * cols..end * cols], &mut part, n)
-                .unwrap();
-            let same = part
-                .iter()
-                .zip(&whole[start * rows..end * rows])
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same,
-                "{what}: rows {start}..{end} as a batch of {n} (from {from}) differ"
-            );
+            pieces.push(start..end);
             start = end;
         }
     }
+    pieces
+}
+
+/// Equal bit patterns, element by element.
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
