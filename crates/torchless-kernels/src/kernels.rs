@@ -10,6 +10,7 @@ use crate::attention::{decode, prefill, KvCacheView, RowsRef, SlotRanges};
     all(feature = "accelerate", target_os = "macos")
 ))]
 use crate::blas;
+use crate::blocks::{BlockMat, BlockType};
 use crate::dispatch::{auto_path, blas_backend, on_isa, require, Path, SimdPath};
 use crate::error::{check_len, checked_mul, KernelError};
 use crate::gemm::{blocks, float, int4, int8};
@@ -346,6 +347,53 @@ impl Kernels {
         Ok(())
     }
 
+    /// `ys[i] = X ws[i]ᵀ` for several matrices sharing one batch of inputs (q/k/v or gate/up of
+    /// a prompt chunk; `xs` is `batch x cols`, `ys[i]` is `batch x ws[i].rows()`): each result
+    /// bit-identical to [`matmul`](Self::matmul) of its matrix. ggml matrices of one quantized
+    /// type that take the integer GEMM quantize the inputs once for all of them.
+    pub fn matmul_many(
+        &self,
+        ws: &[MatRef<'_>],
+        xs: &[f32],
+        ys: &mut [&mut [f32]],
+        batch: usize,
+    ) -> Result<(), KernelError> {
+        check_len("matmul_many outputs", ws.len(), ys.len())?;
+        for (w, y) in ws.iter().zip(ys.iter()) {
+            check_batch_shapes(["matmul_many input", "matmul_many output"], w, xs, y, batch)?;
+        }
+        // Matrices of each quantized block type the integer GEMM takes, gathered by type.
+        let mut by_type: Vec<(BlockType, Vec<BlockProduct<'_, '_>>)> = Vec::new();
+        let mut rest: Vec<(&MatRef<'_>, &mut [f32])> = Vec::new();
+        let tile = on_isa!(self.path, |isa| isa.block_micro().is_some());
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            match w {
+                MatRef::Blocks(m)
+                    if tile
+                        && batch >= blocks::MIN_BATCH
+                        && m.ty().is_quantized()
+                        && !self.exact_blocks
+                        && blocks::supports(m.ty()) =>
+                {
+                    match by_type.iter_mut().find(|(ty, _)| *ty == m.ty()) {
+                        Some((_, group)) => group.push((m, &mut **y)),
+                        None => by_type.push((m.ty(), vec![(m, &mut **y)])),
+                    }
+                }
+                _ => rest.push((w, &mut **y)),
+            }
+        }
+        for (_, group) in &mut by_type {
+            on_isa!(self.path, |isa| if let Some(micro) = isa.block_micro() {
+                blocks::qgemm_blocks_many(micro, group, xs, batch)
+            });
+        }
+        for (w, y) in rest {
+            self.matmul(w, xs, y, batch)?;
+        }
+        Ok(())
+    }
+
     /// The smallest batch from which [`matmul`](Self::matmul) computes each row of `Y` with the
     /// same arithmetic whatever the batch (so a row's bits do not depend on which other rows
     /// share its call, or how many), or `None` when no such batch is known (BLAS). ggml
@@ -586,6 +634,9 @@ impl Kernels {
         Ok(())
     }
 }
+
+/// One product of [`Kernels::matmul_many`]'s integer block GEMM: a matrix and its output.
+type BlockProduct<'w, 'y> = (&'w BlockMat<'w>, &'y mut [f32]);
 
 /// The shapes of `Y = X Wᵀ` for `batch` rows: `xs` is `batch x w.cols()`, `ys` `batch x w.rows()`;
 /// `names` label the input and the output in errors.

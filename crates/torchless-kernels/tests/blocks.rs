@@ -770,3 +770,59 @@ fn rows_do_not_depend_on_the_batch_from_where_the_kernels_promise() {
         }
     }
 }
+
+#[test]
+fn matmul_many_is_separate_matmuls_bit_for_bit() {
+    // q/k/v-like groups: same type (one quantization shared), mixed types, an f32 matrix among
+    // them; batches below and above the integer GEMM's threshold, both arithmetics.
+    let mut rng = Rng::new(7);
+    let nb = 2;
+    for types in [
+        [BlockType::Q8_0, BlockType::Q8_0, BlockType::Q8_0],
+        [BlockType::Q4K, BlockType::Q4K, BlockType::Q6K],
+        [BlockType::Q4_0, BlockType::F16, BlockType::Q4_0],
+    ] {
+        let cols = values(types[0], nb);
+        assert!(types
+            .iter()
+            .all(|&ty| values(ty, nb) == cols || ty.block_values() == 1));
+        let rows = [19, 7, 33];
+        let data: Vec<Vec<u8>> = types
+            .iter()
+            .zip(rows)
+            .map(|(&ty, r)| craft(&mut rng, ty, r * cols / ty.block_values(), Scales::Normal))
+            .collect();
+        let mut ws: Vec<MatRef<'_>> = types
+            .iter()
+            .zip(rows)
+            .zip(&data)
+            .map(|((&ty, r), d)| MatRef::blocks(ty, d, r, cols).unwrap())
+            .collect();
+        let f32_rows: Vec<f32> = (0..5 * cols).map(|_| rng.f32()).collect();
+        ws.push(MatRef::f32(&f32_rows, 5, cols).unwrap());
+        for batch in [1, 5, 8, 13] {
+            let xs: Vec<f32> = (0..batch * cols).map(|_| rng.f32()).collect();
+            for k in kernels() {
+                for exact in [false, true] {
+                    let k = k.with_exact_blocks(exact);
+                    let mut outs: Vec<Vec<f32>> = ws
+                        .iter()
+                        .map(|w| vec![f32::NAN; batch * w.rows()])
+                        .collect();
+                    let mut views: Vec<&mut [f32]> =
+                        outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+                    k.matmul_many(&ws, &xs, &mut views, batch).unwrap();
+                    for (i, (w, got)) in ws.iter().zip(&outs).enumerate() {
+                        let mut want = vec![f32::NAN; batch * w.rows()];
+                        k.matmul(w, &xs, &mut want, batch).unwrap();
+                        assert!(
+                            same_bits(got, &want),
+                            "{types:?} matrix {i} batch {batch} {} exact={exact}",
+                            k.simd_path().name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -352,7 +352,8 @@ impl Products {
 
     /// Products of one input (q/k/v, gate/up): for a single token, or one token of each of
     /// several sequences, one parallel job, which quantizes the inputs once for int4 weights;
-    /// results as from [`one`](Self::one).
+    /// for a prompt chunk, ggml quantized weights of one type quantize it once; results as from
+    /// [`one`](Self::one).
     fn many(&self, ws: &[MatRef<'_>], xs: &[f32], ys: &mut [&mut [f32]]) -> Result<()> {
         if self.rows == 1 {
             return Ok(self.kernels.matvec_many(ws, xs, ys)?);
@@ -360,10 +361,7 @@ impl Products {
         if self.independent_rows {
             return Ok(self.kernels.matvec_batch_many(ws, xs, ys, self.rows)?);
         }
-        for (w, y) in ws.iter().zip(ys.iter_mut()) {
-            self.one(w, xs, y)?;
-        }
-        Ok(())
+        Ok(self.kernels.matmul_many(ws, xs, ys, self.rows)?)
     }
 }
 

@@ -89,18 +89,40 @@ pub(crate) fn qgemm_blocks<M: BlockMicro>(
     y: &mut [f32],
     batch: usize,
 ) {
-    let (n, k) = (w.rows(), w.cols());
-    if is_trivial(n, k, batch, y) {
+    qgemm_blocks_many(m, &mut [(w, y)], x, batch);
+}
+
+/// `Y = X Wᵀ` for every `(W, Y)` of `products`, matrices of one quantized block type (`supports`)
+/// with the same depth and one input (q/k/v, gate/up): the input is quantized and packed once,
+/// and each `Y` is what [`qgemm_blocks`] gives alone. Shapes validated by the caller.
+pub(crate) fn qgemm_blocks_many<M: BlockMicro>(
+    m: M,
+    products: &mut [(&BlockMat<'_>, &mut [f32])],
+    x: &[f32],
+    batch: usize,
+) {
+    let Some((first, _)) = products.first() else {
         return;
-    }
-    let Some(shape) = Shape::of(w.ty()) else {
+    };
+    let (ty, k) = (first.ty(), first.cols());
+    debug_assert!(products.iter().all(|(w, _)| w.ty() == ty && w.cols() == k));
+    let Some(shape) = Shape::of(ty) else {
         unreachable!("the caller checks `supports`")
     };
-    let acts = BlockActs::new(shape, m.mr(), x, batch, k);
-    by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
-        run_panels(m, w, shape, &acts, batch, cols, c, ldc)
-    });
-    acts.recycle();
+    let mut acts = None;
+    for (w, y) in products.iter_mut() {
+        let n = w.rows();
+        if is_trivial(n, k, batch, y) {
+            continue;
+        }
+        let acts = acts.get_or_insert_with(|| BlockActs::new(shape, m.mr(), x, batch, k));
+        by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
+            run_panels(m, w, shape, acts, batch, cols, c, ldc)
+        });
+    }
+    if let Some(acts) = acts {
+        acts.recycle();
+    }
 }
 
 /// A batch's activations, quantized and packed sliver by sliver (`QMR` tokens; padding tokens
