@@ -552,6 +552,41 @@ fn q8_0_caches_refuse_head_dims_off_blocks() {
     );
 }
 
+/// A token whose run is empty, alone in its block and past every other token's slots (at a
+/// panel boundary of every path): zero output, no panic; the other token as the reference.
+#[cfg(feature = "parallel")]
+#[test]
+fn an_empty_run_after_the_others_gives_zeros() {
+    let mut rng = Rng::new(45);
+    let (n_heads, n_kv, hd, n_slots) = (4, 2, 16, 130);
+    let cache = Cache::random(&mut rng, n_slots, n_kv, hd);
+    let view = cache.view();
+    let row = n_heads * hd;
+    let qs = rng.vec(2 * row);
+    let slots_for = |t: usize| match t {
+        0 => SlotRanges::single(0..64),
+        _ => SlotRanges::single(64..64),
+    };
+    let order: Vec<usize> = (0..64).collect();
+    let want = cache.reference(&qs[..row], n_heads, &order, 0.3);
+    for k in paths() {
+        for threads in [1, 2] {
+            let mut outs = vec![f32::NAN; 2 * row];
+            torchless_kernels::thread_pool(threads)
+                .unwrap()
+                .install(|| k.attention_batch(&qs, &view, n_heads, 0.3, slots_for, &mut outs))
+                .unwrap();
+            let what = format!("{} x{threads}", k.simd_path().name());
+            assert_rel(&what, &outs[..row], &want, 1e-5, 1e-6);
+            assert!(
+                outs[row..].iter().all(|&v| v == 0.0),
+                "{what}: {:?}",
+                &outs[row..]
+            );
+        }
+    }
+}
+
 /// `Kernels::attention_batch_invariant_from`'s promise: over an unwrapped cache, a token's output
 /// has the same bits whatever the other tokens of the call, from that many tokens on. 45 causal
 /// (or windowed) tokens in one call, then cut into consecutive calls of every size from the

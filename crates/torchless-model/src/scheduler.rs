@@ -3,7 +3,8 @@
 //!
 //! Each [`turn`](Scheduler::turn) frees the slots whose reader went away, gives free slots to
 //! waiting requests, prefills at most one chunk (the session's `batch_size` tokens, or
-//! [`SHARED_PREFILL_CHUNK`] while other slots are generating) of one prompt, then runs one
+//! [`SHARED_PREFILL_CHUNK`] while other slots are generating where
+//! [`Session::chunk_invariant_from`] allows) of one prompt, then runs one
 //! decode step for every slot that is generating, as a single forward pass
 //! ([`Session::step_batch`]: the weights are read once per step for all slots). A long prompt
 //! therefore delays running streams by one chunk at a time, and batching never changes a

@@ -278,15 +278,7 @@ impl<'m, R: Residency> Session<'m, R> {
     /// `Some(min)`, `limit` is raised to `2 * min` if lower (so the tail rule can hold);
     /// without it, chunks stay whole batches (their alignment is what makes them reusable).
     pub fn next_chunk_len_at_most(&self, remaining: usize, limit: usize) -> usize {
-        let batch = match self.chunk_invariant_from {
-            Some(min) => limit.clamp(2 * min, self.batch_size),
-            None => self.batch_size,
-        };
-        match self.chunk_invariant_from {
-            _ if remaining <= batch => remaining,
-            Some(min) if remaining - batch < min => remaining - min,
-            _ => batch,
-        }
+        plan_chunk(remaining, self.batch_size, limit, self.chunk_invariant_from)
     }
 
     /// The KV cache (capacity and memory figures).
@@ -663,11 +655,25 @@ impl<'m, R: Residency> Session<'m, R> {
     }
 }
 
+/// [`Session::next_chunk_len_at_most`] for a session of `batch` tokens per chunk whose chunks
+/// must keep `min` tokens or more (`batch >= 2 * min`).
+fn plan_chunk(remaining: usize, batch: usize, limit: usize, min: Option<usize>) -> usize {
+    let batch = match min {
+        Some(min) => limit.clamp(2 * min, batch),
+        None => batch,
+    };
+    match min {
+        _ if remaining <= batch => remaining,
+        Some(min) if remaining - batch < min => remaining - min,
+        _ => batch,
+    }
+}
+
 /// See [`Session::chunk_invariant_from`]: the longest of the lengths the kernels promise for
 /// attention and for every layer's products, if `batch` leaves room for two chunks of it.
 fn invariant_from(kernels: &Kernels, weights: &Weights<'_>, batch: usize) -> Option<usize> {
-    // The output matrix is left out: prefill computes logits for a chunk's last token only,
-    // a one-row product in any chunk.
+    // The output matrix is left out: the promise is about keys and values, and the logits a
+    // prompt cache needs (the prompt's last token) are a one-row product in any chunk.
     let mut from = kernels.attention_batch_invariant_from();
     for layer in &weights.layers {
         for w in layer.matrices() {
@@ -706,6 +712,42 @@ mod tests {
             .evaluate(ids, |_, row| out.extend_from_slice(row))
             .unwrap();
         out.extend_from_slice(session.step(3).unwrap());
+    }
+
+    /// Chunk plans, exhaustively over small sizes: chunks sum to the prompt, none exceeds the
+    /// batch (or the limit, where it is at least twice the minimum), and with a minimum no chunk
+    /// is shorter than it unless the whole prompt is.
+    #[test]
+    fn chunk_plans_never_leave_a_short_tail() {
+        for min in [None, Some(1), Some(2), Some(5)] {
+            let floor = min.unwrap_or(1);
+            for batch in 2 * floor..=24 {
+                for limit in 1..=26 {
+                    for total in 1..=70 {
+                        let mut done = 0;
+                        let mut chunks = Vec::new();
+                        while done < total {
+                            let c = plan_chunk(total - done, batch, limit, min);
+                            assert!(c >= 1, "{min:?} b{batch} l{limit} t{total}: empty chunk");
+                            chunks.push(c);
+                            done += c;
+                        }
+                        let what = format!("{min:?} b{batch} l{limit} t{total}: {chunks:?}");
+                        assert_eq!(done, total, "{what}");
+                        let cap = match min {
+                            Some(m) => limit.clamp(2 * m, batch),
+                            None => batch,
+                        };
+                        assert!(chunks.iter().all(|&c| c <= cap), "{what}");
+                        if let Some(m) = min {
+                            if total >= m {
+                                assert!(chunks.iter().all(|&c| c >= m), "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Lazy mode computes the logits a chunk of `lm_head` rows at a time: with chunks that cut

@@ -651,8 +651,9 @@ fn a_conversation_reuses_its_prefix_and_generates_what_it_generates_without() {
 
 #[test]
 fn a_whole_prompt_in_the_cache_still_runs_its_last_token() {
-    // A prompt of exactly two chunks asked twice: the second time one chunk is reused and the
-    // other runs, so the first token's logits are computed as in a fresh prefill.
+    // A prompt of exactly two chunks asked twice: the second time all of it but the last
+    // `min` tokens (2 here) is reused and those run, so the first token's logits are computed
+    // by a prefill as in a fresh run.
     let model = load("small-mqa-f32");
     let min = invariant_from("small-mqa-f32", &model);
     let chunk = session_options().batch_size;

@@ -1,11 +1,11 @@
 //! Prefill attention: many query tokens, in blocks of tokens as two small matrix products on the
-//! GEMM micro-kernel (or one task per token and KV head when blocks do not pay).
+//! GEMM micro-kernel (a single token, or a wrapped cache: one task per token and KV head).
 //!
 //! For the query heads of one KV head in a block of consecutive tokens (`rows` = tokens x heads
 //! per KV head), with `K`, `V` the cache rows of the block's slots `lo..hi`:
 //!
 //! ```text
-//! S = Q Kᵀ                      rows x n       (micro-kernel, keys packed 16 slots at a time)
+//! S = Q Kᵀ                      rows x n       (micro-kernel, keys packed NR slots at a time)
 //! P = softmax(scale · S)        per row, over that token's own run of slots; zero elsewhere
 //! O = P V                       rows x head_dim (micro-kernel, depth n)
 //! ```
@@ -13,7 +13,7 @@
 //! One query row at a time (the decode loop) spends its time in short dot products and in
 //! `o += p · v` updates that load and store the output for every slot, a large share of a
 //! prefill's time for a small share of its flops. Here the outputs stay in the micro-kernel's
-//! registers and every key and value row is read once per block.
+//! registers, and every key and value row is packed once per call for all blocks.
 
 use super::decode::heads_in_cache;
 use super::views::{KvCacheView, KvData, SlotRanges};
@@ -98,9 +98,9 @@ struct TokenBlock<'a> {
 /// Writes the attention outputs of `block` into `outs` (laid out like `block.qs`; other heads'
 /// values are left alone). Shapes were checked by the caller.
 ///
-/// Each output element is one chain of fused multiply-adds in slot order (the micro-kernel's
-/// depth loop), from zero: the slots of other tokens' runs enter with probability 0 and leave
-/// the sum as it was. So a token's output is the same in any block.
+/// Each output element is one chain of multiply-adds in slot order (the micro-kernel's depth
+/// loop, fused where the path fuses), from zero: the slots of other tokens' runs enter with
+/// probability 0 and leave the sum as it was. So a token's output is the same in any block.
 fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, outs: &mut [f32]) {
     let TokenBlock {
         qs,
@@ -126,6 +126,14 @@ fn attend_block<M: Micro, E: Elementwise>(m: M, e: E, block: &TokenBlock<'_>, ou
     let first = runs.iter().map(|r| r.start).min().unwrap_or(0);
     let lo = packed.panel_start(first);
     let hi = runs.iter().map(|r| r.end).max().unwrap_or(0).max(lo);
+    if hi == lo {
+        // Every run of the block is empty (possibly past the packed slots): zero outputs, as
+        // a softmax over nothing weighs nothing.
+        for r in 0..rows {
+            outs[heads(r)].fill(0.0);
+        }
+        return;
+    }
     let npad = (hi - lo).div_ceil(nr).max(1) * nr;
     let hpad = packed.hpad;
 

@@ -43,7 +43,9 @@ pub struct ServeArgs {
     /// steps. While other slots are generating a chunk takes at most 64 tokens (where the
     /// model's kernels make chunk sizes give the same bits), so a long prompt stalls the running
     /// streams ~1.5 s at a time for a 7B int4 model on two cores; a prompt alone takes whole
-    /// batches. The prompt cache reuses any prefix prefill computed, whatever the chunk size.
+    /// batches. The prompt cache reuses any prefix prefill computed (where chunk sizes change
+    /// the rounding: BLAS, a sliding window shorter than the context, row-aligned int8 under
+    /// 34, chunks stay whole batches and only whole batches are reused).
     #[arg(
         short = 'b',
         long = "batch-size",
