@@ -285,16 +285,17 @@ impl Kernels {
         ys: &mut [&mut [f32]],
         batch: usize,
     ) -> Result<(), KernelError> {
-        check_len("matvec_batch_many outputs", ws.len(), ys.len())?;
-        for (w, y) in ws.iter().zip(ys.iter()) {
-            check_batch_shapes(
-                ["matvec_batch_many input", "matvec_batch_many output"],
-                w,
-                xs,
-                y,
-                batch,
-            )?;
-        }
+        check_many_shapes(
+            [
+                "matvec_batch_many outputs",
+                "matvec_batch_many input",
+                "matvec_batch_many output",
+            ],
+            ws,
+            xs,
+            ys,
+            batch,
+        )?;
         if on_isa!(self.path, |isa| gemv::batch_many(isa, ws, xs, ys, batch)) {
             return Ok(());
         }
@@ -358,10 +359,17 @@ impl Kernels {
         ys: &mut [&mut [f32]],
         batch: usize,
     ) -> Result<(), KernelError> {
-        check_len("matmul_many outputs", ws.len(), ys.len())?;
-        for (w, y) in ws.iter().zip(ys.iter()) {
-            check_batch_shapes(["matmul_many input", "matmul_many output"], w, xs, y, batch)?;
-        }
+        check_many_shapes(
+            [
+                "matmul_many outputs",
+                "matmul_many input",
+                "matmul_many output",
+            ],
+            ws,
+            xs,
+            ys,
+            batch,
+        )?;
         // Matrices of each quantized block type the integer GEMM takes, gathered by type.
         let mut by_type: Vec<(BlockType, Vec<BlockProduct<'_, '_>>)> = Vec::new();
         let mut rest: Vec<(&MatRef<'_>, &mut [f32])> = Vec::new();
@@ -633,6 +641,22 @@ impl Kernels {
         ));
         Ok(())
     }
+}
+
+/// The shapes of `ys[i] = X ws[i]ᵀ` for `batch` rows of one input: one output per matrix, each
+/// as [`check_batch_shapes`] checks it; `names` label the output count, the input and an output.
+fn check_many_shapes(
+    [outputs, input, output]: [&'static str; 3],
+    ws: &[MatRef<'_>],
+    xs: &[f32],
+    ys: &[&mut [f32]],
+    batch: usize,
+) -> Result<(), KernelError> {
+    check_len(outputs, ws.len(), ys.len())?;
+    for (w, y) in ws.iter().zip(ys) {
+        check_batch_shapes([input, output], w, xs, y, batch)?;
+    }
+    Ok(())
 }
 
 /// One product of [`Kernels::matmul_many`]'s integer block GEMM: a matrix and its output.
