@@ -4,7 +4,7 @@
 //! thread counts and batching; embedding rows and adjacent RoPE.
 mod common;
 
-use common::Rng;
+use common::{same_bits, Rng};
 use torchless_kernels::{reference, BlockMat, BlockType, Kernels, MatRef, RopeTable, SimdPath};
 
 const ALL: [BlockType; 10] = BlockType::ALL;
@@ -318,10 +318,6 @@ fn check_rows(what: &str, w: &BlockMat<'_>, x: &[f32], y: &[f32], exact: bool) {
             w.cols()
         );
     }
-}
-
-fn same_bits(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// Rows x blocks per row (F16/BF16: blocks are values; those get odd column counts too).
