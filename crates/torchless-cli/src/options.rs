@@ -16,8 +16,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub lazy: bool,
     /// Read the whole model file into memory instead of mapping it (as llama.cpp's --no-mmap):
-    /// slower to start; decode can be faster where the page cache streams slower than fresh
-    /// memory (some virtual machines).
+    /// slower to start (about a second per 4 GB); decode can be much faster where the page cache
+    /// streams slower than fresh memory (some virtual machines: up to 1.8× measured).
     #[arg(long = "no-mmap", conflicts_with = "lazy")]
     pub no_mmap: bool,
     /// Threads for generation [default: one per core].

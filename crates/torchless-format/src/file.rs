@@ -140,6 +140,86 @@ struct RawTensor {
     scale_size: Option<u64>,
 }
 
+/// Fills `buffer` with the file's first `buffer.len()` bytes, a part per thread (up to 4): most
+/// of the time goes into faulting in and zeroing the fresh pages and copying from the page cache,
+/// which scale with threads. `progress(done)` is called on this thread, `done` increasing.
+fn read_in_parallel(
+    file: &File,
+    buffer: &mut [u8],
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    read_in_parts(file, buffer, threads, 64 << 20, progress)
+}
+
+/// [`read_in_parallel`] with `threads` parts read `chunk` bytes at a time.
+fn read_in_parts(
+    file: &File,
+    buffer: &mut [u8],
+    threads: usize,
+    chunk: usize,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let part_len = buffer
+        .len()
+        .div_ceil(threads.max(1))
+        .next_multiple_of(chunk)
+        .max(chunk);
+    let done = AtomicU64::new(0);
+    let read_part = |part: &mut [u8], start: usize, report: &mut dyn FnMut(u64)| {
+        for (i, piece) in part.chunks_mut(chunk).enumerate() {
+            read_exact_at(file, piece, (start + i * chunk) as u64)?;
+            report(done.fetch_add(piece.len() as u64, Relaxed) + piece.len() as u64);
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    std::thread::scope(|scope| {
+        let mut parts = buffer.chunks_mut(part_len).enumerate();
+        let first = parts.next();
+        let others: Vec<_> = parts
+            .map(|(p, part)| scope.spawn(move || read_part(part, p * part_len, &mut |_| {})))
+            .collect();
+        let mut last = 0;
+        let mut report = |d: u64| {
+            if d > last {
+                last = d;
+                progress(d);
+            }
+        };
+        let mut result = match first {
+            Some((_, part)) => read_part(part, 0, &mut report),
+            None => Ok(()),
+        };
+        for handle in others {
+            let joined = handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("a reading thread panicked")));
+            result = result.and(joined);
+        }
+        report(done.load(Relaxed));
+        result
+    })
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    // Handles share one cursor here: the parts take turns.
+    static CURSOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = CURSOR
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut file = file;
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
+}
+
 impl ModelFile {
     /// Maps and validates the file at `path`. Copies nothing from the payload; pages are read
     /// when first touched.
@@ -176,9 +256,10 @@ impl ModelFile {
     /// memory (asking for 2 MiB pages on Linux, the payload on a page boundary whatever the
     /// file's own alignment) and drops the mapping: what llama.cpp calls `--no-mmap`. Slower to
     /// start (the whole file is read before the first token) and the copy is private to this
-    /// process, but reads need no page cache: on a virtual machine measured here, streaming the
-    /// weights from such memory ran 3-17% faster than from the file's page-cache mapping,
-    /// depending on the run. `progress(done, total)` is called as bytes are read.
+    /// process, but reads need no page cache: on the virtual machines measured here, streaming
+    /// the weights from such memory ran 3-17% faster than from the file's page-cache mapping on
+    /// some hosts and up to 1.8× faster on another. The file is read on up to 4 threads.
+    /// `progress(done, total)` is called as bytes are read, `done` increasing.
     ///
     /// The file is validated before anything is allocated, and again after reading (it must not
     /// change in between). Allocates the file's size.
@@ -190,17 +271,14 @@ impl ModelFile {
         let mapped = Self::open(path)?;
         let err = |kind| FormatError::new(mapped.source_name.clone(), kind);
         let total = mapped.file_len();
-        let mut file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
+        let file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
         let fill = |buffer: &mut [u8]| {
-            const CHUNK: usize = 64 << 20;
-            for (i, chunk) in buffer.chunks_mut(CHUNK).enumerate() {
-                std::io::Read::read_exact(&mut file, chunk)
-                    .map_err(|e| err(FormatErrorKind::Io(e)))?;
+            read_in_parallel(&file, buffer, &mut |done| {
                 if let Some(cb) = progress.as_mut() {
-                    cb((i * CHUNK + chunk.len()) as u64, total as u64);
+                    cb(done, total as u64);
                 }
-            }
-            Ok(())
+            })
+            .map_err(|e| err(FormatErrorKind::Io(e)))
         };
         let mut model = Self::copy_in(
             mapped.source_name.clone(),
@@ -1157,5 +1235,56 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for JsonEntries<V> {
         deserializer
             .deserialize_map(EntriesVisitor(std::marker::PhantomData))
             .map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_of(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f
+    }
+
+    #[test]
+    fn parts_read_on_several_threads_give_the_file_and_report_all_of_it() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let bytes: Vec<u8> = (0..100_003)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let f = file_of(&bytes);
+        let expected = std::fs::read(f.path()).unwrap();
+        for (threads, chunk) in [(1, 4096), (3, 4096), (4, 1000), (7, 65_536), (2, 1 << 20)] {
+            let mut buffer = vec![0u8; expected.len()];
+            let mut reports = Vec::new();
+            let file = File::open(f.path()).unwrap();
+            read_in_parts(&file, &mut buffer, threads, chunk, &mut |d| reports.push(d)).unwrap();
+            assert!(buffer == expected, "{threads} threads, chunks of {chunk}");
+            assert!(reports.windows(2).all(|w| w[0] < w[1]), "{reports:?}");
+            assert_eq!(reports.last(), Some(&(expected.len() as u64)));
+        }
+    }
+
+    #[test]
+    fn a_file_shorter_than_the_buffer_is_an_error_from_any_part() {
+        let f = file_of(&[7u8; 10_000]);
+        for threads in [1, 2, 3] {
+            let mut buffer = vec![0u8; 12_000];
+            let file = File::open(f.path()).unwrap();
+            let e = read_in_parts(&file, &mut buffer, threads, 1024, &mut |_| {}).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof,
+                "{threads} threads"
+            );
+        }
     }
 }
