@@ -383,7 +383,14 @@ impl BlockPanel {
             for bi in 0..nb {
                 let blk = &row[(b0 + bi) * bb..(b0 + bi + 1) * bb];
                 unsigned_codes(shape.ty, blk, &mut self.codes);
-                out[bi * bv..(bi + 1) * bv].copy_from_slice(&self.codes[..bv]);
+                let dst = &mut out[bi * bv..(bi + 1) * bv];
+                // A constant length for the 32-value types: a few moves, not a `memcpy` call
+                // per block (7% of a small model's prefill).
+                if bv == 32 {
+                    dst[..32].copy_from_slice(&self.codes[..32]);
+                } else {
+                    dst.copy_from_slice(&self.codes[..bv]);
+                }
                 let at = bi * QNR + j;
                 match shape.ty {
                     BlockType::Q8_0 | BlockType::Q4_0 | BlockType::Q5_0 => {
@@ -486,7 +493,11 @@ fn run_panels<M: BlockMicro>(
                         tile_lanes[i * BLOCK_LANES * QNR..][..BLOCK_LANES * QNR].as_chunks::<QNR>();
                     let sums: [f32; QNR] =
                         std::array::from_fn(|j| reduce8(std::array::from_fn(|l| v[l][j])));
-                    out.copy_from_slice(&sums[..nr]);
+                    if nr == QNR {
+                        out[..QNR].copy_from_slice(&sums);
+                    } else {
+                        out.copy_from_slice(&sums[..nr]);
+                    }
                 }
             }
         }
