@@ -491,12 +491,16 @@ fn run_panels<M: BlockMicro>(
                     // scalar tree per output was ~15% of a small model's prefill).
                     let (v, _) =
                         tile_lanes[i * BLOCK_LANES * QNR..][..BLOCK_LANES * QNR].as_chunks::<QNR>();
-                    let sums: [f32; QNR] =
-                        std::array::from_fn(|j| reduce8(std::array::from_fn(|l| v[l][j])));
-                    if nr == QNR {
-                        out[..QNR].copy_from_slice(&sums);
-                    } else {
-                        out.copy_from_slice(&sums[..nr]);
+                    let sum = |j: usize| reduce8(std::array::from_fn(|l| v[l][j]));
+                    // A whole panel stores straight from the vectors (a copy through a
+                    // temporary became a `memcpy` call per token and panel).
+                    match out.as_chunks_mut::<QNR>() {
+                        ([whole], []) => *whole = std::array::from_fn(sum),
+                        _ => {
+                            for (j, o) in out.iter_mut().enumerate() {
+                                *o = sum(j);
+                            }
+                        }
                     }
                 }
             }
