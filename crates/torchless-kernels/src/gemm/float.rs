@@ -130,18 +130,15 @@ fn pack_a(x: &[f32], batch: usize, k: usize, kcb: usize, mr: usize, mpad: usize)
         let pc = bi * kcb;
         let kc = block.len() / mpad;
         for (s, sliver) in block.chunks_exact_mut(mr * kc).enumerate() {
-            for i in 0..mr {
-                let row = s * mr + i;
-                if row < batch {
-                    let src = &x[row * k + pc..row * k + pc + kc];
-                    for (kk, &v) in src.iter().enumerate() {
-                        sliver[kk * mr + i] = v;
-                    }
-                } else {
-                    for kk in 0..kc {
-                        sliver[kk * mr + i] = 0.0;
-                    }
+            let rows = mr.min(batch.saturating_sub(s * mr));
+            // Depth by depth, so the writes are contiguous (`mr` rows' values of one depth
+            // side by side) and the reads `mr` sequential streams.
+            for (kk, depth) in sliver.chunks_exact_mut(mr).enumerate() {
+                let (present, padding) = depth.split_at_mut(rows);
+                for (i, v) in present.iter_mut().enumerate() {
+                    *v = x[(s * mr + i) * k + pc + kk];
                 }
+                padding.fill(0.0);
             }
         }
     };
