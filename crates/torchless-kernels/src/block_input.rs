@@ -254,20 +254,25 @@ fn round_codes(x: &[f32], scale: f32, q: &mut [i8]) {
 
 /// One block of 32 to Q8_0 (`quantize_row_q8_0` on x86): returns `d` as the half's value.
 pub(crate) fn quantize_q8_0(x: &[f32], q: &mut [i8]) -> f32 {
-    if non_finite(x) {
-        q.fill(0);
-        return f32::NAN;
+    let (d, id) = q8_0_scale(non_finite(x), max_abs_bits(x));
+    match id {
+        Some(id) => round_codes(x, id, q),
+        None => q.fill(0),
     }
-    let amax = f32::from_bits(max_abs_bits(x));
+    d
+}
+
+/// A Q8_0 block's scale `d` and the factor its codes are `round_even(v · id)` with, from whether
+/// the block holds an infinity or NaN and its largest magnitude (as bits); no factor: all codes
+/// zero (`d` NaN for a non-finite block; a zero half when `amax` is below 127 / f32::MAX).
+pub(crate) fn q8_0_scale(non_finite: bool, amax_bits: u32) -> (f32, Option<f32>) {
+    if non_finite {
+        return (f32::NAN, None);
+    }
+    let amax = f32::from_bits(amax_bits);
     let d = f16_to_f32(f32_to_f16(amax / 127.0));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-    if !id.is_finite() {
-        // `amax` below 127 / f32::MAX: `d` is a zero half, the block contributes nothing.
-        q.fill(0);
-        return d;
-    }
-    round_codes(x, id, q);
-    d
+    (d, id.is_finite().then_some(id))
 }
 
 /// One block of 256 to Q8_K (`quantize_row_q8_K_ref`): returns `d = 1 / iscale`.

@@ -446,3 +446,54 @@ fn x86_int4_rows_of_a_batch_are_the_scalar_definition_bit_for_bit() {
         }
     }
 }
+
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn avx512_q8_0_quantizer_gives_the_definitions_bits() {
+    let Some(t) = crate::isa::x86::Avx512::detect() else {
+        return; // no AVX-512 on this CPU: nothing to test
+    };
+    let mut s = 11u64;
+    let mut blocks: Vec<[f32; 32]> = Vec::new();
+    for scale in [1e-30f32, 1e-3, 1.0, 7.5, 3e4, 1e30] {
+        for _ in 0..40 {
+            blocks.push(std::array::from_fn(|_| rng(&mut s) * scale));
+        }
+    }
+    // Ties (x.5 after scaling by 127 / 127), zeros, a lone value, signed zeros, subnormals,
+    // infinities and NaN, the largest floats, and magnitudes below 127 / f32::MAX.
+    let mut tie: [f32; 32] = std::array::from_fn(|i| i as f32 - 15.5);
+    tie[31] = 127.0;
+    blocks.push(tie);
+    blocks.push([0.0; 32]);
+    blocks.push(std::array::from_fn(|i| if i == 7 { -3.0 } else { -0.0 }));
+    blocks.push(std::array::from_fn(|i| f32::from_bits(i as u32 + 1)));
+    blocks.push(std::array::from_fn(|i| {
+        if i == 3 {
+            f32::INFINITY
+        } else {
+            1.0
+        }
+    }));
+    blocks.push(std::array::from_fn(
+        |i| if i == 30 { f32::NAN } else { 2.0 },
+    ));
+    blocks.push(std::array::from_fn(|i| {
+        if i % 2 == 0 {
+            f32::MAX
+        } else {
+            -f32::MAX
+        }
+    }));
+    blocks.push(std::array::from_fn(|i| 1e-37 * (i as f32 + 1.0)));
+    let x: Vec<f32> = blocks.concat();
+    let (mut qs, mut d) = (vec![0i8; x.len()], vec![0.0f32; blocks.len()]);
+    use crate::isa::traits::BlockMicro;
+    t.quantize(crate::block_input::ActKind::Q8_0, &x, &mut qs, &mut d);
+    for (b, block) in blocks.iter().enumerate() {
+        let mut want = [0i8; 32];
+        let want_d = crate::block_input::quantize_q8_0(block, &mut want);
+        assert_eq!(d[b].to_bits(), want_d.to_bits(), "block {b} scale");
+        assert_eq!(&qs[32 * b..32 * (b + 1)], &want, "block {b} codes");
+    }
+}

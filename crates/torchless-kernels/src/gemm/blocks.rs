@@ -15,7 +15,7 @@
 //! and reduced after the row panel's last depth block.
 
 use super::{by_columns, is_trivial, panels, run_sliver_jobs, PanelLines, Pool, F32_POOL};
-use crate::block_input::{quantize_into, reduce8, ActKind, BLOCK_LANES};
+use crate::block_input::{reduce8, ActKind, BLOCK_LANES};
 use crate::blocks::{k_scales, BlockMat, BlockType};
 use crate::half::f16_to_f32;
 use crate::isa::traits::{block_tile_lanes, BlockMicro, BlockTile, QNR};
@@ -115,7 +115,7 @@ pub(crate) fn qgemm_blocks_many<M: BlockMicro>(
         if is_trivial(n, k, batch, y) {
             continue;
         }
-        let acts = acts.get_or_insert_with(|| BlockActs::new(shape, m.mr(), x, batch, k));
+        let acts = acts.get_or_insert_with(|| BlockActs::new(m, shape, x, batch, k));
         by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
             run_panels(m, w, shape, acts, batch, cols, c, ldc)
         });
@@ -142,7 +142,8 @@ struct BlockActs {
 }
 
 impl BlockActs {
-    fn new(shape: Shape, mr: usize, x: &[f32], batch: usize, k: usize) -> Self {
+    fn new<M: BlockMicro>(m: M, shape: Shape, x: &[f32], batch: usize, k: usize) -> Self {
+        let mr = m.mr();
         let slivers = batch.div_ceil(mr);
         let blocks = k / shape.block_values;
         let (quads, subs, n_pairs) = (k / 4, blocks * shape.subs, blocks * shape.pairs);
@@ -166,7 +167,7 @@ impl BlockActs {
                     let t = s * mr + i;
                     let mut dt = [0.0f32; 1];
                     for (b, xb) in x[t * k..(t + 1) * k].chunks_exact(bv).enumerate() {
-                        quantize_into(shape.kind, xb, &mut qs[b * bv..(b + 1) * bv], &mut dt);
+                        m.quantize(shape.kind, xb, &mut qs[b * bv..(b + 1) * bv], &mut dt);
                         d[b * mr + i] = dt[0];
                     }
                     for (kq, c) in qs.chunks_exact(4).enumerate() {

@@ -7,7 +7,7 @@
 //! The leaf of the crate's kernel modules: it imports only the matrix views and the int4 and
 //! block input layouts. Drivers and instruction sets both depend on it, never it on them.
 
-use crate::block_input::BlockInput;
+use crate::block_input::{ActKind, BlockInput};
 use crate::blocks::BlockMat;
 use crate::int4::Int4Input;
 use crate::mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
@@ -577,6 +577,12 @@ pub(crate) trait BlockMicro: Copy + Send + Sync {
     /// leaves it to the driver's portable loop. Default: `false`.
     fn transpose(self, _rows: &[u8], _kc: usize, _words: &mut [u32]) -> bool {
         false
+    }
+
+    /// Quantizes activations (`x`, whole blocks) into codes `qs` and scales `d`, bit for bit as
+    /// [`quantize_into`](crate::block_input::quantize_into). Default: that function.
+    fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+        crate::block_input::quantize_into(kind, x, qs, d)
     }
 }
 

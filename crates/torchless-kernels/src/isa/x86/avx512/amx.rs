@@ -10,7 +10,7 @@
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), made once by [`Amx::detect`].
 
 use super::Avx512;
-use crate::block_input::BLOCK_LANES;
+use crate::block_input::{ActKind, BLOCK_LANES};
 use crate::isa::traits::{BlockMicro, BlockTile, QNR};
 use crate::isa::x86::avx2;
 use core::arch::asm;
@@ -330,5 +330,9 @@ impl BlockMicro for Amx {
     #[inline]
     fn prefetch(self, p: *const u8) {
         avx2::prefetch(self.0.avx2(), p);
+    }
+
+    fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+        self.0.quantize(kind, x, qs, d)
     }
 }

@@ -2,7 +2,7 @@
 //! register), bit-identical to the scalar tile: exact integer sums, then the same f32 operations.
 
 use super::{Amx, Avx512};
-use crate::block_input::BLOCK_LANES;
+use crate::block_input::{quantize_into, ActKind, BLOCK_LANES};
 use crate::isa::traits::{BlockMicro, BlockTile, QMR, QNR};
 use crate::isa::x86::avx2;
 use core::arch::x86_64::*;
@@ -174,6 +174,13 @@ impl BlockMicro for Avx512 {
         avx2::prefetch(self.avx2(), p);
     }
 
+    fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+        match kind {
+            ActKind::Q8_0 => super::quantize::quantize_q8_0(self, x, qs, d),
+            ActKind::Q8K => quantize_into(kind, x, qs, d),
+        }
+    }
+
     fn transpose(self, rows: &[u8], kc: usize, words: &mut [u32]) -> bool {
         assert!(
             QNR == 16
@@ -231,6 +238,13 @@ impl BlockMicro for Avx512Blocks {
         match self {
             Avx512Blocks::Vnni(t) => t.transpose(rows, kc, words),
             Avx512Blocks::Amx(_) => false,
+        }
+    }
+
+    fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+        match self {
+            Avx512Blocks::Vnni(t) => t.quantize(kind, x, qs, d),
+            Avx512Blocks::Amx(t) => t.quantize(kind, x, qs, d),
         }
     }
 }

@@ -20,6 +20,7 @@ mod gemm_int;
 mod kv_rows;
 mod matvec;
 mod probe;
+mod quantize;
 
 use super::avx2::Avx2;
 pub(crate) use amx::Amx;
