@@ -148,14 +148,20 @@ pub(crate) fn batch<I: Isa>(
 }
 
 /// The `batch` inputs of `xs` (`cols` long each) quantized for the int4 kernels, with the
-/// transposed codes of several-input products in batches that use them.
+/// transposed codes of several-input products in batches that use them. The inputs are
+/// quantized on the pool's threads: one after another they were a few % of a 4-sequence step,
+/// with the other threads waiting.
 fn quantize_int4_batch(xs: &[f32], cols: usize, batch: usize) -> Vec<Int4Input> {
     let quantize = if batch >= crate::int4::TRANSPOSED_MIN_BATCH {
         Int4Input::quantize_for_batch
     } else {
         Int4Input::quantize
     };
-    xs.chunks_exact(cols).map(quantize).collect()
+    let mut inputs: Vec<Option<Int4Input>> = (0..batch).map(|_| None).collect();
+    parallel::for_each_chunk_mut(&mut inputs, 1, |b, slot| {
+        slot[0] = Some(quantize(&xs[b * cols..(b + 1) * cols]));
+    });
+    inputs.into_iter().flatten().collect()
 }
 
 /// `ys[i][b] = ws[i] xs[b]` for int4 matrices sharing their `batch` inputs (q/k/v, gate/up of a
