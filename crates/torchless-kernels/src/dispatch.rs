@@ -241,7 +241,7 @@ impl Isa for Avx512 {
     type Elementwise = Avx2;
     type Matvec = Avx2;
     type Int4Matvec = Avx512;
-    type MatvecMany = Avx2;
+    type MatvecMany = Avx512;
     type Micro = Avx512;
     type QMicro = Avx2;
     type Q4Micro = Avx512;
@@ -249,8 +249,8 @@ impl Isa for Avx512 {
     type BlockMicro = Avx512Blocks;
     type KvRows = Avx512;
 
-    fn matvec_many(self) -> Option<Avx2> {
-        Some(self.avx2())
+    fn matvec_many(self) -> Option<Avx512> {
+        Some(self)
     }
 
     fn block_micro(self) -> Option<Avx512Blocks> {

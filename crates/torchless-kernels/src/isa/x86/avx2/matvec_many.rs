@@ -9,7 +9,14 @@ use core::arch::x86_64::*;
 
 /// Asserts the shapes the multi-input matvecs rely on: `xs` holds `batch` rows of `cols`, `yt` a
 /// whole number of output rows of `batch`, all inside the matrix's `rows` from `r0`.
-fn multi_shapes(rows: usize, cols: usize, xs: &[f32], batch: usize, r0: usize, yt: &[f32]) {
+pub(in crate::isa::x86) fn multi_shapes(
+    rows: usize,
+    cols: usize,
+    xs: &[f32],
+    batch: usize,
+    r0: usize,
+    yt: &[f32],
+) {
     let out_rows = yt.len() / batch.max(1);
     assert!(
         batch > 0

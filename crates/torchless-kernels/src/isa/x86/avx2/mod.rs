@@ -46,7 +46,7 @@ pub(crate) mod gemm_f32;
 mod gemm_int;
 pub(crate) mod kv_rows;
 mod matvec;
-mod matvec_many;
+pub(in crate::isa::x86) mod matvec_many;
 
 pub(crate) use gemm_int::q4pack_b;
 
@@ -72,12 +72,12 @@ impl Avx2 {
 /// Prefetch distance of the int8 matvec, in 64-byte groups (8 KiB ahead). Each of the kernel's
 /// two streams runs through consecutive rows (contiguous memory), so the prefetch simply runs on
 /// into the next row.
-const PF_GROUPS: usize = 128;
+pub(in crate::isa::x86) const PF_GROUPS: usize = 128;
 
 /// Horizontal sum of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
+pub(in crate::isa::x86) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));

@@ -19,6 +19,7 @@ mod gemm_f32;
 mod gemm_int;
 mod kv_rows;
 mod matvec;
+mod matvec_many;
 mod probe;
 mod quantize;
 
