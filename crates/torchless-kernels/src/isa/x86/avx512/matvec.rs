@@ -311,7 +311,7 @@ unsafe fn i4_pair_multi_transposed<const B: usize>(
         for c in codes {
             for line in [0, 64] {
                 // A prefetch is a hint: it never faults, whatever the address.
-                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(4096 + line).cast());
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(PF_INT4_BYTES + line).cast());
             }
         }
         // SAFETY: caller contract: block b < full lies inside both rows and every input; the
