@@ -1,4 +1,5 @@
-//! int4 decode rows with `vpdpbusd` on 256-bit vectors.
+//! int4 decode rows with `vpdpbusd`: 256-bit vectors for one to three inputs (bound by the weight
+//! stream), 512-bit for passes of four (bound by arithmetic).
 
 use super::Avx512;
 use crate::int4::{

@@ -1,6 +1,7 @@
 //! AVX-512 kernels with VNNI (`vpdpbusd`), selected at run time, for the int4 products: decode
-//! rows and the prefill micro-kernel; also the ggml block kernels and the f16 / Q8_0 KV cache
-//! rows (16 lanes, `vcvtph2ps`). Every other kernel of the AVX-512 path is the AVX2 one
+//! rows and the prefill micro-kernel; also the ggml block kernels, the f16 / Q8_0 KV cache rows
+//! (16 lanes, `vcvtph2ps`) and the int8 rows of several inputs (the output head of a
+//! several-sequence step). Every other kernel of the AVX-512 path is the AVX2 one
 //! (these CPUs all have AVX2, FMA and F16C; detection checks it), and so are the int4 panel
 //! packer and prefetches.
 //!
