@@ -276,7 +276,7 @@ pub(crate) fn q8_0_scale(non_finite: bool, amax_bits: u32) -> (f32, Option<f32>)
 }
 
 /// One block of 256 to Q8_K (`quantize_row_q8_K_ref`): returns `d = 1 / iscale`.
-fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
+pub(crate) fn quantize_q8_k(x: &[f32], q: &mut [i8]) -> f32 {
     if non_finite(x) {
         q.fill(0);
         return f32::NAN;

@@ -447,6 +447,65 @@ fn x86_int4_rows_of_a_batch_are_the_scalar_definition_bit_for_bit() {
     }
 }
 
+/// The AVX-512 Q8_K quantizer (the K-quants' prefill input) against the definition, bit for bit:
+/// random blocks at many scales, and the edges: ties, zeros, signed zeros, subnormals,
+/// infinities and NaN, the largest floats, magnitudes below 127 / f32::MAX, and the largest
+/// magnitude twice with both signs (the first one's sign decides the codes' sign).
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn avx512_q8_k_quantizer_gives_the_definitions_bits() {
+    let Some(t) = crate::isa::x86::Avx512::detect() else {
+        return; // no AVX-512 on this CPU: nothing to test
+    };
+    let mut s = 23u64;
+    let mut blocks: Vec<[f32; 256]> = Vec::new();
+    for scale in [1e-30f32, 1e-3, 1.0, 7.5, 3e4, 1e30] {
+        for _ in 0..12 {
+            blocks.push(std::array::from_fn(|_| rng(&mut s) * scale));
+        }
+    }
+    let mut tie: [f32; 256] = std::array::from_fn(|i| (i % 64) as f32 - 31.5);
+    tie[200] = -127.0;
+    blocks.push(tie);
+    blocks.push([0.0; 256]);
+    blocks.push(std::array::from_fn(|i| if i == 77 { -3.0 } else { -0.0 }));
+    blocks.push(std::array::from_fn(|i| f32::from_bits(i as u32 + 1)));
+    blocks.push(std::array::from_fn(|i| {
+        if i == 130 {
+            f32::NEG_INFINITY
+        } else {
+            1.0
+        }
+    }));
+    blocks.push(std::array::from_fn(
+        |i| if i == 255 { f32::NAN } else { 2.0 },
+    ));
+    blocks.push(std::array::from_fn(|i| {
+        if i % 2 == 0 {
+            f32::MAX
+        } else {
+            -f32::MAX
+        }
+    }));
+    blocks.push(std::array::from_fn(|i| 1e-37 * (i as f32 + 1.0)));
+    for (first, second) in [(5.0f32, -5.0f32), (-5.0, 5.0)] {
+        let mut b: [f32; 256] = std::array::from_fn(|i| (i as f32 * 0.37).sin());
+        b[40] = first;
+        b[41 + 16 * 5] = second;
+        blocks.push(b);
+    }
+    let x: Vec<f32> = blocks.concat();
+    let (mut qs, mut d) = (vec![0i8; x.len()], vec![0.0f32; blocks.len()]);
+    use crate::isa::traits::BlockMicro;
+    t.quantize(crate::block_input::ActKind::Q8K, &x, &mut qs, &mut d);
+    for (b, block) in blocks.iter().enumerate() {
+        let mut want = [0i8; 256];
+        let want_d = crate::block_input::quantize_q8_k(block, &mut want);
+        assert_eq!(d[b].to_bits(), want_d.to_bits(), "block {b} scale");
+        assert_eq!(&qs[256 * b..256 * (b + 1)], &want, "block {b} codes");
+    }
+}
+
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 #[test]
 fn avx512_q8_0_quantizer_gives_the_definitions_bits() {

@@ -2,7 +2,7 @@
 //! register), bit-identical to the scalar tile: exact integer sums, then the same f32 operations.
 
 use super::{Amx, Avx512};
-use crate::block_input::{quantize_into, ActKind, BLOCK_LANES};
+use crate::block_input::{ActKind, BLOCK_LANES};
 use crate::isa::traits::{BlockMicro, BlockTile, QMR, QNR};
 use crate::isa::x86::avx2;
 use core::arch::x86_64::*;
@@ -177,7 +177,7 @@ impl BlockMicro for Avx512 {
     fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
         match kind {
             ActKind::Q8_0 => super::quantize::quantize_q8_0(self, x, qs, d),
-            ActKind::Q8K => quantize_into(kind, x, qs, d),
+            ActKind::Q8K => super::quantize::quantize_q8_k(self, x, qs, d),
         }
     }
 
