@@ -447,38 +447,40 @@ fn x86_int4_rows_of_a_batch_are_the_scalar_definition_bit_for_bit() {
     }
 }
 
-/// The AVX-512 Q8_K quantizer (the K-quants' prefill input) against the definition, bit for bit:
-/// random blocks at many scales, and the edges: ties, zeros, signed zeros, subnormals,
-/// infinities and NaN, the largest floats, magnitudes below 127 / f32::MAX, and the largest
-/// magnitude twice with both signs (the first one's sign decides the codes' sign).
+/// Blocks of `N` values for the quantizer tests: random ones at six scales, then the edges every
+/// quantizer must get right: ties (x.5 after scaling, with `tie_max` the largest), zeros, a lone
+/// value among signed zeros, subnormals, an infinity, a NaN, the largest floats of both signs,
+/// and magnitudes below 127 / f32::MAX.
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
-#[test]
-fn avx512_q8_k_quantizer_gives_the_definitions_bits() {
-    let Some(t) = crate::isa::x86::Avx512::detect() else {
-        return; // no AVX-512 on this CPU: nothing to test
-    };
-    let mut s = 23u64;
-    let mut blocks: Vec<[f32; 256]> = Vec::new();
+fn quantizer_blocks<const N: usize>(seed: u64, per_scale: usize, tie_max: f32) -> Vec<[f32; N]> {
+    let mut s = seed;
+    let mut blocks: Vec<[f32; N]> = Vec::new();
     for scale in [1e-30f32, 1e-3, 1.0, 7.5, 3e4, 1e30] {
-        for _ in 0..12 {
+        for _ in 0..per_scale {
             blocks.push(std::array::from_fn(|_| rng(&mut s) * scale));
         }
     }
-    let mut tie: [f32; 256] = std::array::from_fn(|i| (i % 64) as f32 - 31.5);
-    tie[200] = -127.0;
+    let mut tie: [f32; N] = std::array::from_fn(|i| (i % 32) as f32 - 15.5);
+    tie[N - 1] = tie_max;
     blocks.push(tie);
-    blocks.push([0.0; 256]);
-    blocks.push(std::array::from_fn(|i| if i == 77 { -3.0 } else { -0.0 }));
+    blocks.push([0.0; N]);
+    blocks.push(std::array::from_fn(|i| if i == 7 { -3.0 } else { -0.0 }));
     blocks.push(std::array::from_fn(|i| f32::from_bits(i as u32 + 1)));
     blocks.push(std::array::from_fn(|i| {
-        if i == 130 {
-            f32::NEG_INFINITY
+        if i == 3 {
+            f32::INFINITY
         } else {
             1.0
         }
     }));
     blocks.push(std::array::from_fn(
-        |i| if i == 255 { f32::NAN } else { 2.0 },
+        |i| {
+            if i == N - 2 {
+                f32::NAN
+            } else {
+                2.0
+            }
+        },
     ));
     blocks.push(std::array::from_fn(|i| {
         if i % 2 == 0 {
@@ -488,6 +490,19 @@ fn avx512_q8_k_quantizer_gives_the_definitions_bits() {
         }
     }));
     blocks.push(std::array::from_fn(|i| 1e-37 * (i as f32 + 1.0)));
+    blocks
+}
+
+/// The AVX-512 Q8_K quantizer (the K-quants' prefill input) against the definition, bit for bit,
+/// on [`quantizer_blocks`] and a block whose largest magnitude appears twice with both signs
+/// (the first one's sign decides the codes' sign), in both orders.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn avx512_q8_k_quantizer_gives_the_definitions_bits() {
+    let Some(t) = crate::isa::x86::Avx512::detect() else {
+        return; // no AVX-512 on this CPU: nothing to test
+    };
+    let mut blocks = quantizer_blocks::<256>(23, 12, -127.0);
     for (first, second) in [(5.0f32, -5.0f32), (-5.0, 5.0)] {
         let mut b: [f32; 256] = std::array::from_fn(|i| (i as f32 * 0.37).sin());
         b[40] = first;
@@ -506,45 +521,15 @@ fn avx512_q8_k_quantizer_gives_the_definitions_bits() {
     }
 }
 
+/// The AVX-512 Q8_0 quantizer against the definition, bit for bit, on [`quantizer_blocks`] (the
+/// test fails if the conversion truncates instead of rounding).
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 #[test]
 fn avx512_q8_0_quantizer_gives_the_definitions_bits() {
     let Some(t) = crate::isa::x86::Avx512::detect() else {
         return; // no AVX-512 on this CPU: nothing to test
     };
-    let mut s = 11u64;
-    let mut blocks: Vec<[f32; 32]> = Vec::new();
-    for scale in [1e-30f32, 1e-3, 1.0, 7.5, 3e4, 1e30] {
-        for _ in 0..40 {
-            blocks.push(std::array::from_fn(|_| rng(&mut s) * scale));
-        }
-    }
-    // Ties (x.5 after scaling by 127 / 127), zeros, a lone value, signed zeros, subnormals,
-    // infinities and NaN, the largest floats, and magnitudes below 127 / f32::MAX.
-    let mut tie: [f32; 32] = std::array::from_fn(|i| i as f32 - 15.5);
-    tie[31] = 127.0;
-    blocks.push(tie);
-    blocks.push([0.0; 32]);
-    blocks.push(std::array::from_fn(|i| if i == 7 { -3.0 } else { -0.0 }));
-    blocks.push(std::array::from_fn(|i| f32::from_bits(i as u32 + 1)));
-    blocks.push(std::array::from_fn(|i| {
-        if i == 3 {
-            f32::INFINITY
-        } else {
-            1.0
-        }
-    }));
-    blocks.push(std::array::from_fn(
-        |i| if i == 30 { f32::NAN } else { 2.0 },
-    ));
-    blocks.push(std::array::from_fn(|i| {
-        if i % 2 == 0 {
-            f32::MAX
-        } else {
-            -f32::MAX
-        }
-    }));
-    blocks.push(std::array::from_fn(|i| 1e-37 * (i as f32 + 1.0)));
+    let blocks = quantizer_blocks::<32>(11, 40, 127.0);
     let x: Vec<f32> = blocks.concat();
     let (mut qs, mut d) = (vec![0i8; x.len()], vec![0.0f32; blocks.len()]);
     use crate::isa::traits::BlockMicro;
