@@ -493,6 +493,27 @@ fn quantizer_blocks<const N: usize>(seed: u64, per_scale: usize, tie_max: f32) -
     blocks
 }
 
+/// Quantizes `blocks` with `t` as `kind` and checks every block's scale and codes bit for bit
+/// against `definition` (which fills the codes and returns the scale).
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+fn check_quantizer<const N: usize>(
+    t: crate::isa::x86::Avx512,
+    kind: crate::block_input::ActKind,
+    blocks: &[[f32; N]],
+    definition: impl Fn(&[f32], &mut [i8]) -> f32,
+) {
+    use crate::isa::traits::BlockMicro;
+    let x: Vec<f32> = blocks.concat();
+    let (mut qs, mut d) = (vec![0i8; x.len()], vec![0.0f32; blocks.len()]);
+    t.quantize(kind, &x, &mut qs, &mut d);
+    for (b, block) in blocks.iter().enumerate() {
+        let mut want = [0i8; N];
+        let want_d = definition(block, &mut want);
+        assert_eq!(d[b].to_bits(), want_d.to_bits(), "block {b} scale");
+        assert_eq!(&qs[N * b..N * (b + 1)], &want, "block {b} codes");
+    }
+}
+
 /// The AVX-512 Q8_K quantizer (the K-quants' prefill input) against the definition, bit for bit,
 /// on [`quantizer_blocks`] and a block whose largest magnitude appears twice with both signs
 /// (the first one's sign decides the codes' sign), in both orders.
@@ -509,16 +530,12 @@ fn avx512_q8_k_quantizer_gives_the_definitions_bits() {
         b[41 + 16 * 5] = second;
         blocks.push(b);
     }
-    let x: Vec<f32> = blocks.concat();
-    let (mut qs, mut d) = (vec![0i8; x.len()], vec![0.0f32; blocks.len()]);
-    use crate::isa::traits::BlockMicro;
-    t.quantize(crate::block_input::ActKind::Q8K, &x, &mut qs, &mut d);
-    for (b, block) in blocks.iter().enumerate() {
-        let mut want = [0i8; 256];
-        let want_d = crate::block_input::quantize_q8_k(block, &mut want);
-        assert_eq!(d[b].to_bits(), want_d.to_bits(), "block {b} scale");
-        assert_eq!(&qs[256 * b..256 * (b + 1)], &want, "block {b} codes");
-    }
+    check_quantizer(
+        t,
+        crate::block_input::ActKind::Q8K,
+        &blocks,
+        crate::block_input::quantize_q8_k,
+    );
 }
 
 /// The AVX-512 Q8_0 quantizer against the definition, bit for bit, on [`quantizer_blocks`] (the
@@ -530,14 +547,10 @@ fn avx512_q8_0_quantizer_gives_the_definitions_bits() {
         return; // no AVX-512 on this CPU: nothing to test
     };
     let blocks = quantizer_blocks::<32>(11, 40, 127.0);
-    let x: Vec<f32> = blocks.concat();
-    let (mut qs, mut d) = (vec![0i8; x.len()], vec![0.0f32; blocks.len()]);
-    use crate::isa::traits::BlockMicro;
-    t.quantize(crate::block_input::ActKind::Q8_0, &x, &mut qs, &mut d);
-    for (b, block) in blocks.iter().enumerate() {
-        let mut want = [0i8; 32];
-        let want_d = crate::block_input::quantize_q8_0(block, &mut want);
-        assert_eq!(d[b].to_bits(), want_d.to_bits(), "block {b} scale");
-        assert_eq!(&qs[32 * b..32 * (b + 1)], &want, "block {b} codes");
-    }
+    check_quantizer(
+        t,
+        crate::block_input::ActKind::Q8_0,
+        &blocks,
+        crate::block_input::quantize_q8_0,
+    );
 }

@@ -175,10 +175,7 @@ impl BlockMicro for Avx512 {
     }
 
     fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
-        match kind {
-            ActKind::Q8_0 => super::quantize::quantize_q8_0(self, x, qs, d),
-            ActKind::Q8K => super::quantize::quantize_q8_k(self, x, qs, d),
-        }
+        super::quantize::quantize(self, kind, x, qs, d)
     }
 
     fn transpose(self, rows: &[u8], kc: usize, words: &mut [u32]) -> bool {
