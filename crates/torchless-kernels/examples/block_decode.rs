@@ -1,6 +1,7 @@
 //! Decode matvec throughput of the ggml block types (default arithmetic) at 7B shapes, for
 //! quick comparisons while tuning: `cargo run --release -p torchless-kernels --example
-//! block_decode [-- THREADS [TYPES,...]]`. Prints median GB/s over 9 timed runs of >= 256 MB of
+//! block_decode [-- THREADS [TYPES,...] [ROWS COLS]]` (default 14336 4096; a matrix that fits
+//! in L2, e.g. 512 4096, shows the kernel's own speed). Prints median GB/s over 9 timed runs of >= 256 MB of
 //! weights per type (int4 for comparison).
 
 use std::hint::black_box;
@@ -23,7 +24,9 @@ fn main() {
                 .to_vec()
         });
     let k = Kernels::auto().with_blas(false).expect("no BLAS");
-    let (rows, cols) = (14336, 4096);
+    let dim =
+        |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (rows, cols) = (dim(3, 14336), dim(4, 4096));
     let x = random_f32(cols, 3);
     let mut y = vec![0.0f32; rows];
     for name in &want {

@@ -122,8 +122,20 @@ pub(crate) struct BlockInput {
 }
 
 impl BlockInput {
-    /// Quantizes `x` (its length a multiple of the kind's block).
+    /// Quantizes `x` (its length a multiple of the kind's block) with the portable
+    /// [`quantize_into`] (the tests' reference; the kernels take the path's quantizer).
+    #[cfg(test)]
     pub(crate) fn quantize(kind: ActKind, x: &[f32]) -> Self {
+        Self::quantize_with(kind, x, |x, qs, d| quantize_into(kind, x, qs, d))
+    }
+
+    /// Quantizes `x` with `codes(x, qs, d)`, a quantizer bit-identical to [`quantize_into`] (a
+    /// path's vector one), then takes the sums and the reordered codes.
+    pub(crate) fn quantize_with(
+        kind: ActKind,
+        x: &[f32],
+        codes: impl FnOnce(&[f32], &mut [i8], &mut [f32]),
+    ) -> Self {
         let bv = kind.block_values();
         let blocks = x.len() / bv;
         let mut input = Self {
@@ -134,7 +146,7 @@ impl BlockInput {
             sums16: Vec::new(),
             qs_k4: Vec::new(),
         };
-        quantize_into(kind, x, &mut input.qs, &mut input.d);
+        codes(x, &mut input.qs, &mut input.d);
         let sv = kind.sum_values();
         for (s, q) in input.sums.iter_mut().zip(input.qs.chunks_exact(sv)) {
             *s = q.iter().map(|&v| i32::from(v)).sum();
@@ -142,13 +154,18 @@ impl BlockInput {
         // In range: at most 32 codes of magnitude at most 127 per sum.
         input.sums16 = input.sums.iter().map(|&s| s as i16).collect();
         if kind == ActKind::Q8K {
-            input.qs_k4 = input
-                .qs
-                .chunks_exact(128)
-                .flat_map(|c| [&c[0..32], &c[64..96], &c[32..64], &c[96..128]])
-                .flatten()
-                .copied()
-                .collect();
+            // Whole 32-byte copies (a byte-wise iterator chain here cost as much as the
+            // quantization itself).
+            input.qs_k4 = vec![0; input.qs.len()];
+            for (r, c) in input
+                .qs_k4
+                .chunks_exact_mut(128)
+                .zip(input.qs.chunks_exact(128))
+            {
+                for (k, from) in [0, 64, 32, 96].into_iter().enumerate() {
+                    r[32 * k..32 * k + 32].copy_from_slice(&c[from..from + 32]);
+                }
+            }
         }
         input
     }

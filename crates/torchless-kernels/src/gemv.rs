@@ -4,10 +4,10 @@
 //! (`exact` chooses), and their batches (prefill in the default arithmetic) are the same rows
 //! kernel over all inputs, so a batch is bit-identical to one product per input.
 
-use crate::block_input::{ActKind, BlockInput};
+use crate::block_input::{quantize_into, ActKind, BlockInput};
 use crate::blocks::BlockMat;
 use crate::int4::Int4Input;
-use crate::isa::traits::{BlockMatvec, Int4Matvec, Isa, Matvec, MatvecMany};
+use crate::isa::traits::{BlockMatvec, BlockMicro, Int4Matvec, Isa, Matvec, MatvecMany};
 use crate::mat::{Int8Mat, MatRef};
 use crate::parallel;
 
@@ -42,7 +42,7 @@ fn rows<I: Isa>(isa: I, w: &MatRef<'_>, x: &[f32], y: &mut [f32], exact: bool) {
         // Not reached (`matvec` quantizes the input first); kept total for safety.
         MatRef::Int4(m) => isa.int4_matvec().rows(m, &[Int4Input::quantize(x)], 0, y),
         MatRef::Blocks(m) => match block_kind(m, exact) {
-            Some(kind) => isa.blocks().rows(m, &[BlockInput::quantize(kind, x)], 0, y),
+            Some(kind) => isa.blocks().rows(m, &[quantize_input(isa, kind, x)], 0, y),
             None => isa.blocks().rows_exact(m, x, 1, 0, y),
         },
     }
@@ -54,20 +54,29 @@ fn block_kind(m: &BlockMat<'_>, exact: bool) -> Option<ActKind> {
     ActKind::of(m.ty()).filter(|_| !exact)
 }
 
+/// Quantizes one input with the path's vector quantizer (the block micro-kernel's, where the
+/// path has one; bit-identical to `quantize_into`, which the others run).
+fn quantize_input<I: Isa>(isa: I, kind: ActKind, x: &[f32]) -> BlockInput {
+    BlockInput::quantize_with(kind, x, |x, qs, d| match isa.block_micro() {
+        Some(micro) => micro.quantize(kind, x, qs, d),
+        None => quantize_into(kind, x, qs, d),
+    })
+}
+
 /// Quantizes each of the `cols`-long inputs in `xs` (in parallel for a prompt's worth).
-fn quantize_inputs(kind: ActKind, xs: &[f32], cols: usize) -> Vec<BlockInput> {
+fn quantize_inputs<I: Isa>(isa: I, kind: ActKind, xs: &[f32], cols: usize) -> Vec<BlockInput> {
     #[cfg(feature = "parallel")]
     {
         use rayon::prelude::*;
         if xs.len() >= 1 << 16 && parallel::current_num_threads() > 1 {
             return xs
                 .par_chunks_exact(cols)
-                .map(|x| BlockInput::quantize(kind, x))
+                .map(|x| quantize_input(isa, kind, x))
                 .collect();
         }
     }
     xs.chunks_exact(cols)
-        .map(|x| BlockInput::quantize(kind, x))
+        .map(|x| quantize_input(isa, kind, x))
         .collect()
 }
 
@@ -93,7 +102,7 @@ pub(crate) fn blocks<I: Isa>(
     let work = cols;
     match block_kind(m, exact) {
         Some(kind) => {
-            let inputs = quantize_inputs(kind, xs, cols);
+            let inputs = quantize_inputs(isa, kind, xs, cols);
             let f = |r0: usize, yt: &mut [f32]| isa.blocks().rows(m, &inputs, r0, yt);
             if batch == 1 {
                 parallel::par_rows(ys, 4, work, f);
@@ -219,7 +228,7 @@ pub(crate) fn many<I: Isa>(
     let block_input = |kind: ActKind| {
         ws.iter()
             .any(|w| matches!(w, MatRef::Blocks(m) if block_kind(m, exact) == Some(kind)))
-            .then(|| [BlockInput::quantize(kind, x)])
+            .then(|| [quantize_input(isa, kind, x)])
     };
     let (q8_0, q8_k) = (block_input(ActKind::Q8_0), block_input(ActKind::Q8K));
     let all_int4 = ws.iter().all(|w| matches!(w, MatRef::Int4(_)));
