@@ -35,6 +35,7 @@
 //! `c` adds `w · x` into lane `c % 32` (a product, then an addition); the result is [`reduce32`].
 
 use crate::blocks::{BlockMat, BlockType};
+use crate::codes::Codes;
 use crate::half::{f16_to_f32, f32_to_f16};
 
 /// Accumulator lanes of the default arithmetic (blocks per group).
@@ -107,7 +108,7 @@ pub(crate) struct BlockInput {
     /// How it was quantized.
     pub(crate) kind: ActKind,
     /// The codes, one per value, in the input's order.
-    pub(crate) qs: Vec<i8>,
+    pub(crate) qs: Codes,
     /// Per activation block: the scale `d_x` (Q8_0: a half's value).
     pub(crate) d: Vec<f32>,
     /// `Σ q` per 32 values (Q8_0) or per 16 (Q8_K).
@@ -118,7 +119,7 @@ pub(crate) struct BlockInput {
     /// Q8_K only (else empty): the codes with each 128 reordered as values `0..32, 64..96,
     /// 32..64, 96..128`, so that one 64-byte load meets the low nibbles of a Q4_K block's 64
     /// code bytes (sub-blocks `4k` and `4k + 2`) and the next one the high nibbles.
-    pub(crate) qs_k4: Vec<i8>,
+    pub(crate) qs_k4: Codes,
 }
 
 impl BlockInput {
@@ -140,11 +141,11 @@ impl BlockInput {
         let blocks = x.len() / bv;
         let mut input = Self {
             kind,
-            qs: vec![0; x.len()],
+            qs: Codes::zeroed(x.len()),
             d: vec![0.0; blocks],
             sums: vec![0; x.len() / kind.sum_values()],
             sums16: Vec::new(),
-            qs_k4: Vec::new(),
+            qs_k4: Codes::default(),
         };
         codes(x, &mut input.qs, &mut input.d);
         let sv = kind.sum_values();
@@ -156,7 +157,7 @@ impl BlockInput {
         if kind == ActKind::Q8K {
             // Whole 32-byte copies (a byte-wise iterator chain here cost as much as the
             // quantization itself).
-            input.qs_k4 = vec![0; input.qs.len()];
+            input.qs_k4 = Codes::zeroed(input.qs.len());
             for (r, c) in input
                 .qs_k4
                 .chunks_exact_mut(128)

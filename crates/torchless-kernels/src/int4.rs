@@ -18,6 +18,7 @@
 //! register layout but keeps every lane's sequence of f32 operations and the final reduction, so
 //! it is bit-identical too.
 
+use crate::codes::Codes;
 use crate::mat::{Int4Mat, INT4_GROUP_SIZE};
 
 /// Smallest batch whose inputs carry the transposed codes ([`Int4Input::xt`]): the AVX-512
@@ -39,7 +40,7 @@ pub(crate) const LANE_GROUP: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 pub(crate) struct Int4Input {
     /// Per quad `q` of groups, 128 bytes: values 0..16 of groups `4q .. 4q + 4` (16 bytes each),
     /// then values 16..32 of the same groups.
-    pub(crate) xq: Vec<i8>,
+    pub(crate) xq: Codes,
     /// Per block, 8 lanes (in [`LANE_GROUP`] order): `8 · Σ xq` over the group (the `− 8` of
     /// the codes).
     pub(crate) offsets: Vec<i32>,
@@ -55,7 +56,7 @@ pub(crate) struct Int4Input {
     /// `v` lane `m` (4 bytes) holding values `16 · (v / 4) + 4 · (v % 4) ..` `+ 4` of group
     /// `LANE_GROUP[m]`, the bytes that kernel's transposed weight nibbles meet (see
     /// [`transposed_index`]).
-    pub(crate) xt: Vec<i8>,
+    pub(crate) xt: Codes,
     /// Empty, or with [`Self::xt`]: [`Self::offsets`] negated (where that kernel's sums start).
     pub(crate) neg_offsets: Vec<i32>,
 }
@@ -88,15 +89,15 @@ impl Int4Input {
         let groups = x.len() / INT4_GROUP_SIZE;
         let blocks = groups.div_ceil(BLOCK_GROUPS);
         let mut input = Self {
-            xq: vec![0; blocks * BLOCK_X_BYTES],
+            xq: Codes::zeroed(blocks * BLOCK_X_BYTES),
             offsets: vec![0; blocks * 8],
             steps: vec![0.0; blocks * 8],
             offsets16: vec![0; blocks * 16],
             steps16: vec![0.0; blocks * 16],
             xt: if transposed {
-                vec![0; blocks * BLOCK_X_BYTES]
+                Codes::zeroed(blocks * BLOCK_X_BYTES)
             } else {
-                Vec::new()
+                Codes::default()
             },
             neg_offsets: if transposed {
                 vec![0; blocks * 8]

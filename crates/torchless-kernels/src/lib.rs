@@ -65,6 +65,7 @@ mod attention;
 mod blas;
 mod block_input;
 mod blocks;
+mod codes;
 mod dispatch;
 mod error;
 mod gemm;
