@@ -57,6 +57,8 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Write a model file with given shapes and random weights (for benchmarks).
     Synth(commands::synth::SynthArgs),
+    /// Drop model files from the page cache so that the next load caches them in 2 MiB pages.
+    Recache(commands::recache::RecacheArgs),
 }
 
 const SUBCOMMANDS: &[&str] = &[
@@ -69,6 +71,7 @@ const SUBCOMMANDS: &[&str] = &[
     "tokenize",
     "convert",
     "synth",
+    "recache",
     "help",
 ];
 
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::Recache(args) => commands::recache::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

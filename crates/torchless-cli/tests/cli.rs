@@ -752,3 +752,25 @@ fn chat_uses_the_chat_template_file() {
         "{turn}"
     );
 }
+
+#[test]
+fn recache_reports_each_file_and_a_missing_one_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.bin");
+    std::fs::copy(model("small-gqa-int8.bin"), &copy).unwrap();
+    let out = run(torchless().args(["recache"]).arg(&copy));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("copy.bin: dropped from the page cache"),
+        "{}",
+        out.stdout
+    );
+    // The file is unchanged and still loads.
+    let tokens = run(torchless().args(["tokenize"]).arg(&copy).arg("hello"));
+    assert_eq!(tokens.code, 0, "{}", tokens.stderr);
+    let missing = run(torchless()
+        .args(["recache"])
+        .arg(dir.path().join("none.gguf")));
+    assert_clean_error(&missing, 1, "none.gguf");
+}

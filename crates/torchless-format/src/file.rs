@@ -296,6 +296,18 @@ impl ModelFile {
         self.in_memory
     }
 
+    /// For a mapped file (not an in-memory copy): touches sample points of the mapping and
+    /// reports how much of what is resident is mapped with 2 MiB pages. A file cached in 4 KiB
+    /// pages (just written or downloaded) decodes markedly slower; [`recache`](crate::recache)
+    /// fixes that once. `None` for an in-memory copy or where the kernel's figures cannot be
+    /// read (not Linux).
+    pub fn huge_page_share(&self) -> Option<crate::HugePageShare> {
+        if self.in_memory {
+            return None;
+        }
+        crate::page_cache::sample(&self.mmap)
+    }
+
     /// Validates a model held in memory (copied once into anonymous memory, the payload on a page
     /// boundary, as [`read_into_memory`](Self::read_into_memory) does).
     ///
@@ -1010,28 +1022,6 @@ pub fn read_tokenizer_data(path: impl AsRef<Path>) -> Result<TokenizerData, Form
 /// The kind of a GGUF reader error, as a format error's.
 fn gguf_kind(e: gguf::GgufError) -> FormatErrorKind {
     e.into_kind().into()
-}
-
-/// Asks the kernel to drop a file's clean pages from the page cache (Linux; elsewhere a no-op).
-///
-/// Writers call this after syncing a new model file: the pages written sit in small page-cache
-/// folios, and once dropped, the first model load reads the file back in 2 MiB folios (see
-/// [`ModelFile::open`]), which makes mapping and unmapping layers far cheaper.
-pub fn evict_from_page_cache(file: &File) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: posix_fadvise only reads its integer arguments; an invalid descriptor is
-        // reported as an error code, not undefined behaviour.
-        let code =
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if code != 0 {
-            return Err(std::io::Error::from_raw_os_error(code));
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
-    Ok(())
 }
 
 /// `MADV_POPULATE_READ` where the kernel has it, otherwise `MADV_WILLNEED`.

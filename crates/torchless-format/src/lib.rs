@@ -33,6 +33,7 @@ mod file;
 pub mod gguf;
 pub mod half;
 pub mod int4;
+mod page_cache;
 pub mod quant;
 mod tensor;
 mod tokenizer_data;
@@ -44,9 +45,9 @@ pub use config::{
 };
 pub use error::{FormatError, FormatErrorKind};
 pub use file::{
-    evict_from_page_cache, read_tokenizer_data, FileFormat, JsonEntries, ModelFile, Residency,
-    ALIGNMENT, MAX_HEADER_LEN,
+    read_tokenizer_data, FileFormat, JsonEntries, ModelFile, Residency, ALIGNMENT, MAX_HEADER_LEN,
 };
+pub use page_cache::{evict_from_page_cache, recache, HugePageShare};
 pub use tensor::{
     BlockView, DType, Int4View, Int8View, ScaleInfo, TensorData, TensorInfo, TensorRef,
 };
