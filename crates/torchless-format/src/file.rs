@@ -5,7 +5,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap, MmapMut, MmapOptions, UncheckedAdvice};
+use memmap2::{Advice, Mmap, MmapMut, UncheckedAdvice};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -234,19 +234,8 @@ impl ModelFile {
         let source_name = path.display().to_string();
         let err = |kind| FormatError::new(source_name.clone(), kind);
         let file = File::open(path).map_err(|e| err(FormatErrorKind::Io(e)))?;
-        let mut options = MmapOptions::new();
-        if populate {
-            options.populate();
-        }
-        // SAFETY: the map is read-only. Undefined behaviour would need another process to truncate or
-        // rewrite the file while it is mapped; like every mmap-based loader (llama.cpp, safetensors)
-        // we document that model files must not be modified while in use.
-        let mmap = unsafe { options.map(&file) }.map_err(|e| err(FormatErrorKind::Io(e)))?;
-        // Let the kernel back this mapping with 2 MiB pages where the page cache holds (or, on a
-        // cold read, allocates) 2 MiB folios: far fewer TLB misses when streaming weights, and
-        // mapping or dropping a layer costs one page-table entry per 2 MiB instead of 512.
-        #[cfg(target_os = "linux")]
-        let _ = mmap.advise(Advice::HugePage);
+        let mmap = crate::page_cache::map_file(&file, populate)
+            .map_err(|e| err(FormatErrorKind::Io(e)))?;
         let mut model = Self::from_mmap(mmap, 0, source_name)?;
         model.path = Some(path.to_path_buf());
         Ok(model)
