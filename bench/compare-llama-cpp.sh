@@ -70,9 +70,10 @@ Measurement:
   -n, --n-gen N          generated tokens (tg)                                 [$N_GEN]
   -r, --reps N           rounds; each round runs every engine once, medians
                          over rounds are reported                              [$REPS]
-      --shapes LIST      comma-separated: 7b (torchless int8 vs llama.cpp Q8_0),
-                         7b-q4 (torchless int4 vs llama.cpp Q4_0 as llama-quantize
-                         makes it, output.weight Q6_K; builds llama-quantize too),
+      --shapes LIST      comma-separated: 7b (torchless int8 vs llama.cpp Q8_0; torchless
+                         also runs the Q8_0 GGUF), 7b-q4 (torchless int4 vs llama.cpp Q4_0
+                         as llama-quantize makes it, output.weight Q6_K, which torchless
+                         also runs; builds llama-quantize too),
                          7b-q4km (one Q4_K_M GGUF run by every engine, torchless included;
                          --gguf-q4km, or made with llama-quantize from the Q8_0 file),
                          1b (torchless f32 vs llama.cpp F32)                  [$SHAPES]
@@ -598,6 +599,7 @@ if [[ $want_7b == 1 ]]; then
     ensure_gguf_model mistral-7b q8_0; q8=$MODEL_PATH
     add_peers 7B Q8_0 "$q8"
     RUNS+=("7B|torchless|int8|$tl")
+    RUNS+=("7B|torchless|Q8_0 (same GGUF)|$q8")
     if [[ $WITH_INT8_ACT == 1 ]]; then
         RUNS+=("7B|torchless|int8 (int8 activations)|$tl")
     fi
@@ -608,10 +610,11 @@ if [[ $want_7b == 1 ]]; then
 fi
 if [[ $WITH_INT4 == 1 ]]; then
     ensure_gguf_model mistral-7b q4_0
-    ensure_llama_quantized Q4_0
-    add_peers 7B "Q4_0 (Q6_K output)" "$MODEL_PATH"
+    ensure_llama_quantized Q4_0; q40=$MODEL_PATH
+    add_peers 7B "Q4_0 (Q6_K output)" "$q40"
     ensure_torchless_model mistral-7b int4 4096 32 "" "$INT4_OUTPUT"
     RUNS+=("7B|torchless|int4 ($INT4_OUTPUT output)|$MODEL_PATH")
+    RUNS+=("7B|torchless|Q4_0 (Q6_K output, same GGUF)|$q40")
 fi
 if [[ $WITH_Q4KM == 1 ]]; then
     # One file for every engine: torchless reads GGUF too. Its own shape label, so that its

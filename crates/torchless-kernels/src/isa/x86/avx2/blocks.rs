@@ -97,6 +97,27 @@ pub(crate) trait I8Dot: Copy {
         }
     }
 
+    /// The block sums `S` (as `block_totals` of the block-by-block form, plus its integer
+    /// correction for Q8_0; without the other types' offset corrections and second terms,
+    /// which the caller takes from the sums; lanes past `m` zero) of a group of `m` (1 to 8)
+    /// blocks of type `T` at `blk` for each of `B` inputs (`x[i]`: input `i`'s
+    /// codes of the group's first block, `sums[i]` its sums), where the implementation has a
+    /// whole-group form for `T`; `None` (the default) takes the block-by-block one.
+    ///
+    /// # Safety
+    /// The instructions of the implementation must be available; `m` whole blocks at `blk`,
+    /// `32 · m` codes at each `x[i]` and `m` sums at each `sums[i]`.
+    #[inline(always)]
+    unsafe fn group32<const T: u8, const B: usize>(
+        blk: *const u8,
+        m: usize,
+        x: [*const i8; B],
+        sums: [*const i32; B],
+    ) -> Option<[__m256i; B]> {
+        let _ = (blk, m, x, sums);
+        None
+    }
+
     /// `(x & 0x0f) | y` per byte.
     ///
     /// # Safety
@@ -124,16 +145,16 @@ impl I8Dot for Maddubs {
 }
 
 // Type codes, for monomorphizing the row loop per type.
-const Q8_0: u8 = 0;
-const Q4_0: u8 = 1;
-const Q4_1: u8 = 2;
-const Q5_0: u8 = 3;
-const Q5_1: u8 = 4;
+pub(crate) const Q8_0: u8 = 0;
+pub(crate) const Q4_0: u8 = 1;
+pub(crate) const Q4_1: u8 = 2;
+pub(crate) const Q5_0: u8 = 3;
+pub(crate) const Q5_1: u8 = 4;
 const Q4K: u8 = 5;
 const Q5K: u8 = 6;
 const Q6K: u8 = 7;
 
-const fn block_bytes(t: u8) -> usize {
+pub(crate) const fn block_bytes(t: u8) -> usize {
     match t {
         Q8_0 => 34,
         Q4_0 => 18,
@@ -371,62 +392,91 @@ unsafe fn row_dot<D: I8Dot, const T: u8, const B: usize>(
     nb: usize,
     xs: &[&BlockInput; B],
 ) -> [f32; B] {
+    // SAFETY: caller contract. Whole groups pass a constant 8 (so their per-block tests
+    // fold away), the last group its length.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); B];
+        let whole = nb / 8 * 8;
+        for g0 in (0..whole).step_by(8) {
+            row_group::<D, T, B>(row, g0, 8, xs, &mut acc);
+        }
+        if whole < nb {
+            row_group::<D, T, B>(row, whole, nb - whole, xs, &mut acc);
+        }
+        std::array::from_fn(|i| hsum(acc[i]))
+    }
+}
+
+/// Blocks `g0 .. g0 + m` (`m` ≤ 8) of a row of type `T` times `B` inputs, added into `acc`.
+///
+/// # Safety
+/// As [`row_dot`], with `g0 + m` at most the row's blocks.
+#[inline(always)]
+unsafe fn row_group<D: I8Dot, const T: u8, const B: usize>(
+    row: *const u8,
+    g0: usize,
+    m: usize,
+    xs: &[&BlockInput; B],
+    acc: &mut [__m256; B],
+) {
     // SAFETY: caller contract; the block pointers stay inside the row, the scale reads inside
     // each input's `d` (the last group's loads are masked to the blocks it has).
     unsafe {
         let bb = block_bytes(T);
-        let mut acc = [_mm256_setzero_ps(); B];
-        for g0 in (0..nb).step_by(8) {
-            let m = (nb - g0).min(8);
-            let mut parts = [[_mm256_setzero_si256(); 8]; B];
-            // The halves gathered in registers (see `row_dot_k`); a constant loop, unrolled,
-            // keeps `parts` in registers.
-            let (mut dw, mut mw) = ([0u64; 2], [0u64; 2]);
-            // One prefetch per cache line of the group's blocks (small blocks share lines).
-            prefetch_ahead(row.wrapping_add(g0 * bb), 8 * bb);
-            for j in 0..8 {
-                if j < m {
-                    let blk = row.add((g0 + j) * bb);
+        let mut parts = [[_mm256_setzero_si256(); 8]; B];
+        // The halves gathered in registers (see `row_dot_k`); a constant loop, unrolled,
+        // keeps `parts` in registers.
+        let (mut dw, mut mw) = ([0u64; 2], [0u64; 2]);
+        // One prefetch per cache line of the group's blocks (small blocks share lines).
+        prefetch_ahead(row.wrapping_add(g0 * bb), 8 * bb);
+        let group = D::group32::<T, B>(
+            row.add(g0 * bb),
+            m,
+            std::array::from_fn(|i| xs[i].qs.as_ptr().add(g0 * 32)),
+            std::array::from_fn(|i| xs[i].sums.as_ptr().add(g0)),
+        );
+        for j in 0..8 {
+            if j < m {
+                let blk = row.add((g0 + j) * bb);
+                if group.is_none() {
                     block_sums::<D, T, B>(blk, xs, g0 + j, &mut parts, j);
-                    let sh = 16 * (j % 4);
-                    dw[j / 4] |= u64::from(read_u16(blk.add(d_offset(T)))) << sh;
-                    if second_term(T) {
-                        mw[j / 4] |= u64::from(read_u16(blk.add(2))) << sh;
-                    }
                 }
-            }
-            let dwv = _mm256_cvtph_ps(_mm_set_epi64x(dw[1] as i64, dw[0] as i64));
-            let mwv = _mm256_cvtph_ps(_mm_set_epi64x(mw[1] as i64, mw[0] as i64));
-            for i in 0..B {
-                let dxv = load_first_f32(xs[i].d.as_ptr().add(g0), m);
-                let s = block_totals(&parts[i]);
-                // The extra: `off · Σ q` per block, from the input's sums of the group.
-                let e = if T == Q8_0 {
-                    _mm256_setzero_si256()
-                } else {
-                    let sums = load_first_i32(xs[i].sums.as_ptr().add(g0), m);
-                    match T {
-                        Q4_0 => {
-                            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<3>(sums))
-                        }
-                        Q5_0 => {
-                            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<4>(sums))
-                        }
-                        _ => sums,
-                    }
-                };
+                let sh = 16 * (j % 4);
+                dw[j / 4] |= u64::from(read_u16(blk.add(d_offset(T)))) << sh;
                 if second_term(T) {
-                    let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dwv, dxv));
-                    acc[i] = _mm256_add_ps(acc[i], t);
-                    let t = _mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_mul_ps(mwv, dxv));
-                    acc[i] = _mm256_add_ps(acc[i], t);
-                } else {
-                    let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s, e));
-                    acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(s, _mm256_mul_ps(dwv, dxv)));
+                    mw[j / 4] |= u64::from(read_u16(blk.add(2))) << sh;
                 }
             }
         }
-        std::array::from_fn(|i| hsum(acc[i]))
+        let dwv = _mm256_cvtph_ps(_mm_set_epi64x(dw[1] as i64, dw[0] as i64));
+        let mwv = _mm256_cvtph_ps(_mm_set_epi64x(mw[1] as i64, mw[0] as i64));
+        for i in 0..B {
+            let dxv = load_first_f32(xs[i].d.as_ptr().add(g0), m);
+            let s = match group {
+                Some(sums) => sums[i],
+                None => block_totals(&parts[i]),
+            };
+            // The extra: `off · Σ q` per block, from the input's sums of the group.
+            let e = if T == Q8_0 {
+                _mm256_setzero_si256()
+            } else {
+                let sums = load_first_i32(xs[i].sums.as_ptr().add(g0), m);
+                match T {
+                    Q4_0 => _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<3>(sums)),
+                    Q5_0 => _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<4>(sums)),
+                    _ => sums,
+                }
+            };
+            if second_term(T) {
+                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dwv, dxv));
+                acc[i] = _mm256_add_ps(acc[i], t);
+                let t = _mm256_mul_ps(_mm256_cvtepi32_ps(e), _mm256_mul_ps(mwv, dxv));
+                acc[i] = _mm256_add_ps(acc[i], t);
+            } else {
+                let s = _mm256_cvtepi32_ps(_mm256_add_epi32(s, e));
+                acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(s, _mm256_mul_ps(dwv, dxv)));
+            }
+        }
     }
 }
 
