@@ -239,7 +239,7 @@ impl Isa for Avx2 {
 #[cfg(all(feature = "simd", target_arch = "x86_64"))]
 impl Isa for Avx512 {
     type Elementwise = Avx2;
-    type Matvec = Avx2;
+    type Matvec = Avx512;
     type Int4Matvec = Avx512;
     type MatvecMany = Avx512;
     type Micro = Avx512;

@@ -554,3 +554,49 @@ fn avx512_q8_0_quantizer_gives_the_definitions_bits() {
         crate::block_input::quantize_q8_0,
     );
 }
+
+/// The AVX-512 f32 and int8 decode rows against the AVX2 ones, bit for bit (one 16-lane
+/// accumulator holds the AVX2 kernel's two 8-lane ones), on row counts around the 4-row passes
+/// and the two int8 streams and on column counts with 16-, 8- and 1-value tails; int8 both row
+/// aligned and with groups straddling rows.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[test]
+fn avx512_f32_and_int8_rows_are_the_avx2_rows_bit_for_bit() {
+    use crate::isa::traits::Matvec;
+    let Some(t) = crate::isa::x86::Avx512::detect() else {
+        return; // no AVX-512 VNNI on this CPU: the path is never taken
+    };
+    let mut s = 11u64;
+    for &(rows, cols) in &[
+        (1usize, 1usize),
+        (3, 7),
+        (4, 16),
+        (5, 24),
+        (7, 64),
+        (9, 200),
+        (13, 256),
+        (6, 1000),
+        (11, 4160),
+        (3, 96),
+    ] {
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng(&mut s)).collect();
+        let q: Vec<i8> = (0..rows * cols)
+            .map(|_| (rng(&mut s) * 127.0) as i8)
+            .collect();
+        let inv: Vec<f32> = (0..(rows * cols).div_ceil(64))
+            .map(|_| 10.0 + rng(&mut s) * 5.0)
+            .collect();
+        let x: Vec<f32> = (0..cols).map(|_| rng(&mut s) * 3.0).collect();
+        let f = crate::mat::F32Mat::new(&w, rows, cols).unwrap();
+        let (mut a, mut b) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+        t.matvec_f32(&f, &x, &mut a);
+        t.avx2().matvec_f32(&f, &x, &mut b);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b), "f32 {rows}x{cols}");
+        let m = crate::mat::Int8Mat::new(&q, &inv, rows, cols).unwrap();
+        let (mut a, mut b) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
+        t.matvec_i8(&m, &x, &mut a);
+        t.avx2().matvec_i8(&m, &x, &mut b);
+        assert_eq!(bits(&a), bits(&b), "int8 {rows}x{cols}");
+    }
+}

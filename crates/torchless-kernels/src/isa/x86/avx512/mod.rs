@@ -20,6 +20,7 @@ mod gemm_f32;
 mod gemm_int;
 mod kv_rows;
 mod matvec;
+mod matvec_float;
 mod matvec_many;
 mod probe;
 mod quantize;
