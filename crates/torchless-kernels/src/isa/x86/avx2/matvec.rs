@@ -42,21 +42,17 @@ pub(super) fn dot_i8(_t: Avx2, q: &[i8], x: &[f32]) -> f32 {
     unsafe { dot_i8_raw(q.as_ptr(), x.as_ptr(), n) }
 }
 
-/// `y[r] = Σ_c w[r*cols + c] x[c]` for `R` consecutive rows. Each load prefetches the same
-/// position `R` rows further on, i.e. the next pass's data: a fixed distance in bytes overshoots
-/// short rows (at 2048 columns it lands in rows this pass already reads).
+/// `Σ_c w[r*cols + c] x[c]` for `R` consecutive rows. Each load prefetches the same position
+/// `R` rows further on, i.e. the next pass's data: a fixed distance in bytes overshoots short
+/// rows (at 2048 columns it lands in rows this pass already reads).
 ///
 /// # Safety
-/// AVX2+FMA available; `w` valid for `R * cols` reads, `x` for `cols`, `y` for `R` writes.
+/// AVX2+FMA available; `w` valid for `R * cols` reads, `x` for `cols`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn f32_rows<const R: usize>(w: *const f32, cols: usize, x: *const f32, y: *mut f32) {
+unsafe fn f32_rows<const R: usize>(w: *const f32, cols: usize, x: *const f32) -> [f32; R] {
     // SAFETY: caller contract, with one input.
-    let out = unsafe { f32_rows_multi::<R, 1>(w, cols, [x]) };
-    for (r, v) in out.into_iter().enumerate() {
-        // SAFETY: caller contract: `y` valid for `R` writes.
-        unsafe { *y.add(r) = v[0] };
-    }
+    unsafe { f32_rows_multi::<R, 1>(w, cols, [x]) }.map(|v| v[0])
 }
 
 /// [`f32_rows`] for `B` inputs at once (the decode steps of `B` sequences): each weight piece is
@@ -113,42 +109,92 @@ pub(super) unsafe fn f32_rows_multi<const R: usize, const B: usize>(
     }
 }
 
+/// One instruction set's f32 and row-aligned int8 decode rows, for the row loops
+/// [`matvec_f32_rows`] and [`matvec_i8_rows`] that the x86 paths share.
+pub(in crate::isa::x86) trait RowKernels: Copy {
+    /// `Σ_c w[r*cols + c] x[c]` for `R` consecutive rows.
+    ///
+    /// # Safety
+    /// The implementation's features available; `w` valid for `R * cols` reads, `x` for `cols`.
+    unsafe fn f32_rows<const R: usize>(self, w: *const f32, cols: usize, x: *const f32)
+        -> [f32; R];
+
+    /// `N` row-aligned int8 rows (`q[i]`, inverse scales `inv[i]`) times `x`, in the arithmetic
+    /// of [`i8_rows_multi`].
+    ///
+    /// # Safety
+    /// The implementation's features available; each `q[i]` valid for `groups * 64` reads,
+    /// `inv[i]` for `groups`, `x` for `groups * 64`.
+    unsafe fn i8_rows<const N: usize>(
+        self,
+        q: [*const i8; N],
+        inv: [*const f32; N],
+        groups: usize,
+        x: *const f32,
+    ) -> [f32; N];
+
+    /// The AVX2 token (for the int8 matrices whose groups straddle rows).
+    fn avx2(self) -> Avx2;
+}
+
+impl RowKernels for Avx2 {
+    unsafe fn f32_rows<const R: usize>(
+        self,
+        w: *const f32,
+        cols: usize,
+        x: *const f32,
+    ) -> [f32; R] {
+        // SAFETY: the token proves AVX2+FMA; the rest is the caller's contract.
+        unsafe { f32_rows::<R>(w, cols, x) }
+    }
+
+    unsafe fn i8_rows<const N: usize>(
+        self,
+        q: [*const i8; N],
+        inv: [*const f32; N],
+        groups: usize,
+        x: *const f32,
+    ) -> [f32; N] {
+        // SAFETY: the token proves AVX2+FMA; the rest is the caller's contract.
+        unsafe { i8_rows::<N>(q, inv, groups, x) }
+    }
+
+    fn avx2(self) -> Avx2 {
+        self
+    }
+}
+
 /// `y = W x` for f32 weights, four rows per pass so each `x` load feeds four FMAs.
-fn matvec_f32(_t: Avx2, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
+pub(in crate::isa::x86) fn matvec_f32_rows<K: RowKernels>(
+    k: K,
+    w: &F32Mat<'_>,
+    x: &[f32],
+    y: &mut [f32],
+) {
     let (rows, cols) = (w.rows(), w.cols());
     assert!(x.len() == cols && y.len() == rows, "matvec_f32 shapes");
     let wp = w.data().as_ptr();
     let full = rows / 4 * 4;
     for r0 in (0..full).step_by(4) {
-        // SAFETY: token ⇒ AVX2+FMA; `F32Mat` guarantees `rows * cols` values, so rows r0..r0+4 are
-        // in bounds; `x` has `cols` values and `y[r0..r0 + 4]` exists (asserted above).
-        unsafe { f32_rows::<4>(wp.add(r0 * cols), cols, x.as_ptr(), y.as_mut_ptr().add(r0)) }
+        // SAFETY: the token proves the features; `F32Mat` guarantees `rows * cols` values, so
+        // rows r0..r0+4 are in bounds; `x` has `cols` values (asserted above).
+        let out = unsafe { k.f32_rows::<4>(wp.add(r0 * cols), cols, x.as_ptr()) };
+        y[r0..r0 + 4].copy_from_slice(&out);
     }
-    for r in full..rows {
+    for (r, yr) in y.iter_mut().enumerate().skip(full) {
         // SAFETY: as above, for one row.
-        unsafe { f32_rows::<1>(wp.add(r * cols), cols, x.as_ptr(), y.as_mut_ptr().add(r)) }
+        *yr = unsafe { k.f32_rows::<1>(wp.add(r * cols), cols, x.as_ptr()) }[0];
     }
-}
-
-/// One row-aligned int8 row: per 64-group, the int8·f32 products are accumulated in two
-/// registers, then divided once by the group's inverse scale.
-///
-/// # Safety
-/// AVX2+FMA available; `q` valid for `groups * 64` reads, `inv` for `groups`, `x` for
-/// `groups * 64`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn i8_row(q: *const i8, inv: *const f32, groups: usize, x: *const f32) -> f32 {
-    // SAFETY: caller contract, for one row.
-    unsafe { i8_rows::<1>([q], [inv], groups, x)[0] }
 }
 
 /// `N` row-aligned int8 rows far apart in memory (`q[i]`, with scales `inv[i]`), processed
 /// together: `N` independent memory streams per thread and `N` times the independent work per
-/// loaded `x` vector. Same arithmetic per row as [`i8_row`], so results are bit-identical.
+/// loaded `x` vector: per 64-group, the int8·f32 products accumulated in two registers, then
+/// divided once by the group's inverse scale.
 ///
 /// # Safety
-/// As [`i8_row`], for every row.
+/// AVX2+FMA available; each `q[i]` valid for `groups * 64` reads, `inv[i]` for `groups`, `x`
+/// for `groups * 64`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn i8_rows<const N: usize>(
@@ -163,10 +209,10 @@ unsafe fn i8_rows<const N: usize>(
 
 /// [`i8_rows`] for `B` inputs at once (the decode steps of `B` sequences): each 8-value weight
 /// piece is converted once and used for every input. Every (row, input) pair goes through the
-/// arithmetic of [`i8_row`], so a batch gives bit-identical rows to one input at a time.
+/// arithmetic of [`i8_rows`], so a batch gives bit-identical rows to one input at a time.
 ///
 /// # Safety
-/// As [`i8_row`], for every row and every input `xs[b]`.
+/// As [`i8_rows`], for every row and every input `xs[b]`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn i8_rows_multi<const N: usize, const B: usize>(
@@ -175,7 +221,7 @@ pub(super) unsafe fn i8_rows_multi<const N: usize, const B: usize>(
     groups: usize,
     xs: [*const f32; B],
 ) -> [[f32; B]; N] {
-    // SAFETY: caller contract, as in `i8_row` for each row and input.
+    // SAFETY: caller contract, as in `i8_rows` for each row and input.
     unsafe {
         let mut tot = [[_mm256_setzero_ps(); B]; N];
         for g in 0..groups {
@@ -205,12 +251,17 @@ pub(super) unsafe fn i8_rows_multi<const N: usize, const B: usize>(
 }
 
 /// `y = W x` for int8 weights.
-fn matvec_i8(t: Avx2, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
+pub(in crate::isa::x86) fn matvec_i8_rows<K: RowKernels>(
+    k: K,
+    w: &Int8Mat<'_>,
+    x: &[f32],
+    y: &mut [f32],
+) {
     let (rows, cols) = (w.rows(), w.cols());
     assert!(x.len() == cols && y.len() == rows, "matvec_i8 shapes");
     if !w.is_row_aligned() {
         for (r, yr) in y.iter_mut().enumerate() {
-            *yr = w.row_dot_by_groups(r, x, |q, x| dot_i8(t, q, x));
+            *yr = w.row_dot_by_groups(r, x, |q, x| dot_i8(k.avx2(), q, x));
         }
         return;
     }
@@ -224,10 +275,10 @@ fn matvec_i8(t: Avx2, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
     let stride = rows / STREAMS;
     for r in 0..stride {
         let rs: [usize; STREAMS] = std::array::from_fn(|i| r + i * stride);
-        // SAFETY: token ⇒ AVX2+FMA; every row rs[i] < rows, so its weights and scales are in
-        // bounds (asserted lengths); `x` has `cols = groups * 64` values.
+        // SAFETY: the token proves the features; every row rs[i] < rows, so its weights and
+        // scales are in bounds (asserted lengths); `x` has `cols = groups * 64` values.
         let out = unsafe {
-            i8_rows::<STREAMS>(
+            k.i8_rows::<STREAMS>(
                 rs.map(|r| qp.add(r * cols)),
                 rs.map(|r| ip.add(r * groups)),
                 groups,
@@ -240,7 +291,9 @@ fn matvec_i8(t: Avx2, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
     }
     for (r, yr) in y.iter_mut().enumerate().skip(stride * STREAMS) {
         // SAFETY: as above, for one row.
-        *yr = unsafe { i8_row(qp.add(r * cols), ip.add(r * groups), groups, x.as_ptr()) };
+        *yr =
+            unsafe { k.i8_rows::<1>([qp.add(r * cols)], [ip.add(r * groups)], groups, x.as_ptr()) }
+                [0];
     }
 }
 
@@ -418,11 +471,11 @@ fn matvec_i4_multi(_t: Avx2, w: &Int4Mat<'_>, inputs: &[Int4Input], r0: usize, y
 
 impl Matvec for Avx2 {
     fn matvec_f32(self, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_f32(self, w, x, y);
+        matvec_f32_rows(self, w, x, y);
     }
 
     fn matvec_i8(self, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_i8(self, w, x, y);
+        matvec_i8_rows(self, w, x, y);
     }
 }
 

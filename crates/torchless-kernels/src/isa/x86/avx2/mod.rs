@@ -45,7 +45,7 @@ mod elementwise;
 pub(crate) mod gemm_f32;
 mod gemm_int;
 pub(crate) mod kv_rows;
-mod matvec;
+pub(in crate::isa::x86) mod matvec;
 pub(in crate::isa::x86) mod matvec_many;
 
 pub(crate) use gemm_int::q4pack_b;

@@ -8,7 +8,8 @@
 
 use super::Avx512;
 use crate::isa::traits::Matvec;
-use crate::isa::x86::avx2::{hsum, PF_GROUPS};
+use crate::isa::x86::avx2::matvec::{matvec_f32_rows, matvec_i8_rows, RowKernels};
+use crate::isa::x86::avx2::{hsum, Avx2, PF_GROUPS};
 use crate::mat::{F32Mat, Int8Mat, GROUP_SIZE};
 use core::arch::x86_64::*;
 
@@ -65,24 +66,6 @@ unsafe fn f32_rows<const R: usize>(w: *const f32, cols: usize, x: *const f32) ->
     }
 }
 
-/// `y = W x` for f32 weights, four rows per pass (as the AVX2 kernel).
-fn matvec_f32(_t: Avx512, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
-    let (rows, cols) = (w.rows(), w.cols());
-    assert!(x.len() == cols && y.len() == rows, "matvec_f32 shapes");
-    let wp = w.data().as_ptr();
-    let full = rows / 4 * 4;
-    for r0 in (0..full).step_by(4) {
-        // SAFETY: the token proves the features; `F32Mat` holds `rows * cols` values, so rows
-        // r0..r0 + 4 are in bounds; `x` has `cols` values (asserted).
-        let out = unsafe { f32_rows::<4>(wp.add(r0 * cols), cols, x.as_ptr()) };
-        y[r0..r0 + 4].copy_from_slice(&out);
-    }
-    for (r, yr) in y.iter_mut().enumerate().skip(full) {
-        // SAFETY: as above, for one row.
-        *yr = unsafe { f32_rows::<1>(wp.add(r * cols), cols, x.as_ptr()) }[0];
-    }
-}
-
 /// `N` row-aligned int8 rows (`q[i]`, inverse scales `inv[i]`, `groups` 64-groups each) times
 /// `x`: per group, one 16-lane accumulator per row over four 16-value pieces, its halves added,
 /// divided by the group's inverse scale and added into the row's 8-lane total (the arithmetic of
@@ -125,49 +108,41 @@ unsafe fn i8_rows<const N: usize>(
     }
 }
 
-/// `y = W x` for int8 weights: rows `r` and `r + rows / 2` together (two streams per thread, as
-/// the AVX2 kernel); matrices whose groups straddle rows take the AVX2 kernel.
-fn matvec_i8(t: Avx512, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
-    if !w.is_row_aligned() {
-        return t.avx2().matvec_i8(w, x, y);
+impl RowKernels for Avx512 {
+    unsafe fn f32_rows<const R: usize>(
+        self,
+        w: *const f32,
+        cols: usize,
+        x: *const f32,
+    ) -> [f32; R] {
+        // SAFETY: the token proves the features; the rest is the caller's contract.
+        unsafe { f32_rows::<R>(w, cols, x) }
     }
-    let (rows, cols) = (w.rows(), w.cols());
-    assert!(x.len() == cols && y.len() == rows, "matvec_i8 shapes");
-    let groups = cols / GROUP_SIZE;
-    // Row-aligned: `Int8Mat` guarantees rows*cols values and rows*groups scales.
-    assert!(w.q().len() == rows * cols && w.inv_scales().len() == rows * groups);
-    let (qp, ip) = (w.q().as_ptr(), w.inv_scales().as_ptr());
-    const STREAMS: usize = 2;
-    let stride = rows / STREAMS;
-    for r in 0..stride {
-        let rs: [usize; STREAMS] = std::array::from_fn(|i| r + i * stride);
-        // SAFETY: the token proves the features; every row rs[i] < rows, so its weights and
-        // scales are in bounds (asserted lengths); `x` has `groups * 64` values.
-        let out = unsafe {
-            i8_rows::<STREAMS>(
-                rs.map(|r| qp.add(r * cols)),
-                rs.map(|r| ip.add(r * groups)),
-                groups,
-                x.as_ptr(),
-            )
-        };
-        for (i, v) in out.into_iter().enumerate() {
-            y[rs[i]] = v;
-        }
+
+    unsafe fn i8_rows<const N: usize>(
+        self,
+        q: [*const i8; N],
+        inv: [*const f32; N],
+        groups: usize,
+        x: *const f32,
+    ) -> [f32; N] {
+        // SAFETY: the token proves the features; the rest is the caller's contract.
+        unsafe { i8_rows::<N>(q, inv, groups, x) }
     }
-    for (r, yr) in y.iter_mut().enumerate().skip(stride * STREAMS) {
-        // SAFETY: as above, for one row.
-        *yr = unsafe { i8_rows::<1>([qp.add(r * cols)], [ip.add(r * groups)], groups, x.as_ptr()) }
-            [0];
+
+    fn avx2(self) -> Avx2 {
+        Avx512::avx2(self)
     }
 }
 
+/// The row loops are the AVX2 path's (`matvec_f32_rows`, four rows per pass; `matvec_i8_rows`,
+/// rows `r` and `r + rows / 2` as two streams) with these rows.
 impl Matvec for Avx512 {
     fn matvec_f32(self, w: &F32Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_f32(self, w, x, y);
+        matvec_f32_rows(self, w, x, y);
     }
 
     fn matvec_i8(self, w: &Int8Mat<'_>, x: &[f32], y: &mut [f32]) {
-        matvec_i8(self, w, x, y);
+        matvec_i8_rows(self, w, x, y);
     }
 }
