@@ -10,7 +10,7 @@
 //! multiplies unsigned by signed bytes (`vpdpbusd`). The mins of Q4_1/Q5_1 and the K-quants are a
 //! second exact sum over pairs of i16 (`Σ_j m_j Σ q`), taken per block (`vpdpwssd`).
 //!
-//! Loops: those of the other integer GEMMs (column tasks, panels of `QNR` rows by `KC` depths,
+//! Loops: those of the other integer GEMMs (column tasks, panels of `nr` rows by `KC` depths,
 //! slivers of `QMR` tokens), with each tile's 8 f32 lanes per token and row kept across the depth
 //! and reduced after the row panel's last depth block.
 
@@ -18,14 +18,15 @@ use super::{by_columns, is_trivial, panels, run_sliver_jobs, PanelLines, Pool, F
 use crate::block_input::{reduce8, ActKind, BLOCK_LANES};
 use crate::blocks::{k_scales, BlockMat, BlockType};
 use crate::half::f16_to_f32;
-use crate::isa::traits::{block_tile_lanes, BlockMicro, BlockTile, QNR};
+use crate::isa::traits::{block_tile_lanes, BlockMicro, BlockTile};
 use crate::mat::MatRef;
 use std::ops::Range;
 
 /// Smallest batch that takes the GEMM; smaller ones stream the weights once with the decode rows
 /// (bit-identical either way).
 pub(crate) const MIN_BATCH: usize = 8;
-/// Depth of a packed weight panel: whole blocks of every type (16 rows x 512 codes = 8 KiB).
+/// Depth of a packed weight panel: whole blocks of every type (16 or 32 rows x 512 codes = 8 or
+/// 16 KiB).
 const KC: usize = 512;
 
 static WORD_POOL: Pool<u32> = Pool::new();
@@ -116,7 +117,7 @@ pub(crate) fn qgemm_blocks_many<M: BlockMicro>(
             continue;
         }
         let acts = acts.get_or_insert_with(|| BlockActs::new(m, shape, x, batch, k));
-        by_columns(n, QNR, batch, k, y, |cols, c, ldc| {
+        by_columns(n, m.nr(), batch, k, y, |cols, c, ldc| {
             run_panels(m, w, shape, acts, batch, cols, c, ldc)
         });
     }
@@ -230,6 +231,7 @@ impl BlockActs {
             offsets: shape.offset != 0,
             lane0: b0 % BLOCK_LANES,
             mr: self.mr,
+            nr: panel.nr,
             kc,
             a: &self.words[(s * self.quads + pc / 4) * self.mr..][..kc / 4 * self.mr],
             a_off: &self.off[(s * self.subs + b0 * shape.subs) * self.mr..]
@@ -264,20 +266,28 @@ fn half_at(b: &[u8], at: usize) -> f32 {
 }
 
 /// A block's codes as the tile multiplies them: `c + o` as unsigned bytes (`block_codes` plus the
-/// type's offset), the first `block_values` of `out`. Fixed-size arrays, so the loops vectorize.
-fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
+/// type's offset), written to `out` (`block_values` long). Fixed-size arrays, so the loops
+/// vectorize.
+fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8]) {
     fn arr<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
         b[at..at + N].try_into().expect("a whole block")
     }
+    fn arr_mut<const N: usize>(out: &mut [u8]) -> &mut [u8; N] {
+        out.try_into().expect("one block's codes")
+    }
     match ty {
         BlockType::Q8_0 => {
-            let qs: &[u8; 32] = arr(b, 2);
-            for (o, &q) in out[..32].iter_mut().zip(qs) {
-                *o = q ^ 0x80;
+            // Eight codes per word: byte loops here stayed scalar and their byte stores stalled
+            // the wide reload behind them.
+            let (qs, out): (&[u8; 32], &mut [u8; 32]) = (arr(b, 2), arr_mut(out));
+            for (o, q) in out.chunks_exact_mut(8).zip(qs.chunks_exact(8)) {
+                let w = u64::from_le_bytes(q.try_into().expect("8 codes")) ^ 0x8080_8080_8080_8080;
+                o.copy_from_slice(&w.to_le_bytes());
             }
         }
         BlockType::Q4_0 | BlockType::Q4_1 => {
             let qs: &[u8; 16] = arr(b, if ty == BlockType::Q4_0 { 2 } else { 4 });
+            let out: &mut [u8; 32] = arr_mut(out);
             for j in 0..16 {
                 out[j] = qs[j] & 0xf;
                 out[j + 16] = qs[j] >> 4;
@@ -287,6 +297,7 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
             let at = if ty == BlockType::Q5_0 { 2 } else { 4 };
             let qh = u32::from_le_bytes(*arr(b, at));
             let qs: &[u8; 16] = arr(b, at + 4);
+            let out: &mut [u8; 32] = arr_mut(out);
             for j in 0..16 {
                 let h0 = ((qh >> j) & 1) as u8;
                 let h1 = ((qh >> (j + 16)) & 1) as u8;
@@ -295,7 +306,7 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
             }
         }
         BlockType::Q4K => {
-            let qs: &[u8; 128] = arr(b, 16);
+            let (qs, out): (&[u8; 128], &mut [u8; 256]) = (arr(b, 16), arr_mut(out));
             for p in 0..4 {
                 for l in 0..32 {
                     out[64 * p + l] = qs[32 * p + l] & 0xf;
@@ -305,6 +316,7 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
         }
         BlockType::Q5K => {
             let (qh, qs): (&[u8; 32], &[u8; 128]) = (arr(b, 16), arr(b, 48));
+            let out: &mut [u8; 256] = arr_mut(out);
             for p in 0..4 {
                 for l in 0..32 {
                     let q = qs[32 * p + l];
@@ -315,6 +327,7 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
         }
         BlockType::Q6K => {
             let (ql, qh): (&[u8; 128], &[u8; 64]) = (arr(b, 0), arr(b, 128));
+            let out: &mut [u8; 256] = arr_mut(out);
             for n in 0..2 {
                 for l in 0..32 {
                     let (lo, hi, h) = (ql[64 * n + l], ql[64 * n + 32 + l], qh[32 * n + l]);
@@ -331,9 +344,10 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
 
 /// One unpacked weight panel: the layouts of [`BlockTile`]'s `b` arrays (zero past the rows).
 struct BlockPanel {
-    /// Scratch: the panel's codes row by row, and one block's signed codes.
+    /// Rows per panel.
+    nr: usize,
+    /// Scratch: the panel's codes row by row.
     rows: Vec<u8>,
-    codes: [u8; 256],
     words: Vec<u32>,
     sc: Vec<i32>,
     pairs: Vec<u32>,
@@ -342,16 +356,16 @@ struct BlockPanel {
 }
 
 impl BlockPanel {
-    fn new(shape: &Shape) -> Self {
+    fn new(shape: &Shape, nr: usize) -> Self {
         let blocks = KC / shape.block_values;
         Self {
-            rows: vec![0; QNR * KC],
-            codes: [0; 256],
-            words: vec![0; KC / 4 * QNR],
-            sc: vec![0; blocks * shape.subs * QNR],
-            pairs: vec![0; blocks * shape.pairs * QNR],
-            d: vec![0.0; blocks * QNR],
-            m: vec![0.0; blocks * QNR],
+            nr,
+            rows: vec![0; nr * KC],
+            words: vec![0; KC / 4 * nr],
+            sc: vec![0; blocks * shape.subs * nr],
+            pairs: vec![0; blocks * shape.pairs * nr],
+            d: vec![0.0; blocks * nr],
+            m: vec![0.0; blocks * nr],
         }
     }
 
@@ -368,8 +382,8 @@ impl BlockPanel {
         kc: usize,
     ) {
         let (bv, bb) = (shape.block_values, shape.ty.block_bytes());
-        let (b0, nb) = (pc / bv, kc / bv);
-        if nr < QNR {
+        let (b0, nb, full) = (pc / bv, kc / bv, self.nr);
+        if nr < full {
             self.words.fill(0);
             self.sc.fill(0);
             self.pairs.fill(0);
@@ -377,22 +391,14 @@ impl BlockPanel {
             self.m.fill(0.0);
         }
         // Each row's codes as unsigned bytes, row after row, then transposed into words.
-        let rows = &mut self.rows[..QNR * kc];
+        let rows = &mut self.rows[..full * kc];
         for j in 0..nr {
             let row = w.row(n0 + j);
             let out = &mut rows[j * kc..(j + 1) * kc];
             for bi in 0..nb {
                 let blk = &row[(b0 + bi) * bb..(b0 + bi + 1) * bb];
-                unsigned_codes(shape.ty, blk, &mut self.codes);
-                let dst = &mut out[bi * bv..(bi + 1) * bv];
-                // A constant length for the 32-value types: a few moves, not a `memcpy` call
-                // per block (7% of a small model's prefill).
-                if bv == 32 {
-                    dst[..32].copy_from_slice(&self.codes[..32]);
-                } else {
-                    dst.copy_from_slice(&self.codes[..bv]);
-                }
-                let at = bi * QNR + j;
+                unsigned_codes(shape.ty, blk, &mut out[bi * bv..(bi + 1) * bv]);
+                let at = bi * full + j;
                 match shape.ty {
                     BlockType::Q8_0 | BlockType::Q4_0 | BlockType::Q5_0 => {
                         self.d[at] = half_at(blk, 0);
@@ -407,30 +413,32 @@ impl BlockPanel {
                         self.m[at] = half_at(blk, 2);
                         let (sc, mn) = k_scales(&blk[4..16]);
                         for (s, &v) in sc.iter().enumerate() {
-                            self.sc[(bi * 8 + s) * QNR + j] = i32::from(v);
+                            self.sc[(bi * 8 + s) * full + j] = i32::from(v);
                         }
                         for p in 0..4 {
-                            self.pairs[(bi * 4 + p) * QNR + j] =
+                            self.pairs[(bi * 4 + p) * full + j] =
                                 pair(-i16::from(mn[2 * p]), -i16::from(mn[2 * p + 1]));
                         }
                     }
                     BlockType::Q6K => {
                         self.d[at] = half_at(blk, 208);
                         for s in 0..16 {
-                            self.sc[(bi * 16 + s) * QNR + j] = i32::from(blk[192 + s] as i8);
+                            self.sc[(bi * 16 + s) * full + j] = i32::from(blk[192 + s] as i8);
                         }
                     }
                     BlockType::F16 | BlockType::BF16 => unreachable!("not a quantized type"),
                 }
             }
         }
-        if nr < QNR {
+        if nr < full {
             rows[nr * kc..].fill(0);
         }
-        if m.reads_words() && !(kc.is_multiple_of(64) && m.transpose(rows, kc, &mut self.words)) {
+        if m.reads_words()
+            && !(kc.is_multiple_of(64) && m.transpose(rows, kc, full, &mut self.words))
+        {
             for (j, row) in rows.chunks_exact(kc).enumerate() {
                 for (q, c) in row.chunks_exact(4).enumerate() {
-                    self.words[q * QNR + j] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    self.words[q * full + j] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
         }
@@ -450,18 +458,20 @@ fn run_panels<M: BlockMicro>(
     ldc: usize,
 ) {
     let k = w.cols();
-    let (mr, tile_lanes_len, by_row) = (m.mr(), block_tile_lanes(m.mr()), m.lanes_by_row());
+    let (mr, full, by_row) = (m.mr(), m.nr(), m.lanes_by_row());
+    let tile_lanes_len = block_tile_lanes(mr, full);
     let slivers = batch.div_ceil(mr);
     let mut lanes = F32_POOL.take_filled(slivers * tile_lanes_len, 0.0);
-    let mut panel = BlockPanel::new(&shape);
+    let mut panel = BlockPanel::new(&shape, full);
     let wref = MatRef::Blocks(*w);
-    for (jr, pc, next) in panels(cols.clone(), k, QNR, KC) {
-        let nr = QNR.min(cols.end - jr);
+    for (jr, pc, next) in panels(cols.clone(), k, full, KC) {
+        let nr = full.min(cols.end - jr);
         let kc = KC.min(k - pc);
         panel.pack(m, w, &shape, jr, nr, pc, kc);
         // The next panel's blocks, prefetched a few lines per sliver while this one runs.
-        let lines = next
-            .map(|(n0, p0)| PanelLines::new(&wref, n0, QNR.min(cols.end - n0), p0, KC.min(k - p0)));
+        let lines = next.map(|(n0, p0)| {
+            PanelLines::new(&wref, n0, full.min(cols.end - n0), p0, KC.min(k - p0))
+        });
         for (s, tile_lanes) in lanes.chunks_exact_mut(tile_lanes_len).enumerate() {
             if let Some(l) = &lines {
                 let len = l.len();
@@ -488,18 +498,21 @@ fn run_panels<M: BlockMicro>(
                     }
                 } else {
                     // A token's lane `l` of the panel's rows is contiguous: the same tree over
-                    // whole rows of lanes, which the compiler turns into vector adds (one
+                    // 16 rows of lanes at a time, which the compiler turns into vector adds (one
                     // scalar tree per output was ~15% of a small model's prefill).
-                    let (v, _) =
-                        tile_lanes[i * BLOCK_LANES * QNR..][..BLOCK_LANES * QNR].as_chunks::<QNR>();
-                    let sum = |j: usize| reduce8(std::array::from_fn(|l| v[l][j]));
-                    // A whole panel stores straight from the vectors (a copy through a
-                    // temporary became a `memcpy` call per token and panel).
-                    match out.as_chunks_mut::<QNR>() {
-                        ([whole], []) => *whole = std::array::from_fn(sum),
-                        _ => {
-                            for (j, o) in out.iter_mut().enumerate() {
-                                *o = sum(j);
+                    let (v, _) = tile_lanes[i * BLOCK_LANES * full..][..BLOCK_LANES * full]
+                        .as_chunks::<16>();
+                    let halves = full / 16;
+                    for (h, out) in out.chunks_mut(16).enumerate() {
+                        let sum = |j: usize| reduce8(std::array::from_fn(|l| v[l * halves + h][j]));
+                        // Whole rows store straight from the vectors (a copy through a
+                        // temporary became a `memcpy` call per token and panel).
+                        match out.as_chunks_mut::<16>() {
+                            ([whole], []) => *whole = std::array::from_fn(sum),
+                            _ => {
+                                for (j, o) in out.iter_mut().enumerate() {
+                                    *o = sum(j);
+                                }
                             }
                         }
                     }

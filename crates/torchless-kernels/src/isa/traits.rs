@@ -468,14 +468,14 @@ pub(crate) trait Q4Micro: Copy + Send + Sync {
 }
 
 /// What one ggml-block GEMM micro-kernel call multiplies: `blocks` whole weight blocks of a
-/// sliver of `mr` tokens and of a packed panel of `QNR` rows, in the arithmetic `block_input`
+/// sliver of `mr` tokens and of a packed panel of `nr` rows, in the arithmetic `block_input`
 /// defines (exact integer block sums, then its f32 operations into lane `b % 8`).
 ///
 /// A block has `subs` sub-blocks of `quads` depth quads. Activations (`mr` entries per item):
 /// `a` one word of 4 codes per depth quad; `a_off` per sub-block, `o · Σ q` for the weight
 /// type's code offset `o`; `a_d` per block, the step `d_x`; `a_pairs` per block and min pair,
 /// two i16 (`Σ q` of sub-blocks `2p`, `2p + 1`, or a Q4_1/Q5_1 block's `Σ q` and 0). Weights
-/// (`QNR` entries per item): `b` one word of 4 unsigned codes (`c + o`) per depth quad, or the
+/// (`nr` entries per item): `b` one word of 4 unsigned codes (`c + o`) per depth quad, or the
 /// same codes row-major in `b_rows` (row `j` at `j * kc`), as the tile asks; `b_sc` per
 /// sub-block, the integer scale (used when `subs > 1`); `b_pairs` per block and min pair, two
 /// i16 (`−m` of the K-quant sub-blocks, or 1 and 0); `b_d` per block the scale, `b_m` the min's
@@ -493,8 +493,9 @@ pub(crate) struct BlockTile<'a> {
     pub(crate) offsets: bool,
     /// The lane of the first block (its index in the row, mod 8).
     pub(crate) lane0: usize,
-    /// Tokens per sliver, and the depth of the panel (`b_rows`' row stride).
+    /// Tokens per sliver, rows per panel, and the depth of the panel (`b_rows`' row stride).
     pub(crate) mr: usize,
+    pub(crate) nr: usize,
     pub(crate) kc: usize,
     pub(crate) a: &'a [u32],
     pub(crate) a_off: &'a [i32],
@@ -508,26 +509,26 @@ pub(crate) struct BlockTile<'a> {
     pub(crate) b_m: &'a [f32],
 }
 
-/// f32 lane accumulators of one tile of `mr` tokens: token `i`, lane `l`, row `j` at
-/// `(i * BLOCK_LANES + l) * QNR + j`.
-pub(crate) const fn block_tile_lanes(mr: usize) -> usize {
-    mr * crate::block_input::BLOCK_LANES * QNR
+/// f32 lane accumulators of one tile of `mr` tokens and `nr` rows: token `i`, lane `l`, row `j`
+/// at `(i * BLOCK_LANES + l) * nr + j`.
+pub(crate) const fn block_tile_lanes(mr: usize, nr: usize) -> usize {
+    mr * crate::block_input::BLOCK_LANES * nr
 }
 
 impl BlockTile<'_> {
     /// Asserts every extent a micro-kernel reads (`blocks` whole blocks of the sliver and the
     /// panel, words or rows as `words` says) and writes (`lanes`).
     pub(crate) fn assert_tile(&self, lanes: &[f32], words: bool) {
-        let mr = self.mr;
+        let (mr, nr) = (self.mr, self.nr);
         let (subs, quads) = (
             self.blocks * self.subs,
             self.blocks * self.subs * self.quads,
         );
         let pairs = self.blocks * self.pairs;
         let b_ok = if words {
-            self.b.len() >= quads * QNR
+            self.b.len() >= quads * nr
         } else {
-            self.kc >= quads * 4 && self.b_rows.len() >= self.kc * QNR
+            self.kc >= quads * 4 && self.b_rows.len() >= self.kc * nr
         };
         assert!(
             self.a.len() >= quads * mr
@@ -535,18 +536,18 @@ impl BlockTile<'_> {
                 && self.a_d.len() >= self.blocks * mr
                 && self.a_pairs.len() >= pairs * mr
                 && b_ok
-                && (self.subs == 1 || self.b_sc.len() >= subs * QNR)
-                && self.b_pairs.len() >= pairs * QNR
-                && self.b_d.len() >= self.blocks * QNR
-                && (self.pairs == 0 || self.b_m.len() >= self.blocks * QNR)
-                && lanes.len() >= block_tile_lanes(mr)
+                && (self.subs == 1 || self.b_sc.len() >= subs * nr)
+                && self.b_pairs.len() >= pairs * nr
+                && self.b_d.len() >= self.blocks * nr
+                && (self.pairs == 0 || self.b_m.len() >= self.blocks * nr)
+                && lanes.len() >= block_tile_lanes(mr, nr)
                 && self.lane0 < crate::block_input::BLOCK_LANES,
             "packed block panels too short"
         );
     }
 }
 
-/// One instruction set's ggml-block integer micro-kernel (`QMR x QNR` tile).
+/// One instruction set's ggml-block integer micro-kernel (`mr x nr` tile).
 pub(crate) trait BlockMicro: Copy + Send + Sync {
     /// Adds the tile's block terms into `lanes` (see [`block_tile_lanes`]).
     fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]);
@@ -554,6 +555,11 @@ pub(crate) trait BlockMicro: Copy + Send + Sync {
     /// Tokens per sliver. Default: `QMR`.
     fn mr(self) -> usize {
         QMR
+    }
+
+    /// Rows per weight panel, a multiple of 16. Default: `QNR`.
+    fn nr(self) -> usize {
+        QNR
     }
 
     /// Whether the tile reads the panel as words (`b`) rather than rows (`b_rows`). Default:
@@ -572,10 +578,10 @@ pub(crate) trait BlockMicro: Copy + Send + Sync {
     #[inline]
     fn prefetch(self, _p: *const u8) {}
 
-    /// Transposes `QNR` rows of `kc` code bytes (`rows`, row `j` at `j * kc`, `kc` a multiple of
-    /// 64) into panel words (`words[q * QNR + j]`: bytes `4q..4q + 4` of row `j`); `false`
-    /// leaves it to the driver's portable loop. Default: `false`.
-    fn transpose(self, _rows: &[u8], _kc: usize, _words: &mut [u32]) -> bool {
+    /// Transposes `nr` rows of `kc` code bytes (`rows`, row `j` at `j * kc`, `kc` a multiple of
+    /// 64, `nr` of 16) into panel words (`words[q * nr + j]`: bytes `4q..4q + 4` of row `j`);
+    /// `false` leaves it to the driver's portable loop. Default: `false`.
+    fn transpose(self, _rows: &[u8], _kc: usize, _nr: usize, _words: &mut [u32]) -> bool {
         false
     }
 

@@ -298,7 +298,10 @@ unsafe fn amx_tile_raw<const OFF: bool, const SCALED: bool, const SV: usize, con
 
 impl BlockMicro for Amx {
     fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]) {
-        assert_eq!(op.mr, AMX_MR, "a tile of 16 tokens");
+        assert!(
+            op.mr == AMX_MR && op.nr == QNR,
+            "a tile of 16 tokens and QNR rows"
+        );
         op.assert_tile(lanes, false);
         // SAFETY: the token proves the features and the granted tile state; the operands' and
         // the lanes' extents were asserted; each arm's sub-block size is `4 · quads`.

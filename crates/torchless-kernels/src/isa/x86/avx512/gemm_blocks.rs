@@ -3,17 +3,150 @@
 
 use super::{Amx, Avx512};
 use crate::block_input::{ActKind, BLOCK_LANES};
-use crate::isa::traits::{BlockMicro, BlockTile, QMR, QNR};
+use crate::isa::traits::{BlockMicro, BlockTile, QMR};
 use crate::isa::x86::avx2;
 use core::arch::x86_64::*;
 
-/// Per block: per sub-block and token, one `vpdpbusd` per depth quad (64 multiply-adds) from
-/// `−o · Σ q`, times the rows' integer sub-block scales (`vpmulld`) into the block sum; the mins'
-/// pairs with `vpdpwssd`; then per token the two scaled additions into the block's lane.
+/// Row vectors per tile: 32 rows, so each activation broadcast feeds two `vpdpbusd` and a tile
+/// keeps `2 · QMR` independent chains (with one vector, a block's six chains of dependent
+/// `vpdpbusd` and the f32 steps after them left half the multiply-add issue slots empty).
+const NV: usize = 2;
+/// Rows per panel.
+const NR: usize = NV * 16;
+
+/// A block's exact integer sums per token and row vector: the codes' (`s`) and the mins' (`m`).
+type Sums = [[__m512i; NV]; QMR];
+
+/// Loads `NV` row vectors of 16 words from `p`.
+///
+/// # Safety
+/// AVX-512 F must be available and `p ..+NR` readable.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_vectors<T>(p: *const T) -> [__m512i; NV] {
+    // SAFETY: the caller guarantees `NR` words at `p`.
+    std::array::from_fn(|v| unsafe { _mm512_loadu_si512(p.cast::<i32>().add(16 * v).cast()) })
+}
+
+/// Block `blk`'s sums, reading its activation words from `*a` and weight words from `*b` (both
+/// advanced past the block): per sub-block and token, one `vpdpbusd` per depth quad and row
+/// vector (64 multiply-adds) less `o · Σ q`, times the rows' integer sub-block scales
+/// (`vpmulld`) into the block sum; the mins' pairs with `vpdpwssd`.
+///
+/// # Safety
+/// As [`block_tile_raw`], for a block below `t.blocks` whose words start at `*a` and `*b`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_sums<const OFF: bool, const SCALED: bool, const QUADS: usize, const MINS: bool>(
+    t: &BlockTile<'_>,
+    blk: usize,
+    a: &mut *const u32,
+    b: &mut *const u32,
+) -> (Sums, Sums) {
+    let zero = _mm512_setzero_si512();
+    let mut s = [[zero; NV]; QMR];
+    // SAFETY: (whole body) the offsets `block_tile_raw` lists, for this block.
+    unsafe {
+        for sub in blk * t.subs..(blk + 1) * t.subs {
+            let mut acc = [[zero; NV]; QMR];
+            for _ in 0..QUADS {
+                let bw = row_vectors(*b);
+                for (i, ac) in acc.iter_mut().enumerate() {
+                    // Unsigned codes x the token's four signed activations, per row.
+                    let x = _mm512_set1_epi32(*a.add(i) as i32);
+                    for (acv, bv) in ac.iter_mut().zip(&bw) {
+                        *acv = _mm512_dpbusd_epi32(*acv, *bv, x);
+                    }
+                }
+                *a = a.add(QMR);
+                *b = b.add(NR);
+            }
+            if OFF {
+                // Off the chains' heads: the offset term joins after the products (exact).
+                for (i, ac) in acc.iter_mut().enumerate() {
+                    let off = _mm512_set1_epi32(*t.a_off.as_ptr().add(sub * QMR + i));
+                    for acv in ac.iter_mut() {
+                        *acv = _mm512_sub_epi32(*acv, off);
+                    }
+                }
+            }
+            if SCALED {
+                let sc = row_vectors(t.b_sc.as_ptr().add(sub * NR));
+                for (si, ac) in s.iter_mut().zip(&acc) {
+                    for v in 0..NV {
+                        si[v] = _mm512_add_epi32(si[v], _mm512_mullo_epi32(ac[v], sc[v]));
+                    }
+                }
+            } else {
+                s = acc;
+            }
+        }
+        let mut m = [[zero; NV]; QMR];
+        if MINS {
+            for p in blk * t.pairs..(blk + 1) * t.pairs {
+                let bp = row_vectors(t.b_pairs.as_ptr().add(p * NR));
+                for (i, mi) in m.iter_mut().enumerate() {
+                    let ap = _mm512_set1_epi32(*t.a_pairs.as_ptr().add(p * QMR + i) as i32);
+                    for (miv, bpv) in mi.iter_mut().zip(&bp) {
+                        *miv = _mm512_dpwssd_epi32(*miv, *bpv, ap);
+                    }
+                }
+            }
+        }
+        (s, m)
+    }
+}
+
+/// Block `blk`'s f32 steps: per token and row, `s · (d_w · d_x)` and then (with mins)
+/// `m · (m_w · d_x)` added into the block's lane.
+///
+/// # Safety
+/// As [`block_tile_raw`], for a block below `t.blocks`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_lanes<const MINS: bool>(
+    t: &BlockTile<'_>,
+    blk: usize,
+    (s, m): (Sums, Sums),
+    lanes: *mut f32,
+) {
+    let lane = (t.lane0 + blk) % BLOCK_LANES;
+    // SAFETY: (whole body) the offsets `block_tile_raw` lists, for this block.
+    unsafe {
+        let (b_d, b_m) = (t.b_d.as_ptr().add(blk * NR), t.b_m.as_ptr());
+        let dw: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b_d.add(16 * v)));
+        for i in 0..QMR {
+            let dx = _mm512_set1_ps(*t.a_d.as_ptr().add(blk * QMR + i));
+            for v in 0..NV {
+                let at = lanes.add((i * BLOCK_LANES + lane) * NR + 16 * v);
+                let mut l = _mm512_loadu_ps(at);
+                l = _mm512_add_ps(
+                    l,
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(s[i][v]), _mm512_mul_ps(dw[v], dx)),
+                );
+                if MINS {
+                    let mm = _mm512_mul_ps(_mm512_loadu_ps(b_m.add(blk * NR + 16 * v)), dx);
+                    l = _mm512_add_ps(l, _mm512_mul_ps(_mm512_cvtepi32_ps(m[i][v]), mm));
+                }
+                _mm512_storeu_ps(at, l);
+            }
+        }
+    }
+}
+
+/// The tile: each block's integer sums, then its f32 steps into the lanes. For the 32-value
+/// types without mins, block `b`'s f32 steps come after block `b + 1`'s products in program
+/// order, so the out-of-order core overlaps them (in order, a block's steps waited for its last
+/// products and the next block's products waited in the full scheduler behind them).
 ///
 /// # Safety
 /// The token's features must be available, and `t` and `lanes` must pass
-/// `BlockTile::assert_tile`.
+/// `BlockTile::assert_tile` with `t.nr == NR`: every offset stays inside those extents (word
+/// `kq * QMR + i` of `a` and `kq * NR ..+NR` of `b` for kq below blocks · subs · quads, entries
+/// `sub * QMR + i` / `sub * NR ..+NR` for sub below blocks · subs (scales only when subs > 1),
+/// `p * QMR + i` / `p * NR ..+NR` for p below blocks · pairs, `blk * QMR + i` / `blk * NR ..+NR`
+/// below blocks (`b_m` only with pairs), and lane rows `(i * 8 + lane) * NR ..+NR` below
+/// `block_tile_lanes`).
 /// The type's shape is compiled in: `OFF` (codes have an offset), `SCALED` (sub-blocks have
 /// integer scales), `QUADS` (depth quads per sub-block), `MINS`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -26,77 +159,26 @@ unsafe fn block_tile_raw<
     t: &BlockTile<'_>,
     lanes: *mut f32,
 ) {
-    let (a_off, a_d, a_pairs) = (t.a_off.as_ptr(), t.a_d.as_ptr(), t.a_pairs.as_ptr());
-    let (b_sc, b_pairs, b_d, b_m) = (
-        t.b_sc.as_ptr(),
-        t.b_pairs.as_ptr(),
-        t.b_d.as_ptr(),
-        t.b_m.as_ptr(),
-    );
-    // SAFETY: (whole body) every offset stays inside the extents `assert_tile` checked: word
-    // `kq * QMR + i` of `a` and `kq * QNR ..+16` of `b` for kq below blocks · subs · quads,
-    // entries `sub * QMR + i` / `sub * QNR ..+16` for sub below blocks · subs (scales only when
-    // subs > 1), `p * QMR + i` / `p * QNR ..+16` for p below blocks · pairs, `blk * QMR + i` /
-    // `blk * QNR ..+16` below blocks (`b_m` only with pairs), and lane rows
-    // `(i * 8 + lane) * QNR ..+16` below `BLOCK_TILE_LANES`.
+    let (mut a, mut b) = (t.a.as_ptr(), t.b.as_ptr());
+    // SAFETY: the caller's extents, as listed above.
     unsafe {
-        let (mut a, mut b) = (t.a.as_ptr(), t.b.as_ptr());
+        if SCALED || MINS {
+            for blk in 0..t.blocks {
+                let sums = block_sums::<OFF, SCALED, QUADS, MINS>(t, blk, &mut a, &mut b);
+                block_lanes::<MINS>(t, blk, sums, lanes);
+            }
+            return;
+        }
+        let mut pending = None;
         for blk in 0..t.blocks {
-            let lane = (t.lane0 + blk) % BLOCK_LANES;
-            let mut s = [_mm512_setzero_si512(); QMR];
-            for sub in blk * t.subs..(blk + 1) * t.subs {
-                let mut acc: [__m512i; QMR] = if OFF {
-                    std::array::from_fn(|i| _mm512_set1_epi32(-*a_off.add(sub * QMR + i)))
-                } else {
-                    [_mm512_setzero_si512(); QMR]
-                };
-                for _ in 0..QUADS {
-                    let bw = _mm512_loadu_si512(b.cast());
-                    for (i, ac) in acc.iter_mut().enumerate() {
-                        // Unsigned codes x the token's four signed activations, per row.
-                        *ac = _mm512_dpbusd_epi32(*ac, bw, _mm512_set1_epi32(*a.add(i) as i32));
-                    }
-                    a = a.add(QMR);
-                    b = b.add(QNR);
-                }
-                if SCALED {
-                    let sc = _mm512_loadu_si512(b_sc.add(sub * QNR).cast());
-                    for (si, ac) in s.iter_mut().zip(&acc) {
-                        *si = _mm512_add_epi32(*si, _mm512_mullo_epi32(*ac, sc));
-                    }
-                } else {
-                    s = acc;
-                }
+            let sums = block_sums::<OFF, SCALED, QUADS, MINS>(t, blk, &mut a, &mut b);
+            if let Some(before) = pending {
+                block_lanes::<MINS>(t, blk - 1, before, lanes);
             }
-            let mut m = [_mm512_setzero_si512(); QMR];
-            let pairs = if MINS { t.pairs } else { 0 };
-            for p in blk * pairs..(blk + 1) * pairs {
-                let bp = _mm512_loadu_si512(b_pairs.add(p * QNR).cast());
-                for (i, mi) in m.iter_mut().enumerate() {
-                    let ap = _mm512_set1_epi32(*a_pairs.add(p * QMR + i) as i32);
-                    *mi = _mm512_dpwssd_epi32(*mi, bp, ap);
-                }
-            }
-            let dw = _mm512_loadu_ps(b_d.add(blk * QNR));
-            let bm = if MINS {
-                _mm512_loadu_ps(b_m.add(blk * QNR))
-            } else {
-                _mm512_setzero_ps()
-            };
-            for i in 0..QMR {
-                let dx = _mm512_set1_ps(*a_d.add(blk * QMR + i));
-                let at = lanes.add((i * BLOCK_LANES + lane) * QNR);
-                let mut l = _mm512_loadu_ps(at);
-                l = _mm512_add_ps(
-                    l,
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(s[i]), _mm512_mul_ps(dw, dx)),
-                );
-                if MINS {
-                    let mm = _mm512_mul_ps(bm, dx);
-                    l = _mm512_add_ps(l, _mm512_mul_ps(_mm512_cvtepi32_ps(m[i]), mm));
-                }
-                _mm512_storeu_ps(at, l);
-            }
+            pending = Some(sums);
+        }
+        if let Some(last) = pending {
+            block_lanes::<MINS>(t, t.blocks - 1, last, lanes);
         }
     }
 }
@@ -129,22 +211,24 @@ fn transpose16(r: &mut [__m512i; 16]) {
     }
 }
 
-/// See [`BlockMicro::transpose`]: 64 bytes of each row at a time.
+/// See [`BlockMicro::transpose`]: 64 bytes of 16 rows at a time.
 ///
 /// # Safety
-/// AVX-512 F must be available; `rows` holds `QNR * kc` bytes and `words` `kc / 4 * QNR`
-/// words, `kc` a multiple of 64.
+/// AVX-512 F must be available; `rows` holds `nr * kc` bytes and `words` `kc / 4 * nr` words,
+/// `kc` a multiple of 64 and `nr` of 16.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_raw(rows: *const u8, kc: usize, words: *mut u32) {
-    for c in (0..kc).step_by(64) {
-        // SAFETY: row `j`'s bytes `c..c + 64` and words `(c / 4 + q) * QNR ..+16` are inside
-        // the extents the caller guarantees.
-        unsafe {
-            let mut r: [__m512i; 16] =
-                std::array::from_fn(|j| _mm512_loadu_si512(rows.add(j * kc + c).cast()));
-            transpose16(&mut r);
-            for (q, v) in r.iter().enumerate() {
-                _mm512_storeu_si512(words.add((c / 4 + q) * QNR).cast(), *v);
+unsafe fn transpose_raw(rows: *const u8, kc: usize, nr: usize, words: *mut u32) {
+    for g in (0..nr).step_by(16) {
+        for c in (0..kc).step_by(64) {
+            // SAFETY: row `g + j`'s bytes `c..c + 64` and words `(c / 4 + q) * nr + g ..+16`
+            // are inside the extents the caller guarantees.
+            unsafe {
+                let mut r: [__m512i; 16] =
+                    std::array::from_fn(|j| _mm512_loadu_si512(rows.add((g + j) * kc + c).cast()));
+                transpose16(&mut r);
+                for (q, v) in r.iter().enumerate() {
+                    _mm512_storeu_si512(words.add((c / 4 + q) * nr + g).cast(), *v);
+                }
             }
         }
     }
@@ -152,7 +236,10 @@ unsafe fn transpose_raw(rows: *const u8, kc: usize, words: *mut u32) {
 
 impl BlockMicro for Avx512 {
     fn kernel(self, op: &BlockTile<'_>, lanes: &mut [f32]) {
-        assert_eq!(op.mr, QMR, "a tile of QMR tokens");
+        assert!(
+            op.mr == QMR && op.nr == NR,
+            "a tile of QMR tokens and NR rows"
+        );
         op.assert_tile(lanes, true);
         // SAFETY: the token proves the features; the operands' and the lanes' extents were
         // asserted by `assert_tile`.
@@ -169,6 +256,10 @@ impl BlockMicro for Avx512 {
         }
     }
 
+    fn nr(self) -> usize {
+        NR
+    }
+
     #[inline]
     fn prefetch(self, p: *const u8) {
         avx2::prefetch(self.avx2(), p);
@@ -178,16 +269,16 @@ impl BlockMicro for Avx512 {
         super::quantize::quantize(self, kind, x, qs, d)
     }
 
-    fn transpose(self, rows: &[u8], kc: usize, words: &mut [u32]) -> bool {
+    fn transpose(self, rows: &[u8], kc: usize, nr: usize, words: &mut [u32]) -> bool {
         assert!(
-            QNR == 16
-                && kc.is_multiple_of(64)
-                && rows.len() >= QNR * kc
-                && words.len() >= kc / 4 * QNR,
+            kc.is_multiple_of(64)
+                && nr.is_multiple_of(16)
+                && rows.len() >= nr * kc
+                && words.len() >= kc / 4 * nr,
             "block panel transposition out of bounds"
         );
         // SAFETY: the token proves the features; the extents were asserted above.
-        unsafe { transpose_raw(rows.as_ptr(), kc, words.as_mut_ptr()) };
+        unsafe { transpose_raw(rows.as_ptr(), kc, nr, words.as_mut_ptr()) };
         true
     }
 }
@@ -215,6 +306,13 @@ impl BlockMicro for Avx512Blocks {
         }
     }
 
+    fn nr(self) -> usize {
+        match self {
+            Avx512Blocks::Vnni(t) => t.nr(),
+            Avx512Blocks::Amx(t) => t.nr(),
+        }
+    }
+
     fn reads_words(self) -> bool {
         matches!(self, Avx512Blocks::Vnni(_))
     }
@@ -231,9 +329,9 @@ impl BlockMicro for Avx512Blocks {
         }
     }
 
-    fn transpose(self, rows: &[u8], kc: usize, words: &mut [u32]) -> bool {
+    fn transpose(self, rows: &[u8], kc: usize, nr: usize, words: &mut [u32]) -> bool {
         match self {
-            Avx512Blocks::Vnni(t) => t.transpose(rows, kc, words),
+            Avx512Blocks::Vnni(t) => t.transpose(rows, kc, nr, words),
             Avx512Blocks::Amx(_) => false,
         }
     }
