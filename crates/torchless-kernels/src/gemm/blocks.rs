@@ -10,11 +10,12 @@
 //! multiplies unsigned by signed bytes (`vpdpbusd`). The mins of Q4_1/Q5_1 and the K-quants are a
 //! second exact sum over pairs of i16 (`Σ_j m_j Σ q`), taken per block (`vpdpwssd`).
 //!
-//! Loops: those of the other integer GEMMs (column tasks, panels of `nr` rows by `KC` depths,
+//! Loops: those of the other integer GEMMs (column tasks, panels of `nr` rows by `KC` depths (or
+//! the whole depth up to `2 KC`),
 //! slivers of `QMR` tokens), with each tile's 8 f32 lanes per token and row kept across the depth
 //! and reduced after the row panel's last depth block.
 
-use super::{by_columns, is_trivial, panels, run_sliver_jobs, PanelLines, Pool, F32_POOL};
+use super::{by_columns, is_trivial, panels, run_sliver_jobs, Aligned, PanelLines, Pool, F32_POOL};
 use crate::block_input::{reduce8, ActKind, BLOCK_LANES};
 use crate::blocks::{k_scales, BlockMat, BlockType};
 use crate::half::f16_to_f32;
@@ -28,6 +29,17 @@ pub(crate) const MIN_BATCH: usize = 8;
 /// Depth of a packed weight panel: whole blocks of every type (16 or 32 rows x 512 codes = 8 or
 /// 16 KiB).
 const KC: usize = 512;
+
+/// The depth of the panels of a product of depth `k`: a short depth in one panel (a small
+/// model's 576 as 512 + 64 spent a whole tile call and the lanes' loads and stores on two
+/// blocks), else `KC`.
+fn depth_panel(k: usize) -> usize {
+    if k <= 2 * KC {
+        k
+    } else {
+        KC
+    }
+}
 
 static WORD_POOL: Pool<u32> = Pool::new();
 static I32_POOL: Pool<i32> = Pool::new();
@@ -149,10 +161,11 @@ impl BlockActs {
         let blocks = k / shape.block_values;
         let (quads, subs, n_pairs) = (k / 4, blocks * shape.subs, blocks * shape.pairs);
         let mut acts = BlockActs {
-            words: WORD_POOL.take_filled(slivers * quads * mr, 0),
-            off: I32_POOL.take_filled(slivers * subs * mr, 0),
-            d: F32_POOL.take_filled(slivers * blocks * mr, 0.0),
-            pairs: WORD_POOL.take_filled(slivers * n_pairs * mr, 0),
+            // Every entry is written below (padding tokens' as zeros).
+            words: WORD_POOL.take_len(slivers * quads * mr),
+            off: I32_POOL.take_len(slivers * subs * mr),
+            d: F32_POOL.take_len(slivers * blocks * mr),
+            pairs: WORD_POOL.take_len(slivers * n_pairs * mr),
             mr,
             quads,
             subs,
@@ -162,22 +175,30 @@ impl BlockActs {
         let sv = shape.sub_values();
         let fill =
             |(s, w, off, d, pairs): (usize, &mut [u32], &mut [i32], &mut [f32], &mut [u32])| {
-                let bv = shape.block_values;
-                let (mut qs, mut sums) = (vec![0i8; k], vec![0i32; subs]);
-                for i in 0..mr.min(batch - s * mr) {
+                let (mut qs, mut dt, mut sums) =
+                    (vec![0i8; k], vec![0.0f32; blocks], vec![0; subs]);
+                for i in 0..mr {
                     let t = s * mr + i;
-                    let mut dt = [0.0f32; 1];
-                    for (b, xb) in x[t * k..(t + 1) * k].chunks_exact(bv).enumerate() {
-                        m.quantize(shape.kind, xb, &mut qs[b * bv..(b + 1) * bv], &mut dt);
-                        d[b * mr + i] = dt[0];
+                    if t < batch {
+                        m.quantize(shape.kind, &x[t * k..(t + 1) * k], &mut qs, &mut dt);
+                        for (q, c) in sums.iter_mut().zip(qs.chunks_exact(sv)) {
+                            *q = c.iter().map(|&v| i32::from(v)).sum();
+                        }
+                    } else {
+                        // A padding token: all zero.
+                        qs.fill(0);
+                        dt.fill(0.0);
+                        sums.fill(0);
+                    }
+                    for (b, &db) in dt.iter().enumerate() {
+                        d[b * mr + i] = db;
                     }
                     for (kq, c) in qs.chunks_exact(4).enumerate() {
                         w[kq * mr + i] =
                             u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]);
                     }
-                    for (sub, (sum, q)) in sums.iter_mut().zip(qs.chunks_exact(sv)).enumerate() {
-                        *sum = q.iter().map(|&v| i32::from(v)).sum();
-                        off[sub * mr + i] = shape.offset * *sum;
+                    for (sub, &sum) in sums.iter().enumerate() {
+                        off[sub * mr + i] = shape.offset * sum;
                     }
                     for b in 0..blocks {
                         for p in 0..shape.pairs {
@@ -347,25 +368,25 @@ struct BlockPanel {
     /// Rows per panel.
     nr: usize,
     /// Scratch: the panel's codes row by row.
-    rows: Vec<u8>,
-    words: Vec<u32>,
-    sc: Vec<i32>,
-    pairs: Vec<u32>,
-    d: Vec<f32>,
-    m: Vec<f32>,
+    rows: Aligned<u8>,
+    words: Aligned<u32>,
+    sc: Aligned<i32>,
+    pairs: Aligned<u32>,
+    d: Aligned<f32>,
+    m: Aligned<f32>,
 }
 
 impl BlockPanel {
-    fn new(shape: &Shape, nr: usize) -> Self {
-        let blocks = KC / shape.block_values;
+    fn new(shape: &Shape, nr: usize, kc: usize) -> Self {
+        let blocks = kc / shape.block_values;
         Self {
             nr,
-            rows: vec![0; nr * KC],
-            words: vec![0; KC / 4 * nr],
-            sc: vec![0; blocks * shape.subs * nr],
-            pairs: vec![0; blocks * shape.pairs * nr],
-            d: vec![0.0; blocks * nr],
-            m: vec![0.0; blocks * nr],
+            rows: Aligned::new(Vec::new(), nr * kc),
+            words: Aligned::new(Vec::new(), kc / 4 * nr),
+            sc: Aligned::new(Vec::new(), blocks * shape.subs * nr),
+            pairs: Aligned::new(Vec::new(), blocks * shape.pairs * nr),
+            d: Aligned::new(Vec::new(), blocks * nr),
+            m: Aligned::new(Vec::new(), blocks * nr),
         }
     }
 
@@ -461,16 +482,18 @@ fn run_panels<M: BlockMicro>(
     let (mr, full, by_row) = (m.mr(), m.nr(), m.lanes_by_row());
     let tile_lanes_len = block_tile_lanes(mr, full);
     let slivers = batch.div_ceil(mr);
-    let mut lanes = F32_POOL.take_filled(slivers * tile_lanes_len, 0.0);
-    let mut panel = BlockPanel::new(&shape, full);
+    // Each sliver's lanes are zeroed before its first depth block.
+    let mut lanes = Aligned::new(F32_POOL.take(), slivers * tile_lanes_len);
     let wref = MatRef::Blocks(*w);
-    for (jr, pc, next) in panels(cols.clone(), k, full, KC) {
+    let depth = depth_panel(k);
+    let mut panel = BlockPanel::new(&shape, full, depth);
+    for (jr, pc, next) in panels(cols.clone(), k, full, depth) {
         let nr = full.min(cols.end - jr);
-        let kc = KC.min(k - pc);
+        let kc = depth.min(k - pc);
         panel.pack(m, w, &shape, jr, nr, pc, kc);
         // The next panel's blocks, prefetched a few lines per sliver while this one runs.
         let lines = next.map(|(n0, p0)| {
-            PanelLines::new(&wref, n0, full.min(cols.end - n0), p0, KC.min(k - p0))
+            PanelLines::new(&wref, n0, full.min(cols.end - n0), p0, depth.min(k - p0))
         });
         for (s, tile_lanes) in lanes.chunks_exact_mut(tile_lanes_len).enumerate() {
             if let Some(l) = &lines {
@@ -497,28 +520,11 @@ fn run_panels<M: BlockMicro>(
                         }));
                     }
                 } else {
-                    // A token's lane `l` of the panel's rows is contiguous: the same tree over
-                    // 16 rows of lanes at a time, which the compiler turns into vector adds (one
-                    // scalar tree per output was ~15% of a small model's prefill).
-                    let (v, _) = tile_lanes[i * BLOCK_LANES * full..][..BLOCK_LANES * full]
-                        .as_chunks::<16>();
-                    let halves = full / 16;
-                    for (h, out) in out.chunks_mut(16).enumerate() {
-                        let sum = |j: usize| reduce8(std::array::from_fn(|l| v[l * halves + h][j]));
-                        // Whole rows store straight from the vectors (a copy through a
-                        // temporary became a `memcpy` call per token and panel).
-                        match out.as_chunks_mut::<16>() {
-                            ([whole], []) => *whole = std::array::from_fn(sum),
-                            _ => {
-                                for (j, o) in out.iter_mut().enumerate() {
-                                    *o = sum(j);
-                                }
-                            }
-                        }
-                    }
+                    let token = &tile_lanes[i * BLOCK_LANES * full..][..BLOCK_LANES * full];
+                    m.reduce_lanes(token, full, out);
                 }
             }
         }
     }
-    F32_POOL.give([lanes]);
+    F32_POOL.give([lanes.into_inner()]);
 }

@@ -262,6 +262,44 @@ pub(crate) fn run_sliver_jobs<J: Send>(
     jobs.into_iter().for_each(fill);
 }
 
+/// A buffer whose elements start on a 64-byte boundary: the micro-kernels' 512-bit loads and
+/// stores of it then never straddle two cache lines (each such access costs two).
+pub(crate) struct Aligned<T> {
+    buf: Vec<T>,
+    at: usize,
+    len: usize,
+}
+
+impl<T: Clone + Default> Aligned<T> {
+    /// Wraps `buf` (grown as needed; its contents are left as they were, so callers write
+    /// before they read) as `len` aligned elements.
+    pub(crate) fn new(mut buf: Vec<T>, len: usize) -> Self {
+        let slack = 64 / std::mem::size_of::<T>().max(1);
+        buf.truncate(len + slack);
+        buf.resize(len + slack, T::default());
+        let at = buf.as_ptr().align_offset(64).min(slack);
+        Self { buf, at, len }
+    }
+
+    /// The vector back, for a pool.
+    pub(crate) fn into_inner(self) -> Vec<T> {
+        self.buf
+    }
+}
+
+impl<T> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.at..self.at + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.at..self.at + self.len]
+    }
+}
+
 /// Packed-activation and column-task buffers are kept between calls: allocating them fresh
 /// page-faults megabytes of zeroed memory on every product.
 const MAX_POOLED: usize = 8;
@@ -284,14 +322,15 @@ impl<T> Pool<T> {
         self.lock().pop().unwrap_or_default()
     }
 
-    /// A buffer from the pool holding `len` copies of `value`.
-    pub(crate) fn take_filled(&self, len: usize, value: T) -> Vec<T>
+    /// A buffer from the pool of `len` elements, left as they were (stale values from an earlier
+    /// use, or defaults): for buffers whose every element is written before it is read.
+    pub(crate) fn take_len(&self, len: usize) -> Vec<T>
     where
-        T: Clone,
+        T: Clone + Default,
     {
         let mut v = self.take();
-        v.clear();
-        v.resize(len, value);
+        v.truncate(len);
+        v.resize(len, T::default());
         v
     }
 

@@ -590,6 +590,14 @@ pub(crate) trait BlockMicro: Copy + Send + Sync {
     fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
         crate::block_input::quantize_into(kind, x, qs, d)
     }
+
+    /// One token's outputs from its lanes (`lanes`: lane `l` of row `j` at `l * nr + j`, the
+    /// [`block_tile_lanes`] order without `lanes_by_row`): `out[j]` is
+    /// [`reduce8`](crate::block_input::reduce8) of row `j`'s 8 lanes, for `j < out.len() <= nr`.
+    /// Default: that tree, 16 rows at a time.
+    fn reduce_lanes(self, lanes: &[f32], nr: usize, out: &mut [f32]) {
+        crate::block_input::reduce_lane_rows(lanes, nr, out)
+    }
 }
 
 impl BlockMicro for NoKernel {

@@ -183,6 +183,32 @@ unsafe fn block_tile_raw<
     }
 }
 
+/// `reduce8`'s tree over 16 rows at a time: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`,
+/// the last partial group under a mask.
+///
+/// # Safety
+/// AVX-512 F must be available; `lanes` holds `8 * nr` values, `out` `len <= nr`.
+#[target_feature(enable = "avx512f")]
+unsafe fn reduce_lanes_raw(lanes: *const f32, nr: usize, out: *mut f32, len: usize) {
+    for j in (0..len).step_by(16) {
+        // SAFETY: lane `l`'s rows `j..j + 16` are below `8 * nr` (j < len <= nr, nr a multiple
+        // of 16); the store writes only rows below `len`.
+        unsafe {
+            let l = |k: usize| _mm512_loadu_ps(lanes.add(k * nr + j));
+            let sum = _mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(l(0), l(4)), _mm512_add_ps(l(2), l(6))),
+                _mm512_add_ps(_mm512_add_ps(l(1), l(5)), _mm512_add_ps(l(3), l(7))),
+            );
+            let mask = if len - j >= 16 {
+                0xffff
+            } else {
+                (1u16 << (len - j)) - 1
+            };
+            _mm512_mask_storeu_ps(out.add(j), mask, sum);
+        }
+    }
+}
+
 /// The 16 x 16 transposition of 32-bit words (`rows[j]` holds 16 words of row `j`; afterwards
 /// `rows[q]` holds word `q` of the 16 rows): 32-bit and 64-bit interleaves within 128-bit lanes,
 /// then two rounds of 128-bit lane shuffles.
@@ -269,6 +295,15 @@ impl BlockMicro for Avx512 {
         super::quantize::quantize(self, kind, x, qs, d)
     }
 
+    fn reduce_lanes(self, lanes: &[f32], nr: usize, out: &mut [f32]) {
+        assert!(
+            nr.is_multiple_of(16) && out.len() <= nr && lanes.len() >= BLOCK_LANES * nr,
+            "lane rows out of bounds"
+        );
+        // SAFETY: the token proves the features; the extents were asserted above.
+        unsafe { reduce_lanes_raw(lanes.as_ptr(), nr, out.as_mut_ptr(), out.len()) }
+    }
+
     fn transpose(self, rows: &[u8], kc: usize, nr: usize, words: &mut [u32]) -> bool {
         assert!(
             kc.is_multiple_of(64)
@@ -340,6 +375,13 @@ impl BlockMicro for Avx512Blocks {
         match self {
             Avx512Blocks::Vnni(t) => t.quantize(kind, x, qs, d),
             Avx512Blocks::Amx(t) => t.quantize(kind, x, qs, d),
+        }
+    }
+
+    fn reduce_lanes(self, lanes: &[f32], nr: usize, out: &mut [f32]) {
+        match self {
+            Avx512Blocks::Vnni(t) => t.reduce_lanes(lanes, nr, out),
+            Avx512Blocks::Amx(t) => t.reduce_lanes(lanes, nr, out),
         }
     }
 }
