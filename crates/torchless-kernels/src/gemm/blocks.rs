@@ -413,9 +413,23 @@ impl BlockPanel {
         }
         // Each row's codes as unsigned bytes, row after row, then transposed into words.
         let rows = &mut self.rows[..full * kc];
+        let mut scales = [0.0f32; 2 * KC / 32];
         for j in 0..nr {
             let row = w.row(n0 + j);
             let out = &mut rows[j * kc..(j + 1) * kc];
+            if nb <= scales.len()
+                && m.unpack_row(
+                    shape.ty,
+                    &row[b0 * bb..(b0 + nb) * bb],
+                    out,
+                    &mut scales[..nb],
+                )
+            {
+                for (bi, &d) in scales[..nb].iter().enumerate() {
+                    self.d[bi * full + j] = d;
+                }
+                continue;
+            }
             for bi in 0..nb {
                 let blk = &row[(b0 + bi) * bb..(b0 + bi + 1) * bb];
                 unsigned_codes(shape.ty, blk, &mut out[bi * bv..(bi + 1) * bv]);

@@ -8,7 +8,7 @@
 //! block input layouts. Drivers and instruction sets both depend on it, never it on them.
 
 use crate::block_input::{ActKind, BlockInput};
-use crate::blocks::BlockMat;
+use crate::blocks::{BlockMat, BlockType};
 use crate::int4::Int4Input;
 use crate::mat::{F32Mat, Int4Mat, Int8Mat, MatRef, GROUP_SIZE, INT4_GROUP_SIZE};
 
@@ -589,6 +589,14 @@ pub(crate) trait BlockMicro: Copy + Send + Sync {
     /// [`quantize_into`](crate::block_input::quantize_into). Default: that function.
     fn quantize(self, kind: ActKind, x: &[f32], qs: &mut [i8], d: &mut [f32]) {
         crate::block_input::quantize_into(kind, x, qs, d)
+    }
+
+    /// Unpacks one row's consecutive blocks of a 32-value type (`blocks`, `d.len()` whole
+    /// blocks) into unsigned codes (`codes`, 32 per block, as the block GEMM's panel holds them)
+    /// and the blocks' scales (`d`); `false` leaves it to the driver's portable loop (the
+    /// default, and for the types a tile does not do here).
+    fn unpack_row(self, _ty: BlockType, _blocks: &[u8], _codes: &mut [u8], _d: &mut [f32]) -> bool {
+        false
     }
 
     /// One token's outputs from its lanes (`lanes`: lane `l` of row `j` at `l * nr + j`, the

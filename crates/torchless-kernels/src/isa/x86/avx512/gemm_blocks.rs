@@ -3,6 +3,7 @@
 
 use super::{Amx, Avx512};
 use crate::block_input::{ActKind, BLOCK_LANES};
+use crate::blocks::BlockType;
 use crate::isa::traits::{BlockMicro, BlockTile, QMR};
 use crate::isa::x86::avx2;
 use core::arch::x86_64::*;
@@ -183,6 +184,36 @@ unsafe fn block_tile_raw<
     }
 }
 
+/// Q8_0 (`q8`) or Q4_0 blocks to the panel's unsigned codes (Q8_0: `q ^ 0x80`; Q4_0: the 16
+/// low nibbles, then the 16 high ones) and their scales (F16C).
+///
+/// # Safety
+/// AVX2 and F16C must be available; `blocks` holds `d.len()` blocks and `codes` 32 bytes per
+/// block.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn unpack_row_raw(q8: bool, blocks: *const u8, codes: *mut u8, d: &mut [f32]) {
+    let (bb, low) = (if q8 { 34 } else { 18 }, _mm_set1_epi8(0x0f));
+    for (bi, db) in d.iter_mut().enumerate() {
+        // SAFETY: block `bi`'s bytes and its 32 codes are inside the caller's extents.
+        unsafe {
+            let blk = blocks.add(bi * bb);
+            let half = u16::from_le_bytes([*blk, *blk.add(1)]);
+            *db = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(half))));
+            let out = codes.add(32 * bi);
+            if q8 {
+                let q = _mm256_loadu_si256(blk.add(2).cast());
+                let c = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
+                _mm256_storeu_si256(out.cast(), c);
+            } else {
+                let q = _mm_loadu_si128(blk.add(2).cast());
+                _mm_storeu_si128(out.cast(), _mm_and_si128(q, low));
+                let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
+                _mm_storeu_si128(out.add(16).cast(), hi);
+            }
+        }
+    }
+}
+
 /// `reduce8`'s tree over 16 rows at a time: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`,
 /// the last partial group under a mask.
 ///
@@ -295,6 +326,27 @@ impl BlockMicro for Avx512 {
         super::quantize::quantize(self, kind, x, qs, d)
     }
 
+    fn unpack_row(self, ty: BlockType, blocks: &[u8], codes: &mut [u8], d: &mut [f32]) -> bool {
+        let nb = d.len();
+        if !matches!(ty, BlockType::Q8_0 | BlockType::Q4_0) {
+            return false;
+        }
+        assert!(
+            blocks.len() >= nb * ty.block_bytes() && codes.len() >= nb * 32,
+            "block row unpacking out of bounds"
+        );
+        // SAFETY: the token proves the features; the extents were asserted above.
+        unsafe {
+            unpack_row_raw(
+                ty == BlockType::Q8_0,
+                blocks.as_ptr(),
+                codes.as_mut_ptr(),
+                d,
+            )
+        };
+        true
+    }
+
     fn reduce_lanes(self, lanes: &[f32], nr: usize, out: &mut [f32]) {
         assert!(
             nr.is_multiple_of(16) && out.len() <= nr && lanes.len() >= BLOCK_LANES * nr,
@@ -375,6 +427,13 @@ impl BlockMicro for Avx512Blocks {
         match self {
             Avx512Blocks::Vnni(t) => t.quantize(kind, x, qs, d),
             Avx512Blocks::Amx(t) => t.quantize(kind, x, qs, d),
+        }
+    }
+
+    fn unpack_row(self, ty: BlockType, blocks: &[u8], codes: &mut [u8], d: &mut [f32]) -> bool {
+        match self {
+            Avx512Blocks::Vnni(t) => t.unpack_row(ty, blocks, codes, d),
+            Avx512Blocks::Amx(t) => t.unpack_row(ty, blocks, codes, d),
         }
     }
 
