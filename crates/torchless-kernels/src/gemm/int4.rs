@@ -18,7 +18,7 @@
 //! batch.
 
 use super::int::{run_qgemm, PackedActs, QPanel, KC};
-use super::is_trivial;
+use super::{is_trivial, Aligned};
 use crate::int4::quantize_group;
 use crate::isa::traits::{Q4Micro, Q4Operands, QNR};
 use crate::mat::{f16_to_f32, Int4Mat, MatRef, INT4_GROUP_SIZE};
@@ -57,9 +57,9 @@ struct Int4Panel<'a, M> {
     acts: &'a PackedActs,
     /// For depth quad `kq` and row `j`: the row's 4 codes (bytes `0..16`) at `kq * QNR + j`
     /// (0 past `nr`).
-    words: Vec<u32>,
+    words: Aligned<u32>,
     /// Group `g` of the block, row `j`: the scale `d` at `g * QNR + j` (0 past `nr`).
-    scales: Vec<f32>,
+    scales: Aligned<f32>,
 }
 
 impl<'a, M> Int4Panel<'a, M> {
@@ -68,8 +68,8 @@ impl<'a, M> Int4Panel<'a, M> {
             m,
             w,
             acts,
-            words: vec![0; KC / 4 * QNR],
-            scales: vec![0.0; KC / INT4_GROUP_SIZE * QNR],
+            words: Aligned::new(Vec::new(), KC / 4 * QNR),
+            scales: Aligned::new(Vec::new(), KC / INT4_GROUP_SIZE * QNR),
         }
     }
 }

@@ -20,7 +20,7 @@
 //! alongside the packed panel.
 
 use super::int::{run_qgemm, PackedActs, QPanel, KC};
-use super::is_trivial;
+use super::{is_trivial, Aligned};
 use crate::isa::traits::{QMicro, QOperands, ACT_OFFSET, QNR};
 use crate::mat::{Int8Mat, MatRef, GROUP_SIZE};
 
@@ -86,11 +86,11 @@ struct Int8Panel<'a, M> {
     w: Int8Mat<'a>,
     acts: &'a PackedActs,
     /// For depth quad `kq` and row `j`: the row's 4 int8 values at `kq * QNR + j` (0 past `nr`).
-    words: Vec<u32>,
+    words: Aligned<u32>,
     /// Group `g` of the block, row `j`: `1 / inv_scale` at `g * QNR + j`.
-    scales: Vec<f32>,
+    scales: Aligned<f32>,
     /// Group `g`, row `j`: `-ACT_OFFSET · Σ q`, the start value that cancels the activation offset.
-    corrections: Vec<i32>,
+    corrections: Aligned<i32>,
 }
 
 impl<'a, M> Int8Panel<'a, M> {
@@ -99,9 +99,9 @@ impl<'a, M> Int8Panel<'a, M> {
             m,
             w,
             acts,
-            words: vec![0; KC / 4 * QNR],
-            scales: vec![0.0; KC / GROUP_SIZE * QNR],
-            corrections: vec![0; KC / GROUP_SIZE * QNR],
+            words: Aligned::new(Vec::new(), KC / 4 * QNR),
+            scales: Aligned::new(Vec::new(), KC / GROUP_SIZE * QNR),
+            corrections: Aligned::new(Vec::new(), KC / GROUP_SIZE * QNR),
         }
     }
 }
