@@ -251,6 +251,7 @@ impl BlockActs {
             pairs: shape.pairs,
             offsets: shape.offset != 0,
             lane0: b0 % BLOCK_LANES,
+            fresh: pc == 0,
             mr: self.mr,
             nr: panel.nr,
             kc,
@@ -519,7 +520,15 @@ fn run_panels<M: BlockMicro>(
             // Each sliver's lanes start at +0 with the row panel and are reduced, in decode's
             // order, right after its last depth block (while they are in cache).
             if pc == 0 {
-                tile_lanes.fill(0.0);
+                if !m.starts_lanes() {
+                    tile_lanes.fill(0.0);
+                } else if kc / shape.block_values < BLOCK_LANES {
+                    // Lanes this panel's blocks do not reach (nor do later ones: one panel).
+                    let per_lane = tile_lanes_len / (mr * BLOCK_LANES);
+                    for token in tile_lanes.chunks_exact_mut(BLOCK_LANES * per_lane) {
+                        token[kc / shape.block_values * per_lane..].fill(0.0);
+                    }
+                }
             }
             m.kernel(&acts.tile(&shape, s, pc, kc, &panel), tile_lanes);
             if pc + kc < k {

@@ -493,6 +493,9 @@ pub(crate) struct BlockTile<'a> {
     pub(crate) offsets: bool,
     /// The lane of the first block (its index in the row, mod 8).
     pub(crate) lane0: usize,
+    /// The row panel's first depth block on a tile that [`BlockMicro::starts_lanes`]: the lanes
+    /// hold stale values, and each lane's first block writes `0 + x` instead of adding `x`.
+    pub(crate) fresh: bool,
     /// Tokens per sliver, rows per panel, and the depth of the panel (`b_rows`' row stride).
     pub(crate) mr: usize,
     pub(crate) nr: usize,
@@ -555,6 +558,13 @@ pub(crate) trait BlockMicro: Copy + Send + Sync {
     /// Tokens per sliver. Default: `QMR`.
     fn mr(self) -> usize {
         QMR
+    }
+
+    /// Whether the tile starts the lanes itself on a `fresh` tile (blocks `0..8` of the row
+    /// panel's first depth block write their lanes), so the driver zeroes only lanes no block
+    /// reaches. Default: no (the driver zeroes the lanes first).
+    fn starts_lanes(self) -> bool {
+        false
     }
 
     /// Rows per weight panel, a multiple of 16. Default: `QNR`.

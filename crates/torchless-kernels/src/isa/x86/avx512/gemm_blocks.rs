@@ -105,7 +105,7 @@ unsafe fn block_sums<const OFF: bool, const SCALED: bool, const QUADS: usize, co
 /// As [`block_tile_raw`], for a block below `t.blocks`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_lanes<const MINS: bool>(
+unsafe fn block_lanes<const MINS: bool, const FIRST: bool>(
     t: &BlockTile<'_>,
     blk: usize,
     (s, m): (Sums, Sums),
@@ -120,7 +120,12 @@ unsafe fn block_lanes<const MINS: bool>(
             let dx = _mm512_set1_ps(*t.a_d.as_ptr().add(blk * QMR + i));
             for v in 0..NV {
                 let at = lanes.add((i * BLOCK_LANES + lane) * NR + 16 * v);
-                let mut l = _mm512_loadu_ps(at);
+                // The lane's first block on a fresh tile: `0 + x` (decode's lanes start at +0).
+                let mut l = if FIRST {
+                    _mm512_setzero_ps()
+                } else {
+                    _mm512_loadu_ps(at)
+                };
                 l = _mm512_add_ps(
                     l,
                     _mm512_mul_ps(_mm512_cvtepi32_ps(s[i][v]), _mm512_mul_ps(dw[v], dx)),
@@ -163,10 +168,20 @@ unsafe fn block_tile_raw<
     let (mut a, mut b) = (t.a.as_ptr(), t.b.as_ptr());
     // SAFETY: the caller's extents, as listed above.
     unsafe {
+        // Blocks `0..first` start their lanes (a fresh tile), the others add to them.
+        let first = if t.fresh {
+            t.blocks.min(BLOCK_LANES)
+        } else {
+            0
+        };
         if SCALED || MINS {
             for blk in 0..t.blocks {
                 let sums = block_sums::<OFF, SCALED, QUADS, MINS>(t, blk, &mut a, &mut b);
-                block_lanes::<MINS>(t, blk, sums, lanes);
+                if blk < first {
+                    block_lanes::<MINS, true>(t, blk, sums, lanes);
+                } else {
+                    block_lanes::<MINS, false>(t, blk, sums, lanes);
+                }
             }
             return;
         }
@@ -174,12 +189,20 @@ unsafe fn block_tile_raw<
         for blk in 0..t.blocks {
             let sums = block_sums::<OFF, SCALED, QUADS, MINS>(t, blk, &mut a, &mut b);
             if let Some(before) = pending {
-                block_lanes::<MINS>(t, blk - 1, before, lanes);
+                if blk - 1 < first {
+                    block_lanes::<MINS, true>(t, blk - 1, before, lanes);
+                } else {
+                    block_lanes::<MINS, false>(t, blk - 1, before, lanes);
+                }
             }
             pending = Some(sums);
         }
         if let Some(last) = pending {
-            block_lanes::<MINS>(t, t.blocks - 1, last, lanes);
+            if t.blocks - 1 < first {
+                block_lanes::<MINS, true>(t, t.blocks - 1, last, lanes);
+            } else {
+                block_lanes::<MINS, false>(t, t.blocks - 1, last, lanes);
+            }
         }
     }
 }
@@ -317,6 +340,10 @@ impl BlockMicro for Avx512 {
         NR
     }
 
+    fn starts_lanes(self) -> bool {
+        true
+    }
+
     #[inline]
     fn prefetch(self, p: *const u8) {
         avx2::prefetch(self.avx2(), p);
@@ -397,6 +424,13 @@ impl BlockMicro for Avx512Blocks {
         match self {
             Avx512Blocks::Vnni(t) => t.nr(),
             Avx512Blocks::Amx(t) => t.nr(),
+        }
+    }
+
+    fn starts_lanes(self) -> bool {
+        match self {
+            Avx512Blocks::Vnni(t) => t.starts_lanes(),
+            Avx512Blocks::Amx(t) => t.starts_lanes(),
         }
     }
 
