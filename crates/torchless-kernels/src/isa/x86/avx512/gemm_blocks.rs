@@ -207,15 +207,16 @@ unsafe fn block_tile_raw<
     }
 }
 
-/// Q8_0 (`q8`) or Q4_0 blocks to the panel's unsigned codes (Q8_0: `q ^ 0x80`; Q4_0: the 16
-/// low nibbles, then the 16 high ones) and their scales (F16C).
+/// Q8_0, Q4_0 or Q5_0 blocks to the panel's unsigned codes (Q8_0: `q ^ 0x80`; Q4_0: the 16
+/// low nibbles, then the 16 high ones; Q5_0: those with each value's fifth bit from `qh` as 16)
+/// and their scales (F16C).
 ///
 /// # Safety
-/// AVX2 and F16C must be available; `blocks` holds `d.len()` blocks and `codes` 32 bytes per
-/// block.
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn unpack_row_raw(q8: bool, blocks: *const u8, codes: *mut u8, d: &mut [f32]) {
-    let (bb, low) = (if q8 { 34 } else { 18 }, _mm_set1_epi8(0x0f));
+/// AVX-512 BW/VL and F16C must be available; `ty` is one of those three types, `blocks` holds
+/// `d.len()` of its blocks and `codes` 32 bytes per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+unsafe fn unpack_row_raw(ty: BlockType, blocks: *const u8, codes: *mut u8, d: &mut [f32]) {
+    let (bb, low, fifth) = (ty.block_bytes(), _mm_set1_epi8(0x0f), _mm_set1_epi8(0x10));
     for (bi, db) in d.iter_mut().enumerate() {
         // SAFETY: block `bi`'s bytes and its 32 codes are inside the caller's extents.
         unsafe {
@@ -223,16 +224,24 @@ unsafe fn unpack_row_raw(q8: bool, blocks: *const u8, codes: *mut u8, d: &mut [f
             let half = u16::from_le_bytes([*blk, *blk.add(1)]);
             *db = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(half))));
             let out = codes.add(32 * bi);
-            if q8 {
+            if ty == BlockType::Q8_0 {
                 let q = _mm256_loadu_si256(blk.add(2).cast());
                 let c = _mm256_xor_si256(q, _mm256_set1_epi8(-128));
                 _mm256_storeu_si256(out.cast(), c);
-            } else {
-                let q = _mm_loadu_si128(blk.add(2).cast());
-                _mm_storeu_si128(out.cast(), _mm_and_si128(q, low));
-                let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
-                _mm_storeu_si128(out.add(16).cast(), hi);
+                continue;
             }
+            let (qh, at) = if ty == BlockType::Q5_0 {
+                (std::ptr::read_unaligned(blk.add(2).cast::<u32>()), 6)
+            } else {
+                (0, 2)
+            };
+            let q = _mm_loadu_si128(blk.add(at).cast());
+            let lo = _mm_and_si128(q, low);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), low);
+            let lo = _mm_or_si128(lo, _mm_maskz_mov_epi8(qh as u16, fifth));
+            let hi = _mm_or_si128(hi, _mm_maskz_mov_epi8((qh >> 16) as u16, fifth));
+            _mm_storeu_si128(out.cast(), lo);
+            _mm_storeu_si128(out.add(16).cast(), hi);
         }
     }
 }
@@ -355,7 +364,7 @@ impl BlockMicro for Avx512 {
 
     fn unpack_row(self, ty: BlockType, blocks: &[u8], codes: &mut [u8], d: &mut [f32]) -> bool {
         let nb = d.len();
-        if !matches!(ty, BlockType::Q8_0 | BlockType::Q4_0) {
+        if !matches!(ty, BlockType::Q8_0 | BlockType::Q4_0 | BlockType::Q5_0) {
             return false;
         }
         assert!(
@@ -363,14 +372,7 @@ impl BlockMicro for Avx512 {
             "block row unpacking out of bounds"
         );
         // SAFETY: the token proves the features; the extents were asserted above.
-        unsafe {
-            unpack_row_raw(
-                ty == BlockType::Q8_0,
-                blocks.as_ptr(),
-                codes.as_mut_ptr(),
-                d,
-            )
-        };
+        unsafe { unpack_row_raw(ty, blocks.as_ptr(), codes.as_mut_ptr(), d) };
         true
     }
 
