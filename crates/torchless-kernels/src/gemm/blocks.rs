@@ -15,13 +15,15 @@
 //! slivers of `QMR` tokens), with each tile's 8 f32 lanes per token and row kept across the depth
 //! and reduced after the row panel's last depth block.
 
-use super::{by_columns, is_trivial, panels, run_sliver_jobs, Aligned, PanelLines, Pool, F32_POOL};
+use super::{
+    by_column_rows, is_trivial, panels, run_sliver_jobs, Aligned, OutCols, PanelLines, Pool,
+    F32_POOL,
+};
 use crate::block_input::{reduce8, ActKind, BLOCK_LANES};
 use crate::blocks::{k_scales, BlockMat, BlockType};
 use crate::half::f16_to_f32;
 use crate::isa::traits::{block_tile_lanes, BlockMicro, BlockTile};
 use crate::mat::MatRef;
-use std::ops::Range;
 
 /// Smallest batch that takes the GEMM; smaller ones stream the weights once with the decode rows
 /// (bit-identical either way).
@@ -129,8 +131,8 @@ pub(crate) fn qgemm_blocks_many<M: BlockMicro>(
             continue;
         }
         let acts = acts.get_or_insert_with(|| BlockActs::new(m, shape, x, batch, k));
-        by_columns(n, m.nr(), batch, k, y, |cols, c, ldc| {
-            run_panels(m, w, shape, acts, batch, cols, c, ldc)
+        by_column_rows(n, m.nr(), batch, k, y, |out| {
+            run_panels(m, w, shape, acts, batch, out)
         });
     }
     if let Some(acts) = acts {
@@ -481,7 +483,7 @@ impl BlockPanel {
     }
 }
 
-/// Output columns `cols` into `c` (row stride `ldc`, column `cols.start` at offset 0).
+/// The output columns of `c` (its task's), token by token.
 #[allow(clippy::too_many_arguments)]
 fn run_panels<M: BlockMicro>(
     m: M,
@@ -489,11 +491,9 @@ fn run_panels<M: BlockMicro>(
     shape: Shape,
     acts: &BlockActs,
     batch: usize,
-    cols: Range<usize>,
-    c: &mut [f32],
-    ldc: usize,
+    c: &mut OutCols<'_>,
 ) {
-    let k = w.cols();
+    let (k, cols) = (w.cols(), c.cols());
     let (mr, full, by_row) = (m.mr(), m.nr(), m.lanes_by_row());
     let tile_lanes_len = block_tile_lanes(mr, full);
     let slivers = batch.div_ceil(mr);
@@ -535,7 +535,7 @@ fn run_panels<M: BlockMicro>(
                 continue;
             }
             for i in 0..mr.min(batch - s * mr) {
-                let out = &mut c[(s * mr + i) * ldc + (jr - cols.start)..][..nr];
+                let out = &mut c.row(s * mr + i)[jr - cols.start..][..nr];
                 if by_row {
                     for (j, o) in out.iter_mut().enumerate() {
                         *o = reduce8(std::array::from_fn(|l| {

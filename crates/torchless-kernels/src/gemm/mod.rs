@@ -202,6 +202,87 @@ pub(crate) fn by_columns(
     compute(0..n, y, n);
 }
 
+/// The outputs `cols` of every token of a `batch x n` product `y`, for one column task: rows
+/// handed out one at a time, straight into `y` (no task buffer, no copy back).
+pub(crate) struct OutCols<'a> {
+    y: *mut f32,
+    n: usize,
+    batch: usize,
+    cols: Range<usize>,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl OutCols<'_> {
+    /// The columns this task writes.
+    pub(crate) fn cols(&self) -> Range<usize> {
+        self.cols.clone()
+    }
+
+    /// Token `t`'s outputs `cols` (index 0: column `cols.start`).
+    pub(crate) fn row(&mut self, t: usize) -> &mut [f32] {
+        assert!(t < self.batch, "output row out of bounds");
+        // SAFETY: `y` holds `batch x n` values and `cols.end <= n` (`by_column_rows`), so the
+        // slice is inside `y`; it borrows `self` mutably, so a task holds one row slice at a
+        // time, and other tasks' `OutCols` cover disjoint columns: no two live slices overlap.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.y.add(t * self.n + self.cols.start),
+                self.cols.len(),
+            )
+        }
+    }
+}
+
+/// [`by_columns`] for kernels that write each output once, a token's row at a time: the tasks
+/// write their columns straight into `y` (a small model's products spent ~3% of the prefill
+/// copying task buffers back).
+pub(crate) fn by_column_rows(
+    n: usize,
+    nr: usize,
+    batch: usize,
+    k: usize,
+    y: &mut [f32],
+    compute: impl Fn(&mut OutCols<'_>) + Sync,
+) {
+    assert_eq!(y.len(), batch * n, "output shape");
+    let out = |cols: Range<usize>, y: *mut f32| OutCols {
+        y,
+        n,
+        batch,
+        cols,
+        _y: std::marker::PhantomData,
+    };
+    #[cfg(feature = "parallel")]
+    {
+        use rayon::prelude::*;
+        /// `y`'s address, shared by the column tasks (each writes only its own columns).
+        struct Shared(*mut f32);
+        // SAFETY: the tasks write disjoint columns of `y` through `OutCols`, and `y` outlives
+        // the parallel loop, which ends before this function returns.
+        unsafe impl Sync for Shared {}
+        impl Shared {
+            fn ptr(&self) -> *mut f32 {
+                self.0
+            }
+        }
+        let tasks = n_tasks(n, batch, k, nr);
+        if tasks > 1 {
+            let per = n.div_ceil(tasks).div_ceil(nr) * nr;
+            let shared = Shared(y.as_mut_ptr());
+            (0..tasks).into_par_iter().for_each(|t| {
+                let cols = (t * per).min(n)..((t + 1) * per).min(n);
+                if !cols.is_empty() {
+                    compute(&mut out(cols, shared.ptr()));
+                }
+            });
+            return;
+        }
+    }
+    #[cfg(not(feature = "parallel"))]
+    let _ = (nr, k);
+    compute(&mut out(0..n, y.as_mut_ptr()));
+}
+
 /// The multi-threaded form: `tasks` column ranges, each computed into its own buffer by one rayon
 /// task (`compute(cols, c, ldc)`), then copied into the rows of `y` (cheap next to the
 /// O(batch·n·k) work, and needs no unsafe sharing of `y`). Ranges are whole multiples of `nr`.
