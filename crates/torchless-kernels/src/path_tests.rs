@@ -187,7 +187,8 @@ fn block_data(ty: crate::blocks::BlockType, blocks: usize, s: &mut u64) -> Vec<u
 
 /// Runs the block GEMM with one tile through the driver and compares with decode's definition
 /// (`row_dot` on each token's quantized activations), bit for bit: several row panels (a partial
-/// one), depth panels whose blocks wrap the 8 lanes, slivers with padding tokens, column tasks.
+/// one), one depth panel and several whose blocks wrap the 8 lanes, slivers with padding tokens,
+/// column tasks.
 fn check_block_gemm<M: crate::isa::traits::BlockMicro>(m: M, what: &str) {
     use crate::block_input::{ActKind, BlockInput};
     use crate::blocks::{BlockMat, BlockType};
@@ -200,6 +201,8 @@ fn check_block_gemm<M: crate::isa::traits::BlockMicro>(m: M, what: &str) {
             (37usize, 5usize, 8usize),
             (16, 33 * 32 / bv, 13),
             (301, 2048 / bv, 20),
+            // Deeper than one depth panel: lanes carried across panels.
+            (40, 16896 / bv, 9),
         ] {
             let cols = blocks * bv;
             let data = block_data(ty, rows * blocks, &mut s);
