@@ -1,5 +1,6 @@
-//! The ggml-block integer GEMM tile with `vpdpbusd` / `vpdpwssd` on 512-bit vectors (16 rows per
-//! register), bit-identical to the scalar tile: exact integer sums, then the same f32 operations.
+//! The ggml-block integer GEMM tile with `vpdpbusd` / `vpdpwssd` on 512-bit vectors (6 tokens x
+//! 32 rows, 16 rows per register), bit-identical to the scalar tile: exact integer sums, then the
+//! same f32 operations; and the panel packing and lane reduction on vectors.
 
 use super::{Amx, Avx512};
 use crate::block_input::{ActKind, BLOCK_LANES};
