@@ -495,6 +495,7 @@ pub(crate) struct BlockTile<'a> {
     pub(crate) lane0: usize,
     /// The row panel's first depth block on a tile that [`BlockMicro::starts_lanes`]: the lanes
     /// hold stale values, and each lane's first block writes `0 + x` instead of adding `x`.
+    #[cfg_attr(not(all(feature = "simd", target_arch = "x86_64")), allow(dead_code))]
     pub(crate) fresh: bool,
     /// Tokens per sliver, rows per panel, and the depth of the panel (`b_rows`' row stride).
     pub(crate) mr: usize,
