@@ -289,29 +289,55 @@ fn half_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
-/// A block's codes as the tile multiplies them: `c + o` as unsigned bytes (`block_codes` plus the
-/// type's offset), written to `out` (`block_values` long). Fixed-size arrays, so the loops
-/// vectorize.
-fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8]) {
-    fn arr<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
-        b[at..at + N].try_into().expect("a whole block")
+/// Whole blocks of one row (`blocks`) as the tile multiplies their codes: `c + o` as unsigned
+/// bytes (`block_codes` plus the type's offset), into `out` (their values' length).
+fn row_codes(ty: BlockType, blocks: &[u8], out: &mut [u8]) {
+    let bb = ty.block_bytes();
+    if ty.block_values() == 32 {
+        for (o, b) in out
+            .as_chunks_mut::<32>()
+            .0
+            .iter_mut()
+            .zip(blocks.chunks_exact(bb))
+        {
+            codes_32(ty, b, o);
+        }
+    } else {
+        for (o, b) in out
+            .as_chunks_mut::<256>()
+            .0
+            .iter_mut()
+            .zip(blocks.chunks_exact(bb))
+        {
+            codes_256(ty, b, o);
+        }
     }
-    fn arr_mut<const N: usize>(out: &mut [u8]) -> &mut [u8; N] {
-        out.try_into().expect("one block's codes")
-    }
+}
+
+/// The `N` bytes at byte `at` of a whole block (`b` is one of `chunks_exact` of the block size,
+/// so the field lies inside it).
+fn arr<const N: usize>(b: &[u8], at: usize) -> &[u8; N] {
+    &b[at..].as_chunks::<N>().0[0]
+}
+
+/// [`row_codes`] for one block of a 32-value type. Fixed-size arrays, so the loops vectorize.
+fn codes_32(ty: BlockType, b: &[u8], out: &mut [u8; 32]) {
     match ty {
         BlockType::Q8_0 => {
             // Eight codes per word: byte loops here stayed scalar and their byte stores stalled
             // the wide reload behind them.
-            let (qs, out): (&[u8; 32], &mut [u8; 32]) = (arr(b, 2), arr_mut(out));
-            for (o, q) in out.chunks_exact_mut(8).zip(qs.chunks_exact(8)) {
-                let w = u64::from_le_bytes(q.try_into().expect("8 codes")) ^ 0x8080_8080_8080_8080;
-                o.copy_from_slice(&w.to_le_bytes());
+            let qs: &[u8; 32] = arr(b, 2);
+            for (o, q) in out
+                .as_chunks_mut::<8>()
+                .0
+                .iter_mut()
+                .zip(qs.as_chunks::<8>().0)
+            {
+                *o = (u64::from_le_bytes(*q) ^ 0x8080_8080_8080_8080).to_le_bytes();
             }
         }
         BlockType::Q4_0 | BlockType::Q4_1 => {
             let qs: &[u8; 16] = arr(b, if ty == BlockType::Q4_0 { 2 } else { 4 });
-            let out: &mut [u8; 32] = arr_mut(out);
             for j in 0..16 {
                 out[j] = qs[j] & 0xf;
                 out[j + 16] = qs[j] >> 4;
@@ -321,7 +347,6 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8]) {
             let at = if ty == BlockType::Q5_0 { 2 } else { 4 };
             let qh = u32::from_le_bytes(*arr(b, at));
             let qs: &[u8; 16] = arr(b, at + 4);
-            let out: &mut [u8; 32] = arr_mut(out);
             for j in 0..16 {
                 let h0 = ((qh >> j) & 1) as u8;
                 let h1 = ((qh >> (j + 16)) & 1) as u8;
@@ -329,8 +354,15 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8]) {
                 out[j + 16] = (qs[j] >> 4) | (h1 << 4);
             }
         }
+        _ => unreachable!("not a 32-value quantized type"),
+    }
+}
+
+/// [`row_codes`] for one block of a K-quant (256 values).
+fn codes_256(ty: BlockType, b: &[u8], out: &mut [u8; 256]) {
+    match ty {
         BlockType::Q4K => {
-            let (qs, out): (&[u8; 128], &mut [u8; 256]) = (arr(b, 16), arr_mut(out));
+            let qs: &[u8; 128] = arr(b, 16);
             for p in 0..4 {
                 for l in 0..32 {
                     out[64 * p + l] = qs[32 * p + l] & 0xf;
@@ -340,7 +372,6 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8]) {
         }
         BlockType::Q5K => {
             let (qh, qs): (&[u8; 32], &[u8; 128]) = (arr(b, 16), arr(b, 48));
-            let out: &mut [u8; 256] = arr_mut(out);
             for p in 0..4 {
                 for l in 0..32 {
                     let q = qs[32 * p + l];
@@ -351,7 +382,6 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8]) {
         }
         BlockType::Q6K => {
             let (ql, qh): (&[u8; 128], &[u8; 64]) = (arr(b, 0), arr(b, 128));
-            let out: &mut [u8; 256] = arr_mut(out);
             for n in 0..2 {
                 for l in 0..32 {
                     let (lo, hi, h) = (ql[64 * n + l], ql[64 * n + 32 + l], qh[32 * n + l]);
@@ -362,7 +392,7 @@ fn unsigned_codes(ty: BlockType, b: &[u8], out: &mut [u8]) {
                 }
             }
         }
-        BlockType::F16 | BlockType::BF16 => unreachable!("not a quantized type"),
+        _ => unreachable!("not a K-quant"),
     }
 }
 
@@ -433,9 +463,9 @@ impl BlockPanel {
                 }
                 continue;
             }
+            row_codes(shape.ty, &row[b0 * bb..(b0 + nb) * bb], out);
             for bi in 0..nb {
                 let blk = &row[(b0 + bi) * bb..(b0 + bi + 1) * bb];
-                unsigned_codes(shape.ty, blk, &mut out[bi * bv..(bi + 1) * bv]);
                 let at = bi * full + j;
                 match shape.ty {
                     BlockType::Q8_0 | BlockType::Q4_0 | BlockType::Q5_0 => {

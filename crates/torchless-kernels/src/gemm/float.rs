@@ -1,7 +1,7 @@
 //! The GEMM in f32 arithmetic: f32 weights, and int8, int4 or ggml block weights dequantized
 //! exactly (int8: `q / inv_scale`) into each packed panel.
 
-use super::{by_columns, is_trivial, panels, partial_tile, PanelLines, F32_POOL};
+use super::{by_columns, is_trivial, panels, partial_tile, Aligned, PanelLines, F32_POOL};
 use crate::blocks::dequantize_range;
 use crate::isa::traits::{Micro, Operands};
 use crate::mat::{MatRef, GROUP_SIZE};
@@ -158,13 +158,6 @@ fn pack_a(x: &[f32], batch: usize, k: usize, kcb: usize, mr: usize, mpad: usize)
     a
 }
 
-/// A 64-byte aligned window of `len` floats inside `buf`.
-fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len + 16, 0.0);
-    let off = buf.as_ptr().align_offset(64).min(16);
-    &mut buf[off..off + len]
-}
-
 /// Computes output columns `cols` of `Y` into `c`: row stride `ldc`, column `cols.start` at offset 0
 /// of each row (so `c` is either `Y` itself or a task's own buffer).
 #[allow(clippy::too_many_arguments)]
@@ -180,9 +173,9 @@ fn gemm_cols<M: Micro>(
     ldc: usize,
 ) {
     let (mr_full, nr_full) = (M::MR, M::NR);
-    let mut bbuf = Vec::new();
     let kcb = depth_block(k);
-    let bpack = aligned(&mut bbuf, kcb * nr_full);
+    let mut bbuf = Aligned::new(Vec::new(), kcb * nr_full);
+    let bpack: &mut [f32] = &mut bbuf;
     let mut tile = vec![0.0f32; mr_full * nr_full];
     let c_col0 = cols.start;
     let mut next_lines: Vec<*const u8> = Vec::new();

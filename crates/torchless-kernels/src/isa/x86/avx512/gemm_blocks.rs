@@ -169,20 +169,26 @@ unsafe fn block_tile_raw<
     let (mut a, mut b) = (t.a.as_ptr(), t.b.as_ptr());
     // SAFETY: the caller's extents, as listed above.
     unsafe {
-        // Blocks `0..first` start their lanes (a fresh tile), the others add to them.
+        // Blocks `0..first` start their lanes (a fresh tile), the others add to them; each
+        // form compiled separately (a run-time choice inside the f32 steps cost a third).
         let first = if t.fresh {
             t.blocks.min(BLOCK_LANES)
         } else {
             0
         };
+        let lanes_of = |blk: usize, sums: (Sums, Sums)| {
+            if blk < first {
+                block_lanes::<MINS, true>(t, blk, sums, lanes);
+            } else {
+                block_lanes::<MINS, false>(t, blk, sums, lanes);
+            }
+        };
         if SCALED || MINS {
             for blk in 0..t.blocks {
-                let sums = block_sums::<OFF, SCALED, QUADS, MINS>(t, blk, &mut a, &mut b);
-                if blk < first {
-                    block_lanes::<MINS, true>(t, blk, sums, lanes);
-                } else {
-                    block_lanes::<MINS, false>(t, blk, sums, lanes);
-                }
+                lanes_of(
+                    blk,
+                    block_sums::<OFF, SCALED, QUADS, MINS>(t, blk, &mut a, &mut b),
+                );
             }
             return;
         }
@@ -190,20 +196,12 @@ unsafe fn block_tile_raw<
         for blk in 0..t.blocks {
             let sums = block_sums::<OFF, SCALED, QUADS, MINS>(t, blk, &mut a, &mut b);
             if let Some(before) = pending {
-                if blk - 1 < first {
-                    block_lanes::<MINS, true>(t, blk - 1, before, lanes);
-                } else {
-                    block_lanes::<MINS, false>(t, blk - 1, before, lanes);
-                }
+                lanes_of(blk - 1, before);
             }
             pending = Some(sums);
         }
         if let Some(last) = pending {
-            if t.blocks - 1 < first {
-                block_lanes::<MINS, true>(t, t.blocks - 1, last, lanes);
-            } else {
-                block_lanes::<MINS, false>(t, t.blocks - 1, last, lanes);
-            }
+            lanes_of(t.blocks - 1, last);
         }
     }
 }
